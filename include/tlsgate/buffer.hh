@@ -1,0 +1,93 @@
+// Byte buffers for the data plane: fixed-size chunks from a per-shard pool,
+// chained into queues. No malloc after warm-up: chunks come back to the pool.
+//
+// Ownership: a ChunkPool belongs to one shard and is never touched by another
+// thread. A ByteQueue holds chunks of exactly one pool and must be cleared (or
+// destroyed) before that pool goes away.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace tlsgate {
+
+struct Chunk {
+  static constexpr size_t kCapacity = 16 * 1024 - 32;
+  Chunk* next = nullptr;
+  uint32_t begin = 0;  // first unread byte
+  uint32_t end = 0;    // one past the last written byte
+  uint8_t data[kCapacity];
+
+  size_t readable() const { return end - begin; }
+  size_t writable() const { return kCapacity - end; }
+};
+
+class ChunkPool {
+ public:
+  // Chunks are allocated in slabs of `slab_chunks`; `max_chunks` bounds the
+  // total (0 = unbounded). get() returns nullptr when the bound is reached.
+  explicit ChunkPool(size_t slab_chunks = 64, size_t max_chunks = 0);
+  ~ChunkPool();
+  ChunkPool(const ChunkPool&) = delete;
+  ChunkPool& operator=(const ChunkPool&) = delete;
+
+  Chunk* get();
+  void put(Chunk* c);
+
+  size_t allocated() const { return allocated_; }
+  size_t in_use() const { return allocated_ - free_count_; }
+  // Number of times a slab was allocated: stays flat in steady state.
+  size_t slab_allocations() const { return slabs_.size(); }
+
+ private:
+  bool grow();
+
+  std::vector<Chunk*> slabs_;
+  Chunk* free_ = nullptr;
+  size_t free_count_ = 0;
+  size_t allocated_ = 0;
+  size_t slab_chunks_;
+  size_t max_chunks_;
+};
+
+// FIFO of bytes in pool chunks.
+class ByteQueue {
+ public:
+  explicit ByteQueue(ChunkPool* pool = nullptr) : pool_(pool) {}
+  ~ByteQueue() { clear(); }
+  ByteQueue(const ByteQueue&) = delete;
+  ByteQueue& operator=(const ByteQueue&) = delete;
+  ByteQueue(ByteQueue&& o) noexcept;
+  ByteQueue& operator=(ByteQueue&& o) noexcept;
+
+  void set_pool(ChunkPool* pool) { pool_ = pool; }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+
+  // Appends all of `data`; returns false (having appended nothing) when the
+  // pool is exhausted.
+  bool append(const void* data, size_t len);
+  // Copies up to `len` bytes out and consumes them; returns bytes copied.
+  size_t read(void* out, size_t len);
+  // Copies up to `len` bytes out without consuming.
+  size_t peek(void* out, size_t len) const;
+  // Drops `len` bytes from the front (len <= size()).
+  void consume(size_t len);
+  // Fills up to `max` iovecs with the front of the queue; returns count.
+  int iovecs(iovec* iov, int max) const;
+  // Moves every chunk of `other` to the back of this queue.
+  void splice(ByteQueue& other);
+  void clear();
+
+ private:
+  ChunkPool* pool_;
+  Chunk* head_ = nullptr;
+  Chunk* tail_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace tlsgate

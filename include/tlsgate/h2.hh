@@ -1,0 +1,157 @@
+// HTTP/2 on both sides of the gateway; nghttp2 is used only in src/h2/.
+//
+// A DownstreamSession is the server side of one client connection, an
+// UpstreamSession the client side of one backend connection. A forwarded
+// stream (src/h2/stream.hh) joins one stream of each. Sessions never do IO:
+// the shard hands them plaintext with receive() and collects bytes to send
+// with produce(); when a session gets something to send because of an event on
+// *another* session, it calls its Owner's wake() and the shard flushes it at
+// the end of the loop turn.
+//
+// Flow control is coupled end to end: automatic WINDOW_UPDATEs are off, and
+// bytes received on one side are "consumed" only when the other side's session
+// has copied them into a DATA frame. A slow reader therefore closes its peer's
+// window; per-stream buffering is bounded by the stream window.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tlsgate/buffer.hh"
+#include "tlsgate/result.hh"
+
+namespace tlsgate::h2 {
+
+struct Stream;
+class UpstreamSession;
+class DownstreamSession;
+
+// The connection that owns a session; implemented by the shard.
+class Owner {
+ public:
+  // The session has frames to send; flush it at the end of this loop turn.
+  virtual void wake() = 0;
+
+ protected:
+  ~Owner() = default;
+};
+
+// Chooses the upstream session for a new stream; implemented by the shard.
+class Router {
+ public:
+  // Returns nullptr when no backend can take the stream; `why` then says so.
+  virtual UpstreamSession* pick_upstream(uint32_t cluster, const char*& why) = 0;
+
+ protected:
+  ~Router() = default;
+};
+
+struct Counters {
+  uint64_t streams_forwarded = 0;
+  uint64_t streams_unavailable = 0;      // answered grpc-status 14 by the gateway
+  uint64_t streams_reset_by_client = 0;
+  uint64_t streams_reset_by_upstream = 0;
+  uint64_t header_limit_resets = 0;
+  uint64_t downstream_protocol_errors = 0;
+  uint64_t upstream_protocol_errors = 0;
+};
+
+// Per-shard HTTP/2 state: stream objects and counters.
+class Context {
+ public:
+  Context(ChunkPool& chunks, Router& router);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  ChunkPool& chunks() { return chunks_; }
+  Router& router() { return router_; }
+  Counters& counters() { return counters_; }
+  size_t streams_in_use() const { return streams_in_use_; }
+
+  Stream* new_stream();
+  void free_stream(Stream* s);
+
+ private:
+  ChunkPool& chunks_;
+  Router& router_;
+  Counters counters_;
+  std::vector<Stream*> free_streams_;
+  size_t streams_in_use_ = 0;
+};
+
+struct DownstreamSettings {
+  uint32_t cluster = 0;  // default route
+  uint32_t max_concurrent_streams = 1000;
+  std::string client_ip;  // for x-forwarded-for
+};
+
+// Common part: an nghttp2 session driven by bytes.
+class Session {
+ public:
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Processes received plaintext. Protocol errors queue a GOAWAY and return
+  // Error::Protocol: flush, then close the connection.
+  Result<void> receive(const uint8_t* data, size_t len);
+  // Appends frames to `out`, at most about `budget` bytes. Returns the number
+  // of bytes appended.
+  size_t produce(ByteQueue& out, size_t budget);
+  bool want_read() const;
+  bool want_write() const;
+  // Neither side wants anything more: the connection can close.
+  bool finished() const { return !want_read() && !want_write(); }
+  size_t active_streams() const { return active_streams_; }
+
+ protected:
+  Session(Context& ctx, Owner& owner) : ctx_(ctx), owner_(owner) {}
+  ~Session();
+
+  friend struct Callbacks;
+  Context& ctx_;
+  Owner& owner_;
+  void* session_ = nullptr;  // nghttp2_session*
+  size_t active_streams_ = 0;
+  Stream* streams_ = nullptr;  // intrusive list of this session's streams
+};
+
+class DownstreamSession final : public Session {
+ public:
+  DownstreamSession(Context& ctx, Owner& owner, DownstreamSettings settings);
+  ~DownstreamSession();
+  // Graceful drain: GOAWAY with the last stream id; running streams finish.
+  void shutdown();
+  const DownstreamSettings& settings() const { return settings_; }
+
+ private:
+  friend struct Callbacks;
+  friend struct Forward;
+  DownstreamSettings settings_;
+};
+
+class UpstreamSession final : public Session {
+ public:
+  UpstreamSession(Context& ctx, Owner& owner);
+  ~UpstreamSession();
+  // Can take one more stream: not going away, below the peer's
+  // SETTINGS_MAX_CONCURRENT_STREAMS.
+  bool can_take_stream() const;
+  bool going_away() const { return going_away_; }
+  // The connection failed or was lost: every stream on it ends with
+  // grpc-status 14 and `why` as grpc-message (or a reset where the response
+  // had already ended). The session is dead afterwards.
+  void fail(const char* why);
+  bool failed() const { return failed_; }
+
+ private:
+  friend struct Callbacks;
+  friend struct Forward;
+  bool going_away_ = false;
+  bool failed_ = false;
+};
+
+}  // namespace tlsgate::h2

@@ -1,0 +1,59 @@
+// A shard: one pinned thread with its own io_uring, listening sockets,
+// connections, upstream pools and counters. Nothing in it is shared with
+// another shard; the main thread talks to it only through stop().
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tlsgate/config.hh"
+
+namespace tlsgate::shard {
+
+struct Counters {
+  uint64_t accepted = 0;
+  uint64_t handshakes = 0;
+  uint64_t handshake_failures = 0;
+  uint64_t handshake_timeouts = 0;
+  uint64_t http1_rejected = 0;
+  uint64_t idle_closed = 0;
+  uint64_t downstream_protocol_errors = 0;
+  uint64_t upstream_connects = 0;
+  uint64_t upstream_connect_failures = 0;
+  uint64_t upstream_lost = 0;
+  uint64_t streams_forwarded = 0;
+  uint64_t streams_unavailable = 0;
+  uint64_t streams_reset_by_client = 0;
+  uint64_t streams_reset_by_upstream = 0;
+  uint64_t header_limit_resets = 0;
+  uint64_t tls_userspace = 0;  // connections whose record crypto stays in userspace
+  std::string describe() const;
+  void add(const Counters& o);
+};
+
+class Shard {
+ public:
+  // `listen_fds[i]` is this shard's SO_REUSEPORT socket for
+  // config.listeners[i]; the shard owns and closes them. Throws on a set-up
+  // failure (io_uring refused, TLS context), with a message saying what.
+  Shard(unsigned id, const config::Config& config, std::vector<int> listen_fds);
+  ~Shard();
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+
+  // Serves until stop() and the drain that follows are over.
+  void run();
+  // Thread-safe: asks the shard to drain and return from run().
+  void stop();
+  // Valid after run() returned.
+  const Counters& counters() const;
+  std::string ring_features() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tlsgate::shard

@@ -1,0 +1,611 @@
+#include <nghttp2/nghttp2.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <new>
+
+#include "stream.hh"
+#include "tlsgate/h2.hh"
+#include "tlsgate/log.hh"
+
+namespace tlsgate::h2 {
+
+namespace {
+
+constexpr int32_t kStreamWindow = 256 * 1024;
+constexpr int32_t kDownstreamConnectionWindow = 1 << 20;
+constexpr int32_t kUpstreamConnectionWindow = 16 << 20;
+constexpr uint32_t kMaxHeaderListSize = HeaderList::kMaxBytes;
+
+nghttp2_session* ng(void* p) { return static_cast<nghttp2_session*>(p); }
+
+nghttp2_nv make_nv(const char* name, const char* value, size_t value_len) {
+  return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name)),
+                    reinterpret_cast<uint8_t*>(const_cast<char*>(value)), std::strlen(name), value_len,
+                    NGHTTP2_NV_FLAG_NONE};
+}
+
+bool name_is(nghttp2_rcbuf* rc, const char* want) {
+  nghttp2_vec v = nghttp2_rcbuf_get_buf(rc);
+  size_t n = std::strlen(want);
+  return v.len == n && std::memcmp(v.base, want, n) == 0;
+}
+
+// grpc-message is percent-encoded: bytes outside printable ASCII and '%'.
+void percent_encode(const char* in, char* out, size_t cap) {
+  static const char* hex = "0123456789ABCDEF";
+  size_t o = 0;
+  for (const unsigned char* p = reinterpret_cast<const unsigned char*>(in); *p && o + 4 < cap; ++p) {
+    if (*p >= 0x20 && *p <= 0x7e && *p != '%') {
+      out[o++] = static_cast<char>(*p);
+    } else {
+      out[o++] = '%';
+      out[o++] = hex[*p >> 4];
+      out[o++] = hex[*p & 15];
+    }
+  }
+  out[o] = 0;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- HeaderList
+
+bool HeaderList::add_rc(nghttp2_rcbuf* name, nghttp2_rcbuf* value) {
+  nghttp2_vec n = nghttp2_rcbuf_get_buf(name);
+  nghttp2_vec v = nghttp2_rcbuf_get_buf(value);
+  if (count_ == kMaxFields || bytes_ + n.len + v.len + 32 > kMaxBytes) return false;
+  nghttp2_rcbuf_incref(name);
+  nghttp2_rcbuf_incref(value);
+  fields_[count_++] = Field{name, value, n.base, n.len, v.base, v.len};
+  bytes_ += n.len + v.len + 32;
+  return true;
+}
+
+bool HeaderList::add_static(const char* name, const char* value, size_t value_len) {
+  size_t nl = std::strlen(name);
+  if (count_ == kMaxFields || bytes_ + nl + value_len + 32 > kMaxBytes) return false;
+  fields_[count_++] = Field{nullptr, nullptr, reinterpret_cast<const uint8_t*>(name), nl,
+                            reinterpret_cast<const uint8_t*>(value), value_len};
+  bytes_ += nl + value_len + 32;
+  return true;
+}
+
+void HeaderList::clear() {
+  for (uint32_t i = 0; i < count_; ++i) {
+    if (fields_[i].name_rc) nghttp2_rcbuf_decref(fields_[i].name_rc);
+    if (fields_[i].value_rc) nghttp2_rcbuf_decref(fields_[i].value_rc);
+  }
+  count_ = 0;
+  bytes_ = 0;
+}
+
+size_t HeaderList::to_nv(nghttp2_nv* nva) const {
+  for (uint32_t i = 0; i < count_; ++i) {
+    const Field& f = fields_[i];
+    nva[i] = nghttp2_nv{const_cast<uint8_t*>(f.name), const_cast<uint8_t*>(f.value), f.name_len, f.value_len,
+                        NGHTTP2_NV_FLAG_NONE};
+  }
+  return count_;
+}
+
+bool HeaderList::find(const char* name, const uint8_t** value, size_t* len) const {
+  size_t nl = std::strlen(name);
+  for (uint32_t i = 0; i < count_; ++i) {
+    if (fields_[i].name_len == nl && std::memcmp(fields_[i].name, name, nl) == 0) {
+      *value = fields_[i].value;
+      *len = fields_[i].value_len;
+      return true;
+    }
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------- Context
+
+Context::Context(ChunkPool& chunks, Router& router) : chunks_(chunks), router_(router) {}
+
+Context::~Context() {
+  for (Stream* s : free_streams_) delete s;
+}
+
+Stream* Context::new_stream() {
+  Stream* s;
+  if (free_streams_.empty()) {
+    s = new Stream;  // warm-up only: streams are recycled afterwards
+  } else {
+    s = free_streams_.back();
+    free_streams_.pop_back();
+  }
+  s->reset(chunks_);
+  ++streams_in_use_;
+  return s;
+}
+
+void Context::free_stream(Stream* s) {
+  s->reset(chunks_);
+  --streams_in_use_;
+  free_streams_.push_back(s);
+}
+
+// ---------------------------------------------------------------- Forward
+// What happens to a forwarded stream when one side moves.
+
+struct Forward {
+  static void link_down(DownstreamSession& d, Stream* s) {
+    s->down = &d;
+    s->down_prev = nullptr;
+    s->down_next = d.streams_;
+    if (d.streams_) d.streams_->down_prev = s;
+    d.streams_ = s;
+    ++d.active_streams_;
+  }
+  static void unlink_down(Stream* s) {
+    DownstreamSession& d = *s->down;
+    if (s->down_prev) s->down_prev->down_next = s->down_next; else d.streams_ = s->down_next;
+    if (s->down_next) s->down_next->down_prev = s->down_prev;
+    s->down_prev = s->down_next = nullptr;
+    --d.active_streams_;
+    s->down = nullptr;
+  }
+  static void link_up(UpstreamSession& u, Stream* s) {
+    s->up = &u;
+    s->up_prev = nullptr;
+    s->up_next = u.streams_;
+    if (u.streams_) u.streams_->up_prev = s;
+    u.streams_ = s;
+    ++u.active_streams_;
+  }
+  static void unlink_up(Stream* s) {
+    UpstreamSession& u = *s->up;
+    if (s->up_prev) s->up_prev->up_next = s->up_next; else u.streams_ = s->up_next;
+    if (s->up_next) s->up_next->up_prev = s->up_prev;
+    s->up_prev = s->up_next = nullptr;
+    --u.active_streams_;
+    s->up = nullptr;
+  }
+
+  // The gateway answers the stream itself with grpc-status 14: trailers-only
+  // if nothing was sent yet, else trailers after the data already queued.
+  static void respond_unavailable(Context& ctx, Stream* s, const char* why) {
+    ++ctx.counters().streams_unavailable;
+    DownstreamSession* d = s->down;
+    if (d == nullptr || s->resp_eof) return;
+    percent_encode(why, s->message, sizeof s->message);
+    if (!s->resp_started) {
+      nghttp2_nv nva[4] = {make_nv(":status", "200", 3), make_nv("content-type", "application/grpc", 16),
+                           make_nv("grpc-status", "14", 2), make_nv("grpc-message", s->message, std::strlen(s->message))};
+      s->resp_started = true;
+      s->resp_eof = true;
+      nghttp2_submit_response(ng(d->session_), s->down_id, nva, 4, nullptr);
+    } else {
+      s->resp_trailers.clear();
+      s->resp_trailers.add_static("grpc-status", "14", 2);
+      s->resp_trailers.add_static("grpc-message", s->message, std::strlen(s->message));
+      s->resp_eof = true;
+      nghttp2_session_resume_data(ng(d->session_), s->down_id);
+    }
+    d->owner_.wake();
+  }
+
+  static ssize_t read_request_body(nghttp2_session*, int32_t, uint8_t* buf, size_t length, uint32_t* flags,
+                                   nghttp2_data_source* source, void*) {
+    auto* s = static_cast<Stream*>(source->ptr);
+    size_t n = s->req_body.read(buf, length);
+    if (n > 0 && s->down) {
+      // The backend's side took the bytes: now the client may send more.
+      size_t give = std::min(n, s->req_unconsumed);
+      s->req_unconsumed -= give;
+      nghttp2_session_consume(ng(s->down->session_), s->down_id, give);
+      s->down->owner_.wake();
+    }
+    if (s->req_body.empty()) {
+      if (s->req_eof) *flags |= NGHTTP2_DATA_FLAG_EOF;
+      else if (n == 0) return NGHTTP2_ERR_DEFERRED;
+    }
+    return static_cast<ssize_t>(n);
+  }
+
+  static ssize_t read_response_body(nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
+                                    uint32_t* flags, nghttp2_data_source* source, void*) {
+    auto* s = static_cast<Stream*>(source->ptr);
+    size_t n = s->resp_body.read(buf, length);
+    if (n > 0 && s->up) {
+      size_t give = std::min(n, s->resp_unconsumed);
+      s->resp_unconsumed -= give;
+      nghttp2_session_consume(ng(s->up->session_), s->up_id, give);
+      s->up->owner_.wake();
+    }
+    if (s->resp_body.empty()) {
+      if (s->resp_eof) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (!s->resp_trailers.empty()) {
+          nghttp2_nv nva[HeaderList::kMaxFields];
+          size_t count = s->resp_trailers.to_nv(nva);
+          if (nghttp2_submit_trailer(session, stream_id, nva, count) == 0) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        }
+      } else if (n == 0) {
+        return NGHTTP2_ERR_DEFERRED;
+      }
+    }
+    return static_cast<ssize_t>(n);
+  }
+
+  // The client's request headers are complete: pick a backend and submit.
+  static void forward_request(Context& ctx, DownstreamSession& d, Stream* s) {
+    const char* why = "no upstream available";
+    UpstreamSession* u = ctx.router().pick_upstream(d.settings_.cluster, why);
+    if (u == nullptr) {
+      respond_unavailable(ctx, s, why);
+      return;
+    }
+    nghttp2_nv nva[HeaderList::kMaxFields + 4];
+    size_t n = s->req_headers.to_nv(nva);
+    for (size_t i = 0; i < n; ++i) {
+      // The backend hop is cleartext HTTP/2.
+      if (nva[i].namelen == 7 && std::memcmp(nva[i].name, ":scheme", 7) == 0) {
+        nva[i].value = reinterpret_cast<uint8_t*>(const_cast<char*>("http"));
+        nva[i].valuelen = 4;
+      }
+    }
+    nva[n++] = make_nv("x-forwarded-for", d.settings_.client_ip.data(), d.settings_.client_ip.size());
+    nva[n++] = make_nv("x-forwarded-proto", "https", 5);
+    nghttp2_data_provider prd{};
+    prd.source.ptr = s;
+    prd.read_callback = read_request_body;
+    int32_t id = nghttp2_submit_request(ng(u->session_), nullptr, nva, n, s->req_eof ? nullptr : &prd, s);
+    if (id < 0) {
+      respond_unavailable(ctx, s, nghttp2_strerror(id));
+      return;
+    }
+    s->up_id = id;
+    link_up(*u, s);
+    ++ctx.counters().streams_forwarded;
+    u->owner_.wake();
+  }
+
+  // The backend's response headers arrived.
+  static void forward_response(Context&, Stream* s, bool end_stream) {
+    DownstreamSession* d = s->down;
+    if (d == nullptr || s->resp_started) return;
+    nghttp2_nv nva[HeaderList::kMaxFields];
+    size_t n = s->resp_headers.to_nv(nva);
+    nghttp2_data_provider prd{};
+    prd.source.ptr = s;
+    prd.read_callback = read_response_body;
+    s->resp_started = true;
+    if (end_stream) s->resp_eof = true;
+    nghttp2_submit_response(ng(d->session_), s->down_id, nva, n, end_stream ? nullptr : &prd);
+    d->owner_.wake();
+  }
+
+  // The downstream half ended (client closed or reset it, or its connection
+  // went away).
+  static void release_down(Context& ctx, Stream* s, uint32_t error_code, bool session_alive) {
+    DownstreamSession* d = s->down;
+    if (session_alive && s->req_unconsumed > 0)
+      nghttp2_session_consume_connection(ng(d->session_), s->req_unconsumed);
+    s->req_unconsumed = 0;
+    unlink_down(s);
+    if (s->up) {
+      if (error_code != NGHTTP2_NO_ERROR || !s->resp_eof) {
+        if (error_code != NGHTTP2_NO_ERROR) ++ctx.counters().streams_reset_by_client;
+        nghttp2_submit_rst_stream(ng(s->up->session_), NGHTTP2_FLAG_NONE, s->up_id, NGHTTP2_CANCEL);
+        s->up->owner_.wake();
+      }
+      return;
+    }
+    ctx.free_stream(s);
+  }
+
+  // The upstream half ended (closed, reset by the backend, or connection lost).
+  static void release_up(Context& ctx, Stream* s, uint32_t error_code, bool session_alive) {
+    UpstreamSession* u = s->up;
+    if (session_alive && s->resp_unconsumed > 0)
+      nghttp2_session_consume_connection(ng(u->session_), s->resp_unconsumed);
+    s->resp_unconsumed = 0;
+    unlink_up(s);
+    if (s->down == nullptr) {
+      ctx.free_stream(s);
+      return;
+    }
+    if (!s->resp_eof) {
+      if (error_code != NGHTTP2_NO_ERROR) {
+        ++ctx.counters().streams_reset_by_upstream;
+        nghttp2_submit_rst_stream(ng(s->down->session_), NGHTTP2_FLAG_NONE, s->down_id, error_code);
+      } else {
+        s->resp_eof = true;
+        nghttp2_session_resume_data(ng(s->down->session_), s->down_id);
+      }
+      s->down->owner_.wake();
+    }
+  }
+};
+
+// ---------------------------------------------------------------- Callbacks
+
+struct Callbacks {
+  // ---- downstream (server) side
+  static int d_begin_headers(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
+    auto* d = static_cast<DownstreamSession*>(user);
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+    Stream* s = d->ctx_.new_stream();
+    s->down_id = frame->hd.stream_id;
+    Forward::link_down(*d, s);
+    nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
+    return 0;
+  }
+
+  static int d_header(nghttp2_session* session, const nghttp2_frame* frame, nghttp2_rcbuf* name,
+                      nghttp2_rcbuf* value, uint8_t, void* user) {
+    auto* d = static_cast<DownstreamSession*>(user);
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    if (s == nullptr) return 0;
+    // Hop-by-hop and gateway-owned fields are not forwarded.
+    if (name_is(name, "x-forwarded-for") || name_is(name, "x-forwarded-proto") || name_is(name, "connection") ||
+        name_is(name, "keep-alive") || name_is(name, "proxy-connection") || name_is(name, "transfer-encoding") ||
+        name_is(name, "upgrade"))
+      return 0;
+    if (!s->req_headers.add_rc(name, value)) {
+      ++d->ctx_.counters().header_limit_resets;
+      return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // RST_STREAM for this stream only
+    }
+    return 0;
+  }
+
+  static int d_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
+    auto* d = static_cast<DownstreamSession*>(user);
+    if (frame->hd.stream_id == 0) return 0;
+    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    if (s == nullptr) return 0;
+    const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+      s->req_eof = end_stream;
+      Forward::forward_request(d->ctx_, *d, s);
+      return 0;
+    }
+    if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) && end_stream) {
+      s->req_eof = true;
+      if (s->up) {
+        nghttp2_session_resume_data(ng(s->up->session_), s->up_id);
+        s->up->owner_.wake();
+      }
+    }
+    return 0;
+  }
+
+  static int d_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data, size_t len,
+                          void*) {
+    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+    if (s == nullptr || s->up == nullptr || !s->req_body.append(data, len)) {
+      // Nobody will forward these bytes: give the window back at once.
+      nghttp2_session_consume(session, stream_id, len);
+      return 0;
+    }
+    s->req_unconsumed += len;
+    nghttp2_session_resume_data(ng(s->up->session_), s->up_id);
+    s->up->owner_.wake();
+    return 0;
+  }
+
+  static int d_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void* user) {
+    auto* d = static_cast<DownstreamSession*>(user);
+    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+    if (s == nullptr) return 0;
+    nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
+    Forward::release_down(d->ctx_, s, error_code, true);
+    return 0;
+  }
+
+  // ---- upstream (client) side
+  static int u_header(nghttp2_session* session, const nghttp2_frame* frame, nghttp2_rcbuf* name,
+                      nghttp2_rcbuf* value, uint8_t, void* user) {
+    auto* u = static_cast<UpstreamSession*>(user);
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    if (s == nullptr) return 0;
+    if (name_is(name, "connection") || name_is(name, "keep-alive") || name_is(name, "transfer-encoding")) return 0;
+    HeaderList& list = frame->headers.cat == NGHTTP2_HCAT_RESPONSE ? s->resp_headers : s->resp_trailers;
+    if (!list.add_rc(name, value)) {
+      ++u->ctx_.counters().header_limit_resets;
+      return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    return 0;
+  }
+
+  static int u_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
+    auto* u = static_cast<UpstreamSession*>(user);
+    if (frame->hd.type == NGHTTP2_GOAWAY) {
+      u->going_away_ = true;
+      return 0;
+    }
+    if (frame->hd.stream_id == 0) return 0;
+    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    if (s == nullptr) return 0;
+    const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+      const uint8_t* status = nullptr;
+      size_t len = 0;
+      if (s->resp_headers.find(":status", &status, &len) && len == 3 && status[0] == '1') {
+        s->resp_headers.clear();  // 1xx: not the final response
+        return 0;
+      }
+      Forward::forward_response(u->ctx_, s, end_stream);
+      return 0;
+    }
+    if (end_stream && (frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS)) {
+      s->resp_eof = true;
+      if (s->down) {
+        nghttp2_session_resume_data(ng(s->down->session_), s->down_id);
+        s->down->owner_.wake();
+      }
+    }
+    return 0;
+  }
+
+  static int u_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data, size_t len,
+                          void*) {
+    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+    if (s == nullptr || s->down == nullptr || !s->resp_started || !s->resp_body.append(data, len)) {
+      nghttp2_session_consume(session, stream_id, len);
+      return 0;
+    }
+    s->resp_unconsumed += len;
+    nghttp2_session_resume_data(ng(s->down->session_), s->down_id);
+    s->down->owner_.wake();
+    return 0;
+  }
+
+  static int u_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void* user) {
+    auto* u = static_cast<UpstreamSession*>(user);
+    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+    if (s == nullptr || s->up != u) return 0;
+    Forward::release_up(u->ctx_, s, error_code, true);
+    return 0;
+  }
+
+  static nghttp2_session_callbacks* make(bool server) {
+    nghttp2_session_callbacks* cb = nullptr;
+    if (nghttp2_session_callbacks_new(&cb) != 0) throw std::bad_alloc();
+    if (server) {
+      nghttp2_session_callbacks_set_on_begin_headers_callback(cb, d_begin_headers);
+      nghttp2_session_callbacks_set_on_header_callback2(cb, d_header);
+      nghttp2_session_callbacks_set_on_frame_recv_callback(cb, d_frame_recv);
+      nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, d_data_chunk);
+      nghttp2_session_callbacks_set_on_stream_close_callback(cb, d_stream_close);
+    } else {
+      nghttp2_session_callbacks_set_on_header_callback2(cb, u_header);
+      nghttp2_session_callbacks_set_on_frame_recv_callback(cb, u_frame_recv);
+      nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, u_data_chunk);
+      nghttp2_session_callbacks_set_on_stream_close_callback(cb, u_stream_close);
+    }
+    return cb;
+  }
+};
+
+namespace {
+
+// nghttp2 copies the callbacks into each session, so one set per process is
+// read-only shared state.
+const nghttp2_session_callbacks* server_callbacks() {
+  static nghttp2_session_callbacks* cb = Callbacks::make(true);
+  return cb;
+}
+const nghttp2_session_callbacks* client_callbacks() {
+  static nghttp2_session_callbacks* cb = Callbacks::make(false);
+  return cb;
+}
+
+nghttp2_option* make_option(bool server) {
+  nghttp2_option* opt = nullptr;
+  if (nghttp2_option_new(&opt) != 0) throw std::bad_alloc();
+  nghttp2_option_set_no_auto_window_update(opt, 1);
+  if (server) {
+    // CVE-2023-44487 (rapid reset): bound how fast a client may reset streams.
+    nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 100);
+    nghttp2_option_set_max_continuations(opt, 16);
+  }
+  return opt;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- Session
+
+Session::~Session() {
+  if (session_) nghttp2_session_del(ng(session_));
+}
+
+Result<void> Session::receive(const uint8_t* data, size_t len) {
+  ssize_t rv = nghttp2_session_mem_recv(ng(session_), data, len);
+  if (rv < 0) {
+    LOG_DEBUG("h2", "receive: %s", nghttp2_strerror(static_cast<int>(rv)));
+    return Unexpected(Error::Protocol);
+  }
+  return {};
+}
+
+size_t Session::produce(ByteQueue& out, size_t budget) {
+  size_t total = 0;
+  while (total < budget) {
+    const uint8_t* p = nullptr;
+    ssize_t n = nghttp2_session_mem_send(ng(session_), &p);
+    if (n <= 0) break;
+    if (!out.append(p, static_cast<size_t>(n))) break;
+    total += static_cast<size_t>(n);
+  }
+  return total;
+}
+
+bool Session::want_read() const { return session_ && nghttp2_session_want_read(ng(session_)) != 0; }
+bool Session::want_write() const { return session_ && nghttp2_session_want_write(ng(session_)) != 0; }
+
+DownstreamSession::DownstreamSession(Context& ctx, Owner& owner, DownstreamSettings settings)
+    : Session(ctx, owner), settings_(std::move(settings)) {
+  static nghttp2_option* opt = make_option(true);
+  nghttp2_session* s = nullptr;
+  if (nghttp2_session_server_new2(&s, server_callbacks(), this, opt) != 0) throw std::bad_alloc();
+  session_ = s;
+  nghttp2_settings_entry iv[] = {
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, settings_.max_concurrent_streams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, kMaxHeaderListSize},
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+  };
+  nghttp2_submit_settings(s, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
+  nghttp2_session_set_local_window_size(s, NGHTTP2_FLAG_NONE, 0, kDownstreamConnectionWindow);
+}
+
+DownstreamSession::~DownstreamSession() {
+  while (streams_) Forward::release_down(ctx_, streams_, NGHTTP2_CANCEL, false);
+}
+
+void DownstreamSession::shutdown() {
+  nghttp2_submit_goaway(ng(session_), NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(ng(session_)),
+                        NGHTTP2_NO_ERROR, nullptr, 0);
+}
+
+UpstreamSession::UpstreamSession(Context& ctx, Owner& owner) : Session(ctx, owner) {
+  static nghttp2_option* opt = make_option(false);
+  nghttp2_session* s = nullptr;
+  if (nghttp2_session_client_new2(&s, client_callbacks(), this, opt) != 0) throw std::bad_alloc();
+  session_ = s;
+  nghttp2_settings_entry iv[] = {
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)},
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+  };
+  nghttp2_submit_settings(s, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
+  nghttp2_session_set_local_window_size(s, NGHTTP2_FLAG_NONE, 0, kUpstreamConnectionWindow);
+}
+
+UpstreamSession::~UpstreamSession() {
+  if (!failed_) fail("upstream connection closed");
+}
+
+bool UpstreamSession::can_take_stream() const {
+  if (going_away_ || failed_ || session_ == nullptr) return false;
+  uint32_t max = nghttp2_session_get_remote_settings(ng(session_), NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+  return active_streams_ < max;
+}
+
+void UpstreamSession::fail(const char* why) {
+  failed_ = true;
+  while (streams_) {
+    Stream* s = streams_;
+    s->resp_unconsumed = 0;
+    Forward::unlink_up(s);
+    if (s->down == nullptr) {
+      ctx_.free_stream(s);
+    } else {
+      Forward::respond_unavailable(ctx_, s, why);
+    }
+  }
+  if (session_) {
+    nghttp2_session_del(ng(session_));
+    session_ = nullptr;
+  }
+}
+
+}  // namespace tlsgate::h2

@@ -1,0 +1,104 @@
+// A forwarded stream: one downstream (client) stream joined to one upstream
+// (backend) stream. Private to src/h2/.
+//
+// Lifetime: created on the client's HEADERS, freed when both halves are
+// released (down == nullptr and up == nullptr). Each half is released by its
+// session's on_stream_close, or when its connection dies.
+#pragma once
+
+#include <nghttp2/nghttp2.h>
+
+#include <cstdint>
+
+#include "tlsgate/buffer.hh"
+#include "tlsgate/h2.hh"
+
+namespace tlsgate::h2 {
+
+// Header fields kept by reference to nghttp2's refcounted buffers, or to
+// static / stream-owned text for fields the gateway makes itself.
+class HeaderList {
+ public:
+  static constexpr uint32_t kMaxFields = 64;
+  static constexpr size_t kMaxBytes = 64 * 1024;
+
+  // Returns false when a limit is reached (the field is not added).
+  bool add_rc(nghttp2_rcbuf* name, nghttp2_rcbuf* value);
+  bool add_static(const char* name, const char* value, size_t value_len);
+  void clear();
+  uint32_t size() const { return count_; }
+  bool empty() const { return count_ == 0; }
+  // Fills `nva` (capacity kMaxFields + extra) with the fields.
+  size_t to_nv(nghttp2_nv* nva) const;
+  // Value of the first field named `name`, or empty.
+  bool find(const char* name, const uint8_t** value, size_t* len) const;
+  ~HeaderList() { clear(); }
+
+ private:
+  struct Field {
+    nghttp2_rcbuf* name_rc;
+    nghttp2_rcbuf* value_rc;
+    const uint8_t* name;
+    size_t name_len;
+    const uint8_t* value;
+    size_t value_len;
+  };
+  Field fields_[kMaxFields];
+  uint32_t count_ = 0;
+  size_t bytes_ = 0;
+};
+
+struct Stream {
+  // Downstream half.
+  DownstreamSession* down = nullptr;
+  int32_t down_id = 0;
+  // Upstream half.
+  UpstreamSession* up = nullptr;
+  int32_t up_id = -1;
+
+  // Request (client → backend).
+  HeaderList req_headers;
+  ByteQueue req_body;
+  bool req_eof = false;
+  size_t req_unconsumed = 0;  // downstream bytes not yet given back to the client's window
+
+  // Response (backend → client).
+  HeaderList resp_headers;
+  HeaderList resp_trailers;
+  ByteQueue resp_body;
+  bool resp_started = false;  // response HEADERS submitted downstream
+  bool resp_eof = false;      // nothing more will be appended to resp_body
+  size_t resp_unconsumed = 0;
+
+  char message[160] = {0};  // grpc-message of a gateway-made status
+  char status_text[4] = {0};
+
+  // Intrusive lists: the streams of each session.
+  Stream* down_prev = nullptr;
+  Stream* down_next = nullptr;
+  Stream* up_prev = nullptr;
+  Stream* up_next = nullptr;
+
+  void reset(ChunkPool& pool) {
+    down = nullptr;
+    down_id = 0;
+    up = nullptr;
+    up_id = -1;
+    req_headers.clear();
+    req_body.clear();
+    req_body.set_pool(&pool);
+    req_eof = false;
+    req_unconsumed = 0;
+    resp_headers.clear();
+    resp_trailers.clear();
+    resp_body.clear();
+    resp_body.set_pool(&pool);
+    resp_started = false;
+    resp_eof = false;
+    resp_unconsumed = 0;
+    message[0] = 0;
+    down_prev = down_next = up_prev = up_next = nullptr;
+  }
+};
+
+}  // namespace tlsgate::h2

@@ -1,0 +1,289 @@
+// Command line, start-up checks, shard threads, signals.
+//
+// Everything that can be wrong with the configuration or the host is found
+// here, before a single connection is accepted, and reported as one line
+// naming the key; exit code 2. Runtime failures exit 1.
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <condition_variable>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tlsgate/config.hh"
+#include "tlsgate/io.hh"
+#include "tlsgate/log.hh"
+#include "tlsgate/shard.hh"
+#include "tlsgate/tls.hh"
+
+namespace {
+
+using namespace tlsgate;
+
+constexpr int kExitRuntime = 1;
+constexpr int kExitConfig = 2;
+
+const char* kUsage =
+    "usage: tlsgate --config FILE [--log-level debug|info|warn|error]\n"
+    "       tlsgate --check-config FILE\n"
+    "       tlsgate --version | --help\n"
+    "\n"
+    "Terminates TLS for gRPC and forwards HTTP/2 streams to gRPC backends.\n"
+    "  --config FILE        serve with this TOML configuration\n"
+    "  --check-config FILE  validate FILE (including certificates and keys) and exit\n"
+    "  --log-level LEVEL    default info\n"
+    "Exit codes: 0 stopped cleanly, 1 runtime failure, 2 bad configuration or usage.\n"
+    "Signals: SIGTERM/SIGINT drain and stop.\n";
+
+struct Args {
+  std::string config;
+  bool check = false;
+  log::Level level = log::Level::Info;
+};
+
+[[noreturn]] void usage_error(const std::string& msg) {
+  std::fprintf(stderr, "tlsgate: %s\n%s", msg.c_str(), kUsage);
+  std::exit(kExitConfig);
+}
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage_error(arg + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else if (arg == "--version") {
+      std::printf("tlsgate %s\n", TLSGATE_VERSION);
+      std::exit(0);
+    } else if (arg == "--config" || arg == "-c") {
+      a.config = value();
+    } else if (arg == "--check-config") {
+      a.config = value();
+      a.check = true;
+    } else if (arg == "--log-level") {
+      std::string l = value();
+      if (l == "debug") a.level = log::Level::Debug;
+      else if (l == "info") a.level = log::Level::Info;
+      else if (l == "warn") a.level = log::Level::Warn;
+      else if (l == "error") a.level = log::Level::Error;
+      else usage_error("unknown log level '" + l + "'");
+    } else {
+      usage_error("unknown argument '" + arg + "'");
+    }
+  }
+  if (a.config.empty()) usage_error("--config FILE or --check-config FILE is required");
+  return a;
+}
+
+[[noreturn]] void config_error(const std::string& msg) {
+  std::fprintf(stderr, "tlsgate: %s\n", msg.c_str());
+  std::exit(kExitConfig);
+}
+
+// Features the configuration may ask for that this build does not have yet
+// are refused, never silently ignored.
+void check_supported(const config::Config& cfg) {
+  for (const config::Listener& l : cfg.listeners) {
+    if (l.tls.ktls == config::Ktls::On)
+      config_error(l.tls.ktls_origin.to_string() +
+                   ": ktls = \"on\" requires kernel TLS offload, which this build does not implement yet; "
+                   "use \"auto\" or \"off\"");
+    if (l.proxy_protocol != config::ProxyProtocol::Off)
+      config_error(cfg.path + ": listeners." + l.name +
+                   ".proxy_protocol: the PROXY protocol is not implemented yet; use \"off\"");
+  }
+}
+
+// Loads every certificate and key once in the main thread, so a bad file is
+// a start-up error and not a shard failure.
+void check_tls(const config::Config& cfg) {
+  for (const config::Listener& l : cfg.listeners) {
+    try {
+      tls::Context probe(l.tls);
+    } catch (const std::exception& e) {
+      config_error(e.what());
+    }
+  }
+}
+
+config::SocketAddress with_port(const config::SocketAddress& a, uint16_t port) {
+  config::SocketAddress b = a;
+  if (b.storage.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&b.storage)->sin_port = htons(port);
+  else reinterpret_cast<sockaddr_in6*>(&b.storage)->sin6_port = htons(port);
+  return b;
+}
+
+std::string host_part(const std::string& text) {
+  size_t colon = text.rfind(':');
+  return colon == std::string::npos ? text : text.substr(0, colon);
+}
+
+// fds[shard][listener]. The first socket of a listener fixes the port (port
+// 0 = the kernel's choice); the other shards join it with SO_REUSEPORT.
+std::vector<std::vector<int>> bind_listeners(const config::Config& cfg, unsigned shards) {
+  std::vector<std::vector<int>> fds(shards, std::vector<int>(cfg.listeners.size(), -1));
+  for (size_t li = 0; li < cfg.listeners.size(); ++li) {
+    const config::Listener& l = cfg.listeners[li];
+    config::SocketAddress addr = l.listen;
+    for (unsigned s = 0; s < shards; ++s) {
+      int fd = io::listen_socket(reinterpret_cast<const sockaddr*>(&addr.storage), addr.length, 4096);
+      if (fd < 0)
+        config_error(l.listen_origin.to_string() + ": cannot listen on " + l.listen.text + ": " +
+                     std::strerror(-fd));
+      if (s == 0) addr = with_port(addr, io::local_port(fd));
+      fds[s][li] = fd;
+    }
+    LOG_INFO("listener", "%s listening on %s:%u (%u shards)", l.name.c_str(), host_part(l.listen.text).c_str(),
+             addr.port(), shards);
+  }
+  return fds;
+}
+
+void pin_to_cpu(unsigned shard) {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
+  int n = CPU_COUNT(&allowed);
+  if (n <= 0) return;
+  // The shard-th CPU this process may run on.
+  int seen = 0;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &allowed)) continue;
+    if (seen++ == static_cast<int>(shard % static_cast<unsigned>(n))) {
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+      return;
+    }
+  }
+}
+
+struct ShardThread {
+  std::unique_ptr<shard::Shard> shard;
+  std::thread thread;
+  std::string error;
+};
+
+int serve(const config::Config& cfg) {
+  // Signals are taken by the main thread alone (sigwait); shards never see them.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  const unsigned n = cfg.workers;
+  std::vector<std::vector<int>> fds = bind_listeners(cfg, n);
+
+  std::vector<ShardThread> shards(n);
+  std::mutex mu;
+  std::condition_variable cv;
+  unsigned ready = 0;
+  for (unsigned i = 0; i < n; ++i) {
+    shards[i].thread = std::thread([&, i] {
+      pin_to_cpu(i);
+      try {
+        shards[i].shard = std::make_unique<shard::Shard>(i, cfg, fds[i]);
+      } catch (const std::exception& e) {
+        shards[i].error = e.what();
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        ++ready;
+      }
+      cv.notify_one();
+      if (shards[i].shard) shards[i].shard->run();
+    });
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return ready == n; });
+  }
+  bool ok = true;
+  for (unsigned i = 0; i < n; ++i) {
+    if (!shards[i].error.empty()) {
+      LOG_ERROR("shard", "%u: cannot start: %s", i, shards[i].error.c_str());
+      ok = false;
+    }
+  }
+  if (ok) {
+    LOG_INFO("main", "tlsgate %s serving with %u shards (io_uring %s); kernel TLS not used: record crypto in userspace",
+             TLSGATE_VERSION, n, shards[0].shard->ring_features().c_str());
+    for (;;) {
+      int sig = 0;
+      if (sigwait(&sigs, &sig) != 0) continue;
+      if (sig == SIGHUP) {
+        LOG_WARN("main", "SIGHUP: configuration reload is not implemented yet; ignored");
+        continue;
+      }
+      LOG_INFO("main", "%s: draining", strsignal(sig));
+      break;
+    }
+  }
+  for (ShardThread& s : shards)
+    if (s.shard) s.shard->stop();
+  shard::Counters total;
+  for (ShardThread& s : shards) {
+    s.thread.join();
+    if (s.shard) total.add(s.shard->counters());
+  }
+  for (unsigned i = 0; i < n; ++i)
+    if (!shards[i].shard)
+      for (int fd : fds[i]) ::close(fd);
+  shards.clear();
+  LOG_INFO("main", "stopped: %s", total.describe().c_str());
+  return ok ? 0 : kExitRuntime;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  tls::init_library();
+  Args args = parse_args(argc, argv);
+  log::set_level(args.level);
+  config::Config cfg;
+  try {
+    cfg = config::load_file(args.config);
+  } catch (const config::ConfigError& e) {
+    config_error(e.what());
+  }
+  check_supported(cfg);
+  check_tls(cfg);
+  if (args.check) {
+    std::printf("%s: configuration OK (%zu listeners, %zu clusters, %u workers)\n", args.config.c_str(),
+                cfg.listeners.size(), cfg.clusters.size(), cfg.workers);
+    return 0;
+  }
+  for (const config::Listener& l : cfg.listeners)
+    if (l.tls.ktls == config::Ktls::Auto)
+      LOG_INFO("tls", "listener %s: ktls = auto: kernel TLS offload is not implemented yet, using userspace",
+               l.name.c_str());
+  if (cfg.admin.enabled)
+    LOG_WARN("admin", "[admin] listen = %s: the admin listener is not implemented yet; not listening",
+             cfg.admin.listen.text.c_str());
+  try {
+    return serve(cfg);
+  } catch (const std::exception& e) {
+    LOG_ERROR("main", "%s", e.what());
+    return kExitRuntime;
+  }
+}

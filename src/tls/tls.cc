@@ -1,0 +1,263 @@
+#include "tlsgate/tls.hh"
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+
+#ifdef TLSGATE_MIMALLOC
+#include <mimalloc.h>
+#endif
+
+namespace tlsgate::tls {
+
+namespace {
+
+std::string openssl_error_text() {
+  unsigned long e = ERR_get_error();
+  if (e == 0) return "unknown error";
+  char buf[256];
+  ERR_error_string_n(e, buf, sizeof buf);
+  ERR_clear_error();
+  return buf;
+}
+
+#ifdef TLSGATE_MIMALLOC
+void* mi_crypto_malloc(size_t n, const char*, int) { return mi_malloc(n); }
+void* mi_crypto_realloc(void* p, size_t n, const char*, int) { return mi_realloc(p, n); }
+void mi_crypto_free(void* p, const char*, int) { mi_free(p); }
+#endif
+
+BIO_METHOD* g_bio_method = nullptr;
+
+int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned inlen,
+                void* arg) {
+  const auto* wire = static_cast<const std::string*>(arg);
+  unsigned char* selected = nullptr;
+  // Server preference: the configured order (h2 first by default).
+  int rc = SSL_select_next_proto(&selected, outlen, reinterpret_cast<const unsigned char*>(wire->data()),
+                                 static_cast<unsigned>(wire->size()), in, inlen);
+  if (rc != OPENSSL_NPN_NEGOTIATED) return SSL_TLSEXT_ERR_ALERT_FATAL;  // RFC 7301: no_application_protocol
+  *out = selected;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+}  // namespace
+
+// The custom BIO reads from the session's pending bytes and current span and
+// writes records straight into the connection's output queue.
+struct BioAccess {
+  static int read(BIO* bio, char* out, int outl) {
+    auto* s = static_cast<Session*>(BIO_get_data(bio));
+    BIO_clear_retry_flags(bio);
+    size_t want = static_cast<size_t>(outl);
+    size_t got = s->pending_in_.read(out, want);
+    if (got < want && !s->in_.empty()) {
+      size_t n = std::min(want - got, s->in_.size());
+      std::memcpy(out + got, s->in_.data(), n);
+      s->in_ = s->in_.subspan(n);
+      got += n;
+    }
+    if (got == 0) {
+      BIO_set_retry_read(bio);
+      return -1;
+    }
+    return static_cast<int>(got);
+  }
+  static int write(BIO* bio, const char* data, int len) {
+    auto* s = static_cast<Session*>(BIO_get_data(bio));
+    BIO_clear_retry_flags(bio);
+    if (s->out_ == nullptr || !s->out_->append(data, static_cast<size_t>(len))) {
+      BIO_set_retry_write(bio);
+      return -1;
+    }
+    return len;
+  }
+};
+
+namespace {
+
+long bio_ctrl(BIO*, int cmd, long, void*) {
+  switch (cmd) {
+    case BIO_CTRL_FLUSH:
+      return 1;
+    default:
+      return 0;  // in particular: no kTLS through this BIO (issue 4 adds it)
+  }
+}
+
+int bio_create(BIO* bio) {
+  BIO_set_init(bio, 1);
+  return 1;
+}
+
+BIO_METHOD* bio_method() { return g_bio_method; }
+
+}  // namespace
+
+void init_library() {
+#ifdef TLSGATE_MIMALLOC
+  // Before OpenSSL allocates anything: every OpenSSL allocation goes to
+  // mimalloc's thread-local heaps instead of glibc's arenas.
+  CRYPTO_set_mem_functions(mi_crypto_malloc, mi_crypto_realloc, mi_crypto_free);
+#endif
+  OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, nullptr);
+  g_bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tlsgate");
+  BIO_meth_set_read(g_bio_method, BioAccess::read);
+  BIO_meth_set_write(g_bio_method, BioAccess::write);
+  BIO_meth_set_ctrl(g_bio_method, bio_ctrl);
+  BIO_meth_set_create(g_bio_method, bio_create);
+}
+
+const char* to_string(Alpn a) {
+  switch (a) {
+    case Alpn::None: return "none";
+    case Alpn::H2: return "h2";
+    case Alpn::Http11: return "http/1.1";
+  }
+  return "?";
+}
+
+const char* to_string(HandshakeState s) {
+  switch (s) {
+    case HandshakeState::InProgress: return "in_progress";
+    case HandshakeState::Done: return "done";
+    case HandshakeState::Failed: return "failed";
+  }
+  return "?";
+}
+
+Context::Context(const config::TlsSettings& settings) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (ctx == nullptr) throw std::runtime_error("SSL_CTX_new: " + openssl_error_text());
+  ctx_ = ctx;
+  SSL_CTX_set_min_proto_version(ctx, settings.min_version == config::TlsVersion::Tls13 ? TLS1_3_VERSION
+                                                                                      : TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  if (SSL_CTX_use_certificate_chain_file(ctx, settings.certificate.c_str()) != 1)
+    throw std::runtime_error(settings.certificate_origin.to_string() + ": cannot load certificate '" +
+                             settings.certificate + "': " + openssl_error_text());
+  if (SSL_CTX_use_PrivateKey_file(ctx, settings.private_key.c_str(), SSL_FILETYPE_PEM) != 1)
+    throw std::runtime_error(settings.private_key_origin.to_string() + ": cannot load private key '" +
+                             settings.private_key + "': " + openssl_error_text());
+  if (SSL_CTX_check_private_key(ctx) != 1)
+    throw std::runtime_error(settings.private_key_origin.to_string() + ": private key '" + settings.private_key +
+                             "' does not match certificate '" + settings.certificate + "'");
+  // ALPN in wire format, kept alive as long as the context.
+  auto* wire = new std::string;
+  for (const std::string& p : settings.alpn) {
+    wire->push_back(static_cast<char>(p.size()));
+    *wire += p;
+  }
+  SSL_CTX_set_app_data(ctx, wire);
+  SSL_CTX_set_alpn_select_cb(ctx, alpn_select, wire);
+}
+
+Context::~Context() {
+  auto* ctx = static_cast<SSL_CTX*>(ctx_);
+  delete static_cast<std::string*>(SSL_CTX_get_app_data(ctx));
+  SSL_CTX_free(ctx);
+}
+
+Session::Session(Context& ctx, ChunkPool& pool) : pending_in_(&pool) {
+  SSL* ssl = SSL_new(static_cast<SSL_CTX*>(ctx.native()));
+  if (ssl == nullptr) throw std::bad_alloc();
+  BIO* bio = BIO_new(bio_method());
+  BIO_set_data(bio, this);
+  SSL_set_bio(ssl, bio, bio);
+  SSL_set_accept_state(ssl);
+  ssl_ = ssl;
+}
+
+Session::~Session() { SSL_free(static_cast<SSL*>(ssl_)); }
+
+void Session::begin(std::span<const uint8_t> in, ByteQueue& out) {
+  in_ = in;
+  out_ = &out;
+  ERR_clear_error();
+}
+
+void Session::end() {
+  // Keep what OpenSSL did not read yet: the caller recycles its buffer.
+  if (!in_.empty()) pending_in_.append(in_.data(), in_.size());
+  in_ = {};
+  out_ = nullptr;
+}
+
+HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
+  begin(in, out);
+  SSL* ssl = static_cast<SSL*>(ssl_);
+  int rc = SSL_do_handshake(ssl);
+  HandshakeState st = HandshakeState::Done;
+  if (rc != 1) {
+    int err = SSL_get_error(ssl, rc);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+      st = HandshakeState::InProgress;
+    } else {
+      failure_ = err == SSL_ERROR_SSL ? openssl_error_text() : "handshake error " + std::to_string(err);
+      st = HandshakeState::Failed;
+    }
+  } else {
+    const unsigned char* proto = nullptr;
+    unsigned len = 0;
+    SSL_get0_alpn_selected(ssl, &proto, &len);
+    if (len == 2 && std::memcmp(proto, "h2", 2) == 0) alpn_ = Alpn::H2;
+    else if (len == 8 && std::memcmp(proto, "http/1.1", 8) == 0) alpn_ = Alpn::Http11;
+    else alpn_ = Alpn::None;
+  }
+  end();
+  return st;
+}
+
+const char* Session::version() const { return SSL_get_version(static_cast<SSL*>(ssl_)); }
+
+const char* Session::cipher() const { return SSL_get_cipher_name(static_cast<SSL*>(ssl_)); }
+
+Result<size_t> Session::read_some(uint8_t* buf, size_t cap) {
+  SSL* ssl = static_cast<SSL*>(ssl_);
+  size_t n = 0;
+  if (SSL_read_ex(ssl, buf, cap, &n) == 1) return n;
+  int err = SSL_get_error(ssl, 0);
+  switch (err) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+      return Unexpected(Error::WouldBlock);
+    case SSL_ERROR_ZERO_RETURN:
+      return Unexpected(Error::Closed);
+    default:
+      failure_ = err == SSL_ERROR_SSL ? openssl_error_text() : "read error " + std::to_string(err);
+      ERR_clear_error();
+      return Unexpected(Error::Protocol);
+  }
+}
+
+Result<void> Session::write(const uint8_t* data, size_t len, ByteQueue& out) {
+  begin({}, out);
+  SSL* ssl = static_cast<SSL*>(ssl_);
+  while (len > 0) {
+    size_t n = 0;
+    if (SSL_write_ex(ssl, data, len, &n) != 1) {
+      failure_ = openssl_error_text();
+      end();
+      return Unexpected(Error::Resource);
+    }
+    data += n;
+    len -= n;
+  }
+  end();
+  return {};
+}
+
+void Session::shutdown(ByteQueue& out) {
+  begin({}, out);
+  SSL_shutdown(static_cast<SSL*>(ssl_));
+  ERR_clear_error();
+  end();
+}
+
+}  // namespace tlsgate::tls
