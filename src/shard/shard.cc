@@ -132,6 +132,8 @@ struct ListenerRt {
 struct EndpointRt {
   const config::SocketAddress* addr = nullptr;
   std::vector<UpConn*> conns;
+  uint64_t last_warning_ms = 0;  // failures are counted always, logged at most once a second
+  uint64_t suppressed = 0;
 };
 
 struct ClusterRt {
@@ -573,7 +575,7 @@ struct Loop : h2::Router {
       char why[160];
       std::snprintf(why, sizeof why, "upstream %s: connect failed: %s",
                     clusters[u->cluster]->endpoints[u->endpoint].addr->text.c_str(), std::strerror(-c.res));
-      LOG_WARN("upstream", "%u: %s", id, why);
+      warn_endpoint(clusters[u->cluster]->endpoints[u->endpoint], why);
       close_up(u, why);
       return;
     }
@@ -647,6 +649,19 @@ struct Loop : h2::Router {
     if (u->h2) u->h2->fail(why);  // every stream on it: grpc-status 14
     u->h2.reset();
     begin_close(u);
+  }
+
+  void warn_endpoint(EndpointRt& ep, const char* why) {
+    if (now - ep.last_warning_ms < 1000 && ep.last_warning_ms != 0) {
+      ++ep.suppressed;
+      return;
+    }
+    if (ep.suppressed > 0)
+      LOG_WARN("upstream", "%u: %s (and %lu similar in the last second)", id, why, ep.suppressed);
+    else
+      LOG_WARN("upstream", "%u: %s", id, why);
+    ep.last_warning_ms = now;
+    ep.suppressed = 0;
   }
 
   // ------------------------------------------------------------ common IO
@@ -738,7 +753,7 @@ struct Loop : h2::Router {
         ++counters.upstream_connect_failures;
         char why[160];
         std::snprintf(why, sizeof why, "upstream %s: connect timed out", c.endpoints[u->endpoint].addr->text.c_str());
-        LOG_WARN("upstream", "%u: %s", id, why);
+        warn_endpoint(c.endpoints[u->endpoint], why);
         close_up(u, why);
       }
     }
