@@ -108,6 +108,10 @@ void check_supported(const config::Config& cfg) {
       config_error(cfg.path + ": listeners." + l.name +
                    ".proxy_protocol: the PROXY protocol is not implemented yet; use \"off\"");
   }
+  for (const config::Cluster& c : cfg.clusters)
+    if (c.lb != config::LbPolicy::RoundRobin)
+      config_error(cfg.path + ": clusters." + c.name +
+                   ".lb: \"p2c\" is not implemented yet; use \"round_robin\"");
 }
 
 // Loads every certificate and key once in the main thread, so a bad file is

@@ -1,0 +1,789 @@
+// Configuration loading and validation. The only file that sees toml++.
+//
+// Flow: toml++ parses the text (syntax errors carry its position), then one
+// pass walks the tree table by table. In each table unknown keys are reported
+// before missing ones (a misspelt required key then reads "unknown key", not
+// "missing"), then every known key is converted and range-checked. Checks that
+// touch the file system (certificate and key readable) run last, after the
+// document is known to be well-formed; the first failure is thrown as a
+// ConfigError with one line: "<file>:<line>:<column>: <key>: <problem>".
+#include "tlsgate/config.hh"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <initializer_list>
+#include <limits>
+#include <optional>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+// toml++ is included here and nowhere else.
+#include <toml++/toml.h>
+
+namespace tlsgate::config {
+
+namespace {
+
+using std::chrono::milliseconds;
+
+constexpr uint64_t max_duration_ms = 8760ull * 3600 * 1000;  // 365 days
+constexpr size_t max_file_size = 16 << 20;                   // a config, not a data set
+constexpr size_t max_quoted = 64;                            // bytes of a value echoed back
+constexpr unsigned max_workers = 256;
+
+std::string errno_text(int err) { return std::generic_category().message(err); }
+
+// Error messages are one line: control bytes become escapes. Applied to the
+// whole message, so file names and toml++ descriptions are covered too.
+std::string one_line(std::string_view s) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7f) {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+// A user value echoed in a message: double-quoted, escaped, truncated.
+std::string quote(std::string_view s) {
+  std::string out = "\"";
+  size_t n = std::min(s.size(), max_quoted);
+  for (size_t i = 0; i < n; ++i) {
+    char c = s[i];
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  if (n < s.size()) out += "...";
+  out += '"';
+  return one_line(out);
+}
+
+bool is_bare_key(std::string_view k) {
+  if (k.empty()) return false;
+  return std::all_of(k.begin(), k.end(), [](unsigned char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  });
+}
+
+bool is_name(std::string_view k) {
+  if (k.empty()) return false;
+  return std::all_of(k.begin(), k.end(), [](unsigned char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-' || c == '.';
+  });
+}
+
+// "listeners[0]" + "tls" -> "listeners[0].tls"; odd keys are quoted as in TOML.
+std::string join(const std::string& path, std::string_view key) {
+  std::string k = is_bare_key(key) ? std::string(key) : quote(key);
+  return path.empty() ? k : path + "." + k;
+}
+
+std::string index(const std::string& path, size_t i) { return path + "[" + std::to_string(i) + "]"; }
+
+struct Pos {
+  uint32_t line = 0;
+  uint32_t column = 0;
+};
+
+Pos pos_of(const toml::source_region& r, Pos fallback) {
+  if (r.begin.line == 0) return fallback;
+  return {r.begin.line, r.begin.column};
+}
+
+const char* type_name(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::date: return "a date";
+    case toml::node_type::time: return "a time";
+    case toml::node_type::date_time: return "a date-time";
+    case toml::node_type::none: break;
+  }
+  return "nothing";
+}
+
+std::string format_error(const std::string& file, Pos pos, const std::string& key,
+                         const std::string& problem) {
+  std::string msg = file;
+  if (pos.line != 0) msg += ":" + std::to_string(pos.line) + ":" + std::to_string(pos.column);
+  msg += ": ";
+  if (!key.empty()) msg += key + ": ";
+  msg += problem;
+  return one_line(msg);
+}
+
+// A value being read: where it is and what it is called.
+struct Value {
+  const toml::node* node;
+  std::string key;
+  Pos pos;
+};
+
+// One TOML table being read; knows its name and position for messages.
+class Table {
+ public:
+  Table(const std::string& file, const toml::table& table, std::string path, Pos pos)
+      : file_(file), table_(table), path_(std::move(path)), pos_(pos) {}
+
+  const std::string& path() const { return path_; }
+  Pos pos() const { return pos_; }
+  const std::string& file() const { return file_; }
+
+  [[noreturn]] void fail(Pos pos, const std::string& key, const std::string& problem) const {
+    throw ConfigError(format_error(file_, pos, key, problem));
+  }
+  [[noreturn]] void fail(const Value& v, const std::string& problem) const { fail(v.pos, v.key, problem); }
+
+  // Reports the unknown key that comes first in the document.
+  void check_keys(std::initializer_list<std::string_view> allowed) const {
+    const toml::key* first = nullptr;
+    Pos first_pos{};
+    for (auto&& [k, v] : table_) {
+      (void)v;
+      if (std::find(allowed.begin(), allowed.end(), k.str()) != allowed.end()) continue;
+      Pos p = pos_of(k.source(), pos_);
+      if (first == nullptr || p.line < first_pos.line ||
+          (p.line == first_pos.line && p.column < first_pos.column)) {
+        first = &k;
+        first_pos = p;
+      }
+    }
+    if (first != nullptr) fail(first_pos, join(path_, first->str()), "unknown key");
+  }
+
+  std::optional<Value> get(std::string_view key) const {
+    const toml::node* n = table_.get(key);
+    if (n == nullptr) return std::nullopt;
+    return Value{n, join(path_, key), pos_of(n->source(), pos_)};
+  }
+
+  Value require(std::string_view key) const {
+    if (auto v = get(key)) return *v;
+    fail(pos_, join(path_, key), "required key is missing");
+  }
+
+  Origin origin(const Value& v) const { return Origin{file_, v.key, v.pos.line, v.pos.column}; }
+
+  Table sub(const Value& v) const {
+    const toml::table* t = v.node->as_table();
+    if (t == nullptr) fail(v, std::string("expected a table, got ") + type_name(*v.node));
+    return Table(file_, *t, v.key, v.pos);
+  }
+
+  std::string string(const Value& v) const {
+    const auto* s = v.node->as_string();
+    if (s == nullptr) fail(v, std::string("expected a string, got ") + type_name(*v.node));
+    return s->get();
+  }
+
+  int64_t integer(const Value& v, int64_t lo, int64_t hi) const {
+    std::string expected = "expected an integer from " + std::to_string(lo) + " to " + std::to_string(hi);
+    const auto* i = v.node->as_integer();
+    if (i == nullptr) fail(v, expected + ", got " + type_name(*v.node));
+    int64_t n = i->get();
+    if (n < lo || n > hi) fail(v, expected + ", got " + std::to_string(n));
+    return n;
+  }
+
+  template <typename E>
+  E choice(const Value& v, std::initializer_list<std::pair<std::string_view, E>> choices) const {
+    std::string expected = "expected one of";
+    bool first = true;
+    for (const auto& c : choices) {
+      expected += first ? " " : ", ";
+      expected += quote(c.first);
+      first = false;
+    }
+    const auto* s = v.node->as_string();
+    if (s == nullptr) fail(v, expected + ", got " + type_name(*v.node));
+    for (const auto& c : choices) {
+      if (c.first == s->get()) return c.second;
+    }
+    fail(v, expected + ", got " + quote(s->get()));
+  }
+
+  // A duration that must be > 0.
+  milliseconds duration(const Value& v) const {
+    const auto* s = v.node->as_string();
+    if (s == nullptr) {
+      fail(v, std::string("expected a duration string such as \"10s\", got ") + type_name(*v.node));
+    }
+    milliseconds d;
+    try {
+      d = parse_duration(s->get());
+    } catch (const std::invalid_argument& e) {
+      fail(v, e.what());
+    }
+    if (d.count() <= 0) fail(v, "must be greater than zero, got " + quote(s->get()));
+    return d;
+  }
+
+  SocketAddress address(const Value& v, bool allow_names) const {
+    std::string text = string(v);
+    try {
+      return parse_address(text, allow_names);
+    } catch (const std::invalid_argument& e) {
+      fail(v, e.what());
+    }
+  }
+
+  const toml::array& array(const Value& v) const {
+    const auto* a = v.node->as_array();
+    if (a == nullptr) fail(v, std::string("expected an array, got ") + type_name(*v.node));
+    return *a;
+  }
+
+  Value element(const Value& parent, const toml::array& a, size_t i) const {
+    const toml::node& n = a[i];
+    return Value{&n, index(parent.key, i), pos_of(n.source(), parent.pos)};
+  }
+
+ private:
+  const std::string& file_;
+  const toml::table& table_;
+  std::string path_;
+  Pos pos_;
+};
+
+// A file that must be readable, checked once the whole document is valid.
+struct FileCheck {
+  std::string path;
+  Origin origin;
+};
+
+std::optional<std::string> readable_problem(const std::string& path) {
+  if (path.empty()) return std::string("must not be empty");
+  if (path.find('\0') != std::string::npos) return std::string("contains a NUL character");
+  // O_NONBLOCK: naming a FIFO must not hang the check.
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    int err = errno;
+    return "cannot read '" + path + "': " + errno_text(err);
+  }
+  struct stat st {};
+  int rc = ::fstat(fd, &st);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return "cannot read '" + path + "': " + errno_text(err);
+  if (S_ISDIR(st.st_mode)) return "cannot read '" + path + "': " + errno_text(EISDIR);
+  if (!S_ISREG(st.st_mode)) return "'" + path + "' is not a regular file";
+  return std::nullopt;
+}
+
+bool same_address(const SocketAddress& a, const SocketAddress& b) {
+  if (a.family() != b.family()) return false;
+  if (a.family() == AF_INET) {
+    const auto& x = reinterpret_cast<const sockaddr_in&>(a.storage);
+    const auto& y = reinterpret_cast<const sockaddr_in&>(b.storage);
+    return x.sin_port == y.sin_port && x.sin_addr.s_addr == y.sin_addr.s_addr;
+  }
+  if (a.family() == AF_INET6) {
+    const auto& x = reinterpret_cast<const sockaddr_in6&>(a.storage);
+    const auto& y = reinterpret_cast<const sockaddr_in6&>(b.storage);
+    return x.sin6_port == y.sin6_port && x.sin6_scope_id == y.sin6_scope_id &&
+           std::memcmp(&x.sin6_addr, &y.sin6_addr, sizeof x.sin6_addr) == 0;
+  }
+  return false;
+}
+
+unsigned online_cpus() {
+  unsigned n = std::thread::hardware_concurrency();
+  if (n == 0) {
+    long c = ::sysconf(_SC_NPROCESSORS_ONLN);
+    n = c > 0 ? static_cast<unsigned>(std::min<long>(c, max_workers)) : 1;
+  }
+  return std::clamp(n, 1u, max_workers);
+}
+
+void read_workers(const Table& root, Config& cfg) {
+  auto v = root.get("workers");
+  if (!v) return;
+  const std::string expected = "expected \"auto\" or an integer from 1 to " + std::to_string(max_workers);
+  if (const auto* s = v->node->as_string()) {
+    if (s->get() != "auto") root.fail(*v, expected + ", got " + quote(s->get()));
+    cfg.workers = online_cpus();
+    cfg.workers_auto = true;
+    return;
+  }
+  const auto* i = v->node->as_integer();
+  if (i == nullptr) root.fail(*v, expected + ", got " + type_name(*v->node));
+  if (i->get() < 1 || i->get() > static_cast<int64_t>(max_workers)) {
+    root.fail(*v, expected + ", got " + std::to_string(i->get()));
+  }
+  cfg.workers = static_cast<unsigned>(i->get());
+  cfg.workers_auto = false;
+}
+
+void read_admin(const Table& root, Config& cfg) {
+  auto v = root.get("admin");
+  if (!v) return;
+  Table t = root.sub(*v);
+  t.check_keys({"listen"});
+  Value listen = t.require("listen");
+  cfg.admin.listen = t.address(listen, false);
+  cfg.admin.listen_origin = t.origin(listen);
+  cfg.admin.enabled = true;
+}
+
+void read_tls(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
+  t.check_keys({"certificate", "private_key", "alpn", "min_version", "ktls"});
+  Value cert = t.require("certificate");
+  Value key = t.require("private_key");
+  tls.certificate = t.string(cert);
+  tls.certificate_origin = t.origin(cert);
+  tls.private_key = t.string(key);
+  tls.private_key_origin = t.origin(key);
+
+  if (auto v = t.get("alpn")) {
+    const toml::array& a = t.array(*v);
+    tls.alpn.clear();
+    for (size_t i = 0; i < a.size(); ++i) {
+      Value e = t.element(*v, a, i);
+      std::string proto = t.string(e);
+      if (proto.empty()) t.fail(e, "must not be empty");
+      if (proto.size() > 255) {
+        t.fail(e, "a protocol name is at most 255 bytes, got " + std::to_string(proto.size()));
+      }
+      if (std::find(tls.alpn.begin(), tls.alpn.end(), proto) != tls.alpn.end()) {
+        t.fail(e, "duplicate protocol " + quote(proto));
+      }
+      tls.alpn.push_back(std::move(proto));
+    }
+    if (std::find(tls.alpn.begin(), tls.alpn.end(), "h2") == tls.alpn.end()) {
+      t.fail(*v, "must contain \"h2\" (gRPC runs over HTTP/2)");
+    }
+  }
+  if (auto v = t.get("min_version")) {
+    tls.min_version = t.choice<TlsVersion>(*v, {{"1.2", TlsVersion::Tls12}, {"1.3", TlsVersion::Tls13}});
+  }
+  if (auto v = t.get("ktls")) {
+    tls.ktls = t.choice<Ktls>(*v, {{"auto", Ktls::Auto}, {"on", Ktls::On}, {"off", Ktls::Off}});
+    tls.ktls_origin = t.origin(*v);
+  } else {
+    tls.ktls_origin = Origin{t.file(), join(t.path(), "ktls"), t.pos().line, t.pos().column};
+  }
+  files.push_back({tls.certificate, tls.certificate_origin});
+  files.push_back({tls.private_key, tls.private_key_origin});
+}
+
+std::string read_name(const Table& t, const Value& v) {
+  std::string name = t.string(v);
+  if (!is_name(name)) {
+    t.fail(v, "expected a name of letters, digits, '_', '.' or '-', got " + quote(name));
+  }
+  return name;
+}
+
+void read_listeners(const Table& root, Config& cfg, std::vector<Origin>& cluster_refs,
+                    std::vector<FileCheck>& files) {
+  Value list = root.require("listeners");
+  const auto* a = list.node->as_array();
+  if (a == nullptr) root.fail(list, std::string("expected an array of tables, got ") + type_name(*list.node));
+  if (a->empty()) root.fail(list, "at least one listener is required");
+  std::vector<Value> names;
+  for (size_t i = 0; i < a->size(); ++i) {
+    Table t = root.sub(root.element(list, *a, i));
+    t.check_keys({"name", "listen", "proxy_protocol", "cluster", "handshake_timeout", "idle_timeout",
+                  "max_concurrent_streams", "tls"});
+    Listener l;
+    Value name = t.require("name");
+    l.name = read_name(t, name);
+    for (size_t j = 0; j < cfg.listeners.size(); ++j) {
+      if (cfg.listeners[j].name == l.name) {
+        t.fail(name, "duplicate listener name " + quote(l.name) + " (also " + names[j].key + ")");
+      }
+    }
+    Value listen = t.require("listen");
+    l.listen = t.address(listen, false);
+    l.listen_origin = t.origin(listen);
+    // Port 0 lets the kernel choose, so two of those never clash.
+    if (l.listen.port() != 0) {
+      for (const Listener& other : cfg.listeners) {
+        if (same_address(other.listen, l.listen)) {
+          t.fail(listen,
+                 "address " + quote(l.listen.text) + " is already used by " + other.listen_origin.key);
+        }
+      }
+    }
+    if (auto v = t.get("proxy_protocol")) {
+      l.proxy_protocol = t.choice<ProxyProtocol>(*v, {{"off", ProxyProtocol::Off},
+                                                      {"v1", ProxyProtocol::V1},
+                                                      {"v2", ProxyProtocol::V2},
+                                                      {"auto", ProxyProtocol::Auto}});
+    }
+    Value cluster = t.require("cluster");
+    l.cluster = t.string(cluster);
+    cluster_refs.push_back(t.origin(cluster));
+    if (auto v = t.get("handshake_timeout")) l.handshake_timeout = t.duration(*v);
+    if (auto v = t.get("idle_timeout")) l.idle_timeout = t.duration(*v);
+    if (auto v = t.get("max_concurrent_streams")) {
+      l.max_concurrent_streams = static_cast<uint32_t>(t.integer(*v, 1, std::numeric_limits<int32_t>::max()));
+    }
+    read_tls(t.sub(t.require("tls")), l.tls, files);
+    names.push_back(name);
+    cfg.listeners.push_back(std::move(l));
+  }
+}
+
+void read_clusters(const Table& root, Config& cfg) {
+  Value list = root.require("clusters");
+  const auto* a = list.node->as_array();
+  if (a == nullptr) root.fail(list, std::string("expected an array of tables, got ") + type_name(*list.node));
+  if (a->empty()) root.fail(list, "at least one cluster is required");
+  std::vector<Value> names;
+  for (size_t i = 0; i < a->size(); ++i) {
+    Table t = root.sub(root.element(list, *a, i));
+    t.check_keys({"name", "endpoints", "lb", "connect_timeout"});
+    Cluster c;
+    Value name = t.require("name");
+    c.name = read_name(t, name);
+    for (size_t j = 0; j < cfg.clusters.size(); ++j) {
+      if (cfg.clusters[j].name == c.name) {
+        t.fail(name, "duplicate cluster name " + quote(c.name) + " (also " + names[j].key + ")");
+      }
+    }
+    if (auto v = t.get("lb")) {
+      c.lb = t.choice<LbPolicy>(*v, {{"round_robin", LbPolicy::RoundRobin}, {"p2c", LbPolicy::P2c}});
+    }
+    if (auto v = t.get("connect_timeout")) c.connect_timeout = t.duration(*v);
+    Value eps = t.require("endpoints");
+    const toml::array& e = t.array(eps);
+    if (e.empty()) t.fail(eps, "at least one endpoint is required");
+    for (size_t j = 0; j < e.size(); ++j) {
+      Value ev = t.element(eps, e, j);
+      SocketAddress addr = t.address(ev, true);
+      if (addr.port() == 0) t.fail(ev, "an endpoint needs a port from 1 to 65535, got " + quote(addr.text));
+      c.endpoints.push_back(std::move(addr));
+    }
+    names.push_back(name);
+    cfg.clusters.push_back(std::move(c));
+  }
+}
+
+Config build(const toml::table& doc, const std::string& name) {
+  Config cfg;
+  cfg.path = name;
+  Table root(name, doc, "", pos_of(doc.source(), Pos{1, 1}));
+  root.check_keys({"workers", "admin", "listeners", "clusters"});
+  read_workers(root, cfg);
+  read_admin(root, cfg);
+  std::vector<Origin> cluster_refs;
+  std::vector<FileCheck> files;
+  read_listeners(root, cfg, cluster_refs, files);
+  read_clusters(root, cfg);
+
+  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+    const Origin& o = cluster_refs[i];
+    if (cfg.find_cluster(cfg.listeners[i].cluster) == nullptr) {
+      throw ConfigError(format_error(name, {o.line, o.column}, o.key,
+                                     "no cluster named " + quote(cfg.listeners[i].cluster)));
+    }
+  }
+  if (cfg.admin.enabled && cfg.admin.listen.port() != 0) {
+    for (const Listener& l : cfg.listeners) {
+      if (same_address(l.listen, cfg.admin.listen)) {
+        const Origin& o = cfg.admin.listen_origin;
+        throw ConfigError(format_error(
+            name, {o.line, o.column}, o.key,
+            "address " + quote(cfg.admin.listen.text) + " is already used by " + l.listen_origin.key));
+      }
+    }
+  }
+  for (const FileCheck& f : files) {
+    if (auto problem = readable_problem(f.path)) {
+      throw ConfigError(format_error(name, {f.origin.line, f.origin.column}, f.origin.key, *problem));
+    }
+  }
+  return cfg;
+}
+
+// --- addresses ---
+
+[[noreturn]] void bad_address(std::string_view text, const std::string& problem) {
+  throw std::invalid_argument("invalid address " + quote(text) + ": " + problem);
+}
+
+uint16_t parse_port(std::string_view text, std::string_view port) {
+  if (port.empty()) bad_address(text, "missing port after ':'");
+  if (port.size() > 5 ||
+      !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    bad_address(text, "port must be a number from 0 to 65535");
+  }
+  unsigned n = 0;
+  for (char c : port) n = n * 10 + static_cast<unsigned>(c - '0');
+  if (n > 65535) bad_address(text, "port must be a number from 0 to 65535");
+  return static_cast<uint16_t>(n);
+}
+
+// getaddrinfo would also accept inet_aton's legacy forms ("127.1",
+// "0x7f.0.0.1"); a host that looks numeric must be a dotted quad.
+bool looks_numeric(std::string_view host) {
+  if (host.empty() || host[0] < '0' || host[0] > '9') return false;
+  return std::all_of(host.begin(), host.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == 'x' ||
+           c == 'X' || c == '.';
+  });
+}
+
+bool valid_host_name(std::string_view host) {
+  if (host.empty() || host.size() > 253 || host.front() == '.' || host.front() == '-') return false;
+  if (host.find("..") != std::string_view::npos) return false;
+  return std::all_of(host.begin(), host.end(), [](unsigned char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_';
+  });
+}
+
+SocketAddress getaddrinfo_resolver(const std::string& host, uint16_t port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &res);
+  if (rc != 0) {
+    std::string reason = rc == EAI_SYSTEM ? errno_text(errno) : ::gai_strerror(rc);
+    throw std::invalid_argument("cannot resolve " + quote(host) + ": " + reason);
+  }
+  SocketAddress out;
+  for (const addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    if ((ai->ai_family == AF_INET || ai->ai_family == AF_INET6) && ai->ai_addrlen <= sizeof out.storage) {
+      std::memcpy(&out.storage, ai->ai_addr, ai->ai_addrlen);
+      out.length = ai->ai_addrlen;
+      break;
+    }
+  }
+  ::freeaddrinfo(res);
+  if (out.length == 0) {
+    throw std::invalid_argument("cannot resolve " + quote(host) + ": no IPv4 or IPv6 address");
+  }
+  if (out.family() == AF_INET) {
+    reinterpret_cast<sockaddr_in&>(out.storage).sin_port = htons(port);
+  } else {
+    reinterpret_cast<sockaddr_in6&>(out.storage).sin6_port = htons(port);
+  }
+  return out;
+}
+
+std::atomic<Resolver> current_resolver{nullptr};
+
+}  // namespace
+
+std::string Origin::to_string() const {
+  std::string s = file;
+  if (line != 0) s += ":" + std::to_string(line) + ":" + std::to_string(column);
+  if (!key.empty()) s += ": " + key;
+  return s;
+}
+
+uint16_t SocketAddress::port() const {
+  if (storage.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(storage).sin_port);
+  if (storage.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(storage).sin6_port);
+  return 0;
+}
+
+const char* to_string(ProxyProtocol v) {
+  switch (v) {
+    case ProxyProtocol::Off: return "off";
+    case ProxyProtocol::V1: return "v1";
+    case ProxyProtocol::V2: return "v2";
+    case ProxyProtocol::Auto: return "auto";
+  }
+  return "?";
+}
+
+const char* to_string(Ktls v) {
+  switch (v) {
+    case Ktls::Auto: return "auto";
+    case Ktls::On: return "on";
+    case Ktls::Off: return "off";
+  }
+  return "?";
+}
+
+const char* to_string(TlsVersion v) {
+  switch (v) {
+    case TlsVersion::Tls12: return "1.2";
+    case TlsVersion::Tls13: return "1.3";
+  }
+  return "?";
+}
+
+const char* to_string(LbPolicy v) {
+  switch (v) {
+    case LbPolicy::RoundRobin: return "round_robin";
+    case LbPolicy::P2c: return "p2c";
+  }
+  return "?";
+}
+
+const Cluster* Config::find_cluster(std::string_view name) const {
+  for (const Cluster& c : clusters) {
+    if (c.name == name) return &c;
+  }
+  return nullptr;
+}
+
+Resolver set_resolver(Resolver resolver) { return current_resolver.exchange(resolver); }
+
+std::chrono::milliseconds parse_duration(std::string_view text) {
+  auto bad = [&](const std::string& problem) -> std::invalid_argument {
+    return std::invalid_argument("invalid duration " + quote(text) + ": " + problem);
+  };
+  if (text.empty()) throw bad("empty; expected a number and a unit, e.g. \"10s\"");
+  if (text[0] == '-') throw bad("must not be negative");
+  size_t i = 0;
+  uint64_t n = 0;
+  bool too_large = false;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+    if (!too_large) {
+      n = n * 10 + static_cast<uint64_t>(text[i] - '0');
+      if (n > max_duration_ms) too_large = true;  // stops before uint64 could overflow
+    }
+    ++i;
+  }
+  if (i == 0) throw bad("expected a number and a unit, e.g. \"10s\"");
+  if (i < text.size() && (text[i] == '.' || text[i] == ',')) {
+    throw bad("fractions are not allowed; use a smaller unit, e.g. \"1500ms\"");
+  }
+  std::string_view unit = text.substr(i);
+  uint64_t scale = 0;
+  if (unit == "ms") {
+    scale = 1;
+  } else if (unit == "s") {
+    scale = 1000;
+  } else if (unit == "m") {
+    scale = 60 * 1000;
+  } else if (unit == "h") {
+    scale = 3600 * 1000;
+  } else if (unit.empty()) {
+    throw bad("missing unit (ms, s, m or h)");
+  } else {
+    throw bad("unknown unit " + quote(unit) + " (use ms, s, m or h)");
+  }
+  if (too_large || n > max_duration_ms / scale) throw bad("too large (at most 8760h)");
+  return milliseconds(static_cast<int64_t>(n * scale));
+}
+
+SocketAddress parse_address(std::string_view text, bool allow_names) {
+  const char* form = allow_names ? "host:port" : "IP:port";
+  if (text.empty()) bad_address(text, std::string("empty; expected ") + form);
+  std::string_view host;
+  std::string_view port;
+  bool bracketed = false;
+  if (text[0] == '[') {
+    size_t close = text.find(']');
+    if (close == std::string_view::npos) bad_address(text, "missing ']' after an IPv6 address");
+    host = text.substr(1, close - 1);
+    if (close + 1 >= text.size() || text[close + 1] != ':') {
+      bad_address(text, "expected ':' and a port after ']'");
+    }
+    port = text.substr(close + 2);
+    bracketed = true;
+  } else {
+    size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) bad_address(text, std::string("missing port; expected ") + form);
+    if (text.find(':') != colon) bad_address(text, "write an IPv6 address in brackets, e.g. \"[::1]:8443\"");
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  if (host.empty()) bad_address(text, std::string("missing host; expected ") + form);
+  uint16_t p = parse_port(text, port);
+  std::string h(host);
+  if (h.find('\0') != std::string::npos) bad_address(text, "contains a NUL character");
+
+  SocketAddress out;
+  out.text = std::string(text);
+  if (bracketed) {
+    auto& sin6 = reinterpret_cast<sockaddr_in6&>(out.storage);
+    if (::inet_pton(AF_INET6, h.c_str(), &sin6.sin6_addr) != 1) {
+      bad_address(text, quote(h) + " is not an IPv6 address");
+    }
+    sin6.sin6_family = AF_INET6;
+    sin6.sin6_port = htons(p);
+    out.length = sizeof(sockaddr_in6);
+    return out;
+  }
+  auto& sin = reinterpret_cast<sockaddr_in&>(out.storage);
+  if (::inet_pton(AF_INET, h.c_str(), &sin.sin_addr) == 1) {
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(p);
+    out.length = sizeof(sockaddr_in);
+    return out;
+  }
+  if (looks_numeric(h)) bad_address(text, quote(h) + " is not an IPv4 address (expected a.b.c.d)");
+  if (!allow_names) bad_address(text, quote(h) + " is not a numeric IP address");
+  if (!valid_host_name(h)) bad_address(text, quote(h) + " is not a valid host name");
+  Resolver r = current_resolver.load();
+  SocketAddress resolved = r != nullptr ? r(h, p) : getaddrinfo_resolver(h, p);
+  resolved.text = std::string(text);
+  if (resolved.family() != AF_INET && resolved.family() != AF_INET6) {
+    throw std::invalid_argument("cannot resolve " + quote(h) + ": no IPv4 or IPv6 address");
+  }
+  return resolved;
+}
+
+Config parse(std::string_view text, const std::string& name) {
+  toml::table doc;
+  try {
+    doc = toml::parse(text, std::string_view(name));
+  } catch (const toml::parse_error& e) {
+    Pos pos{e.source().begin.line, e.source().begin.column};
+    throw ConfigError(format_error(name, pos, "", "syntax error: " + std::string(e.description())));
+  }
+  return build(doc, name);
+}
+
+Config load_file(const std::string& path) {
+  auto fail = [&](int err) { return ConfigError(one_line(path + ": cannot read: " + errno_text(err))); };
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) throw fail(errno);
+  std::string text;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      throw fail(err);
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    if (text.size() > max_file_size) {
+      ::close(fd);
+      throw ConfigError(one_line(path + ": cannot read: larger than 16 MiB; not a configuration file"));
+    }
+  }
+  ::close(fd);
+  return parse(text, path);
+}
+
+}  // namespace tlsgate::config

@@ -1,0 +1,883 @@
+// Table-driven tests for src/config: every rule of the configuration shape has
+// a row, and every error row checks the whole one-line message, position
+// included, because that line is what an operator reads.
+#include "tlsgate/config.hh"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace tlsgate::config {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) {
+    s.replace(at, from.size(), to);
+  }
+  return s;
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  ASSERT_TRUE(out.good()) << path;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Names ending in ".test" resolve (RFC 6761 reserves the TLD), anything else
+// fails like getaddrinfo does; no test waits on DNS.
+SocketAddress fake_resolver(const std::string& host, uint16_t port) {
+  SocketAddress a;
+  if (host == "backend.test") {
+    auto& sin = reinterpret_cast<sockaddr_in&>(a.storage);
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(port);
+    inet_pton(AF_INET, "192.0.2.10", &sin.sin_addr);
+    a.length = sizeof sin;
+    return a;
+  }
+  if (host == "v6.test") {
+    auto& sin6 = reinterpret_cast<sockaddr_in6&>(a.storage);
+    sin6.sin6_family = AF_INET6;
+    sin6.sin6_port = htons(port);
+    inet_pton(AF_INET6, "2001:db8::1", &sin6.sin6_addr);
+    a.length = sizeof sin6;
+    return a;
+  }
+  throw std::invalid_argument("cannot resolve \"" + host + "\": Name or service not known");
+}
+
+std::string ip_of(const SocketAddress& a) {
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (a.family() == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(a.storage).sin_addr, buf, sizeof buf);
+  } else if (a.family() == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(a.storage).sin6_addr, buf, sizeof buf);
+  }
+  return buf;
+}
+
+// A temp folder with a certificate and key (contents are not checked here),
+// the fake resolver installed, and text templates:
+//   @DIR@ the temp folder, @CRT@ / @KEY@ the two files,
+//   @LISTENER@ / @CLUSTER@ a valid listener / cluster block.
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/tlsgate_config_test.XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    write_file(dir_ + "/server.crt", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+    write_file(dir_ + "/server.key", "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n");
+    previous_ = set_resolver(fake_resolver);
+  }
+  void TearDown() override {
+    set_resolver(previous_);
+    std::filesystem::remove_all(dir_);
+  }
+
+  std::string expand(std::string s) const {
+    s = replace_all(s, "@LISTENER@",
+                    "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+                    "  [listeners.tls]\n  certificate = \"@CRT@\"\n  private_key = \"@KEY@\"\n");
+    s = replace_all(s, "@CLUSTER@", "[[clusters]]\nname = \"backend\"\nendpoints = [\"127.0.0.1:50051\"]\n");
+    s = replace_all(s, "@CRT@", dir_ + "/server.crt");
+    s = replace_all(s, "@KEY@", dir_ + "/server.key");
+    return replace_all(s, "@DIR@", dir_);
+  }
+
+  // The what() of the ConfigError, or "no error".
+  std::string error_of(const std::string& text) const {
+    try {
+      parse(expand(text), "demo.toml");
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "no error";
+  }
+
+  std::string dir_;
+  Resolver previous_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------
+// Rejected documents: the exact message.
+
+struct ErrorCase {
+  const char* name;
+  const char* text;
+  const char* message;
+};
+
+const std::string kLong(256, 'x');
+
+const ErrorCase kErrorCases[] = {
+    // Syntax, reported with toml++'s position and description.
+    {"syntax_missing_value", "workers = \n",
+     "demo.toml:1:11: syntax error: Error while parsing key-value pair: expected value, saw '\\n'"},
+    {"syntax_duplicate_key", "workers = 1\nworkers = 2\n",
+     "demo.toml:2:11: syntax error: Error while parsing key-value pair: cannot redefine existing integer "
+     "'workers'"},
+    // Unknown keys, at the key; before anything else in the same table.
+    {"unknown_top_level", "colour = 1\n@LISTENER@@CLUSTER@", "demo.toml:1:1: colour: unknown key"},
+    {"unknown_first_in_document", "zeta = 1\nalpha = 2\n@LISTENER@@CLUSTER@",
+     "demo.toml:1:1: zeta: unknown key"},
+    {"unknown_in_listener", "[[listeners]]\nname = \"public\"\ncolour = \"blue\"\n@CLUSTER@",
+     "demo.toml:3:1: listeners[0].colour: unknown key"},
+    {"unknown_in_tls", "@LISTENER@  cert = \"x\"\n@CLUSTER@",
+     "demo.toml:8:3: listeners[0].tls.cert: unknown key"},
+    {"unknown_table_in_listener", "[[listeners]]\n[listeners.tsl]\n@CLUSTER@",
+     "demo.toml:2:12: listeners[0].tsl: unknown key"},
+    {"unknown_in_cluster", "@LISTENER@[[clusters]]\nname = \"backend\"\nweight = 3\n",
+     "demo.toml:10:1: clusters[0].weight: unknown key"},
+    {"unknown_in_admin", "[admin]\nport = 9901\n@LISTENER@@CLUSTER@",
+     "demo.toml:2:1: admin.port: unknown key"},
+    {"unknown_quoted_key_stays_one_line", "\"a\\nb\" = 1\n", "demo.toml:1:1: \"a\\nb\": unknown key"},
+    {"misspelt_required_key_is_unknown", "[[listeners]]\nnmae = \"public\"\n@CLUSTER@",
+     "demo.toml:2:1: listeners[0].nmae: unknown key"},
+    // workers
+    {"workers_zero", "workers = 0\n@LISTENER@@CLUSTER@",
+     "demo.toml:1:11: workers: expected \"auto\" or an integer from 1 to 256, got 0"},
+    {"workers_too_many", "workers = 257\n@LISTENER@@CLUSTER@",
+     "demo.toml:1:11: workers: expected \"auto\" or an integer from 1 to 256, got 257"},
+    {"workers_negative", "workers = -1\n@LISTENER@@CLUSTER@",
+     "demo.toml:1:11: workers: expected \"auto\" or an integer from 1 to 256, got -1"},
+    {"workers_other_string", "workers = \"eight\"\n@LISTENER@@CLUSTER@",
+     "demo.toml:1:11: workers: expected \"auto\" or an integer from 1 to 256, got \"eight\""},
+    {"workers_bool", "workers = true\n@LISTENER@@CLUSTER@",
+     "demo.toml:1:11: workers: expected \"auto\" or an integer from 1 to 256, got a boolean"},
+    {"workers_float", "workers = 1.5\n@LISTENER@@CLUSTER@",
+     "demo.toml:1:11: workers: expected \"auto\" or an integer from 1 to 256, got a float"},
+    // [admin]
+    {"admin_not_table", "admin = 1\n@LISTENER@@CLUSTER@",
+     "demo.toml:1:9: admin: expected a table, got an integer"},
+    {"admin_without_listen", "[admin]\n@LISTENER@@CLUSTER@",
+     "demo.toml:1:1: admin.listen: required key is missing"},
+    {"admin_listen_name", "[admin]\nlisten = \"localhost:9901\"\n@LISTENER@@CLUSTER@",
+     "demo.toml:2:10: admin.listen: invalid address \"localhost:9901\": \"localhost\" is not a numeric IP "
+     "address"},
+    {"admin_same_address_as_listener", "[admin]\nlisten = \"127.0.0.1:8443\"\n@LISTENER@@CLUSTER@",
+     "demo.toml:2:10: admin.listen: address \"127.0.0.1:8443\" is already used by listeners[0].listen"},
+    // [[listeners]] itself
+    {"listeners_missing", "workers = 1\n@CLUSTER@", "demo.toml:1:1: listeners: required key is missing"},
+    {"listeners_empty", "listeners = []\n@CLUSTER@",
+     "demo.toml:1:13: listeners: at least one listener is required"},
+    {"listeners_not_array", "listeners = \"public\"\n@CLUSTER@",
+     "demo.toml:1:13: listeners: expected an array of tables, got a string"},
+    {"listeners_not_table", "listeners = [1]\n@CLUSTER@",
+     "demo.toml:1:14: listeners[0]: expected a table, got an integer"},
+    {"listener_name_missing", "[[listeners]]\nlisten = \"127.0.0.1:8443\"\n@CLUSTER@",
+     "demo.toml:1:1: listeners[0].name: required key is missing"},
+    {"listener_name_type", "[[listeners]]\nname = 7\n@CLUSTER@",
+     "demo.toml:2:8: listeners[0].name: expected a string, got an integer"},
+    {"listener_name_chars", "[[listeners]]\nname = \"pub lic\"\n@CLUSTER@",
+     "demo.toml:2:8: listeners[0].name: expected a name of letters, digits, '_', '.' or '-', got \"pub "
+     "lic\""},
+    {"listener_name_empty", "[[listeners]]\nname = \"\"\n@CLUSTER@",
+     "demo.toml:2:8: listeners[0].name: expected a name of letters, digits, '_', '.' or '-', got \"\""},
+    {"listener_name_duplicate", "@LISTENER@[[listeners]]\nname = \"public\"\n@CLUSTER@",
+     "demo.toml:9:8: listeners[1].name: duplicate listener name \"public\" (also listeners[0].name)"},
+    // listen
+    {"listen_missing", "[[listeners]]\nname = \"public\"\n@CLUSTER@",
+     "demo.toml:1:1: listeners[0].listen: required key is missing"},
+    {"listen_type", "[[listeners]]\nname = \"public\"\nlisten = 8443\n@CLUSTER@",
+     "demo.toml:3:10: listeners[0].listen: expected a string, got an integer"},
+    {"listen_no_port", "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1\"\n@CLUSTER@",
+     "demo.toml:3:10: listeners[0].listen: invalid address \"127.0.0.1\": missing port; expected IP:port"},
+    {"listen_name", "[[listeners]]\nname = \"public\"\nlisten = \"localhost:8443\"\n@CLUSTER@",
+     "demo.toml:3:10: listeners[0].listen: invalid address \"localhost:8443\": \"localhost\" is not a "
+     "numeric IP "
+     "address"},
+    {"listen_ipv6_without_brackets", "[[listeners]]\nname = \"public\"\nlisten = \"::1:8443\"\n@CLUSTER@",
+     "demo.toml:3:10: listeners[0].listen: invalid address \"::1:8443\": write an IPv6 address in brackets, "
+     "e.g. "
+     "\"[::1]:8443\""},
+    {"listen_port_too_big", "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:65536\"\n@CLUSTER@",
+     "demo.toml:3:10: listeners[0].listen: invalid address \"127.0.0.1:65536\": port must be a number from 0 "
+     "to "
+     "65535"},
+    {"listen_duplicate", "@LISTENER@[[listeners]]\nname = \"second\"\nlisten = \"127.0.0.1:8443\"\n@CLUSTER@",
+     "demo.toml:10:10: listeners[1].listen: address \"127.0.0.1:8443\" is already used by "
+     "listeners[0].listen"},
+    {"listen_duplicate_ipv6_spelling",
+     "[[listeners]]\nname = \"a\"\nlisten = \"[::1]:8443\"\ncluster = \"backend\"\ntls = { certificate = "
+     "\"@CRT@\", "
+     "private_key = \"@KEY@\" }\n"
+     "[[listeners]]\nname = \"b\"\nlisten = \"[0:0::1]:8443\"\n@CLUSTER@",
+     "demo.toml:8:10: listeners[1].listen: address \"[0:0::1]:8443\" is already used by listeners[0].listen"},
+    // proxy_protocol, cluster
+    {"proxy_protocol_value",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\nproxy_protocol = \"v3\"\n@CLUSTER@",
+     "demo.toml:4:18: listeners[0].proxy_protocol: expected one of \"off\", \"v1\", \"v2\", \"auto\", got "
+     "\"v3\""},
+    {"proxy_protocol_type",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\nproxy_protocol = false\n@CLUSTER@",
+     "demo.toml:4:18: listeners[0].proxy_protocol: expected one of \"off\", \"v1\", \"v2\", \"auto\", got a "
+     "boolean"},
+    {"cluster_missing", "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\n@CLUSTER@",
+     "demo.toml:1:1: listeners[0].cluster: required key is missing"},
+    {"cluster_undefined",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"nope\"\n"
+     "tls = { certificate = \"@CRT@\", private_key = \"@KEY@\" }\n@CLUSTER@",
+     "demo.toml:4:11: listeners[0].cluster: no cluster named \"nope\""},
+    // durations
+    {"handshake_timeout_integer",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = "
+     "\"backend\"\nhandshake_timeout = "
+     "10\n@CLUSTER@",
+     "demo.toml:5:21: listeners[0].handshake_timeout: expected a duration string such as \"10s\", got an "
+     "integer"},
+    {"handshake_timeout_bare_number",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = "
+     "\"backend\"\nhandshake_timeout = "
+     "\"10\"\n@CLUSTER@",
+     "demo.toml:5:21: listeners[0].handshake_timeout: invalid duration \"10\": missing unit (ms, s, m or h)"},
+    {"idle_timeout_zero",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\nidle_timeout = "
+     "\"0s\"\n@CLUSTER@",
+     "demo.toml:5:16: listeners[0].idle_timeout: must be greater than zero, got \"0s\""},
+    {"idle_timeout_fraction",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\nidle_timeout = "
+     "\"1.5s\"\n@CLUSTER@",
+     "demo.toml:5:16: listeners[0].idle_timeout: invalid duration \"1.5s\": fractions are not allowed; use a "
+     "smaller unit, e.g. \"1500ms\""},
+    {"idle_timeout_negative",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\nidle_timeout = "
+     "\"-5s\"\n@CLUSTER@",
+     "demo.toml:5:16: listeners[0].idle_timeout: invalid duration \"-5s\": must not be negative"},
+    {"idle_timeout_overflow",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\nidle_timeout = "
+     "\"99999999999999999999999h\"\n@CLUSTER@",
+     "demo.toml:5:16: listeners[0].idle_timeout: invalid duration \"99999999999999999999999h\": too large "
+     "(at "
+     "most 8760h)"},
+    // max_concurrent_streams
+    {"max_concurrent_streams_zero",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "max_concurrent_streams = 0\n@CLUSTER@",
+     "demo.toml:5:26: listeners[0].max_concurrent_streams: expected an integer from 1 to 2147483647, got 0"},
+    {"max_concurrent_streams_too_big",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "max_concurrent_streams = 2147483648\n@CLUSTER@",
+     "demo.toml:5:26: listeners[0].max_concurrent_streams: expected an integer from 1 to 2147483647, got "
+     "2147483648"},
+    {"max_concurrent_streams_string",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "max_concurrent_streams = \"100\"\n@CLUSTER@",
+     "demo.toml:5:26: listeners[0].max_concurrent_streams: expected an integer from 1 to 2147483647, got a "
+     "string"},
+    // [listeners.tls]
+    {"tls_missing",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n@CLUSTER@",
+     "demo.toml:1:1: listeners[0].tls: required key is missing"},
+    {"tls_not_table",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\ntls = "
+     "\"on\"\n@CLUSTER@",
+     "demo.toml:5:7: listeners[0].tls: expected a table, got a string"},
+    {"certificate_missing",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n  "
+     "[listeners.tls]\n"
+     "  private_key = \"@KEY@\"\n@CLUSTER@",
+     "demo.toml:5:3: listeners[0].tls.certificate: required key is missing"},
+    {"private_key_type",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n"
+     "certificate = \"@CRT@\"\nprivate_key = 5\n@CLUSTER@",
+     "demo.toml:7:15: listeners[0].tls.private_key: expected a string, got an integer"},
+    {"certificate_unreadable",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n"
+     "certificate = \"@DIR@/missing.crt\"\nprivate_key = \"@KEY@\"\n@CLUSTER@",
+     "demo.toml:6:15: listeners[0].tls.certificate: cannot read '@DIR@/missing.crt': No such file or "
+     "directory"},
+    {"certificate_is_directory",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n"
+     "certificate = \"@DIR@\"\nprivate_key = \"@KEY@\"\n@CLUSTER@",
+     "demo.toml:6:15: listeners[0].tls.certificate: cannot read '@DIR@': Is a directory"},
+    {"certificate_not_regular",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n"
+     "certificate = \"/dev/null\"\nprivate_key = \"@KEY@\"\n@CLUSTER@",
+     "demo.toml:6:15: listeners[0].tls.certificate: '/dev/null' is not a regular file"},
+    {"private_key_empty",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n"
+     "certificate = \"@CRT@\"\nprivate_key = \"\"\n@CLUSTER@",
+     "demo.toml:7:15: listeners[0].tls.private_key: must not be empty"},
+    {"private_key_nul",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n"
+     "certificate = \"@CRT@\"\nprivate_key = \"@KEY@\\u0000.bak\"\n@CLUSTER@",
+     "demo.toml:7:15: listeners[0].tls.private_key: contains a NUL character"},
+    {"alpn_empty", "@LISTENER@  alpn = []\n@CLUSTER@",
+     "demo.toml:8:10: listeners[0].tls.alpn: must contain \"h2\" (gRPC runs over HTTP/2)"},
+    {"alpn_without_h2", "@LISTENER@  alpn = [\"http/1.1\"]\n@CLUSTER@",
+     "demo.toml:8:10: listeners[0].tls.alpn: must contain \"h2\" (gRPC runs over HTTP/2)"},
+    {"alpn_empty_string", "@LISTENER@  alpn = [\"h2\", \"\"]\n@CLUSTER@",
+     "demo.toml:8:17: listeners[0].tls.alpn[1]: must not be empty"},
+    {"alpn_not_string", "@LISTENER@  alpn = [\"h2\", 2]\n@CLUSTER@",
+     "demo.toml:8:17: listeners[0].tls.alpn[1]: expected a string, got an integer"},
+    {"alpn_duplicate", "@LISTENER@  alpn = [\"h2\", \"h2\"]\n@CLUSTER@",
+     "demo.toml:8:17: listeners[0].tls.alpn[1]: duplicate protocol \"h2\""},
+    {"alpn_not_array", "@LISTENER@  alpn = \"h2\"\n@CLUSTER@",
+     "demo.toml:8:10: listeners[0].tls.alpn: expected an array, got a string"},
+    {"min_version_float", "@LISTENER@  min_version = 1.3\n@CLUSTER@",
+     "demo.toml:8:17: listeners[0].tls.min_version: expected one of \"1.2\", \"1.3\", got a float"},
+    {"min_version_old", "@LISTENER@  min_version = \"1.1\"\n@CLUSTER@",
+     "demo.toml:8:17: listeners[0].tls.min_version: expected one of \"1.2\", \"1.3\", got \"1.1\""},
+    {"ktls_value", "@LISTENER@  ktls = \"yes\"\n@CLUSTER@",
+     "demo.toml:8:10: listeners[0].tls.ktls: expected one of \"auto\", \"on\", \"off\", got \"yes\""},
+    // [[clusters]]
+    {"clusters_missing", "@LISTENER@", "demo.toml:1:1: clusters: required key is missing"},
+    {"clusters_empty", "clusters = []\n@LISTENER@",
+     "demo.toml:1:12: clusters: at least one cluster is required"},
+    {"cluster_name_missing", "@LISTENER@[[clusters]]\nendpoints = [\"127.0.0.1:50051\"]\n",
+     "demo.toml:8:1: clusters[0].name: required key is missing"},
+    {"cluster_name_duplicate", "@LISTENER@@CLUSTER@[[clusters]]\nname = \"backend\"\n",
+     "demo.toml:12:8: clusters[1].name: duplicate cluster name \"backend\" (also clusters[0].name)"},
+    {"endpoints_missing", "@LISTENER@[[clusters]]\nname = \"backend\"\n",
+     "demo.toml:8:1: clusters[0].endpoints: required key is missing"},
+    {"endpoints_empty", "@LISTENER@[[clusters]]\nname = \"backend\"\nendpoints = []\n",
+     "demo.toml:10:13: clusters[0].endpoints: at least one endpoint is required"},
+    {"endpoints_not_array", "@LISTENER@[[clusters]]\nname = \"backend\"\nendpoints = \"127.0.0.1:1\"\n",
+     "demo.toml:10:13: clusters[0].endpoints: expected an array, got a string"},
+    {"endpoint_not_string", "@LISTENER@[[clusters]]\nname = \"backend\"\nendpoints = [\"127.0.0.1:1\", 2]\n",
+     "demo.toml:10:29: clusters[0].endpoints[1]: expected a string, got an integer"},
+    {"endpoint_no_port", "@LISTENER@[[clusters]]\nname = \"backend\"\nendpoints = [\"127.0.0.1\"]\n",
+     "demo.toml:10:14: clusters[0].endpoints[0]: invalid address \"127.0.0.1\": missing port; expected "
+     "host:port"},
+    {"endpoint_port_zero", "@LISTENER@[[clusters]]\nname = \"backend\"\nendpoints = [\"127.0.0.1:0\"]\n",
+     "demo.toml:10:14: clusters[0].endpoints[0]: an endpoint needs a port from 1 to 65535, got "
+     "\"127.0.0.1:0\""},
+    {"endpoint_unresolvable",
+     "@LISTENER@[[clusters]]\nname = \"backend\"\nendpoints = [\"nowhere.invalid:80\"]\n",
+     "demo.toml:10:14: clusters[0].endpoints[0]: cannot resolve \"nowhere.invalid\": Name or service not "
+     "known"},
+    {"endpoint_bad_host", "@LISTENER@[[clusters]]\nname = \"backend\"\nendpoints = [\"bad host:80\"]\n",
+     "demo.toml:10:14: clusters[0].endpoints[0]: invalid address \"bad host:80\": \"bad host\" is not a "
+     "valid host "
+     "name"},
+    {"endpoint_legacy_ipv4", "@LISTENER@[[clusters]]\nname = \"backend\"\nendpoints = [\"127.1:80\"]\n",
+     "demo.toml:10:14: clusters[0].endpoints[0]: invalid address \"127.1:80\": \"127.1\" is not an IPv4 "
+     "address "
+     "(expected a.b.c.d)"},
+    {"lb_value", "@LISTENER@@CLUSTER@lb = \"random\"\n",
+     "demo.toml:11:6: clusters[0].lb: expected one of \"round_robin\", \"p2c\", got \"random\""},
+    {"connect_timeout_zero", "@LISTENER@@CLUSTER@connect_timeout = \"0ms\"\n",
+     "demo.toml:11:19: clusters[0].connect_timeout: must be greater than zero, got \"0ms\""},
+    {"connect_timeout_unit", "@LISTENER@@CLUSTER@connect_timeout = \"2sec\"\n",
+     "demo.toml:11:19: clusters[0].connect_timeout: invalid duration \"2sec\": unknown unit \"sec\" (use ms, "
+     "s, m "
+     "or h)"},
+};
+
+class ConfigErrorTest : public ConfigTest, public ::testing::WithParamInterface<ErrorCase> {};
+
+TEST_P(ConfigErrorTest, ReportsOneLine) {
+  const ErrorCase& c = GetParam();
+  std::string got = error_of(c.text);
+  EXPECT_EQ(got, expand(c.message));
+  EXPECT_EQ(got.find('\n'), std::string::npos);
+}
+
+INSTANTIATE_TEST_SUITE_P(Rows, ConfigErrorTest, ::testing::ValuesIn(kErrorCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST_F(ConfigTest, AlpnEntryTooLong) {
+  std::string text = "@LISTENER@  alpn = [\"h2\", \"" + kLong + "\"]\n@CLUSTER@";
+  EXPECT_EQ(error_of(text),
+            "demo.toml:8:17: listeners[0].tls.alpn[1]: a protocol name is at most 255 bytes, got 256");
+  std::string ok = "@LISTENER@  alpn = [\"h2\", \"" + kLong.substr(1) + "\"]\n@CLUSTER@";
+  EXPECT_EQ(error_of(ok), "no error");
+}
+
+TEST_F(ConfigTest, LongValuesAreTruncatedInMessages) {
+  std::string text = "[[listeners]]\nname = \"" + kLong + " \"\n@CLUSTER@";
+  std::string got = error_of(text);
+  EXPECT_NE(got.find("got \"" + std::string(64, 'x') + "...\""), std::string::npos) << got;
+  EXPECT_LT(got.size(), 200u);
+}
+
+// ---------------------------------------------------------------------------
+// Accepted documents.
+
+struct ValidCase {
+  const char* name;
+  const char* text;
+  std::function<void(const Config&)> check;
+};
+
+const ValidCase kValidCases[] = {
+    {"minimal_defaults", "@LISTENER@@CLUSTER@",
+     [](const Config& c) {
+       EXPECT_EQ(c.path, "demo.toml");
+       EXPECT_EQ(c.workers, 1u);
+       EXPECT_FALSE(c.workers_auto);
+       EXPECT_FALSE(c.admin.enabled);
+       ASSERT_EQ(c.listeners.size(), 1u);
+       const Listener& l = c.listeners[0];
+       EXPECT_EQ(l.name, "public");
+       EXPECT_EQ(l.listen.text, "127.0.0.1:8443");
+       EXPECT_EQ(l.listen.family(), AF_INET);
+       EXPECT_EQ(l.listen.length, sizeof(sockaddr_in));
+       EXPECT_EQ(l.listen.port(), 8443);
+       EXPECT_EQ(l.proxy_protocol, ProxyProtocol::Off);
+       EXPECT_EQ(l.cluster, "backend");
+       EXPECT_EQ(l.handshake_timeout, 10s);
+       EXPECT_EQ(l.idle_timeout, 300s);
+       EXPECT_EQ(l.max_concurrent_streams, 1000u);
+       EXPECT_EQ(l.tls.alpn, (std::vector<std::string>{"h2", "http/1.1"}));
+       EXPECT_EQ(l.tls.min_version, TlsVersion::Tls12);
+       EXPECT_EQ(l.tls.ktls, Ktls::Auto);
+       ASSERT_EQ(c.clusters.size(), 1u);
+       EXPECT_EQ(c.clusters[0].name, "backend");
+       EXPECT_EQ(c.clusters[0].lb, LbPolicy::RoundRobin);
+       EXPECT_EQ(c.clusters[0].connect_timeout, 2s);
+       ASSERT_EQ(c.clusters[0].endpoints.size(), 1u);
+       EXPECT_EQ(c.clusters[0].endpoints[0].port(), 50051);
+       EXPECT_EQ(c.find_cluster("backend"), &c.clusters[0]);
+       EXPECT_EQ(c.find_cluster("other"), nullptr);
+     }},
+    {"every_key_set",
+     R"(workers = 4
+[admin]
+listen = "127.0.0.1:9901"
+[[listeners]]
+name = "edge.v2-a_1"
+listen = "[::1]:8443"
+proxy_protocol = "v2"
+cluster = "grpc"
+handshake_timeout = "250ms"
+idle_timeout = "5m"
+max_concurrent_streams = 2147483647
+  [listeners.tls]
+  certificate = "@CRT@"
+  private_key = "@KEY@"
+  alpn = ["h2"]
+  min_version = "1.3"
+  ktls = "on"
+[[clusters]]
+name = "grpc"
+endpoints = ["127.0.0.1:50051", "[::1]:50052", "backend.test:50053", "v6.test:50054"]
+lb = "p2c"
+connect_timeout = "1h"
+)",
+     [](const Config& c) {
+       EXPECT_EQ(c.workers, 4u);
+       EXPECT_TRUE(c.admin.enabled);
+       EXPECT_EQ(c.admin.listen.port(), 9901);
+       EXPECT_EQ(c.admin.listen_origin.to_string(), "demo.toml:3:10: admin.listen");
+       const Listener& l = c.listeners.at(0);
+       EXPECT_EQ(l.name, "edge.v2-a_1");
+       EXPECT_EQ(l.listen.family(), AF_INET6);
+       EXPECT_EQ(l.listen.length, sizeof(sockaddr_in6));
+       EXPECT_EQ(ip_of(l.listen), "::1");
+       EXPECT_EQ(l.listen.port(), 8443);
+       EXPECT_EQ(l.listen_origin.to_string(), "demo.toml:6:10: listeners[0].listen");
+       EXPECT_EQ(l.proxy_protocol, ProxyProtocol::V2);
+       EXPECT_EQ(l.handshake_timeout, 250ms);
+       EXPECT_EQ(l.idle_timeout, 5min);
+       EXPECT_EQ(l.max_concurrent_streams, 2147483647u);
+       EXPECT_EQ(l.tls.alpn, std::vector<std::string>{"h2"});
+       EXPECT_EQ(l.tls.min_version, TlsVersion::Tls13);
+       EXPECT_EQ(l.tls.ktls, Ktls::On);
+       EXPECT_EQ(l.tls.ktls_origin.to_string(), "demo.toml:17:10: listeners[0].tls.ktls");
+       EXPECT_EQ(l.tls.certificate_origin.file, "demo.toml");
+       EXPECT_EQ(l.tls.certificate_origin.key, "listeners[0].tls.certificate");
+       EXPECT_EQ(l.tls.certificate_origin.line, 13u);
+       EXPECT_EQ(l.tls.certificate_origin.column, 17u);
+       EXPECT_EQ(l.tls.private_key_origin.to_string(), "demo.toml:14:17: listeners[0].tls.private_key");
+       const Cluster& k = c.clusters.at(0);
+       EXPECT_EQ(k.lb, LbPolicy::P2c);
+       EXPECT_EQ(k.connect_timeout, 1h);
+       ASSERT_EQ(k.endpoints.size(), 4u);
+       EXPECT_EQ(ip_of(k.endpoints[0]), "127.0.0.1");
+       EXPECT_EQ(ip_of(k.endpoints[1]), "::1");
+       EXPECT_EQ(k.endpoints[2].text, "backend.test:50053");
+       EXPECT_EQ(ip_of(k.endpoints[2]), "192.0.2.10");
+       EXPECT_EQ(k.endpoints[2].port(), 50053);
+       EXPECT_EQ(ip_of(k.endpoints[3]), "2001:db8::1");
+       EXPECT_EQ(k.endpoints[3].port(), 50054);
+     }},
+    {"workers_auto", "workers = \"auto\"\n@LISTENER@@CLUSTER@",
+     [](const Config& c) {
+       EXPECT_TRUE(c.workers_auto);
+       EXPECT_GE(c.workers, 1u);
+       EXPECT_LE(c.workers, 256u);
+       unsigned hw = std::thread::hardware_concurrency();
+       if (hw > 0 && hw <= 256) {
+         EXPECT_EQ(c.workers, hw);
+       }
+     }},
+    {"workers_bounds", "workers = 256\n@LISTENER@@CLUSTER@",
+     [](const Config& c) { EXPECT_EQ(c.workers, 256u); }},
+    {"ktls_origin_defaults_to_tls_table", "@LISTENER@@CLUSTER@",
+     [](const Config& c) {
+       EXPECT_EQ(c.listeners[0].tls.ktls_origin.to_string(), "demo.toml:5:3: listeners[0].tls.ktls");
+     }},
+    {"port_zero_may_repeat",
+     "@LISTENER@[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\ncluster = \"backend\"\n"
+     "tls = { certificate = \"@CRT@\", private_key = \"@KEY@\" }\n"
+     "[[listeners]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\ncluster = \"backend\"\n"
+     "tls = { certificate = \"@CRT@\", private_key = \"@KEY@\" }\n[admin]\nlisten = "
+     "\"127.0.0.1:0\"\n@CLUSTER@",
+     [](const Config& c) {
+       ASSERT_EQ(c.listeners.size(), 3u);
+       EXPECT_EQ(c.listeners[1].listen.port(), 0);
+       EXPECT_EQ(c.listeners[2].listen.port(), 0);
+       EXPECT_TRUE(c.admin.enabled);
+     }},
+    {"same_port_other_address",
+     "@LISTENER@[[listeners]]\nname = \"v6\"\nlisten = \"[::1]:8443\"\ncluster = \"backend\"\n"
+     "tls = { certificate = \"@CRT@\", private_key = \"@KEY@\" }\n@CLUSTER@",
+     [](const Config& c) { EXPECT_EQ(c.listeners.size(), 2u); }},
+    {"inline_tables_and_dotted_keys",
+     "listeners = [{ name = \"x\", listen = \"0.0.0.0:1\", cluster = \"c\", tls.certificate = \"@CRT@\", "
+     "tls.private_key = \"@KEY@\" }]\nclusters = [{ name = \"c\", endpoints = [\"10.0.0.1:2\"] }]\n",
+     [](const Config& c) {
+       EXPECT_EQ(c.listeners.at(0).name, "x");
+       EXPECT_EQ(c.listeners[0].tls.certificate_origin.line, 1u);
+       EXPECT_EQ(c.clusters.at(0).endpoints.at(0).text, "10.0.0.1:2");
+     }},
+    {"several_clusters_in_any_order",
+     "[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n"
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"b\"\n"
+     "tls = { certificate = \"@CRT@\", private_key = \"@KEY@\" }\n"
+     "[[clusters]]\nname = \"b\"\nendpoints = [\"127.0.0.1:2\"]\n",
+     [](const Config& c) {
+       ASSERT_EQ(c.clusters.size(), 2u);
+       EXPECT_EQ(c.find_cluster(c.listeners[0].cluster), &c.clusters[1]);
+     }},
+    {"comments_and_whitespace", "# tlsgate\n\n  workers = 3   # three\n\n@LISTENER@\n# end\n@CLUSTER@",
+     [](const Config& c) { EXPECT_EQ(c.workers, 3u); }},
+};
+
+class ConfigValidTest : public ConfigTest, public ::testing::WithParamInterface<ValidCase> {};
+
+TEST_P(ConfigValidTest, Parses) {
+  const ValidCase& c = GetParam();
+  Config cfg;
+  try {
+    cfg = parse(expand(c.text), "demo.toml");
+  } catch (const ConfigError& e) {
+    FAIL() << e.what();
+  }
+  c.check(cfg);
+}
+
+INSTANTIATE_TEST_SUITE_P(Rows, ConfigValidTest, ::testing::ValuesIn(kValidCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// ---------------------------------------------------------------------------
+// load_file and the shipped examples.
+
+TEST_F(ConfigTest, LoadFileReadsAndNamesThePath) {
+  std::string path = dir_ + "/tlsgate.toml";
+  write_file(path, expand("@LISTENER@@CLUSTER@"));
+  Config c = load_file(path);
+  EXPECT_EQ(c.path, path);
+  EXPECT_EQ(c.listeners.at(0).listen_origin.to_string(), path + ":3:10: listeners[0].listen");
+
+  write_file(path, "workers = 0\n");
+  try {
+    load_file(path);
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              path + ":1:11: workers: expected \"auto\" or an integer from 1 to 256, got 0");
+  }
+}
+
+TEST_F(ConfigTest, LoadFileCannotRead) {
+  struct Row {
+    std::string path;
+    std::string message;
+  };
+  const Row rows[] = {
+      {dir_ + "/missing.toml", dir_ + "/missing.toml: cannot read: No such file or directory"},
+      {dir_, dir_ + ": cannot read: Is a directory"},
+      {dir_ + "/server.crt/x.toml", dir_ + "/server.crt/x.toml: cannot read: Not a directory"},
+  };
+  for (const Row& r : rows) {
+    try {
+      load_file(r.path);
+      ADD_FAILURE() << r.path << ": no error";
+    } catch (const ConfigError& e) {
+      EXPECT_EQ(std::string(e.what()), r.message);
+    }
+  }
+}
+
+TEST_F(ConfigTest, LoadFileUnreadablePermissions) {
+  std::string path = dir_ + "/secret.toml";
+  write_file(path, "workers = 1\n");
+  ASSERT_EQ(chmod(path.c_str(), 0), 0);
+  // Root bypasses file permissions, so load as an unprivileged user in a child.
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(3);
+    try {
+      load_file(path);
+      _exit(1);
+    } catch (const ConfigError& e) {
+      _exit(std::string(e.what()) == path + ": cannot read: Permission denied" ? 0 : 2);
+    }
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: no error, 2: wrong message, 3: could not drop privileges";
+}
+
+// conf/*.toml must stay valid: parse them with the certificate paths pointed
+// at the temp files (conf/certs/ is generated, not committed).
+TEST_F(ConfigTest, ShippedExamplesParse) {
+  for (const char* name : {"tlsgate.toml", "demo.toml"}) {
+    SCOPED_TRACE(name);
+    std::string text = read_file(std::string(TLSGATE_SOURCE_ROOT) + "/conf/" + name);
+    ASSERT_FALSE(text.empty());
+    ASSERT_NE(text.find("conf/certs/server.crt"), std::string::npos);
+    text = replace_all(text, "conf/certs/server.crt", dir_ + "/server.crt");
+    text = replace_all(text, "conf/certs/server.key", dir_ + "/server.key");
+    try {
+      Config c = parse(text, name);
+      EXPECT_FALSE(c.listeners.empty());
+      EXPECT_FALSE(c.clusters.empty());
+      EXPECT_NE(c.find_cluster(c.listeners[0].cluster), nullptr);
+    } catch (const ConfigError& e) {
+      ADD_FAILURE() << e.what();
+    }
+  }
+}
+
+TEST_F(ConfigTest, DemoConfigShape) {
+  std::string text = read_file(std::string(TLSGATE_SOURCE_ROOT) + "/conf/demo.toml");
+  text = replace_all(text, "conf/certs/server.crt", dir_ + "/server.crt");
+  text = replace_all(text, "conf/certs/server.key", dir_ + "/server.key");
+  Config c = parse(text, "demo.toml");
+  EXPECT_TRUE(c.workers_auto);
+  ASSERT_EQ(c.listeners.size(), 1u);
+  EXPECT_EQ(c.listeners[0].name, "public");
+  EXPECT_EQ(c.listeners[0].listen.text, "127.0.0.1:8443");
+  EXPECT_EQ(c.listeners[0].cluster, "backend");
+  EXPECT_EQ(c.listeners[0].tls.certificate, dir_ + "/server.crt");
+  EXPECT_EQ(c.listeners[0].tls.private_key, dir_ + "/server.key");
+  ASSERT_EQ(c.clusters.size(), 1u);
+  EXPECT_EQ(c.clusters[0].name, "backend");
+  ASSERT_EQ(c.clusters[0].endpoints.size(), 1u);
+  EXPECT_EQ(c.clusters[0].endpoints[0].text, "127.0.0.1:50051");
+}
+
+// ---------------------------------------------------------------------------
+// parse_duration
+
+struct DurationCase {
+  const char* text;
+  int64_t ms;  // -1: rejected
+  const char* message;
+};
+
+const DurationCase kDurations[] = {
+    {"0ms", 0, ""},
+    {"250ms", 250, ""},
+    {"10s", 10'000, ""},
+    {"5m", 300'000, ""},
+    {"1h", 3'600'000, ""},
+    {"007s", 7'000, ""},
+    {"8760h", 31'536'000'000, ""},
+    {"31536000000ms", 31'536'000'000, ""},
+    {"", -1, "invalid duration \"\": empty; expected a number and a unit, e.g. \"10s\""},
+    {"10", -1, "invalid duration \"10\": missing unit (ms, s, m or h)"},
+    {"s", -1, "invalid duration \"s\": expected a number and a unit, e.g. \"10s\""},
+    {"-1s", -1, "invalid duration \"-1s\": must not be negative"},
+    {"+1s", -1, "invalid duration \"+1s\": expected a number and a unit, e.g. \"10s\""},
+    {"1.5s", -1, "invalid duration \"1.5s\": fractions are not allowed; use a smaller unit, e.g. \"1500ms\""},
+    {"1,5s", -1, "invalid duration \"1,5s\": fractions are not allowed; use a smaller unit, e.g. \"1500ms\""},
+    {" 10s", -1, "invalid duration \" 10s\": expected a number and a unit, e.g. \"10s\""},
+    {"10 s", -1, "invalid duration \"10 s\": unknown unit \" s\" (use ms, s, m or h)"},
+    {"10s ", -1, "invalid duration \"10s \": unknown unit \"s \" (use ms, s, m or h)"},
+    {"10S", -1, "invalid duration \"10S\": unknown unit \"S\" (use ms, s, m or h)"},
+    {"1d", -1, "invalid duration \"1d\": unknown unit \"d\" (use ms, s, m or h)"},
+    {"10us", -1, "invalid duration \"10us\": unknown unit \"us\" (use ms, s, m or h)"},
+    {"1h30m", -1, "invalid duration \"1h30m\": unknown unit \"h30m\" (use ms, s, m or h)"},
+    {"8761h", -1, "invalid duration \"8761h\": too large (at most 8760h)"},
+    {"31536000001ms", -1, "invalid duration \"31536000001ms\": too large (at most 8760h)"},
+    {"525601m", -1, "invalid duration \"525601m\": too large (at most 8760h)"},
+    {"18446744073709551617s", -1, "invalid duration \"18446744073709551617s\": too large (at most 8760h)"},
+    {"99999999999999999999999999999999999999ms", -1,
+     "invalid duration \"99999999999999999999999999999999999999ms\": too large (at most 8760h)"},
+};
+
+TEST(ParseDuration, Table) {
+  for (const DurationCase& c : kDurations) {
+    SCOPED_TRACE(c.text);
+    if (c.ms >= 0) {
+      EXPECT_EQ(parse_duration(c.text).count(), c.ms);
+      continue;
+    }
+    try {
+      parse_duration(c.text);
+      ADD_FAILURE() << "accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_EQ(std::string(e.what()), c.message);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// parse_address
+
+struct AddressCase {
+  const char* text;
+  bool allow_names;
+  int family;  // 0: rejected
+  const char* ip_or_message;
+  uint16_t port;
+};
+
+const AddressCase kAddresses[] = {
+    {"127.0.0.1:8443", false, AF_INET, "127.0.0.1", 8443},
+    {"0.0.0.0:0", false, AF_INET, "0.0.0.0", 0},
+    {"255.255.255.255:65535", false, AF_INET, "255.255.255.255", 65535},
+    {"[::1]:8443", false, AF_INET6, "::1", 8443},
+    {"[::]:0", false, AF_INET6, "::", 0},
+    {"[2001:db8::1]:443", false, AF_INET6, "2001:db8::1", 443},
+    {"[::ffff:10.0.0.1]:80", false, AF_INET6, "::ffff:10.0.0.1", 80},
+    {"127.0.0.1:00080", false, AF_INET, "127.0.0.1", 80},
+    {"backend.test:50051", true, AF_INET, "192.0.2.10", 50051},
+    {"v6.test:1", true, AF_INET6, "2001:db8::1", 1},
+    {"10.1.2.3:9", true, AF_INET, "10.1.2.3", 9},
+    {"", false, 0, "invalid address \"\": empty; expected IP:port", 0},
+    {"", true, 0, "invalid address \"\": empty; expected host:port", 0},
+    {"127.0.0.1", false, 0, "invalid address \"127.0.0.1\": missing port; expected IP:port", 0},
+    {"127.0.0.1:", false, 0, "invalid address \"127.0.0.1:\": missing port after ':'", 0},
+    {":8443", false, 0, "invalid address \":8443\": missing host; expected IP:port", 0},
+    {"[]:8443", false, 0, "invalid address \"[]:8443\": missing host; expected IP:port", 0},
+    {"127.0.0.1:65536", false, 0,
+     "invalid address \"127.0.0.1:65536\": port must be a number from 0 to 65535", 0},
+    {"127.0.0.1:123456", false, 0,
+     "invalid address \"127.0.0.1:123456\": port must be a number from 0 to 65535", 0},
+    {"127.0.0.1:-1", false, 0, "invalid address \"127.0.0.1:-1\": port must be a number from 0 to 65535", 0},
+    {"127.0.0.1:+1", false, 0, "invalid address \"127.0.0.1:+1\": port must be a number from 0 to 65535", 0},
+    {"127.0.0.1:http", false, 0, "invalid address \"127.0.0.1:http\": port must be a number from 0 to 65535",
+     0},
+    {"256.0.0.1:1", false, 0,
+     "invalid address \"256.0.0.1:1\": \"256.0.0.1\" is not an IPv4 address (expected "
+     "a.b.c.d)",
+     0},
+    {"127.1:1", true, 0, "invalid address \"127.1:1\": \"127.1\" is not an IPv4 address (expected a.b.c.d)",
+     0},
+    {"0x7f.0.0.1:1", true, 0,
+     "invalid address \"0x7f.0.0.1:1\": \"0x7f.0.0.1\" is not an IPv4 address (expected a.b.c.d)", 0},
+    {"::1:8443", false, 0,
+     "invalid address \"::1:8443\": write an IPv6 address in brackets, e.g. \"[::1]:8443\"", 0},
+    {"[::1]8443", false, 0, "invalid address \"[::1]8443\": expected ':' and a port after ']'", 0},
+    {"[::1]", false, 0, "invalid address \"[::1]\": expected ':' and a port after ']'", 0},
+    {"[::1:8443", false, 0, "invalid address \"[::1:8443\": missing ']' after an IPv6 address", 0},
+    {"[127.0.0.1]:1", false, 0, "invalid address \"[127.0.0.1]:1\": \"127.0.0.1\" is not an IPv6 address", 0},
+    {"[fe80::1%eth0]:1", false, 0,
+     "invalid address \"[fe80::1%eth0]:1\": \"fe80::1%eth0\" is not an IPv6 address", 0},
+    {"localhost:1", false, 0, "invalid address \"localhost:1\": \"localhost\" is not a numeric IP address",
+     0},
+    {"a b:1", true, 0, "invalid address \"a b:1\": \"a b\" is not a valid host name", 0},
+    {"-a:1", true, 0, "invalid address \"-a:1\": \"-a\" is not a valid host name", 0},
+    {"a..b:1", true, 0, "invalid address \"a..b:1\": \"a..b\" is not a valid host name", 0},
+    {"nowhere.invalid:1", true, 0, "cannot resolve \"nowhere.invalid\": Name or service not known", 0},
+};
+
+class AddressTest : public ::testing::Test {
+ protected:
+  void SetUp() override { previous_ = set_resolver(fake_resolver); }
+  void TearDown() override { set_resolver(previous_); }
+  Resolver previous_ = nullptr;
+};
+
+TEST_F(AddressTest, Table) {
+  for (const AddressCase& c : kAddresses) {
+    SCOPED_TRACE(std::string(c.text) + (c.allow_names ? " (names)" : ""));
+    if (c.family != 0) {
+      SocketAddress a = parse_address(c.text, c.allow_names);
+      EXPECT_EQ(a.family(), c.family);
+      EXPECT_EQ(a.length, c.family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
+      EXPECT_EQ(ip_of(a), c.ip_or_message);
+      EXPECT_EQ(a.port(), c.port);
+      EXPECT_EQ(a.text, c.text);
+      continue;
+    }
+    try {
+      parse_address(c.text, c.allow_names);
+      ADD_FAILURE() << "accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_EQ(std::string(e.what()), c.ip_or_message);
+    }
+  }
+}
+
+TEST(ParseAddress, RealResolverFindsLocalhost) {
+  Resolver previous = set_resolver(nullptr);
+  SocketAddress a = parse_address("localhost:50051", true);
+  set_resolver(previous);
+  EXPECT_EQ(a.text, "localhost:50051");
+  EXPECT_EQ(a.port(), 50051);
+  if (a.family() == AF_INET) {
+    EXPECT_EQ(ip_of(a), "127.0.0.1");
+    EXPECT_EQ(a.length, sizeof(sockaddr_in));
+  } else {
+    EXPECT_EQ(a.family(), AF_INET6);
+    EXPECT_EQ(ip_of(a), "::1");
+  }
+}
+
+TEST(ParseAddress, SetResolverReturnsPrevious) {
+  Resolver first = set_resolver(fake_resolver);
+  EXPECT_EQ(set_resolver(first), fake_resolver);
+}
+
+// ---------------------------------------------------------------------------
+// Small pieces.
+
+TEST(ConfigStrings, EnumNames) {
+  EXPECT_STREQ(to_string(ProxyProtocol::Off), "off");
+  EXPECT_STREQ(to_string(ProxyProtocol::V1), "v1");
+  EXPECT_STREQ(to_string(ProxyProtocol::V2), "v2");
+  EXPECT_STREQ(to_string(ProxyProtocol::Auto), "auto");
+  EXPECT_STREQ(to_string(Ktls::Auto), "auto");
+  EXPECT_STREQ(to_string(Ktls::On), "on");
+  EXPECT_STREQ(to_string(Ktls::Off), "off");
+  EXPECT_STREQ(to_string(TlsVersion::Tls12), "1.2");
+  EXPECT_STREQ(to_string(TlsVersion::Tls13), "1.3");
+  EXPECT_STREQ(to_string(LbPolicy::RoundRobin), "round_robin");
+  EXPECT_STREQ(to_string(LbPolicy::P2c), "p2c");
+}
+
+TEST(ConfigStrings, OriginToString) {
+  EXPECT_EQ((Origin{"demo.toml", "listeners[0].tls.private_key", 12, 15}.to_string()),
+            "demo.toml:12:15: listeners[0].tls.private_key");
+  EXPECT_EQ((Origin{"demo.toml", "workers", 0, 0}.to_string()), "demo.toml: workers");
+}
+
+TEST(ConfigStrings, SocketAddressWithoutFamilyHasNoPort) {
+  SocketAddress a;
+  EXPECT_EQ(a.port(), 0);
+  EXPECT_EQ(a.family(), AF_UNSPEC);
+}
+
+}  // namespace
+}  // namespace tlsgate::config
