@@ -15,6 +15,8 @@
 #pragma once
 
 #include <cstddef>
+#include <sys/types.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -112,8 +114,13 @@ class Session {
   ~Session();
 
   friend struct Callbacks;
+  ssize_t take_output(const uint8_t* data, size_t len);
+
   Context& ctx_;
   Owner& owner_;
+  ByteQueue* out_ = nullptr;  // set only during produce()
+  size_t budget_left_ = 0;
+  size_t produced_ = 0;
   void* session_ = nullptr;  // nghttp2_session*
   size_t active_streams_ = 0;
   Stream* streams_ = nullptr;  // intrusive list of this session's streams

@@ -83,6 +83,7 @@ class Session {
   std::span<const uint8_t> in_;
   ByteQueue* out_ = nullptr;
   Alpn alpn_ = Alpn::None;
+  bool broken_ = false;  // received bytes were lost (pool exhausted)
   std::string failure_;
 };
 

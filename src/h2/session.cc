@@ -314,6 +314,11 @@ struct Forward {
       if (error_code != NGHTTP2_NO_ERROR) {
         ++ctx.counters().streams_reset_by_upstream;
         nghttp2_submit_rst_stream(ng(s->down->session_), NGHTTP2_FLAG_NONE, s->down_id, error_code);
+      } else if (!s->resp_started) {
+        // Closed cleanly without a response (RST_STREAM NO_ERROR first): the
+        // client still needs an answer.
+        respond_unavailable(ctx, s, "upstream closed the stream without a response");
+        return;
       } else {
         s->resp_eof = true;
         nghttp2_session_resume_data(ng(s->down->session_), s->down_id);
@@ -466,6 +471,13 @@ struct Callbacks {
     return 0;
   }
 
+  static ssize_t d_send(nghttp2_session*, const uint8_t* data, size_t len, int, void* user) {
+    return static_cast<DownstreamSession*>(user)->take_output(data, len);
+  }
+  static ssize_t u_send(nghttp2_session*, const uint8_t* data, size_t len, int, void* user) {
+    return static_cast<UpstreamSession*>(user)->take_output(data, len);
+  }
+
   static nghttp2_session_callbacks* make(bool server) {
     nghttp2_session_callbacks* cb = nullptr;
     if (nghttp2_session_callbacks_new(&cb) != 0) throw std::bad_alloc();
@@ -475,11 +487,13 @@ struct Callbacks {
       nghttp2_session_callbacks_set_on_frame_recv_callback(cb, d_frame_recv);
       nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, d_data_chunk);
       nghttp2_session_callbacks_set_on_stream_close_callback(cb, d_stream_close);
+      nghttp2_session_callbacks_set_send_callback(cb, d_send);
     } else {
       nghttp2_session_callbacks_set_on_header_callback2(cb, u_header);
       nghttp2_session_callbacks_set_on_frame_recv_callback(cb, u_frame_recv);
       nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, u_data_chunk);
       nghttp2_session_callbacks_set_on_stream_close_callback(cb, u_stream_close);
+      nghttp2_session_callbacks_set_send_callback(cb, u_send);
     }
     return cb;
   }
@@ -528,15 +542,22 @@ Result<void> Session::receive(const uint8_t* data, size_t len) {
 }
 
 size_t Session::produce(ByteQueue& out, size_t budget) {
-  size_t total = 0;
-  while (total < budget) {
-    const uint8_t* p = nullptr;
-    ssize_t n = nghttp2_session_mem_send(ng(session_), &p);
-    if (n <= 0) break;
-    if (!out.append(p, static_cast<size_t>(n))) break;
-    total += static_cast<size_t>(n);
-  }
-  return total;
+  out_ = &out;
+  budget_left_ = budget;
+  produced_ = 0;
+  int rv = nghttp2_session_send(ng(session_));
+  if (rv != 0) LOG_DEBUG("h2", "send: %s", nghttp2_strerror(rv));
+  out_ = nullptr;
+  return produced_;
+}
+
+ssize_t Session::take_output(const uint8_t* data, size_t len) {
+  // WOULDBLOCK keeps the frame inside nghttp2 for the next produce(): no
+  // frame is lost when the budget is spent or the pool is exhausted.
+  if (out_ == nullptr || budget_left_ == 0 || !out_->append(data, len)) return NGHTTP2_ERR_WOULDBLOCK;
+  budget_left_ = len >= budget_left_ ? 0 : budget_left_ - len;
+  produced_ += len;
+  return static_cast<ssize_t>(len);
 }
 
 bool Session::want_read() const { return session_ && nghttp2_session_want_read(ng(session_)) != 0; }

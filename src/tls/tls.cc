@@ -134,7 +134,7 @@ const char* to_string(HandshakeState s) {
 Context::Context(const config::TlsSettings& settings) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) throw std::runtime_error("SSL_CTX_new: " + openssl_error_text());
-  ctx_ = ctx;
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> owner(ctx, &SSL_CTX_free);  // a throw below frees it
   SSL_CTX_set_min_proto_version(ctx, settings.min_version == config::TlsVersion::Tls13 ? TLS1_3_VERSION
                                                                                       : TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
@@ -156,6 +156,7 @@ Context::Context(const config::TlsSettings& settings) {
   }
   SSL_CTX_set_app_data(ctx, wire);
   SSL_CTX_set_alpn_select_cb(ctx, alpn_select, wire);
+  ctx_ = owner.release();
 }
 
 Context::~Context() {
@@ -184,12 +185,20 @@ void Session::begin(std::span<const uint8_t> in, ByteQueue& out) {
 
 void Session::end() {
   // Keep what OpenSSL did not read yet: the caller recycles its buffer.
-  if (!in_.empty()) pending_in_.append(in_.data(), in_.size());
+  if (!in_.empty() && !pending_in_.append(in_.data(), in_.size())) {
+    // Out of buffer memory: the stream of records has a hole now, so this
+    // connection cannot continue; the next read reports it.
+    broken_ = true;
+  }
   in_ = {};
   out_ = nullptr;
 }
 
 HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
+  if (broken_) {
+    failure_ = "out of buffer memory";
+    return HandshakeState::Failed;
+  }
   begin(in, out);
   SSL* ssl = static_cast<SSL*>(ssl_);
   int rc = SSL_do_handshake(ssl);
@@ -219,6 +228,10 @@ const char* Session::version() const { return SSL_get_version(static_cast<SSL*>(
 const char* Session::cipher() const { return SSL_get_cipher_name(static_cast<SSL*>(ssl_)); }
 
 Result<size_t> Session::read_some(uint8_t* buf, size_t cap) {
+  if (broken_) {
+    failure_ = "out of buffer memory";
+    return Unexpected(Error::Resource);
+  }
   SSL* ssl = static_cast<SSL*>(ssl_);
   size_t n = 0;
   if (SSL_read_ex(ssl, buf, cap, &n) == 1) return n;

@@ -1,0 +1,1011 @@
+// The HTTP/2 forwarding core without sockets. A DownstreamSession faces an
+// in-memory nghttp2 *client* (the gRPC client), an UpstreamSession faces an
+// in-memory nghttp2 *server* (the gRPC backend), and the test carries bytes
+// between them the way the shard does: a session is flushed after it received
+// bytes, or when its Owner was woken — never otherwise, so a missing wake()
+// shows up as a stream that stops moving.
+#include <gtest/gtest.h>
+#include <nghttp2/nghttp2.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tlsgate/buffer.hh"
+#include "tlsgate/h2.hh"
+
+namespace tlsgate::h2 {
+namespace {
+
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+constexpr const char* kClientIp = "203.0.113.7";
+constexpr size_t kStreamWindow = 256 * 1024;  // the gateway's SETTINGS_INITIAL_WINDOW_SIZE
+
+std::string grpc_frame(const std::string& message) {
+  std::string f(5, '\0');
+  const uint32_t len = static_cast<uint32_t>(message.size());
+  f[1] = static_cast<char>(len >> 24);
+  f[2] = static_cast<char>(len >> 16);
+  f[3] = static_cast<char>(len >> 8);
+  f[4] = static_cast<char>(len);
+  return f + message;
+}
+
+std::string pattern(size_t len) {
+  std::string s(len, '\0');
+  uint32_t x = 99;
+  for (size_t i = 0; i < len; ++i) {
+    x = x * 1103515245u + 12345u;
+    s[i] = static_cast<char>(x >> 16);
+  }
+  return s;
+}
+
+// All values of `name` in `h`.
+std::vector<std::string> values(const Headers& h, const std::string& name) {
+  std::vector<std::string> out;
+  for (const auto& [n, v] : h)
+    if (n == name) out.push_back(v);
+  return out;
+}
+
+std::string value(const Headers& h, const std::string& name) {
+  auto v = values(h, name);
+  return v.size() == 1 ? v[0] : "<" + std::to_string(v.size()) + " values>";
+}
+
+std::vector<nghttp2_nv> to_nv(const Headers& h) {
+  std::vector<nghttp2_nv> nv;
+  for (const auto& [n, v] : h)
+    nv.push_back(nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(n.data())),
+                            reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), n.size(), v.size(),
+                            NGHTTP2_NV_FLAG_NONE});
+  return nv;
+}
+
+// ------------------------------------------------------------ test peers
+
+// What one side saw of one stream.
+struct PeerStream {
+  Headers headers;   // first HEADERS block (request or response)
+  Headers trailers;  // a later HEADERS block
+  std::string body;
+  bool headers_end_stream = false;  // END_STREAM on the first HEADERS (trailers-only)
+  bool end_stream = false;          // END_STREAM received
+  bool rst = false;
+  uint32_t rst_code = 0;
+  bool closed = false;
+  uint32_t close_code = 0;
+};
+
+// A body the peer sends: `data`, then EOF (with trailers) once `complete`.
+struct Body {
+  explicit Body(std::string d, bool complete_ = true, Headers trailers_ = {})
+      : data(std::move(d)), complete(complete_), trailers(std::move(trailers_)) {}
+  std::string data;
+  size_t off = 0;
+  bool complete;
+  Headers trailers;
+};
+
+// An nghttp2 session in the role of the gRPC client or the gRPC backend.
+class Peer {
+ public:
+  enum class Role { Client, Backend };
+
+  explicit Peer(Role role, bool manual_window = false, uint32_t max_concurrent_streams = 0)
+      : manual_window_(manual_window) {
+    nghttp2_session_callbacks* cb = nullptr;
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_option* opt = nullptr;
+    nghttp2_option_new(&opt);
+    if (manual_window) nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_max_send_header_block_length(opt, 256 * 1024);  // to send oversized headers
+    if (role == Role::Client)
+      nghttp2_session_client_new2(&s_, cb, this, opt);
+    else
+      nghttp2_session_server_new2(&s_, cb, this, opt);
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, max_concurrent_streams}};
+    nghttp2_submit_settings(s_, NGHTTP2_FLAG_NONE, iv, max_concurrent_streams ? 1 : 0);
+  }
+  ~Peer() { nghttp2_session_del(s_); }
+  Peer(const Peer&) = delete;
+  Peer& operator=(const Peer&) = delete;
+
+  nghttp2_session* session() { return s_; }
+  std::map<int32_t, PeerStream> streams;
+  int32_t last_stream = 0;
+  bool goaway = false;
+  int32_t goaway_last_stream = -1;
+  size_t data_received = 0;
+  // With a manual window: whether received DATA is handed back (consumed).
+  bool consume = true;
+
+  // Client: a request with `body` (nullptr = HEADERS with END_STREAM).
+  int32_t request(const Headers& h, Body* body) {
+    auto nv = to_nv(h);
+    nghttp2_data_provider prd{};
+    prd.source.ptr = body;
+    prd.read_callback = read_body;
+    int32_t id = nghttp2_submit_request(s_, nullptr, nv.data(), nv.size(), body ? &prd : nullptr, nullptr);
+    EXPECT_GT(id, 0) << nghttp2_strerror(id);
+    return id;
+  }
+  // Backend: a response with `body` (nullptr = trailers-only / no body).
+  void respond(int32_t id, const Headers& h, Body* body) {
+    auto nv = to_nv(h);
+    nghttp2_data_provider prd{};
+    prd.source.ptr = body;
+    prd.read_callback = read_body;
+    EXPECT_EQ(nghttp2_submit_response(s_, id, nv.data(), nv.size(), body ? &prd : nullptr), 0);
+  }
+  // More bytes for a body that was waiting (deferred).
+  void resume(int32_t id) { nghttp2_session_resume_data(s_, id); }
+  void reset(int32_t id, uint32_t code) { nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, id, code); }
+  // Gives back the window for every byte received so far (manual window).
+  void consume_all(int32_t id) {
+    size_t n = data_received - consumed_;
+    consumed_ = data_received;
+    nghttp2_session_consume(s_, id, n);
+  }
+
+ private:
+  static Peer& self(void* p) { return *static_cast<Peer*>(p); }
+
+  static int on_begin_headers(nghttp2_session*, const nghttp2_frame* f, void* u) {
+    Peer& p = self(u);
+    p.streams[f->hd.stream_id];
+    p.last_stream = std::max(p.last_stream, f->hd.stream_id);
+    return 0;
+  }
+  static int on_header(nghttp2_session*, const nghttp2_frame* f, const uint8_t* name, size_t namelen,
+                       const uint8_t* value, size_t valuelen, uint8_t, void* u) {
+    PeerStream& st = self(u).streams[f->hd.stream_id];
+    Headers& h = (f->headers.cat == NGHTTP2_HCAT_HEADERS) ? st.trailers : st.headers;
+    h.emplace_back(std::string(reinterpret_cast<const char*>(name), namelen),
+                   std::string(reinterpret_cast<const char*>(value), valuelen));
+    return 0;
+  }
+  static int on_frame_recv(nghttp2_session*, const nghttp2_frame* f, void* u) {
+    Peer& p = self(u);
+    if (f->hd.type == NGHTTP2_GOAWAY) {
+      p.goaway = true;
+      p.goaway_last_stream = f->goaway.last_stream_id;
+      return 0;
+    }
+    if (f->hd.stream_id == 0) return 0;
+    PeerStream& st = p.streams[f->hd.stream_id];
+    const bool es = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat != NGHTTP2_HCAT_HEADERS && es)
+      st.headers_end_stream = true;
+    if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) && es) st.end_stream = true;
+    if (f->hd.type == NGHTTP2_RST_STREAM) {
+      st.rst = true;
+      st.rst_code = f->rst_stream.error_code;
+    }
+    return 0;
+  }
+  static int on_data_chunk(nghttp2_session* s, uint8_t, int32_t id, const uint8_t* data, size_t len,
+                           void* u) {
+    Peer& p = self(u);
+    p.streams[id].body.append(reinterpret_cast<const char*>(data), len);
+    p.data_received += len;
+    if (p.manual_window_ && p.consume) {
+      nghttp2_session_consume(s, id, len);
+      p.consumed_ += len;
+    }
+    return 0;
+  }
+  static int on_stream_close(nghttp2_session*, int32_t id, uint32_t code, void* u) {
+    PeerStream& st = self(u).streams[id];
+    st.closed = true;
+    st.close_code = code;
+    return 0;
+  }
+  static ssize_t read_body(nghttp2_session* s, int32_t id, uint8_t* buf, size_t len, uint32_t* flags,
+                           nghttp2_data_source* src, void*) {
+    Body& b = *static_cast<Body*>(src->ptr);
+    size_t n = std::min(len, b.data.size() - b.off);
+    std::memcpy(buf, b.data.data() + b.off, n);
+    b.off += n;
+    if (b.off == b.data.size()) {
+      if (!b.complete) return n == 0 ? static_cast<ssize_t>(NGHTTP2_ERR_DEFERRED) : static_cast<ssize_t>(n);
+      *flags |= NGHTTP2_DATA_FLAG_EOF;
+      if (!b.trailers.empty()) {
+        auto nv = to_nv(b.trailers);
+        if (nghttp2_submit_trailer(s, id, nv.data(), nv.size()) == 0)
+          *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+      }
+    }
+    return static_cast<ssize_t>(n);
+  }
+
+  nghttp2_session* s_ = nullptr;
+  bool manual_window_;
+  size_t consumed_ = 0;
+};
+
+// ------------------------------------------------------------ gateway side
+
+struct TestOwner final : Owner {
+  void wake() override {
+    ++wakes;
+    woken = true;
+  }
+  int wakes = 0;
+  bool woken = false;
+};
+
+struct TestRouter final : Router {
+  UpstreamSession* pick_upstream(uint32_t cluster, const char*& why) override {
+    ++calls;
+    last_cluster = cluster;
+    if (upstream == nullptr) why = why_text;
+    return upstream;
+  }
+  UpstreamSession* upstream = nullptr;
+  const char* why_text = "no endpoint of cluster echo is reachable";
+  int calls = 0;
+  uint32_t last_cluster = 0;
+};
+
+class ForwardTest : public ::testing::Test {
+ protected:
+  // Creates both peers and the two gateway sessions, exchanges SETTINGS.
+  void start(bool client_manual_window = false, bool backend_manual_window = false) {
+    ctx_ = std::make_unique<Context>(pool_, router_);
+    DownstreamSettings ds;
+    ds.cluster = 3;
+    ds.max_concurrent_streams = 100;
+    ds.client_ip = kClientIp;
+    down_ = std::make_unique<DownstreamSession>(*ctx_, down_owner_, ds);
+    up_ = std::make_unique<UpstreamSession>(*ctx_, up_owner_);
+    router_.upstream = up_.get();
+    client_ = std::make_unique<Peer>(Peer::Role::Client, client_manual_window);
+    backend_ = std::make_unique<Peer>(Peer::Role::Backend, backend_manual_window);
+    down_dirty_ = up_dirty_ = true;  // the shard flushes a new connection once
+    pump();
+  }
+
+  void TearDown() override {
+    client_.reset();
+    backend_.reset();
+    down_.reset();
+    up_.reset();
+    if (ctx_) {
+      EXPECT_EQ(ctx_->streams_in_use(), 0u) << "streams left after both sessions closed";
+    }
+    ctx_.reset();
+    EXPECT_EQ(pool_.in_use(), 0u) << "chunks left after both sessions closed";
+  }
+
+  // Moves bytes until nothing moves. Returns false if it did not go quiet.
+  bool pump() {
+    for (int round = 0; round < 100000; ++round) {
+      bool moved = false;
+      if (down_) moved |= client_to_gateway();
+      if (up_alive()) moved |= backend_to_gateway();
+      if (down_ && (down_dirty_ || down_owner_.woken)) moved |= flush_down();
+      if (up_alive() && (up_dirty_ || up_owner_.woken)) moved |= flush_up();
+      peak_chunks_ = std::max(peak_chunks_, pool_.in_use());
+      if (!moved) return true;
+    }
+    ADD_FAILURE() << "the sessions never went quiet";
+    return false;
+  }
+
+  bool up_alive() const { return up_ && !up_->failed(); }
+
+  bool client_to_gateway() {
+    bool moved = false;
+    for (;;) {
+      const uint8_t* p = nullptr;
+      ssize_t n = nghttp2_session_mem_send(client_->session(), &p);
+      if (n <= 0) break;
+      moved = true;
+      down_dirty_ = true;
+      if (!down_->receive(p, static_cast<size_t>(n))) ++down_errors_;
+    }
+    return moved;
+  }
+  bool backend_to_gateway() {
+    bool moved = false;
+    for (;;) {
+      const uint8_t* p = nullptr;
+      ssize_t n = nghttp2_session_mem_send(backend_->session(), &p);
+      if (n <= 0) break;
+      moved = true;
+      up_dirty_ = true;
+      if (!up_->receive(p, static_cast<size_t>(n))) ++up_errors_;
+      if (!up_alive()) break;
+    }
+    return moved;
+  }
+  bool flush_down() {
+    down_dirty_ = false;
+    down_owner_.woken = false;
+    return deliver(*down_, client_->session());
+  }
+  bool flush_up() {
+    up_dirty_ = false;
+    up_owner_.woken = false;
+    return deliver(*up_, backend_->session());
+  }
+  bool deliver(Session& from, nghttp2_session* to) {
+    ByteQueue q(&wire_pool_);
+    from.produce(q, SIZE_MAX);
+    if (q.empty()) return false;
+    std::vector<uint8_t> bytes(q.size());
+    q.read(bytes.data(), bytes.size());
+    ssize_t rv = nghttp2_session_mem_recv(to, bytes.data(), bytes.size());
+    EXPECT_EQ(rv, static_cast<ssize_t>(bytes.size())) << nghttp2_strerror(static_cast<int>(rv));
+    return true;
+  }
+
+  static Headers grpc_request(const std::string& path = "/echo.Echo/Unary") {
+    return {{":method", "POST"},
+            {":scheme", "https"},
+            {":authority", "localhost:8443"},
+            {":path", path},
+            {"content-type", "application/grpc"},
+            {"te", "trailers"},
+            {"grpc-timeout", "5S"}};
+  }
+  static Headers grpc_response_headers() {
+    return {{":status", "200"}, {"content-type", "application/grpc"}, {"x-resp-meta", "from-backend"}};
+  }
+
+  // A complete unary exchange on a fresh stream; returns the client stream.
+  PeerStream& unary(const std::string& message) {
+    Body req{grpc_frame(message)};
+    int32_t cid = client_->request(grpc_request(), &req);
+    pump();
+    const int32_t bid = backend_->last_stream;
+    Body resp{grpc_frame("re: " + message), true, {{"grpc-status", "0"}}};
+    backend_->respond(bid, grpc_response_headers(), &resp);
+    pump();
+    return client_->streams[cid];
+  }
+
+  ChunkPool pool_;
+  ChunkPool wire_pool_;
+  TestRouter router_;
+  TestOwner down_owner_, up_owner_;
+  std::unique_ptr<Context> ctx_;
+  std::unique_ptr<DownstreamSession> down_;
+  std::unique_ptr<UpstreamSession> up_;
+  std::unique_ptr<Peer> client_, backend_;
+  bool down_dirty_ = false, up_dirty_ = false;
+  int down_errors_ = 0, up_errors_ = 0;
+  size_t peak_chunks_ = 0;
+};
+
+// ------------------------------------------------------------ tests
+
+TEST_F(ForwardTest, SettingsAreAdvertised) {
+  start();
+  EXPECT_EQ(nghttp2_session_get_remote_settings(client_->session(), NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS),
+            100u);
+  EXPECT_EQ(nghttp2_session_get_remote_settings(client_->session(), NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE),
+            kStreamWindow);
+  EXPECT_EQ(nghttp2_session_get_remote_settings(client_->session(), NGHTTP2_SETTINGS_ENABLE_PUSH), 0u);
+  EXPECT_EQ(nghttp2_session_get_remote_settings(backend_->session(), NGHTTP2_SETTINGS_ENABLE_PUSH), 0u);
+  EXPECT_TRUE(up_->can_take_stream());
+  EXPECT_EQ(down_errors_, 0);
+  EXPECT_EQ(up_errors_, 0);
+}
+
+TEST_F(ForwardTest, GrpcRequestReachesBackendWithForwardingHeaders) {
+  start();
+  Headers h = grpc_request();
+  h.emplace_back("x-forwarded-for", "6.6.6.6");  // a client must not choose these
+  h.emplace_back("x-forwarded-proto", "http");
+  h.emplace_back("x-req-meta", "kept");
+  Body req{grpc_frame("hello")};
+  const int32_t cid = client_->request(h, &req);
+  ASSERT_TRUE(pump());
+  ASSERT_EQ(down_errors_, 0);
+  EXPECT_EQ(router_.calls, 1);
+  EXPECT_EQ(router_.last_cluster, 3u) << "the DownstreamSettings route is used";
+  EXPECT_GT(up_owner_.wakes, 0) << "the upstream owner must be woken to flush the new stream";
+
+  ASSERT_EQ(backend_->streams.size(), 1u);
+  const PeerStream& b = backend_->streams.begin()->second;
+  EXPECT_EQ(value(b.headers, ":method"), "POST");
+  EXPECT_EQ(value(b.headers, ":scheme"), "http") << "the backend hop is cleartext";
+  EXPECT_EQ(value(b.headers, ":authority"), "localhost:8443");
+  EXPECT_EQ(value(b.headers, ":path"), "/echo.Echo/Unary");
+  EXPECT_EQ(value(b.headers, "content-type"), "application/grpc");
+  EXPECT_EQ(value(b.headers, "te"), "trailers");
+  EXPECT_EQ(value(b.headers, "grpc-timeout"), "5S");
+  EXPECT_EQ(value(b.headers, "x-req-meta"), "kept");
+  EXPECT_EQ(values(b.headers, "x-forwarded-for"), std::vector<std::string>{kClientIp});
+  EXPECT_EQ(values(b.headers, "x-forwarded-proto"), std::vector<std::string>{"https"});
+  EXPECT_EQ(b.body, grpc_frame("hello"));
+  EXPECT_TRUE(b.end_stream);
+  EXPECT_EQ(ctx_->counters().streams_forwarded, 1u);
+  EXPECT_EQ(ctx_->streams_in_use(), 1u);
+  EXPECT_EQ(down_->active_streams(), 1u);
+  EXPECT_EQ(up_->active_streams(), 1u);
+
+  // Finish it so nothing is left.
+  backend_->respond(backend_->last_stream, {{":status", "200"}, {"grpc-status", "0"}}, nullptr);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, ResponseHeadersDataAndTrailersReachClientUnchanged) {
+  start();
+  Body req{grpc_frame("ping")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t bid = backend_->last_stream;
+  ASSERT_GT(bid, 0);
+
+  const Headers resp_headers = grpc_response_headers();
+  const std::string body = grpc_frame("pong") + grpc_frame(std::string(40000, 'z'));  // > one DATA frame
+  const Headers trailers = {{"grpc-status", "0"}, {"grpc-message", ""}, {"x-custom-trailer", "yes"}};
+  Body resp{body, true, trailers};
+  backend_->respond(bid, resp_headers, &resp);
+  ASSERT_TRUE(pump());
+
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_EQ(c.headers, resp_headers);
+  EXPECT_FALSE(c.headers_end_stream);
+  EXPECT_EQ(c.body.size(), body.size());
+  EXPECT_TRUE(c.body == body);
+  EXPECT_EQ(c.trailers, trailers);
+  EXPECT_TRUE(c.end_stream);
+  EXPECT_TRUE(c.closed);
+  EXPECT_EQ(c.close_code, NGHTTP2_NO_ERROR);
+  EXPECT_FALSE(c.rst);
+  EXPECT_TRUE(backend_->streams[bid].closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  EXPECT_EQ(down_->active_streams(), 0u);
+  EXPECT_EQ(up_->active_streams(), 0u);
+  EXPECT_EQ(down_errors_ + up_errors_, 0);
+}
+
+TEST_F(ForwardTest, TrailersOnlyResponseReachesClient) {
+  start();
+  Body req{grpc_frame("missing")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const Headers only = {{":status", "200"},
+                        {"content-type", "application/grpc"},
+                        {"grpc-status", "5"},
+                        {"grpc-message", "no such key"}};
+  backend_->respond(backend_->last_stream, only, nullptr);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_EQ(c.headers, only);
+  EXPECT_TRUE(c.headers_end_stream) << "trailers-only must stay a single HEADERS with END_STREAM";
+  EXPECT_TRUE(c.trailers.empty());
+  EXPECT_TRUE(c.body.empty());
+  EXPECT_TRUE(c.closed);
+  EXPECT_EQ(c.close_code, NGHTTP2_NO_ERROR);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, NoUpstreamAnswersUnavailableWithTheReason) {
+  start();
+  router_.upstream = nullptr;
+  router_.why_text = "cluster echo: all 3 endpoints down";
+  Body req{grpc_frame("hello")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_EQ(value(c.headers, ":status"), "200");
+  EXPECT_EQ(value(c.headers, "content-type"), "application/grpc");
+  EXPECT_EQ(value(c.headers, "grpc-status"), "14");
+  EXPECT_EQ(value(c.headers, "grpc-message"), "cluster echo: all 3 endpoints down");
+  EXPECT_TRUE(c.headers_end_stream);
+  EXPECT_TRUE(c.closed);
+  EXPECT_EQ(c.close_code, NGHTTP2_NO_ERROR);
+  EXPECT_TRUE(backend_->streams.empty());
+  EXPECT_EQ(ctx_->counters().streams_unavailable, 1u);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, UnavailableMessageIsPercentEncoded) {
+  start();
+  router_.upstream = nullptr;
+  router_.why_text = "50% of \"x\" \xc3\xa9\n";
+  const int32_t cid = client_->request(grpc_request(), nullptr);
+  ASSERT_TRUE(pump());
+  // gRPC: bytes outside 0x20..0x7e, and '%', are %XX-encoded.
+  EXPECT_EQ(value(client_->streams[cid].headers, "grpc-message"), "50%25 of \"x\" %C3%A9%0A");
+}
+
+TEST_F(ForwardTest, UpstreamFailMidResponseEndsWithUnavailableTrailers) {
+  start();
+  Body req{grpc_frame("stream me")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const std::string sent = grpc_frame("part 1") + grpc_frame("part 2");
+  Body resp{sent, /*complete=*/false, {}};
+  backend_->respond(backend_->last_stream, grpc_response_headers(), &resp);
+  ASSERT_TRUE(pump());
+  ASSERT_EQ(client_->streams[cid].body, sent);
+  ASSERT_FALSE(client_->streams[cid].end_stream);
+
+  up_->fail("backend connection reset");
+  EXPECT_TRUE(up_->failed());
+  EXPECT_GT(down_owner_.wakes, 0);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_EQ(c.headers, grpc_response_headers());
+  EXPECT_EQ(c.body, sent) << "data already sent stays, nothing is added";
+  EXPECT_EQ(value(c.trailers, "grpc-status"), "14");
+  EXPECT_EQ(value(c.trailers, "grpc-message"), "backend connection reset");
+  EXPECT_TRUE(c.end_stream);
+  EXPECT_TRUE(c.closed);
+  EXPECT_EQ(c.close_code, NGHTTP2_NO_ERROR);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  EXPECT_EQ(down_->active_streams(), 0u);
+  EXPECT_FALSE(up_->can_take_stream());
+}
+
+TEST_F(ForwardTest, UpstreamFailBeforeResponseIsTrailersOnlyUnavailable) {
+  start();
+  Body req{grpc_frame("slow")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  up_->fail("connect timeout");
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_EQ(value(c.headers, ":status"), "200");
+  EXPECT_EQ(value(c.headers, "grpc-status"), "14");
+  EXPECT_EQ(value(c.headers, "grpc-message"), "connect timeout");
+  EXPECT_TRUE(c.headers_end_stream);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, ClientResetCancelsBackendStream) {
+  start();
+  Body req{grpc_frame("first message"), /*complete=*/false, {}};  // client keeps streaming
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t bid = backend_->last_stream;
+  ASSERT_EQ(backend_->streams[bid].body, grpc_frame("first message"));
+  Body resp{grpc_frame("ack"), false, {}};
+  backend_->respond(bid, grpc_response_headers(), &resp);
+  ASSERT_TRUE(pump());
+  ASSERT_EQ(client_->streams[cid].body, grpc_frame("ack"));
+
+  client_->reset(cid, NGHTTP2_CANCEL);
+  ASSERT_TRUE(pump());
+  const PeerStream& b = backend_->streams[bid];
+  EXPECT_TRUE(b.rst);
+  EXPECT_EQ(b.rst_code, NGHTTP2_CANCEL);
+  EXPECT_TRUE(b.closed);
+  EXPECT_EQ(ctx_->counters().streams_reset_by_client, 1u);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  EXPECT_EQ(up_->active_streams(), 0u);
+  EXPECT_EQ(down_->active_streams(), 0u);
+
+  // Both connections keep working.
+  const PeerStream& next = unary("after reset");
+  EXPECT_EQ(next.body, grpc_frame("re: after reset"));
+  EXPECT_EQ(value(next.trailers, "grpc-status"), "0");
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, ClientResetBeforeBackendAnswersCancelsBackendStream) {
+  start();
+  Body req{grpc_frame("x"), false, {}};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t bid = backend_->last_stream;
+  client_->reset(cid, NGHTTP2_INTERNAL_ERROR);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(backend_->streams[bid].rst);
+  EXPECT_EQ(backend_->streams[bid].rst_code, NGHTTP2_CANCEL);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, BackendResetReachesClientWithItsCode) {
+  start();
+  Body req{grpc_frame("hello")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  backend_->reset(backend_->last_stream, NGHTTP2_REFUSED_STREAM);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_TRUE(c.rst);
+  EXPECT_EQ(c.rst_code, NGHTTP2_REFUSED_STREAM);
+  EXPECT_TRUE(c.closed);
+  EXPECT_EQ(ctx_->counters().streams_reset_by_upstream, 1u);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, BackendResetMidResponseReachesClient) {
+  start();
+  Body req{grpc_frame("hello")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t bid = backend_->last_stream;
+  Body resp{grpc_frame("partial"), false, {}};
+  backend_->respond(bid, grpc_response_headers(), &resp);
+  ASSERT_TRUE(pump());
+  backend_->reset(bid, NGHTTP2_INTERNAL_ERROR);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_EQ(c.body, grpc_frame("partial"));
+  EXPECT_TRUE(c.rst);
+  EXPECT_EQ(c.rst_code, NGHTTP2_INTERNAL_ERROR);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, SlowClientBoundsBufferingAndBlocksBackend) {
+  start(/*client_manual_window=*/true);
+  client_->consume = false;  // the client reads nothing for now
+  const size_t total = 2 << 20;
+  Body req{grpc_frame("download")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t bid = backend_->last_stream;
+  Body resp{pattern(total), true, {{"grpc-status", "0"}, {"x-custom-trailer", "done"}}};
+  backend_->respond(bid, grpc_response_headers(), &resp);
+  ASSERT_TRUE(pump());
+
+  // The client's window (65535 by default) is all it got.
+  EXPECT_EQ(client_->data_received, 65535u);
+  EXPECT_FALSE(client_->streams[cid].end_stream);
+  // The backend is blocked: its stream window towards the gateway is closed.
+  EXPECT_EQ(nghttp2_session_get_stream_remote_window_size(backend_->session(), bid), 0);
+  EXPECT_LT(resp.off, total);
+  // What the gateway holds is bounded by one stream window (plus a frame and
+  // chunk rounding), not by the size of the response.
+  const size_t bound_chunks = (kStreamWindow + 16384) / Chunk::kCapacity + 2;
+  EXPECT_LE(pool_.in_use(), bound_chunks);
+  EXPECT_GT(pool_.in_use(), 0u);
+
+  // The client starts reading: everything arrives, in order, with trailers.
+  client_->consume = true;
+  client_->consume_all(cid);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_EQ(c.body.size(), total);
+  EXPECT_TRUE(c.body == resp.data);
+  EXPECT_EQ(value(c.trailers, "grpc-status"), "0");
+  EXPECT_EQ(value(c.trailers, "x-custom-trailer"), "done");
+  EXPECT_TRUE(c.end_stream);
+  EXPECT_LE(peak_chunks_, bound_chunks) << "buffering exceeded one stream window during the transfer";
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  EXPECT_EQ(pool_.in_use(), 0u);
+}
+
+TEST_F(ForwardTest, LargeRequestBodyIsForwardedWithFlowControl) {
+  start();
+  const std::string big = grpc_frame(pattern(3 << 20));  // more than every window involved
+  Body req{big};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t bid = backend_->last_stream;
+  EXPECT_EQ(backend_->streams[bid].body.size(), big.size());
+  EXPECT_TRUE(backend_->streams[bid].body == big);
+  EXPECT_TRUE(backend_->streams[bid].end_stream);
+  backend_->respond(bid, {{":status", "200"}, {"content-type", "application/grpc"}, {"grpc-status", "0"}},
+                    nullptr);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, TooManyHeaderFieldsResetsOnlyThatStream) {
+  start();
+  Headers h = grpc_request();  // 7 fields
+  for (int i = 0; h.size() < 65; ++i) h.emplace_back("x-field-" + std::to_string(i), "v");
+  ASSERT_EQ(h.size(), 65u);
+  const int32_t cid = client_->request(h, nullptr);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_TRUE(c.rst) << "65 fields must reset the stream";
+  EXPECT_NE(c.rst_code, NGHTTP2_NO_ERROR);
+  EXPECT_TRUE(c.headers.empty());
+  EXPECT_TRUE(backend_->streams.empty()) << "the request must not be forwarded";
+  EXPECT_FALSE(client_->goaway) << "a stream error, not a connection error";
+  EXPECT_EQ(ctx_->counters().header_limit_resets, 1u);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  EXPECT_EQ(down_errors_, 0);
+
+  const PeerStream& next = unary("still alive");
+  EXPECT_EQ(next.body, grpc_frame("re: still alive"));
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, SixtyFourHeaderFieldsAreForwarded) {
+  start();
+  Headers h = grpc_request();
+  for (int i = 0; h.size() < 64; ++i) h.emplace_back("x-field-" + std::to_string(i), "v" + std::to_string(i));
+  const int32_t cid = client_->request(h, nullptr);
+  ASSERT_TRUE(pump());
+  ASSERT_EQ(backend_->streams.size(), 1u);
+  const PeerStream& b = backend_->streams.begin()->second;
+  EXPECT_EQ(b.headers.size(), 64u + 2u);  // plus x-forwarded-for / -proto
+  EXPECT_EQ(value(b.headers, "x-field-56"), "v56");
+  backend_->respond(backend_->last_stream, {{":status", "200"}, {"grpc-status", "0"}}, nullptr);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, HugeHeaderValueResetsOnlyThatStream) {
+  start();
+  Headers h = grpc_request();
+  h.emplace_back("x-huge", std::string(70 * 1024, 'h'));
+  const int32_t cid = client_->request(h, nullptr);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_TRUE(c.rst) << "a 70 KiB header value must reset the stream";
+  EXPECT_TRUE(c.headers.empty());
+  EXPECT_TRUE(backend_->streams.empty());
+  EXPECT_FALSE(client_->goaway) << "a stream error, not a connection error";
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+
+  const PeerStream& next = unary("after huge header");
+  EXPECT_EQ(next.body, grpc_frame("re: after huge header"));
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, HeaderListOverSixtyFourKiBResetsOnlyThatStream) {
+  start();
+  Headers h = grpc_request();
+  // Each field is under nghttp2's own per-field limit; together they pass 64 KiB.
+  for (int i = 0; i < 5; ++i) h.emplace_back("x-big-" + std::to_string(i), std::string(14 * 1024, 'b'));
+  const int32_t cid = client_->request(h, nullptr);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_TRUE(c.rst);
+  EXPECT_TRUE(backend_->streams.empty());
+  EXPECT_FALSE(client_->goaway);
+  EXPECT_EQ(ctx_->counters().header_limit_resets, 1u);
+  const PeerStream& next = unary("after big list");
+  EXPECT_EQ(next.body, grpc_frame("re: after big list"));
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, ManyConcurrentStreamsAllCompleteAndNothingLeaks) {
+  start();
+  constexpr int kStreams = 20;
+  std::vector<std::unique_ptr<Body>> reqs, resps;
+  std::vector<int32_t> cids;
+  for (int i = 0; i < kStreams; ++i) {
+    reqs.push_back(std::make_unique<Body>(Body{grpc_frame("req " + std::to_string(i))}));
+    cids.push_back(client_->request(grpc_request(), reqs.back().get()));
+  }
+  ASSERT_TRUE(pump());
+  ASSERT_EQ(backend_->streams.size(), static_cast<size_t>(kStreams));
+  EXPECT_EQ(ctx_->streams_in_use(), static_cast<size_t>(kStreams));
+  // Answer in reverse order, each echoing its own request.
+  for (auto it = backend_->streams.rbegin(); it != backend_->streams.rend(); ++it) {
+    const std::string msg = it->second.body.substr(5);
+    resps.push_back(std::make_unique<Body>(Body{grpc_frame("re: " + msg), true, {{"grpc-status", "0"}}}));
+    backend_->respond(it->first, grpc_response_headers(), resps.back().get());
+  }
+  ASSERT_TRUE(pump());
+  for (int i = 0; i < kStreams; ++i) {
+    const PeerStream& c = client_->streams[cids[i]];
+    EXPECT_EQ(c.body, grpc_frame("re: req " + std::to_string(i))) << "stream " << cids[i];
+    EXPECT_EQ(value(c.trailers, "grpc-status"), "0");
+    EXPECT_TRUE(c.closed);
+  }
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  EXPECT_EQ(down_->active_streams(), 0u);
+  EXPECT_EQ(up_->active_streams(), 0u);
+  EXPECT_EQ(ctx_->counters().streams_forwarded, static_cast<uint64_t>(kStreams));
+}
+
+TEST_F(ForwardTest, ShutdownSendsGoawayAndRunningStreamsFinish) {
+  start();
+  Body req{grpc_frame("in flight")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  down_->shutdown();
+  down_dirty_ = true;  // the shard flushes the session it drained
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->goaway);
+  EXPECT_EQ(client_->goaway_last_stream, cid);
+  Body resp{grpc_frame("finished"), true, {{"grpc-status", "0"}}};
+  backend_->respond(backend_->last_stream, grpc_response_headers(), &resp);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(client_->streams[cid].body, grpc_frame("finished"));
+  EXPECT_TRUE(client_->streams[cid].closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, DownstreamDestroyedMidStreamCancelsBackendAndFreesStreams) {
+  start();
+  Body req{grpc_frame("abandon"), false, {}};
+  client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t bid = backend_->last_stream;
+  down_.reset();  // the client connection is gone
+  EXPECT_GT(up_owner_.wakes, 0);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(backend_->streams[bid].rst);
+  EXPECT_EQ(backend_->streams[bid].rst_code, NGHTTP2_CANCEL);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, BackendResetNoErrorBeforeResponseEndsClientStream) {
+  start();
+  Body req{grpc_frame("hello")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  // Legal, if unusual: the backend ends the stream without any response.
+  backend_->reset(backend_->last_stream, NGHTTP2_NO_ERROR);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_TRUE(c.closed) << "the client's stream must end (reset or grpc-status), not wait forever";
+  EXPECT_TRUE(c.rst || value(c.headers, "grpc-status") == "14" || value(c.trailers, "grpc-status") == "14");
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, HeadersAndResetInOneReadLeaveNoStream) {
+  start();
+  const int32_t cid = client_->request(grpc_request(), nullptr);
+  // HEADERS leaves the client, then the client cancels at once: the gateway
+  // reads both in one receive(), before the upstream HEADERS was flushed.
+  std::string flight;
+  const uint8_t* p = nullptr;
+  for (ssize_t n; (n = nghttp2_session_mem_send(client_->session(), &p)) > 0;)
+    flight.append(reinterpret_cast<const char*>(p), static_cast<size_t>(n));
+  client_->reset(cid, NGHTTP2_CANCEL);
+  for (ssize_t n; (n = nghttp2_session_mem_send(client_->session(), &p)) > 0;)
+    flight.append(reinterpret_cast<const char*>(p), static_cast<size_t>(n));
+  ASSERT_TRUE(down_->receive(reinterpret_cast<const uint8_t*>(flight.data()), flight.size()));
+  down_dirty_ = true;
+  ASSERT_TRUE(pump());
+  for (const auto& [id, b] : backend_->streams) {
+    EXPECT_TRUE(b.closed) << "backend stream " << id << " left open";
+  }
+  EXPECT_EQ(up_->active_streams(), 0u);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u) << "the forwarded stream leaked";
+  // The upstream connection still works.
+  const PeerStream& next = unary("after cancel");
+  EXPECT_EQ(next.body, grpc_frame("re: after cancel"));
+}
+
+TEST_F(ForwardTest, SlowBackendBoundsRequestBufferingAndBlocksClient) {
+  start(/*client_manual_window=*/false, /*backend_manual_window=*/true);
+  backend_->consume = false;  // the backend reads nothing for now
+  const std::string upload = grpc_frame(pattern(2 << 20));
+  Body req{upload};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t bid = backend_->last_stream;
+  EXPECT_EQ(backend_->data_received, 65535u) << "the backend's default window";
+  EXPECT_EQ(nghttp2_session_get_stream_remote_window_size(client_->session(), cid), 0)
+      << "client must be blocked";
+  EXPECT_LT(req.off, upload.size());
+  const size_t bound_chunks = (kStreamWindow + 16384) / Chunk::kCapacity + 2;
+  EXPECT_LE(pool_.in_use(), bound_chunks);
+
+  backend_->consume = true;
+  backend_->consume_all(bid);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(backend_->streams[bid].body == upload) << "got " << backend_->streams[bid].body.size();
+  EXPECT_TRUE(backend_->streams[bid].end_stream);
+  EXPECT_LE(peak_chunks_, bound_chunks);
+  backend_->respond(bid, {{":status", "200"}, {"content-type", "application/grpc"}, {"grpc-status", "0"}},
+                    nullptr);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, NoUpstreamStillDrainsTheRequestBody) {
+  start();
+  router_.upstream = nullptr;
+  // More than the client's stream window: the gateway must keep giving the
+  // window back or the client can never finish sending.
+  const std::string upload = grpc_frame(pattern(1 << 20));
+  Body req{upload};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_EQ(value(c.headers, "grpc-status"), "14");
+  EXPECT_TRUE(c.closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  EXPECT_EQ(pool_.in_use(), 0u) << "nothing is buffered for a stream nobody forwards";
+  // The connection window was given back too: the next stream can send.
+  router_.upstream = up_.get();
+  const PeerStream& next = unary("next");
+  EXPECT_EQ(next.body, grpc_frame("re: next"));
+}
+
+TEST_F(ForwardTest, BackendGoawayStopsNewStreams) {
+  start();
+  EXPECT_TRUE(up_->can_take_stream());
+  EXPECT_FALSE(up_->going_away());
+  nghttp2_submit_goaway(backend_->session(), NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, nullptr, 0);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(up_->going_away());
+  EXPECT_FALSE(up_->can_take_stream());
+}
+
+TEST_F(ForwardTest, BackendMaxConcurrentStreamsIsHonoured) {
+  start();
+  backend_ = std::make_unique<Peer>(Peer::Role::Backend, false, /*max_concurrent_streams=*/1);
+  up_ = std::make_unique<UpstreamSession>(*ctx_, up_owner_);
+  router_.upstream = up_.get();
+  up_dirty_ = true;
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(up_->can_take_stream());
+  Body req{grpc_frame("one")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  EXPECT_FALSE(up_->can_take_stream()) << "one stream open, backend allows one";
+  backend_->respond(backend_->last_stream, {{":status", "200"}, {"grpc-status", "0"}}, nullptr);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].closed);
+  EXPECT_TRUE(up_->can_take_stream());
+}
+
+TEST_F(ForwardTest, UpstreamDestroyedMidStreamAnswersUnavailable) {
+  start();
+  Body req{grpc_frame("hello")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  up_.reset();  // the shard dropped the backend connection
+  router_.upstream = nullptr;
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_EQ(value(c.headers, "grpc-status"), "14");
+  EXPECT_TRUE(c.closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, ProduceIntoAFullQueueLosesNoFrames) {
+  start();
+  Body req{grpc_frame("big answer please")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  Body resp{grpc_frame(pattern(48 * 1024)), true, {{"grpc-status", "0"}}};
+  backend_->respond(backend_->last_stream, grpc_response_headers(), &resp);
+  // Carry the response to the gateway, but do not flush the downstream yet.
+  while (backend_to_gateway() || (up_owner_.woken && flush_up())) {
+  }
+  // The downstream output queue sits on a pool of two chunks (any one frame
+  // fits): produce() must stop when the queue is full and continue where it
+  // stopped on the next call.
+  ChunkPool two(2, 2);
+  std::string wire;
+  for (int turn = 0; turn < 100; ++turn) {
+    ByteQueue q(&two);
+    down_->produce(q, SIZE_MAX);
+    if (q.empty()) break;
+    std::string part(q.size(), '\0');
+    q.read(part.data(), part.size());
+    wire += part;
+  }
+  down_owner_.woken = down_dirty_ = false;
+  ssize_t rv = nghttp2_session_mem_recv(client_->session(), reinterpret_cast<const uint8_t*>(wire.data()),
+                                        wire.size());
+  EXPECT_EQ(rv, static_cast<ssize_t>(wire.size())) << nghttp2_strerror(static_cast<int>(rv));
+  EXPECT_FALSE(client_->goaway) << "the client saw a corrupt frame sequence";
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_TRUE(c.body == resp.data) << "client got " << c.body.size() << " of " << resp.data.size()
+                                   << " bytes";
+  EXPECT_EQ(value(c.trailers, "grpc-status"), "0");
+}
+
+}  // namespace
+}  // namespace tlsgate::h2

@@ -1,0 +1,580 @@
+// tls::Context / tls::Session against a real OpenSSL client, all in memory:
+// the client talks through memory BIOs, the server Session through spans and
+// ByteQueues, and the test carries the bytes between them. Certificates come
+// from tools/gen-cert, run once into a temporary folder.
+#include "tlsgate/tls.hh"
+
+#include <gtest/gtest.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "tlsgate/buffer.hh"
+#include "tlsgate/config.hh"
+
+#ifndef TLSGATE_SOURCE_ROOT
+#error "TLSGATE_SOURCE_ROOT must name the source tree (for tools/gen-cert)"
+#endif
+
+namespace tlsgate::tls {
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+
+// ------------------------------------------------------------ environment
+
+std::string g_cert_dir;
+
+class CertEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    init_library();
+    char tmpl[] = "/tmp/tlsgate-tls-test.XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    g_cert_dir = tmpl;
+    std::string cmd = "bash '" TLSGATE_SOURCE_ROOT "/tools/gen-cert' '" + g_cert_dir + "' >/dev/null";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+  void TearDown() override {
+    if (!g_cert_dir.empty()) std::filesystem::remove_all(g_cert_dir);
+  }
+};
+
+const auto* const g_env = ::testing::AddGlobalTestEnvironment(new CertEnvironment);
+
+std::string cert_path(const char* name) { return g_cert_dir + "/" + name; }
+
+config::Origin origin(const char* key, uint32_t line) {
+  config::Origin o;
+  o.file = "gateway.toml";
+  o.key = key;
+  o.line = line;
+  o.column = 15;
+  return o;
+}
+
+config::TlsSettings settings(const char* cert = "server.crt", const char* key = "server.key") {
+  config::TlsSettings s;
+  s.certificate = cert_path(cert);
+  s.private_key = cert_path(key);
+  s.certificate_origin = origin("listeners[0].tls.certificate", 7);
+  s.private_key_origin = origin("listeners[0].tls.private_key", 8);
+  return s;
+}
+
+// ------------------------------------------------------------ test client
+
+struct ClientOptions {
+  int max_version = 0;  // 0 = TLS 1.3
+  std::vector<std::string> alpn{"h2", "http/1.1"};
+};
+
+std::string openssl_errors() {
+  std::string s;
+  while (unsigned long e = ERR_get_error()) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!s.empty()) s += "; ";
+    s += buf;
+  }
+  return s;
+}
+
+// An OpenSSL client that verifies the server's chain against the test CA and
+// the name "localhost", as a real client would.
+class Client {
+ public:
+  explicit Client(const ClientOptions& o = {}) {
+    ctx_ = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
+    if (o.max_version != 0) SSL_CTX_set_max_proto_version(ctx_, o.max_version);
+    EXPECT_EQ(SSL_CTX_load_verify_locations(ctx_, cert_path("ca.crt").c_str(), nullptr), 1)
+        << openssl_errors();
+    SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
+    ssl_ = SSL_new(ctx_);
+    SSL_set_tlsext_host_name(ssl_, "localhost");
+    SSL_set1_host(ssl_, "localhost");
+    if (!o.alpn.empty()) {
+      std::string wire;
+      for (const std::string& p : o.alpn) {
+        wire.push_back(static_cast<char>(p.size()));
+        wire += p;
+      }
+      EXPECT_EQ(SSL_set_alpn_protos(ssl_, reinterpret_cast<const unsigned char*>(wire.data()),
+                                    static_cast<unsigned>(wire.size())),
+                0);
+    }
+    net_in_ = BIO_new(BIO_s_mem());
+    net_out_ = BIO_new(BIO_s_mem());
+    BIO_set_mem_eof_return(net_in_, -1);  // empty = "would block", not EOF
+    SSL_set_bio(ssl_, net_in_, net_out_);
+    SSL_set_connect_state(ssl_);
+  }
+  ~Client() {
+    SSL_free(ssl_);
+    SSL_CTX_free(ctx_);
+  }
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  SSL* ssl() { return ssl_; }
+
+  // 1 = done, 0 = wants more, -1 = failed (errors in last_error()).
+  int step() {
+    int rc = SSL_do_handshake(ssl_);
+    if (rc == 1) return 1;
+    int err = SSL_get_error(ssl_, rc);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return 0;
+    failed_reason_ = ERR_GET_REASON(ERR_peek_error());
+    last_error_ = openssl_errors();
+    return -1;
+  }
+  int failed_reason() const { return failed_reason_; }
+  const std::string& last_error() const { return last_error_; }
+
+  // Ciphertext the client wants to send.
+  Bytes take_output() {
+    Bytes out(static_cast<size_t>(BIO_ctrl_pending(net_out_)));
+    if (!out.empty()) {
+      int n = BIO_read(net_out_, out.data(), static_cast<int>(out.size()));
+      out.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    }
+    return out;
+  }
+  // Ciphertext from the server.
+  void give(ByteQueue& q) {
+    uint8_t buf[4096];
+    while (size_t n = q.read(buf, sizeof buf)) BIO_write(net_in_, buf, static_cast<int>(n));
+  }
+
+  void write(const std::string& s) { write(reinterpret_cast<const uint8_t*>(s.data()), s.size()); }
+  void write(const uint8_t* p, size_t len) {
+    while (len > 0) {
+      size_t n = 0;
+      ASSERT_EQ(SSL_write_ex(ssl_, p, len, &n), 1) << openssl_errors();
+      p += n;
+      len -= n;
+    }
+  }
+  // Everything readable now. `status` gets SSL_get_error of the last call.
+  Bytes read_all(int* status = nullptr) {
+    Bytes out;
+    uint8_t buf[16384];
+    for (;;) {
+      size_t n = 0;
+      if (SSL_read_ex(ssl_, buf, sizeof buf, &n) == 1) {
+        out.insert(out.end(), buf, buf + n);
+        continue;
+      }
+      if (status) *status = SSL_get_error(ssl_, 0);
+      ERR_clear_error();
+      return out;
+    }
+  }
+
+ private:
+  SSL_CTX* ctx_ = nullptr;
+  SSL* ssl_ = nullptr;
+  BIO* net_in_ = nullptr;
+  BIO* net_out_ = nullptr;
+  int failed_reason_ = 0;
+  std::string last_error_;
+};
+
+// ------------------------------------------------------------ harness
+
+struct Outcome {
+  HandshakeState server = HandshakeState::InProgress;
+  int client = 0;  // as Client::step()
+};
+
+// Carries bytes both ways until both sides finish, one fails, or nothing moves.
+Outcome run_handshake(Session& server, Client& client, ByteQueue& out) {
+  Outcome o;
+  for (int round = 0; round < 20; ++round) {
+    if (o.client == 0) o.client = client.step();
+    Bytes in = client.take_output();
+    if (o.server == HandshakeState::InProgress) {
+      o.server = server.handshake(in, out);
+    } else {
+      EXPECT_TRUE(in.empty()) << "client sent " << in.size() << " bytes after the server finished";
+    }
+    const bool server_sent = !out.empty();
+    client.give(out);
+    if (o.server == HandshakeState::Failed) {
+      // Let the client read the alert.
+      if (o.client == 0) o.client = client.step();
+      return o;
+    }
+    if (o.server == HandshakeState::Done && o.client == 1) return o;
+    if (o.client == -1) return o;
+    if (in.empty() && !server_sent && round > 0) break;
+  }
+  return o;
+}
+
+// Feeds `in` to Session::read in pieces of the given sizes (cycled), from a
+// scratch buffer the test overwrites after every call: the session must not
+// keep pointers into it.
+Result<void> feed_read(Session& s, const Bytes& in, const std::vector<size_t>& pieces, ByteQueue& out,
+                       Bytes& got) {
+  Bytes scratch;
+  size_t off = 0, i = 0;
+  while (off < in.size()) {
+    size_t n = std::min(pieces[i++ % pieces.size()], in.size() - off);
+    scratch.assign(in.begin() + off, in.begin() + off + n);
+    off += n;
+    Result<void> r =
+        s.read(scratch, out, [&](const uint8_t* p, size_t len) { got.insert(got.end(), p, p + len); });
+    std::fill(scratch.begin(), scratch.end(), 0xEE);
+    if (!r) return r;
+  }
+  return {};
+}
+
+Bytes read_plain(Session& s, const Bytes& in, ByteQueue& out, Result<void>* result = nullptr) {
+  Bytes got;
+  Result<void> r = s.read(in, out, [&](const uint8_t* p, size_t len) { got.insert(got.end(), p, p + len); });
+  if (result)
+    *result = r;
+  else
+    EXPECT_TRUE(r.has_value()) << to_string(r.error()) << ": " << s.failure();
+  return got;
+}
+
+Bytes pattern(size_t len) {
+  Bytes v(len);
+  uint32_t x = 7;
+  for (size_t i = 0; i < len; ++i) {
+    x = x * 1103515245u + 12345u;
+    v[i] = static_cast<uint8_t>(x >> 16);
+  }
+  return v;
+}
+
+std::string as_string(const Bytes& b) { return std::string(b.begin(), b.end()); }
+
+// A connected pair, handshake done, for the data tests.
+class TlsSessionTest : public ::testing::Test {
+ protected:
+  void connect(ClientOptions co = {}, config::TlsSettings ts = settings()) {
+    ctx_ = std::make_unique<Context>(ts);
+    session_ = std::make_unique<Session>(*ctx_, pool_);
+    client_ = std::make_unique<Client>(co);
+    Outcome o = run_handshake(*session_, *client_, out_);
+    ASSERT_EQ(o.server, HandshakeState::Done) << session_->failure();
+    ASSERT_EQ(o.client, 1) << client_->last_error();
+  }
+  void TearDown() override {
+    session_.reset();
+    out_.clear();
+    EXPECT_EQ(pool_.in_use(), 0u) << "the session kept pool chunks";
+  }
+
+  ChunkPool pool_;
+  ByteQueue out_{&pool_};
+  std::unique_ptr<Context> ctx_;
+  std::unique_ptr<Session> session_;
+  std::unique_ptr<Client> client_;
+};
+
+// ------------------------------------------------------------ handshakes
+
+TEST_F(TlsSessionTest, Tls13HandshakeSelectsH2) {
+  connect();
+  EXPECT_STREQ(session_->version(), "TLSv1.3");
+  EXPECT_STREQ(SSL_get_version(client_->ssl()), "TLSv1.3");
+  EXPECT_EQ(session_->alpn(), Alpn::H2);
+  EXPECT_NE(session_->cipher(), nullptr);
+  EXPECT_TRUE(session_->failure().empty());
+  // The client verified the chain (leaf + CA from server.crt) and the name.
+  EXPECT_EQ(SSL_get_verify_result(client_->ssl()), X509_V_OK);
+  const unsigned char* p = nullptr;
+  unsigned len = 0;
+  SSL_get0_alpn_selected(client_->ssl(), &p, &len);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(p), len), "h2");
+}
+
+TEST_F(TlsSessionTest, Tls12HandshakeSelectsH2) {
+  connect({.max_version = TLS1_2_VERSION});
+  EXPECT_STREQ(session_->version(), "TLSv1.2");
+  EXPECT_EQ(session_->alpn(), Alpn::H2);
+  EXPECT_EQ(SSL_get_verify_result(client_->ssl()), X509_V_OK);
+}
+
+TEST_F(TlsSessionTest, Tls12WithRsaCertificate) {
+  connect({.max_version = TLS1_2_VERSION}, settings("rsa-server.crt", "rsa-server.key"));
+  EXPECT_STREQ(session_->version(), "TLSv1.2");
+  EXPECT_EQ(SSL_get_verify_result(client_->ssl()), X509_V_OK);
+}
+
+TEST_F(TlsSessionTest, Http11SelectedWhenOnlyThatIsOffered) {
+  connect({.alpn = {"http/1.1"}});
+  EXPECT_EQ(session_->alpn(), Alpn::Http11);
+}
+
+TEST_F(TlsSessionTest, ServerPreferenceWinsOverClientOrder) {
+  connect({.alpn = {"http/1.1", "h2"}});
+  EXPECT_EQ(session_->alpn(), Alpn::H2);
+}
+
+TEST_F(TlsSessionTest, NoAlpnOfferedMeansAlpnNone) {
+  connect({.alpn = {}});
+  EXPECT_EQ(session_->alpn(), Alpn::None);
+}
+
+TEST(TlsHandshake, UnknownProtocolOnlyFailsWithNoApplicationProtocol) {
+  ChunkPool pool;
+  ByteQueue out(&pool);
+  Context ctx(settings());
+  Session s(ctx, pool);
+  Client c({.alpn = {"spdy/3"}});
+  Outcome o = run_handshake(s, c, out);
+  EXPECT_EQ(o.server, HandshakeState::Failed);
+  EXPECT_FALSE(s.failure().empty());
+  EXPECT_EQ(o.client, -1);
+  EXPECT_EQ(c.failed_reason(), SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL) << c.last_error();
+}
+
+TEST(TlsHandshake, MinVersion13RejectsTls12OnlyClient) {
+  ChunkPool pool;
+  ByteQueue out(&pool);
+  config::TlsSettings ts = settings();
+  ts.min_version = config::TlsVersion::Tls13;
+  Context ctx(ts);
+  Session s(ctx, pool);
+  Client c({.max_version = TLS1_2_VERSION});
+  Outcome o = run_handshake(s, c, out);
+  EXPECT_EQ(o.server, HandshakeState::Failed);
+  EXPECT_FALSE(s.failure().empty());
+  EXPECT_EQ(o.client, -1);
+  EXPECT_EQ(c.failed_reason(), SSL_R_TLSV1_ALERT_PROTOCOL_VERSION) << c.last_error();
+}
+
+TEST(TlsHandshake, MinVersion13AcceptsTls13Client) {
+  ChunkPool pool;
+  ByteQueue out(&pool);
+  config::TlsSettings ts = settings();
+  ts.min_version = config::TlsVersion::Tls13;
+  Context ctx(ts);
+  Session s(ctx, pool);
+  Client c;
+  Outcome o = run_handshake(s, c, out);
+  EXPECT_EQ(o.server, HandshakeState::Done) << s.failure();
+  EXPECT_STREQ(s.version(), "TLSv1.3");
+}
+
+TEST(TlsHandshake, GarbageInsteadOfClientHelloFails) {
+  ChunkPool pool;
+  ByteQueue out(&pool);
+  Context ctx(settings());
+  Session s(ctx, pool);
+  const std::string garbage = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+  HandshakeState st = s.handshake({reinterpret_cast<const uint8_t*>(garbage.data()), garbage.size()}, out);
+  EXPECT_EQ(st, HandshakeState::Failed);
+  EXPECT_FALSE(s.failure().empty());
+  EXPECT_STREQ(to_string(st), "failed");
+}
+
+TEST(TlsHandshake, ClientHelloOneByteAtATime) {
+  ChunkPool pool;
+  ByteQueue out(&pool);
+  Context ctx(settings());
+  Session s(ctx, pool);
+  Client c;
+  ASSERT_EQ(c.step(), 0);
+  Bytes hello = c.take_output();
+  ASSERT_GT(hello.size(), 100u);
+  HandshakeState st = HandshakeState::InProgress;
+  for (size_t i = 0; i < hello.size(); ++i) {
+    uint8_t b = hello[i];
+    st = s.handshake({&b, 1}, out);
+    b = 0;  // the caller's buffer is reused at once
+    if (i + 1 < hello.size()) {
+      ASSERT_EQ(st, HandshakeState::InProgress) << "at byte " << i << ": " << s.failure();
+      ASSERT_TRUE(out.empty()) << "server answered before the ClientHello was complete";
+    }
+  }
+  EXPECT_EQ(st, HandshakeState::InProgress);
+  EXPECT_FALSE(out.empty()) << "no ServerHello after the whole ClientHello";
+  c.give(out);
+  Outcome o = run_handshake(s, c, out);
+  EXPECT_EQ(o.server, HandshakeState::Done) << s.failure();
+  EXPECT_EQ(o.client, 1) << c.last_error();
+}
+
+// ------------------------------------------------------------ data
+
+TEST_F(TlsSessionTest, ApplicationDataBothWays) {
+  connect();
+  client_->write("hello from the client");
+  Bytes got = read_plain(*session_, client_->take_output(), out_);
+  EXPECT_EQ(as_string(got), "hello from the client");
+  client_->give(out_);  // whatever the server queued (tickets)
+
+  const std::string reply = "hello from the server";
+  ASSERT_TRUE(
+      session_->write(reinterpret_cast<const uint8_t*>(reply.data()), reply.size(), out_).has_value());
+  EXPECT_FALSE(out_.empty());
+  client_->give(out_);
+  EXPECT_EQ(as_string(client_->read_all()), reply);
+
+  // An empty read with nothing pending is fine and yields nothing.
+  EXPECT_TRUE(read_plain(*session_, {}, out_).empty());
+}
+
+TEST_F(TlsSessionTest, DataSentWithClientFinishedIsKeptAndDelivered) {
+  ctx_ = std::make_unique<Context>(settings());
+  session_ = std::make_unique<Session>(*ctx_, pool_);
+  client_ = std::make_unique<Client>();
+  ASSERT_EQ(client_->step(), 0);
+  ASSERT_EQ(session_->handshake(client_->take_output(), out_), HandshakeState::InProgress);
+  client_->give(out_);
+  ASSERT_EQ(client_->step(), 1) << client_->last_error();
+  // The client's Finished and its first request leave in the same flight.
+  client_->write("early request");
+  Bytes flight = client_->take_output();
+  ASSERT_EQ(session_->handshake(flight, out_), HandshakeState::Done) << session_->failure();
+  std::fill(flight.begin(), flight.end(), 0);  // caller recycles its buffer
+  // The bytes after Finished were kept by the session: an empty read delivers them.
+  EXPECT_EQ(as_string(read_plain(*session_, {}, out_)), "early request");
+}
+
+TEST_F(TlsSessionTest, MegabyteFromClientInOddPieces) {
+  connect();
+  const Bytes payload = pattern(1 << 20);
+  client_->write(payload.data(), payload.size());
+  const Bytes wire = client_->take_output();
+  ASSERT_GT(wire.size(), payload.size());
+  Bytes got;
+  Result<void> r = feed_read(*session_, wire, {1, 7, 16 * 1024 + 3}, out_, got);
+  ASSERT_TRUE(r.has_value()) << to_string(r.error()) << ": " << session_->failure();
+  ASSERT_EQ(got.size(), payload.size());
+  EXPECT_TRUE(got == payload) << "plaintext differs";
+}
+
+TEST_F(TlsSessionTest, MegabyteFromClientInLargePieces) {
+  connect({.max_version = TLS1_2_VERSION});
+  const Bytes payload = pattern(1 << 20);
+  client_->write(payload.data(), payload.size());
+  const Bytes wire = client_->take_output();
+  Bytes got;
+  // Pieces holding several records at once, split mid-record.
+  Result<void> r = feed_read(*session_, wire, {3 * 16 * 1024 + 5, 100 * 1024 + 1}, out_, got);
+  ASSERT_TRUE(r.has_value()) << to_string(r.error()) << ": " << session_->failure();
+  EXPECT_TRUE(got == payload) << "got " << got.size() << " bytes";
+}
+
+TEST_F(TlsSessionTest, MegabyteFromServer) {
+  connect();
+  client_->read_all();  // take the tickets
+  const Bytes payload = pattern(1 << 20);
+  ASSERT_TRUE(session_->write(payload.data(), payload.size(), out_).has_value()) << session_->failure();
+  client_->give(out_);
+  Bytes got = client_->read_all();
+  EXPECT_EQ(got.size(), payload.size());
+  EXPECT_TRUE(got == payload);
+}
+
+TEST_F(TlsSessionTest, CloseNotifyFromClientIsClosed) {
+  connect();
+  client_->write("bye");
+  ASSERT_EQ(SSL_shutdown(client_->ssl()), 0);  // close_notify sent, peer's not yet received
+  Result<void> r;
+  Bytes got = read_plain(*session_, client_->take_output(), out_, &r);
+  EXPECT_EQ(as_string(got), "bye") << "data before close_notify is delivered first";
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error(), Error::Closed);
+}
+
+TEST_F(TlsSessionTest, ShutdownSendsCloseNotify) {
+  connect();
+  client_->read_all();
+  session_->shutdown(out_);
+  EXPECT_FALSE(out_.empty());
+  client_->give(out_);
+  int status = 0;
+  EXPECT_TRUE(client_->read_all(&status).empty());
+  EXPECT_EQ(status, SSL_ERROR_ZERO_RETURN);
+}
+
+TEST_F(TlsSessionTest, TamperedRecordIsProtocolError) {
+  connect();
+  client_->write("integrity matters");
+  Bytes wire = client_->take_output();
+  ASSERT_GT(wire.size(), 10u);
+  wire[wire.size() - 3] ^= 0x55;  // inside the AEAD tag
+  Result<void> r;
+  Bytes got = read_plain(*session_, wire, out_, &r);
+  EXPECT_TRUE(got.empty());
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error(), Error::Protocol);
+  EXPECT_FALSE(session_->failure().empty());
+}
+
+// ------------------------------------------------------------ context errors
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary);
+  f << text;
+}
+
+std::string construct_error(const config::TlsSettings& ts) {
+  try {
+    Context ctx(ts);
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(TlsContext, KeyThatDoesNotMatchCertificateNamesTheKey) {
+  std::string msg = construct_error(settings("server.crt", "rsa-server.key"));
+  ASSERT_FALSE(msg.empty()) << "a mismatched key was accepted";
+  EXPECT_NE(msg.find("listeners[0].tls.private_key"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("gateway.toml:8"), std::string::npos) << msg;
+}
+
+TEST(TlsContext, GarbageKeyFileNamesTheKey) {
+  const std::string path = g_cert_dir + "/garbage.key";
+  write_text(path, "-----BEGIN PRIVATE KEY-----\nnot base64 at all\n-----END PRIVATE KEY-----\n");
+  config::TlsSettings ts = settings();
+  ts.private_key = path;
+  std::string msg = construct_error(ts);
+  ASSERT_FALSE(msg.empty()) << "a garbage key was accepted";
+  EXPECT_NE(msg.find("listeners[0].tls.private_key"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("gateway.toml:8"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(path), std::string::npos) << msg;
+}
+
+TEST(TlsContext, GarbageCertificateFileNamesTheCertificateKey) {
+  const std::string path = g_cert_dir + "/garbage.crt";
+  write_text(path, "hello\n");
+  config::TlsSettings ts = settings();
+  ts.certificate = path;
+  std::string msg = construct_error(ts);
+  ASSERT_FALSE(msg.empty()) << "a garbage certificate was accepted";
+  EXPECT_NE(msg.find("listeners[0].tls.certificate"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("gateway.toml:7"), std::string::npos) << msg;
+}
+
+TEST(TlsContext, EnumNamesForLogs) {
+  EXPECT_STREQ(to_string(Alpn::H2), "h2");
+  EXPECT_STREQ(to_string(Alpn::Http11), "http/1.1");
+  EXPECT_STREQ(to_string(Alpn::None), "none");
+  EXPECT_STREQ(to_string(HandshakeState::Done), "done");
+  EXPECT_STREQ(to_string(HandshakeState::InProgress), "in_progress");
+}
+
+}  // namespace
+}  // namespace tlsgate::tls
