@@ -1,0 +1,127 @@
+// Steady state allocates nothing per request outside nghttp2.
+//
+// Every operator new made while the gateway's sessions run (receive/produce)
+// is counted; nghttp2 allocates with malloc, so its own per-stream memory is
+// not counted here, which is exactly the budget the project allows. After a
+// warm-up (stream objects, pool slabs), more unary calls must add zero.
+#include <cstdlib>
+#include <new>
+
+#include "forward_fixture.hh"
+
+namespace {
+thread_local bool g_counting = false;
+thread_local size_t g_allocations = 0;
+}  // namespace
+
+// Replacing the global allocation functions with malloc/free is the point
+// here; GCC cannot see that new and delete are replaced together.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+
+void* operator new(size_t n) {
+  if (g_counting) ++g_allocations;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(size_t n, std::align_val_t a) {
+  if (g_counting) ++g_allocations;
+  size_t align = static_cast<size_t>(a);
+  if (void* p = std::aligned_alloc(align, (n + align - 1) / align * align)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+  if (g_counting) ++g_allocations;
+  size_t align = static_cast<size_t>(a);
+  return std::aligned_alloc(align, (n + align - 1) / align * align);
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, size_t, std::align_val_t) noexcept { std::free(p); }
+
+namespace tlsgate::h2 {
+namespace {
+using namespace tlsgate::h2::fwdtest;
+
+// The fixture, with the gateway's calls wrapped in the counter.
+class AllocTest : public ForwardTest {
+ protected:
+  size_t counted_unary(int calls) {
+    size_t before = g_allocations;
+    for (int i = 0; i < calls; ++i) {
+      Body req{grpc_frame("ping")};
+      int32_t cid = client_->request(grpc_request(), &req);
+      counted_pump();
+      const int32_t bid = backend_->last_stream;
+      Body resp{grpc_frame("pong"), true, {{"grpc-status", "0"}}};
+      backend_->respond(bid, grpc_response_headers(), &resp);
+      counted_pump();
+      EXPECT_TRUE(client_->streams[cid].end_stream);
+      EXPECT_EQ(value(client_->streams[cid].trailers, "grpc-status"), "0");
+      client_->streams.erase(cid);  // the harness's own bookkeeping stays flat
+      backend_->streams.erase(bid);
+    }
+    return g_allocations - before;
+  }
+
+  // pump() with counting on only inside the gateway's sessions.
+  void counted_pump() {
+    for (int round = 0; round < 1000; ++round) {
+      bool moved = false;
+      moved |= transfer(client_->session(), *down_, down_dirty_);
+      moved |= transfer(backend_->session(), *up_, up_dirty_);
+      if (down_dirty_ || down_owner_.woken) moved |= counted_deliver(*down_, client_->session(), down_dirty_, down_owner_);
+      if (up_dirty_ || up_owner_.woken) moved |= counted_deliver(*up_, backend_->session(), up_dirty_, up_owner_);
+      if (!moved) return;
+    }
+    ADD_FAILURE() << "did not go quiet";
+  }
+
+  bool transfer(nghttp2_session* from, Session& to, bool& dirty) {
+    bool moved = false;
+    for (;;) {
+      const uint8_t* p = nullptr;
+      ssize_t n = nghttp2_session_mem_send(from, &p);
+      if (n <= 0) return moved;
+      moved = dirty = true;
+      g_counting = true;
+      Result<void> r = to.receive(p, static_cast<size_t>(n));
+      g_counting = false;
+      EXPECT_TRUE(r.has_value());
+    }
+  }
+
+  bool counted_deliver(Session& from, nghttp2_session* to, bool& dirty, TestOwner& owner) {
+    dirty = false;
+    owner.woken = false;
+    wire_.clear();
+    g_counting = true;
+    from.produce(wire_, SIZE_MAX);
+    g_counting = false;
+    if (wire_.empty()) return false;
+    size_t n = wire_.read(buf_, sizeof buf_);
+    EXPECT_EQ(wire_.size(), 0u) << "test buffer too small";
+    EXPECT_EQ(nghttp2_session_mem_recv(to, buf_, n), static_cast<ssize_t>(n));
+    return true;
+  }
+
+  ByteQueue wire_{&wire_pool_};
+  uint8_t buf_[256 * 1024];
+};
+
+TEST_F(AllocTest, SteadyStateUnaryAllocatesNothingOutsideNghttp2) {
+  start();
+  counted_unary(50);  // warm-up: stream objects, pool slabs
+  const size_t allocations = counted_unary(1000);
+  EXPECT_EQ(allocations, 0u) << "operator new calls by the gateway for 1000 unary calls after warm-up";
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(AllocTest, CounterSeesGatewayAllocations) {
+  // The counter is live: the very first stream allocates its Stream object.
+  start();
+  EXPECT_GT(counted_unary(1), 0u);
+}
+
+}  // namespace
+}  // namespace tlsgate::h2
