@@ -2,6 +2,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 
 #include <algorithm>
@@ -33,6 +34,11 @@ void mi_crypto_free(void* p, const char*, int) { mi_free(p); }
 #endif
 
 BIO_METHOD* g_bio_method = nullptr;
+
+// Session ticket keys (name 16 + HMAC 32 + AES 32), made once per process so
+// that a client resumes on whichever shard its next connection lands on.
+// Loading them from a file shared by every instance is a later step.
+unsigned char g_ticket_keys[80];
 
 int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned inlen,
                 void* arg) {
@@ -106,6 +112,8 @@ void init_library() {
   CRYPTO_set_mem_functions(mi_crypto_malloc, mi_crypto_realloc, mi_crypto_free);
 #endif
   OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, nullptr);
+  if (RAND_bytes(g_ticket_keys, sizeof g_ticket_keys) != 1)
+    throw std::runtime_error("RAND_bytes for session ticket keys failed");
   g_bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tlsgate");
   BIO_meth_set_read(g_bio_method, BioAccess::read);
   BIO_meth_set_write(g_bio_method, BioAccess::write);
@@ -139,6 +147,7 @@ Context::Context(const config::TlsSettings& settings) {
                                                                                       : TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_CTX_set_tlsext_ticket_keys(ctx, g_ticket_keys, sizeof g_ticket_keys);
   if (SSL_CTX_use_certificate_chain_file(ctx, settings.certificate.c_str()) != 1)
     throw std::runtime_error(settings.certificate_origin.to_string() + ": cannot load certificate '" +
                              settings.certificate + "': " + openssl_error_text());

@@ -1,0 +1,989 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: tlsgate against nginx, HAProxy and nghttpx.
+
+Run through tools/bench-e2e (which installs and builds first). Every proxy runs
+one worker pinned to CPU 0 with the same certificate, TLS 1.3 only, ALPN h2, in
+front of the same fast h2c gRPC backend (tools/fastbackend/fastbackend); the
+load generators (h2load; tools/fastbackend/connload where h2load cannot do the
+job) and the backend run pinned to CPU 1. Each measurement is repeated and the
+median reported; the proxies are measured in turn inside each repetition, so
+slow drift of the machine hits all of them alike.
+
+Figures (bench/README.md explains each):
+  1. new connections: one TLS 1.3 handshake + one unary gRPC call each, with
+     ECDSA P-256 and RSA-2048 certificates (h2load) and with resumed sessions
+     (connload: h2load cannot resume); raw per second and per proxy
+     core-second (the proxy's utime+stime from /proc/PID/stat, all its
+     processes and threads).
+  2. unary calls over persistent connections, 8 connections x 32 streams.
+  3. latency (mean, p99) at one fixed request rate below every proxy's
+     saturation.
+  4. memory per idle TLS h2 connection (RSS growth, fresh proxy).
+  5. CPU per call: user-space instructions per call (callgrind) and CPU time.
+"""
+
+import argparse
+import ctypes
+import datetime
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CIPHER = "TLS_AES_256_GCM_SHA384"  # the one TLS 1.3 suite every client offers
+GRPC_PATH = "/bench.Echo/Unary"
+PROXIES = ["tlsgate", "nginx", "haproxy", "nghttpx"]
+LABEL = {"tlsgate": "tlsgate", "nginx": "nginx", "haproxy": "HAProxy", "nghttpx": "nghttpx"}
+
+# Loads per mode. Every load is bounded by a count (-n, --connections) or a
+# duration (-D, --hold-time) and by a subprocess timeout.
+MODES = {
+    "quick": dict(reps=3, burst=400, burst_rsa=200, resumed=800, tput_secs=2, lat_secs=2,
+                  idle=1000, mem_reps=1, speed_secs=1, ceiling_secs=2, cg_calls=0),
+    "full": dict(reps=5, burst=1500, burst_rsa=600, resumed=3000, tput_secs=5, lat_secs=5,
+                 idle=5000, mem_reps=3, speed_secs=3, ceiling_secs=5, cg_calls=10000),
+}
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- processes
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _child_setup():
+    # If the harness dies (even by SIGKILL), its children get SIGTERM: the
+    # proxies' masters then stop their workers themselves.
+    _libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Procs:
+    """Every process the harness starts; all are stopped at exit."""
+
+    def __init__(self, work):
+        self.work = work
+        self.procs = []
+
+    def start(self, name, argv, cpu, stdout=None, cwd=None):
+        log = open(self.work / f"{name}.log", "ab")
+        p = subprocess.Popen(["taskset", "-c", cpu] + [str(a) for a in argv], stdout=stdout or log,
+                             stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_child_setup,
+                             cwd=cwd or self.work)
+        p.bench_name = name
+        p.bench_log = self.work / f"{name}.log"
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, timeout=8):
+        if p.poll() is None:
+            family = tree_pids(p.pid)
+            try:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+            # Descendants (a master's workers) that outlived their master.
+            for pid in family:
+                if pid != p.pid and pid_alive(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for p in list(reversed(self.procs)):
+            try:
+                self.stop(p)
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
+
+
+def pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def tree_pids(root):
+    """root and all its descendants."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def cpu_seconds(root):
+    """utime + stime of root and its descendants (all threads), seconds."""
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+def rss_kib(root):
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def listening_ports():
+    ports = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "0A":
+                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            pass
+    return ports
+
+
+_used_ports = set()
+
+
+def free_port():
+    """A port below the ephemeral range, free now (probed with bind)."""
+    busy = listening_ports() | _used_ports
+    for _ in range(2000):
+        port = random.randint(20000, 32000)
+        if port in busy:
+            continue
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        _used_ports.add(port)
+        return port
+    raise BenchError("no free port found")
+
+
+def wait_listening(p, ports, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if p.poll() is not None:
+            raise BenchError(f"{p.bench_name} exited with {p.returncode} at start:\n{tail(p.bench_log)}")
+        if set(ports) <= listening_ports():
+            return
+        time.sleep(0.05)
+    raise BenchError(f"{p.bench_name} not listening on {ports} after {timeout}s:\n{tail(p.bench_log)}")
+
+
+def tail(path, n=15):
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def run_load(procs, name, argv, timeout, on_line=None):
+    """Runs a load generator on LOAD_CPU; returns (stdout text, its CPU seconds)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    p = subprocess.Popen(["taskset", "-c", LOAD_CPU] + [str(a) for a in argv], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                         preexec_fn=_child_setup, cwd=procs.work)
+    p.bench_name = name
+    p.bench_log = None
+    procs.procs.append(p)
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    lines = []
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if on_line:
+                on_line(line.rstrip("\n"), p)
+        p.wait()
+    finally:
+        timer.cancel()
+        procs.procs.remove(p)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    out = "".join(lines)
+    with open(procs.work / "loads.log", "a") as f:
+        f.write(f"$ {' '.join(str(a) for a in argv)}\n{out}\n")
+    if p.returncode == -signal.SIGKILL:
+        raise BenchError(f"{name} did not finish within {timeout}s: {' '.join(map(str, argv))}\n{out[-2000:]}")
+    return out, cpu
+
+
+# ---------------------------------------------------------------- parsing
+
+def parse_h2load(out):
+    r = {}
+    m = re.search(r"finished in ([\d.]+)(m?s),", out)
+    if m:
+        r["secs"] = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", out)
+    if m:
+        for k, v in zip(["total", "started", "done", "succeeded", "failed", "errored", "timeout"], m.groups()):
+            r[k] = int(v)
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if m:
+        r["2xx"], r["3xx"], r["4xx"], r["5xx"] = map(int, m.groups())
+    m = re.search(r"Cipher: (\S+)", out)
+    r["cipher"] = m.group(1) if m else "?"
+    if "secs" not in r or "succeeded" not in r:
+        raise BenchError("cannot parse h2load output:\n" + out[-2000:])
+    return r
+
+
+def parse_kv(line):
+    r = {}
+    for m in re.finditer(r'(\w+)=("[^"]*"|\S+)', line):
+        v = m.group(2).strip('"')
+        try:
+            v = float(v) if "." in v else int(v)
+        except ValueError:
+            pass
+        r[m.group(1)] = v
+    return r
+
+
+# ---------------------------------------------------------------- proxies
+
+class Env:
+    def __init__(self, args, work, procs):
+        self.args = args
+        self.work = work
+        self.procs = procs
+        self.build = Path(args.build_dir)
+        self.tlsgate = self.build / "src" / "tlsgate"
+        self.fastbackend = self.build / "tools" / "fastbackend" / "fastbackend"
+        self.connload = self.build / "tools" / "fastbackend" / "connload"
+        self.certs = work / "certs"
+        self.msg = work / "msg.bin"
+        self.backend_port = None
+        self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+    def cert(self, kind):
+        pre = "server" if kind == "ecdsa" else "rsa-server"
+        return self.certs / f"{pre}.crt", self.certs / f"{pre}.key", self.certs / f"{pre}.pem"
+
+
+def start_proxy(env, proxy, kind, port, tag, valgrind=None):
+    """Starts one instance of `proxy` serving `kind`'s certificate on port.
+    valgrind: argv prefix to run it under (single-process mode then)."""
+    crt, key, pem = env.cert(kind)
+    d = env.work / f"{proxy}-{tag}"
+    d.mkdir(exist_ok=True)
+    bp = env.backend_port
+    pre = list(valgrind or [])
+    if proxy == "tlsgate":
+        conf = d / "tlsgate.toml"
+        conf.write_text(f"""workers = 1
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:{port}"
+cluster = "backend"
+  [listeners.tls]
+  certificate = "{crt}"
+  private_key = "{key}"
+  alpn = ["h2"]
+  min_version = "1.3"
+[[clusters]]
+name = "backend"
+endpoints = ["127.0.0.1:{bp}"]
+""")
+        argv = pre + [env.tlsgate, "--config", conf]
+    elif proxy == "nginx":
+        for sub in ("logs", "tmp"):
+            (d / sub).mkdir(exist_ok=True)
+        master = "off" if valgrind else "on"
+        conns = max(1024, min(30000, env.nofile - 100))
+        (d / "nginx.conf").write_text(f"""daemon off;
+master_process {master};
+worker_processes 1;
+worker_cpu_affinity 0001;
+pid {d}/nginx.pid;
+error_log {d}/logs/error.log warn;
+events {{ worker_connections {conns}; multi_accept on; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  keepalive_requests 1000000000;
+  keepalive_timeout 300s;
+  http2_max_concurrent_streams 1000;
+  upstream backend {{
+    server 127.0.0.1:{bp};
+    keepalive 1024;
+    keepalive_requests 1000000000;
+    keepalive_timeout 300s;
+  }}
+  server {{
+    listen 127.0.0.1:{port} ssl http2 backlog=4096;
+    ssl_certificate {crt};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.3;
+    location / {{ grpc_pass grpc://backend; }}
+  }}
+}}
+""")
+        argv = pre + ["nginx", "-p", d, "-c", d / "nginx.conf", "-e", d / "logs" / "error.log"]
+    elif proxy == "haproxy":
+        maxconn = max(1000, min(20000, (env.nofile - 200) // 2))
+        (d / "haproxy.cfg").write_text(f"""global
+  nbthread 1
+  cpu-map 1/1 0
+  maxconn {maxconn}
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+frontend fe
+  bind 127.0.0.1:{port} ssl crt {pem} alpn h2 ssl-min-ver TLSv1.3 backlog 4096
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:{bp} proto h2
+""")
+        argv = pre + ["haproxy", "-db", "-f", d / "haproxy.cfg"]
+    elif proxy == "nghttpx":
+        argv = pre + ["nghttpx", "--conf=/dev/null", "--workers=1", "--no-ocsp", "--no-via",
+                      f"--frontend=127.0.0.1,{port}", f"--backend=127.0.0.1,{bp};;proto=h2",
+                      "--backlog=4096", "--frontend-http2-max-concurrent-streams=1000",
+                      f"--errorlog-file={d}/error.log", key, crt]
+        if valgrind:
+            argv.insert(len(pre) + 1, "--single-process")
+    else:
+        raise BenchError(proxy)
+    p = env.procs.start(f"{proxy}-{tag}", argv, PROXY_CPU, cwd=d)
+    wait_listening(p, [port], timeout=90 if valgrind else 20)
+    p.bench_port = port
+    p.bench_proxy = proxy
+    return p
+
+
+def check_alive(p, what):
+    if p.poll() is not None:
+        raise BenchError(f"{p.bench_name} exited with {p.returncode} during {what}:\n{tail(p.bench_log)}")
+
+
+# ---------------------------------------------------------------- measurements
+
+H2LOAD_GRPC = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+
+
+class Bench:
+    def __init__(self, env, mode):
+        self.env = env
+        self.m = mode
+        self.res = {}          # (figure, proxy) -> list of values
+        self.anomalies = []    # text lines
+        self.info = {}         # misc facts for the notes
+
+    def add(self, fig, proxy, value):
+        self.res.setdefault((fig, proxy), []).append(value)
+
+    def med(self, fig, proxy):
+        v = self.res.get((fig, proxy))
+        return statistics.median(v) if v else None
+
+    def anomaly(self, text):
+        print(f"  ! {text}", file=sys.stderr)
+        self.anomalies.append(text)
+
+    def url(self, port):
+        return f"https://127.0.0.1:{port}{GRPC_PATH}"
+
+    # -- checks ------------------------------------------------------------
+    def verify(self, proxy, p, kind):
+        """A few connections, each with one gRPC call whose :status and
+        grpc-status connload checks, before anything is measured."""
+        out, _ = run_load(self.env.procs, "connload-verify",
+                          [self.env.connload, "--connect", f"127.0.0.1:{p.bench_port}", "--connections", 20,
+                           "--concurrency", 4, "--data", self.env.msg, "--tls13-ciphers", CIPHER], 60)
+        r = parse_kv(out.strip().splitlines()[-1])
+        self.info[f"verify-{proxy}-{kind}"] = r
+        if r.get("ok") != 20:
+            raise BenchError(f"{proxy} ({kind}): calls through it fail: {out.strip()}")
+
+    # -- 1. new connections (h2load) -----------------------------------------
+    def conn_burst(self, proxy, p, kind, n):
+        env = self.env
+        c0 = cpu_seconds(p.pid)
+        out, client_cpu = run_load(env.procs, "h2load-conn",
+                                   ["h2load", "-n", n, "-c", n, "-m", 1, "--tls13-ciphers", CIPHER,
+                                    *H2LOAD_GRPC, "-d", env.msg, self.url(p.bench_port)], 120)
+        c1 = cpu_seconds(p.pid)
+        check_alive(p, f"{kind} connection test")
+        r = parse_h2load(out)
+        ok = r["succeeded"]
+        if ok != n or r.get("2xx") != n:
+            self.anomaly(f"{LABEL[proxy]}: h2load {n} new {kind} connections, one call each: "
+                         f"{ok} succeeded, {r.get('2xx')} 2xx, {r['failed']} failed, {r['errored']} errored, "
+                         f"{r['timeout']} timeout (`h2load -n {n} -c {n} ...`)")
+        if ok == 0:
+            return
+        cpu = c1 - c0
+        self.add(f"conn_{kind}", proxy, ok / r["secs"])
+        self.add(f"conn_{kind}_core", proxy, ok / cpu if cpu > 0 else float("nan"))
+        self.add(f"conn_{kind}_util", proxy, cpu / r["secs"])
+        self.add(f"conn_{kind}_client_us", proxy, client_cpu / ok * 1e6)
+
+    # -- 1c. resumed connections (connload) ------------------------------------
+    def conn_resumed(self, proxy, p, n):
+        env = self.env
+        marks = {}
+
+        def on_line(line, _proc):
+            if line == "start":
+                marks["c0"] = cpu_seconds(p.pid)
+            elif line.startswith("connections="):
+                marks["c1"] = cpu_seconds(p.pid)
+
+        out, _ = run_load(env.procs, "connload-resume",
+                          [env.connload, "--connect", f"127.0.0.1:{p.bench_port}", "--connections", n,
+                           "--concurrency", 64, "--resume", "--data", env.msg, "--tls13-ciphers", CIPHER],
+                          120, on_line)
+        check_alive(p, "resumed connection test")
+        r = parse_kv(out.strip().splitlines()[-1])
+        if r.get("failed", 1) != 0 or r.get("ok") != n:
+            self.anomaly(f"{LABEL[proxy]}: connload --resume, {n} connections: {out.strip().splitlines()[-1]}")
+        if r.get("resumed", 0) < 0.95 * n:
+            self.anomaly(f"{LABEL[proxy]}: only {r.get('resumed')} of {n} handshakes were resumptions")
+        if not r.get("ok") or "c0" not in marks or "c1" not in marks:
+            return
+        cpu = marks["c1"] - marks["c0"]
+        self.add("conn_resumed", proxy, r["ok"] / r["elapsed"])
+        self.add("conn_resumed_core", proxy, r["ok"] / cpu if cpu > 0 else float("nan"))
+        self.add("resumed_frac", proxy, r["resumed"] / n)
+
+    # -- 2. persistent throughput ---------------------------------------------
+    def throughput(self, proxy, p, backend):
+        env = self.env
+        secs = self.m["tput_secs"]
+        c0, b0 = cpu_seconds(p.pid), cpu_seconds(backend.pid)
+        out, client_cpu = run_load(env.procs, "h2load-tput",
+                                   ["h2load", "-D", secs, "-c", 8, "-m", 32, "--tls13-ciphers", CIPHER,
+                                    *H2LOAD_GRPC, "-d", env.msg, self.url(p.bench_port)], secs + 60)
+        c1, b1 = cpu_seconds(p.pid), cpu_seconds(backend.pid)
+        check_alive(p, "throughput test")
+        r = parse_h2load(out)
+        ok = r["succeeded"]
+        bad = r["failed"] + r["errored"] + r["timeout"] + (ok - r.get("2xx", 0))
+        if bad or ok == 0:
+            self.anomaly(f"{LABEL[proxy]}: h2load -D {secs} -c 8 -m 32: {ok} succeeded, {r.get('2xx')} 2xx, "
+                         f"{r['failed']} failed, {r['errored']} errored, {r['timeout']} timeout")
+        if ok == 0:
+            return
+        cpu = c1 - c0
+        self.add("tput", proxy, ok / r["secs"])
+        self.add("tput_us", proxy, cpu / ok * 1e6)
+        self.add("tput_util", proxy, cpu / r["secs"])
+        self.add("tput_backend_us", proxy, (b1 - b0) / ok * 1e6)
+
+    # -- 3. latency at a fixed rate -------------------------------------------
+    def latency(self, proxy, p, rate):
+        env = self.env
+        secs = self.m["lat_secs"]
+        log = env.work / f"latency-{proxy}.log"
+        if log.exists():
+            log.unlink()
+        out, _ = run_load(env.procs, "h2load-latency",
+                          ["h2load", "-D", secs, "-c", 8, "-m", 32, "--rps", max(1, rate // 8),
+                           f"--log-file={log}", "--tls13-ciphers", CIPHER, *H2LOAD_GRPC, "-d", env.msg,
+                           self.url(p.bench_port)], secs + 60)
+        check_alive(p, "latency test")
+        r = parse_h2load(out)
+        lat = []
+        bad = 0
+        for line in log.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 3:
+                if parts[1] != "200":
+                    bad += 1
+                lat.append(int(parts[2]))
+        if bad or r["failed"] or r["errored"] or r["timeout"]:
+            self.anomaly(f"{LABEL[proxy]}: latency run at {rate}/s: {bad} non-200, {r['failed']} failed, "
+                         f"{r['errored']} errored, {r['timeout']} timeout")
+        if not lat:
+            return
+        lat.sort()
+        self.add("lat_mean", proxy, statistics.fmean(lat) / 1000)
+        self.add("lat_p99", proxy, lat[min(len(lat) - 1, int(0.99 * len(lat)))] / 1000)
+        self.add("lat_rate", proxy, len(lat) / r["secs"])
+
+    # -- 4. memory per idle connection ----------------------------------------
+    def memory(self, proxy, n):
+        env = self.env
+        p = start_proxy(env, proxy, "ecdsa", free_port(), "mem")
+        try:
+            # Warm-up: a few connections and calls (upstream connection,
+            # lazily built state), closed again.
+            run_load(env.procs, "connload-warm",
+                     [env.connload, "--connect", f"127.0.0.1:{p.bench_port}", "--connections", 50,
+                      "--concurrency", 8, "--data", env.msg, "--tls13-ciphers", CIPHER], 60)
+            time.sleep(1.0)
+            rss0 = rss_kib(p.pid)
+            marks = {}
+
+            def on_line(line, proc):
+                if line.startswith("ready"):
+                    time.sleep(2.0)  # let it settle
+                    marks["rss1"] = rss_kib(p.pid)
+                    marks["ready"] = parse_kv(line)
+                    proc.send_signal(signal.SIGTERM)
+
+            out, _ = run_load(env.procs, "connload-hold",
+                              [env.connload, "--connect", f"127.0.0.1:{p.bench_port}", "--hold", n,
+                               "--concurrency", 128, "--hold-time", 30, "--data", env.msg,
+                               "--tls13-ciphers", CIPHER], 240, on_line)
+            check_alive(p, "idle-connection test")
+            r = parse_kv(out.strip().splitlines()[-1])
+            ready = marks.get("ready", {})
+            if ready.get("ok") != n or r.get("closed_idle", 0):
+                self.anomaly(f"{LABEL[proxy]}: {n} idle connections: ready={ready} summary: "
+                             f"{out.strip().splitlines()[-1]}")
+            if "rss1" in marks and ready.get("ok"):
+                self.add("mem_kib", proxy, (marks["rss1"] - rss0) / ready["ok"])
+                self.info.setdefault("mem_rss", {})[proxy] = (rss0, marks["rss1"])
+        finally:
+            env.procs.stop(p)
+
+    # -- 5. instructions per call (callgrind) ---------------------------------
+    def instructions(self, proxy, calls):
+        env = self.env
+        d = env.work / f"callgrind-{proxy}"
+        d.mkdir(exist_ok=True)
+        vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out.%p"]
+        p = start_proxy(env, proxy, "ecdsa", free_port(), "callgrind", valgrind=vg)
+        try:
+            def h2load(n):
+                out, _ = run_load(env.procs, "h2load-cg",
+                                  ["h2load", "-n", n, "-c", 8, "-m", 32, "--tls13-ciphers", CIPHER,
+                                   *H2LOAD_GRPC, "-d", env.msg, self.url(p.bench_port)], 600)
+                r = parse_h2load(out)
+                if r["succeeded"] != n:
+                    self.anomaly(f"{LABEL[proxy]} under callgrind: h2load -n {n}: {r['succeeded']} succeeded")
+                return r
+
+            def measured(n):
+                subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True, timeout=60)
+                h2load(n)
+                before = set(d.glob("cg.out.*"))
+                subprocess.run(["callgrind_control", "-d", str(p.pid)], capture_output=True, timeout=60)
+                deadline = time.time() + 60
+                while time.time() < deadline:
+                    new = [f for f in set(d.glob("cg.out.*")) - before if f.stat().st_size > 0]
+                    if new:
+                        time.sleep(0.5)
+                        m = re.search(r"^totals:\s*(\d+)", new[0].read_text(errors="replace"), re.M)
+                        if m:
+                            return int(m.group(1))
+                    time.sleep(0.2)
+                raise BenchError(f"no callgrind dump from {proxy}")
+
+            h2load(max(1000, calls // 5))  # warm-up
+            small, large = calls // 5, calls
+            ir_small = measured(small)
+            ir_large = measured(large)
+            check_alive(p, "callgrind run")
+            # The difference cancels the 8 handshakes and the start-up of
+            # each h2load run: what is left is the cost of the extra calls.
+            self.add("instr", proxy, (ir_large - ir_small) / (large - small))
+        finally:
+            env.procs.stop(p, timeout=30)
+
+
+# ---------------------------------------------------------------- ceilings
+
+def crypto_ceiling(env, secs):
+    out = subprocess.run(["taskset", "-c", PROXY_CPU, "openssl", "speed", "-seconds", str(secs),
+                          "ecdsap256", "ecdhx25519", "rsa2048"], capture_output=True, text=True,
+                         timeout=30 * secs + 60, preexec_fn=_child_setup).stdout
+    r = {}
+    m = re.search(r"rsa 2048 bits\s+\S+\s+\S+\s+([\d.]+)\s+([\d.]+)", out)
+    if m:
+        r["rsa_sign"] = float(m.group(1))
+    m = re.search(r"256 bits ecdsa \(nistp256\)\s+\S+\s+\S+\s+([\d.]+)\s+([\d.]+)", out)
+    if m:
+        r["ecdsa_sign"] = float(m.group(1))
+    m = re.search(r"253 bits ecdh \(X25519\)\s+\S+\s+([\d.]+)", out)
+    if m:
+        r["x25519"] = float(m.group(1))
+    if len(r) != 3:
+        raise BenchError("cannot parse openssl speed output:\n" + out)
+    r["hs_ecdsa"] = 1 / (1 / r["ecdsa_sign"] + 1 / r["x25519"])
+    r["hs_rsa"] = 1 / (1 / r["rsa_sign"] + 1 / r["x25519"])
+    return r
+
+
+def backend_ceiling(env, secs):
+    """fastbackend alone on the proxies' core, h2load h2c straight at it."""
+    port = free_port()
+    p = env.procs.start("fastbackend-alone", [env.fastbackend, "--listen", f"127.0.0.1:{port}"], PROXY_CPU)
+    try:
+        wait_listening(p, [port])
+        c0 = cpu_seconds(p.pid)
+        out, _ = run_load(env.procs, "h2load-backend",
+                          ["h2load", "-D", secs, "-c", 8, "-m", 32, *H2LOAD_GRPC, "-d", env.msg,
+                           f"http://127.0.0.1:{port}{GRPC_PATH}"], secs + 60)
+        c1 = cpu_seconds(p.pid)
+        r = parse_h2load(out)
+        ok = r["succeeded"]
+        if ok == 0 or ok != r.get("2xx"):
+            raise BenchError("the backend alone fails:\n" + out)
+        return {"raw": ok / r["secs"], "core": ok / (c1 - c0) if c1 > c0 else float("nan"),
+                "util": (c1 - c0) / r["secs"]}
+    finally:
+        env.procs.stop(p)
+
+
+# ---------------------------------------------------------------- report
+
+def fmt(v, digits=0):
+    if v is None:
+        return "n/m"
+    if v != v:  # nan
+        return "?"
+    if digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+
+# figure key, label, higher-is-better, digits, extra (key, format) in parentheses
+ROWS = [
+    ("conn_ecdsa", "New connections/s, ECDSA P-256 (h2load; load-generator bound)", True, 0, None),
+    ("conn_ecdsa_core", "**Connections per proxy core-second, ECDSA P-256** (proxy CPU µs per connection)",
+     True, 0, "inv_us"),
+    ("conn_rsa", "New connections/s, RSA-2048 (h2load)", True, 0, None),
+    ("conn_rsa_core", "**Connections per proxy core-second, RSA-2048** (µs per connection)", True, 0, "inv_us"),
+    ("conn_resumed", "Resumed connections/s, TLS 1.3 PSK-(EC)DHE (connload)", True, 0, None),
+    ("conn_resumed_core", "**Resumed connections per proxy core-second** (µs per connection)", True, 0,
+     "inv_us"),
+    ("tput", "Unary calls/s, 8 connections × 32 streams (h2load)", True, 0, None),
+    ("tput_core", "**Calls per proxy core-second** (proxy CPU µs per call)", True, 0, "tput_us"),
+    ("lat_mean", "Latency at {rate} calls/s: mean, ms", False, 2, None),
+    ("lat_p99", "Latency at {rate} calls/s: p99, ms", False, 2, None),
+    ("mem_kib", "**Memory per idle TLS h2 connection**, KiB RSS ({idle} connections)", False, 1, None),
+    ("instr", "**User-space instructions per call** (callgrind, 8 × 32 streams)", False, 0, None),
+]
+
+
+def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started, machine, versions):
+    m = bench.m
+    # derived
+    for proxy in PROXIES:
+        us = bench.med("tput_us", proxy)
+        if us:
+            bench.res[("tput_core", proxy)] = [1e6 / us]
+    lines = []
+    lines.append(f"### tlsgate vs nginx, HAProxy, nghttpx — end-to-end (`tools/bench-e2e"
+                 f"{' --quick' if mode_name == 'quick' else ''}`)")
+    lines.append("")
+    lines.append(f"{started:%Y-%m-%d %H:%M} UTC · {machine} · median of {m['reps']} runs "
+                 f"(memory: {m['mem_reps']}) · proxies pinned to CPU {PROXY_CPU}, one worker each; "
+                 f"h2load/connload + backend pinned to CPU {LOAD_CPU} · TLS 1.3 {CIPHER}, X25519, ALPN h2")
+    lines.append("")
+    lines.append(f"Ceilings on this machine: crypto (`openssl speed`, one core): ECDSA P-256 sign "
+                 f"{fmt(ceil_crypto['ecdsa_sign'])}/s, X25519 {fmt(ceil_crypto['x25519'])}/s, RSA-2048 sign "
+                 f"{fmt(ceil_crypto['rsa_sign'])}/s → **{fmt(ceil_crypto['hs_ecdsa'])} ECDSA handshakes/s, "
+                 f"{fmt(ceil_crypto['hs_rsa'])} RSA handshakes/s per core** (sign + X25519 only). "
+                 f"Backend alone (h2load h2c straight at fastbackend): {fmt(ceil_backend['raw'])} calls/s "
+                 f"(load-generator bound; backend core {ceil_backend['util'] * 100:.0f}% busy) = "
+                 f"**{fmt(ceil_backend['core'])} calls per backend core-second**.")
+    lines.append("")
+    head = ["Figure"] + [LABEL[p] for p in PROXIES] + ["tlsgate ÷ best peer"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+    for key, label, higher, digits, extra in ROWS:
+        label = label.format(rate=fmt(rate), idle=fmt(m["idle"]))
+        cells = []
+        for proxy in PROXIES:
+            v = bench.med(key, proxy)
+            s = fmt(v, digits)
+            if extra and v:
+                if extra == "inv_us":
+                    s += f" ({1e6 / v:,.0f} µs)"
+                else:
+                    e = bench.med(extra, proxy)
+                    if e is not None:
+                        s += f" ({e:,.1f} µs)"
+            cells.append(s)
+        mine = bench.med(key, "tlsgate")
+        peers = [bench.med(key, p) for p in PROXIES if p != "tlsgate"]
+        peers = [v for v in peers if v is not None and v == v]
+        if mine is None or not peers or mine != mine:
+            ratio = "n/m"
+        else:
+            best = max(peers) if higher else min(peers)
+            r = mine / best
+            better = r >= 1 if higher else r <= 1
+            ratio = f"{r:.2f} ({'better' if better else 'worse'})"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
+    lines.append("")
+    lines.append("Ratio: tlsgate's figure divided by the best peer's (highest rate, lowest cost); "
+                 "for rates above 1 is better, for latency, memory and instructions below 1 is better. "
+                 "n/m = not measured.")
+    lines.append("")
+    # context
+    ctx = []
+
+    def per(key, fmt_s, scale=1.0):
+        return ", ".join(f"{LABEL[p]} {fmt_s.format(bench.med(key, p) * scale)}"
+                         for p in PROXIES if bench.med(key, p) is not None)
+    ctx.append(f"- Proxy core busy during the ECDSA connection test: {per('conn_ecdsa_util', '{:.0f}%', 100)}; "
+               f"h2load's own CPU per new ECDSA connection: {per('conn_ecdsa_client_us', '{:.0f} µs')} "
+               f"(the client, not the proxy, is the limit of the raw rate).")
+    ctx.append(f"- Proxy core busy during the 8 × 32 throughput test: {per('tput_util', '{:.0f}%', 100)}; "
+               f"backend CPU per call behind each proxy: {per('tput_backend_us', '{:.1f} µs')}.")
+    ctx.append(f"- Resumed: share of handshakes that were resumptions: {per('resumed_frac', '{:.0f}%', 100)}.")
+    ctx.append(f"- Latency test: h2load -c 8 -m 32 --rps {rate // 8} for {m['lat_secs']} s "
+               f"(achieved {per('lat_rate', '{:,.0f}/s')}).")
+    if m["cg_calls"] == 0:
+        ctx.append("- Instructions per call: not measured in --quick mode (callgrind). "
+                   "`perf stat -e instructions` is not supported on this machine (no hardware counters "
+                   "in the VM); the CPU µs per call above is the steady-state CPU figure.")
+    else:
+        ctx.append(f"- Instructions per call: callgrind, user space only (kernel work — syscalls, "
+                   f"io_uring — is not counted), (Ir after {m['cg_calls']} calls − Ir after "
+                   f"{m['cg_calls'] // 5}) / difference; under valgrind every proxy runs ~50× slower, so "
+                   f"it batches more calls per read than at full speed.")
+    neg = {p: bench.info.get(f"verify-{p}-ecdsa", {}) for p in PROXIES}
+    ctx.append("- Checked before measuring, for each proxy and certificate: 20 calls, each on a new "
+               "connection, answered `:status 200` + `grpc-status: 0`; negotiated: " +
+               ", ".join(f"{LABEL[p]} {v.get('cipher', '?')}/{v.get('group', '?')}" for p, v in neg.items()) + ".")
+    ctx.append("- Versions: " + versions + ".")
+    lines.extend(ctx)
+    lines.append("")
+    if bench.anomalies:
+        lines.append("**Anomalies seen during the run** (errors, failed calls, non-2xx, resumption misses):")
+        lines.append("")
+        for a in bench.anomalies:
+            lines.append(f"- {a}")
+    else:
+        lines.append("No errors, failed calls, non-2xx answers or crashes in any run.")
+    return "\n".join(lines) + "\n"
+
+
+def machine_line():
+    model = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({model}), Linux {os.uname().release}"
+
+
+def versions_line(env):
+    def first(argv, pat=None):
+        try:
+            o = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+            text = (o.stdout + o.stderr).strip()
+        except OSError:
+            return "?"
+        if pat:
+            m = re.search(pat, text)
+            return m.group(1) if m else "?"
+        return text.splitlines()[0] if text else "?"
+    return ", ".join([
+        "tlsgate " + first([str(env.tlsgate), "--version"], r"(\d+\.\d+\.\d+\S*)"),
+        "nginx " + first(["nginx", "-v"], r"nginx/(\S+)"),
+        "HAProxy " + first(["haproxy", "-v"], r"version (\S+)"),
+        "nghttpx " + first(["nghttpx", "--version"], r"nghttp2/(\S+)"),
+        "h2load " + first(["h2load", "--version"], r"nghttp2/(\S+)"),
+        "OpenSSL " + first(["openssl", "version"], r"OpenSSL (\S+)"),
+    ])
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    global PROXIES
+    ap = argparse.ArgumentParser(description="tlsgate end-to-end benchmark against nginx, HAProxy, nghttpx")
+    ap.add_argument("--quick", action="store_true", help="short loads, fewer repetitions (~3 min)")
+    ap.add_argument("--build-dir", default="/tmp/build-bench")
+    ap.add_argument("--reps", type=int, help="repetitions per measurement (default 5, --quick 3)")
+    ap.add_argument("--idle", type=int, help="idle connections for the memory figure "
+                    "(default 5000, --quick 1000)")
+    ap.add_argument("--rate", type=int, help="calls/s for the latency test (default: half the lowest "
+                    "proxy's measured throughput, rounded down)")
+    ap.add_argument("--proxies", default=",".join(PROXIES), help="comma-separated subset (tlsgate always)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "e2e" / "results-latest.md"))
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    args = ap.parse_args()
+
+    mode_name = "quick" if args.quick else "full"
+    mode = dict(MODES[mode_name])
+    if args.reps:
+        mode["reps"] = args.reps
+    if args.idle:
+        mode["idle"] = args.idle
+    chosen = [p for p in args.proxies.split(",") if p]
+    PROXIES = [p for p in ["tlsgate", "nginx", "haproxy", "nghttpx"] if p in chosen or p == "tlsgate"]
+
+    if os.cpu_count() < 2:
+        raise BenchError("needs 2 CPUs (proxies on CPU 0, load on CPU 1)")
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Each side holds one descriptor per idle connection (+ upstream, logs).
+    max_idle = (nofile[0] - 300) // 2 if nofile[0] != resource.RLIM_INFINITY else mode["idle"]
+    if mode["idle"] > max_idle:
+        print(f"bench-e2e: RLIMIT_NOFILE {nofile[0]}: idle connections lowered from {mode['idle']} "
+              f"to {max_idle}", file=sys.stderr)
+        mode["idle"] = max_idle
+
+    work = Path(tempfile.mkdtemp(prefix="bench-e2e."))
+    procs = Procs(work)
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    started = datetime.datetime.utcnow()
+    t_start = time.time()
+    ok = False
+    try:
+        env = Env(args, work, procs)
+        for exe in (env.tlsgate, env.fastbackend, env.connload):
+            if not exe.exists():
+                raise BenchError(f"{exe} missing: build first (tools/bench-e2e does)")
+        subprocess.run(["bash", str(ROOT / "tools" / "gen-cert"), str(env.certs)], check=True,
+                       capture_output=True)
+        for kind in ("ecdsa", "rsa"):
+            crt, key, pem = env.cert(kind)
+            pem.write_text(crt.read_text() + key.read_text())
+        env.msg.write_bytes(b"\x00\x00\x00\x00\x07\x0a\x05hello")  # gRPC frame: 7-byte message
+
+        def log(msg):
+            print(f"[{time.time() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+        log(f"mode {mode_name}: {mode}; work dir {work}")
+        log("crypto ceiling (openssl speed)")
+        ceil_crypto = crypto_ceiling(env, mode["speed_secs"])
+        log("backend ceiling (fastbackend alone)")
+        ceil_backend = backend_ceiling(env, mode["ceiling_secs"])
+
+        env.backend_port = free_port()
+        backend = procs.start("fastbackend", [env.fastbackend, "--listen", f"127.0.0.1:{env.backend_port}"],
+                              LOAD_CPU)
+        wait_listening(backend, [env.backend_port])
+
+        bench = Bench(env, mode)
+        inst = {}
+        for proxy in PROXIES:
+            for kind in ("ecdsa", "rsa"):
+                inst[(proxy, kind)] = start_proxy(env, proxy, kind, free_port(), kind)
+                bench.verify(proxy, inst[(proxy, kind)], kind)
+        log("all proxies answer gRPC calls with grpc-status 0")
+
+        for rep in range(mode["reps"]):
+            for proxy in PROXIES:
+                log(f"run {rep + 1}/{mode['reps']} {proxy}: connections (ECDSA, RSA, resumed), throughput")
+                bench.conn_burst(proxy, inst[(proxy, "ecdsa")], "ecdsa", mode["burst"])
+                bench.conn_burst(proxy, inst[(proxy, "rsa")], "rsa", mode["burst_rsa"])
+                bench.conn_resumed(proxy, inst[(proxy, "ecdsa")], mode["resumed"])
+                bench.throughput(proxy, inst[(proxy, "ecdsa")], backend)
+
+        rate = args.rate
+        if not rate:
+            lows = [bench.med("tput", p) for p in PROXIES if bench.med("tput", p)]
+            low = min(lows) / 2 if lows else 1000
+            rate = max(800, int(low // 800) * 800)  # a multiple of 8 clients x 100/s
+        for rep in range(mode["reps"]):
+            for proxy in PROXIES:
+                log(f"run {rep + 1}/{mode['reps']} {proxy}: latency at {rate} calls/s")
+                bench.latency(proxy, inst[(proxy, "ecdsa")], rate)
+
+        for (proxy, kind), p in inst.items():
+            check_alive(p, "the run")
+            procs.stop(p)
+        for rep in range(mode["mem_reps"]):
+            for proxy in PROXIES:
+                log(f"run {rep + 1}/{mode['mem_reps']} {proxy}: memory, {mode['idle']} idle connections "
+                    f"(fresh proxy)")
+                bench.memory(proxy, mode["idle"])
+
+        if mode["cg_calls"]:
+            for proxy in PROXIES:
+                log(f"{proxy}: instructions per call (callgrind)")
+                try:
+                    bench.instructions(proxy, mode["cg_calls"])
+                except BenchError as e:
+                    bench.anomaly(f"{LABEL[proxy]}: callgrind measurement failed: {e}")
+
+        report = build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started, machine_line(),
+                              versions_line(env))
+        print(report)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
+        log(f"done in {time.time() - t_start:.0f} s; table written to {out}")
+        ok = True
+    except BenchError as e:
+        print(f"bench-e2e: FAILED: {e}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"bench-e2e: interrupted ({e})", file=sys.stderr)
+    finally:
+        procs.stop_all()
+        if ok and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"bench-e2e: logs and configs kept in {work}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
