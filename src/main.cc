@@ -197,6 +197,13 @@ int serve(const config::Config& cfg) {
 
   const unsigned n = cfg.workers;
   std::vector<std::vector<int>> fds = bind_listeners(cfg, n);
+  for (const config::Listener& l : cfg.listeners)
+    if (l.tls.ktls == config::Ktls::Auto)
+      LOG_INFO("tls", "listener %s: ktls = auto: kernel TLS offload is not implemented yet, using userspace",
+               l.name.c_str());
+  if (cfg.admin.enabled)
+    LOG_WARN("admin", "[admin] listen = %s: the admin listener is not implemented yet; not listening",
+             cfg.admin.listen.text.c_str());
 
   std::vector<ShardThread> shards(n);
   std::mutex mu;
@@ -277,13 +284,6 @@ int main(int argc, char** argv) {
                 cfg.listeners.size(), cfg.clusters.size(), cfg.workers);
     return 0;
   }
-  for (const config::Listener& l : cfg.listeners)
-    if (l.tls.ktls == config::Ktls::Auto)
-      LOG_INFO("tls", "listener %s: ktls = auto: kernel TLS offload is not implemented yet, using userspace",
-               l.name.c_str());
-  if (cfg.admin.enabled)
-    LOG_WARN("admin", "[admin] listen = %s: the admin listener is not implemented yet; not listening",
-             cfg.admin.listen.text.c_str());
   try {
     return serve(cfg);
   } catch (const std::exception& e) {

@@ -1,0 +1,74 @@
+// Fixtures shared by the integration suites.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include "harness.hh"
+
+namespace tlsgate::itest {
+
+using tlsgate::test::Echo;
+using tlsgate::test::EchoReply;
+using tlsgate::test::EchoRequest;
+using tlsgate::test::StatsReply;
+
+// A temp folder, a real echo_server and a real tlsgate in front of it.
+// Subclasses adjust the gateway configuration in configure().
+class GatewayTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (env("TLSGATE_BIN").empty()) GTEST_FAIL() << "TLSGATE_BIN is not set (path to the tlsgate binary)";
+    dir_ = std::make_unique<TempDir>();
+    echo_ = std::make_unique<EchoBackend>(dir_->path());
+    GatewayConfig cfg;
+    cfg.endpoints = {echo_->endpoint().address()};
+    configure(cfg);
+    gw_ = std::make_unique<Gateway>(dir_->path(), cfg);
+    ASSERT_TRUE(gw_->started());
+  }
+
+  void TearDown() override {
+    if (gw_) gw_->stop();
+    gw_.reset();
+    echo_.reset();
+    dir_.reset();
+  }
+
+  virtual void configure(GatewayConfig&) {}
+
+  std::unique_ptr<Echo::Stub> stub() { return Echo::NewStub(tls_channel(gw_->target())); }
+
+  // Polls the backend's Stats (directly, over h2c) until pred holds.
+  template <class Pred>
+  bool poll_stats(Pred pred, Ms timeout, StatsReply* last) {
+    auto deadline = Clock::now() + timeout;
+    for (;;) {
+      StatsReply s;
+      auto st = echo_->stats(&s);
+      if (st.ok()) {
+        *last = s;
+        if (pred(s)) return true;
+      }
+      if (Clock::now() >= deadline) return false;
+      std::this_thread::sleep_for(20ms);
+    }
+  }
+
+  std::unique_ptr<TempDir> dir_;
+  std::unique_ptr<EchoBackend> echo_;
+  std::unique_ptr<Gateway> gw_;
+};
+
+inline uint64_t calls_of(const StatsReply& s, const std::string& method) {
+  auto it = s.calls().find(method);
+  return it == s.calls().end() ? 0 : it->second;
+}
+
+// Deterministic bytes so corruption or reordering shows.
+inline std::string pattern(size_t n, unsigned seed = 0) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 31 + seed * 7 + i / 251) % 251);
+  return s;
+}
+
+}  // namespace tlsgate::itest

@@ -1,0 +1,225 @@
+// Integration test harness: real processes (tlsgate, echo_server, curl,
+// openssl) in a temp folder, bounded waits, reaped children.
+//
+// Contracts:
+// - Every wait takes a timeout; nothing here blocks without one.
+// - A Process is owned by exactly one object; its destructor stops and reaps
+//   the child (TERM, then KILL), so a failing test leaves no process behind.
+//   Children also get PR_SET_PDEATHSIG(SIGKILL), for when the test binary
+//   itself dies.
+// - Binaries come from the environment: TLSGATE_BIN, ECHO_SERVER_BIN,
+//   TLSGATE_GEN_CERT (set by tests/integration/meson.build).
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "echo.grpc.pb.h"
+
+namespace tlsgate::itest {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using Ms = std::chrono::milliseconds;
+
+// Value of an environment variable, or "" if unset.
+std::string env(const char* name);
+
+std::string read_file(const std::filesystem::path& p);
+void write_file(const std::filesystem::path& p, const std::string& content);
+
+// A fresh folder under $TMPDIR (mkdtemp), removed on destruction unless the
+// environment has TLSGATE_KEEP_TMP=1.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "tlsgate-it");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Certificates made once per test binary by tools/gen-cert.
+struct Certs {
+  std::filesystem::path dir, ca, server_crt, server_key, rsa_crt, rsa_key;
+};
+const Certs& certs();
+
+// How a child ended, from waitpid's status.
+struct ExitStatus {
+  bool exited = false;  // exited normally; code is valid
+  int code = -1;
+  int signal = 0;          // killed by this signal
+  bool timed_out = false;  // still running when the wait gave up
+  std::string to_string() const;
+};
+
+enum class Stream { Stdout, Stderr };
+
+struct ProcessOptions {
+  std::vector<std::string> argv;
+  // Added to (or replacing in) the test's own environment.
+  std::map<std::string, std::string> env;
+  std::filesystem::path output_dir;  // where NAME.stdout / NAME.stderr go
+  std::string name;                  // file prefix and label in messages
+  std::string stdin_data;            // written to a file and given as stdin
+};
+
+class Process {
+ public:
+  // Starts the child; throws std::runtime_error if it cannot be spawned.
+  explicit Process(ProcessOptions opts);
+  ~Process();
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  pid_t pid() const { return pid_; }
+  const std::string& name() const { return opts_.name; }
+  bool running();
+
+  std::string output(Stream s) const;
+  std::string stdout_text() const { return output(Stream::Stdout); }
+  std::string stderr_text() const { return output(Stream::Stderr); }
+
+  // Waits until `found` holds for the stream's text so far; false on
+  // timeout or if the process exited first.
+  bool wait_for(Stream s, const std::function<bool(const std::string&)>& found, Ms timeout);
+
+  // Waits for the child to exit on its own.
+  ExitStatus wait(Ms timeout);
+  void signal(int sig);
+  // SIGTERM, wait up to `grace`, then SIGKILL; always reaps. Idempotent.
+  ExitStatus stop(Ms grace = 10s);
+  // SIGKILL and reap.
+  ExitStatus kill();
+
+  // Everything useful for a failure message.
+  std::string describe() const;
+
+ private:
+  ProcessOptions opts_;
+  std::filesystem::path out_path_, err_path_;
+  pid_t pid_ = -1;
+  std::optional<ExitStatus> status_;
+};
+
+// Runs a command to completion (bounded) and returns its output.
+struct RunResult {
+  ExitStatus status;
+  std::string out, err;
+};
+RunResult run(const std::vector<std::string>& argv, const std::filesystem::path& dir, Ms timeout,
+              const std::map<std::string, std::string>& env = {}, const std::string& stdin_data = "");
+
+// Sanitizer reports in a child's stderr ("" if none).
+std::string sanitizer_report(const std::string& stderr_text);
+
+// "listening on HOST:PORT" parsed from a stream.
+struct Endpoint {
+  std::string host;
+  int port = 0;
+  std::string address() const { return host + ":" + std::to_string(port); }
+};
+
+// echo_server (ECHO_SERVER_BIN) on 127.0.0.1:0, started and its port read back.
+class EchoBackend {
+ public:
+  explicit EchoBackend(const std::filesystem::path& dir, const std::string& name = "echo");
+  const Endpoint& endpoint() const { return endpoint_; }
+  Process& process() { return *proc_; }
+  // Stats straight from the backend over h2c (not through the gateway).
+  grpc::Status stats(tlsgate::test::StatsReply* out, bool reset = false);
+
+ private:
+  std::unique_ptr<Process> proc_;
+  Endpoint endpoint_;
+};
+
+// Gateway configuration written to a file. Values are inserted verbatim into
+// TOML, so strings carry their quotes.
+struct GatewayConfig {
+  std::vector<std::string> endpoints;  // "127.0.0.1:1234"
+  std::string handshake_timeout = "2s";
+  int workers = 2;
+  std::filesystem::path certificate;  // default: certs().server_crt
+  std::filesystem::path private_key;  // default: certs().server_key
+  std::string extra_listener;         // raw TOML lines appended to [[listeners]]
+  std::string extra_top;              // raw TOML lines at the top
+  std::string render() const;
+};
+
+// tlsgate (TLSGATE_BIN) started with a config and its listener port read back.
+// The child runs with ASAN_OPTIONS=detect_leaks=1:abort_on_error=0; stop()
+// adds a test failure if its stderr holds a sanitizer report or if it does not
+// exit with status 0 on SIGTERM.
+class Gateway {
+ public:
+  Gateway(const std::filesystem::path& dir, const GatewayConfig& cfg);
+  ~Gateway();
+  const Endpoint& endpoint() const { return endpoint_; }
+  std::string target() const { return endpoint_.address(); }
+  Process& process() { return *proc_; }
+  bool started() const { return started_; }
+  // Stop (TERM then KILL) and check exit status and sanitizer output.
+  void stop();
+  std::filesystem::path config_path() const { return config_path_; }
+
+ private:
+  std::filesystem::path config_path_;
+  std::unique_ptr<Process> proc_;
+  Endpoint endpoint_;
+  bool started_ = false;
+  bool stopped_ = false;
+};
+
+// The environment every tlsgate child gets (sanitizer settings).
+std::map<std::string, std::string> gateway_env();
+
+// The first "listening on HOST:PORT" in text (HOST may be "[::1]"); with
+// first_line, only if text starts with it and the line is complete.
+std::optional<Endpoint> find_listening(const std::string& text, bool first_line = false);
+
+// gRPC channels. Each call makes a new channel with a local subchannel pool,
+// so two channels never share a connection. Message size limits 16 MiB.
+std::shared_ptr<grpc::Channel> tls_channel(const std::string& target,
+                                           const grpc::ChannelArguments* extra = nullptr);
+std::shared_ptr<grpc::Channel> h2c_channel(const std::string& target);
+// Waits until the channel is connected; false on timeout.
+bool wait_connected(const std::shared_ptr<grpc::Channel>& ch, Ms timeout);
+
+// A client context with a deadline.
+std::unique_ptr<grpc::ClientContext> context(Ms timeout = 10s);
+
+std::string status_str(const grpc::Status& st);
+
+// One unary call "ping" through `target` over TLS; OK and echoed, or a
+// description of what went wrong ("" on success).
+std::string unary_check(const std::string& target, Ms timeout = 10s);
+
+// Raw TCP helpers for bad-input tests.
+int tcp_connect(const std::string& host, int port, Ms timeout);
+// Reads until EOF/reset or timeout. Returns true if the peer closed (EOF or
+// ECONNRESET) within the timeout; `elapsed` is the time it took.
+bool wait_peer_close(int fd, Ms timeout, Ms* elapsed, std::string* received = nullptr);
+bool send_all(int fd, const std::string& data);
+// A port on 127.0.0.1 with nothing listening (bound, then closed).
+int closed_port();
+
+// A real TLS ClientHello record (as sent by `openssl s_client`, SNI localhost,
+// ALPN h2), captured once per test binary.
+const std::string& client_hello();
+
+}  // namespace tlsgate::itest

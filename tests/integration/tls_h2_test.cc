@@ -1,0 +1,553 @@
+// gRPC over TLS + HTTP/2 through a real tlsgate to a real grpc++ backend.
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "fixtures.hh"
+
+namespace tlsgate::itest {
+namespace {
+
+class TlsH2 : public GatewayTest {};
+
+std::string md_value(const std::multimap<grpc::string_ref, grpc::string_ref>& md, const std::string& key) {
+  auto it = md.find(key);
+  if (it == md.end()) return "<absent>";
+  return std::string(it->second.data(), it->second.size());
+}
+
+// Established server-side TCP connections on 127.0.0.1:port (from /proc/net/tcp).
+int established_on(int port) {
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  std::getline(in, line);  // header
+  int n = 0;
+  char want[16];
+  std::snprintf(want, sizeof want, ":%04X", port);
+  while (std::getline(in, line)) {
+    std::istringstream s(line);
+    std::string sl, local, remote, state;
+    s >> sl >> local >> remote >> state;
+    if (state == "01" && local.size() > 5 && local.substr(local.size() - 5) == want) ++n;
+  }
+  return n;
+}
+
+TEST_F(TlsH2, GrpcUnary) {
+  auto ctx = context();
+  EchoRequest req;
+  EchoReply reply;
+  req.set_payload("hello through the gateway");
+  auto st = stub()->Unary(ctx.get(), req, &reply);
+  ASSERT_TRUE(st.ok()) << status_str(st);
+  EXPECT_EQ(reply.payload(), "hello through the gateway");
+  EXPECT_EQ(reply.server_id(), "echo");
+
+  StatsReply s;
+  ASSERT_TRUE(echo_->stats(&s).ok());
+  EXPECT_EQ(calls_of(s, "Unary"), 1u);
+  EXPECT_EQ(s.bytes_received(), req.payload().size());
+}
+
+TEST_F(TlsH2, GrpcServerStream1000) {
+  auto ctx = context(60s);
+  EchoRequest req;
+  req.set_payload("server-stream");
+  req.set_response_count(1000);
+  auto reader = stub()->ServerStream(ctx.get(), req);
+  EchoReply r;
+  uint64_t n = 0;
+  while (reader->Read(&r)) {
+    if (r.sequence() != n || r.payload() != "server-stream") {
+      ADD_FAILURE() << "reply " << n << ": sequence " << r.sequence() << " payload \"" << r.payload() << "\"";
+      break;
+    }
+    ++n;
+  }
+  auto st = reader->Finish();
+  ASSERT_TRUE(st.ok()) << status_str(st);
+  EXPECT_EQ(n, 1000u);
+}
+
+TEST_F(TlsH2, GrpcClientStream1000) {
+  auto ctx = context(60s);
+  EchoReply reply;
+  auto writer = stub()->ClientStream(ctx.get(), &reply);
+  std::string all;
+  for (int i = 0; i < 1000; ++i) {
+    EchoRequest req;
+    req.set_payload("client-" + std::to_string(i) + ";");
+    all += req.payload();
+    ASSERT_TRUE(writer->Write(req)) << "write " << i << " failed";
+  }
+  ASSERT_TRUE(writer->WritesDone());
+  auto st = writer->Finish();
+  ASSERT_TRUE(st.ok()) << status_str(st);
+  EXPECT_EQ(reply.message_count(), 1000u);
+  EXPECT_EQ(reply.payload(), all);
+
+  StatsReply s;
+  ASSERT_TRUE(echo_->stats(&s).ok());
+  EXPECT_EQ(s.messages_received(), 1000u);
+  EXPECT_EQ(s.bytes_received(), all.size());
+}
+
+TEST_F(TlsH2, GrpcBidi1000) {
+  auto ctx = context(60s);
+  auto stream = stub()->Bidi(ctx.get());
+  // Writes and reads run concurrently, so flow control in both directions
+  // is exercised rather than strict ping-pong.
+  std::thread writer([&] {
+    for (int i = 0; i < 1000; ++i) {
+      EchoRequest req;
+      req.set_payload("bidi-" + std::to_string(i));
+      if (!stream->Write(req)) return;
+    }
+    stream->WritesDone();
+  });
+  EchoReply r;
+  uint64_t n = 0;
+  while (stream->Read(&r)) {
+    if (r.sequence() != n || r.payload() != "bidi-" + std::to_string(n)) {
+      ADD_FAILURE() << "reply " << n << ": sequence " << r.sequence() << " payload \"" << r.payload() << "\"";
+      ctx->TryCancel();
+      break;
+    }
+    ++n;
+  }
+  writer.join();
+  auto st = stream->Finish();
+  ASSERT_TRUE(st.ok()) << status_str(st);
+  EXPECT_EQ(n, 1000u);
+}
+
+TEST_F(TlsH2, GrpcLargeMessages4MiB) {
+  constexpr size_t kSize = 4 << 20;
+  auto s = stub();
+  {
+    SCOPED_TRACE("unary, 4 MiB each way");
+    auto ctx = context(60s);
+    EchoRequest req;
+    EchoReply reply;
+    req.set_payload(pattern(kSize, 1));
+    auto st = s->Unary(ctx.get(), req, &reply);
+    ASSERT_TRUE(st.ok()) << status_str(st);
+    EXPECT_EQ(reply.payload().size(), kSize);
+    EXPECT_TRUE(reply.payload() == req.payload()) << "4 MiB echo differs";
+  }
+  {
+    SCOPED_TRACE("server stream, 3 x 4 MiB down");
+    auto ctx = context(60s);
+    EchoRequest req;
+    req.set_response_size(kSize);
+    req.set_response_count(3);
+    auto reader = s->ServerStream(ctx.get(), req);
+    EchoReply r;
+    int n = 0;
+    while (reader->Read(&r)) {
+      EXPECT_EQ(r.payload().size(), kSize);
+      ++n;
+    }
+    auto st = reader->Finish();
+    ASSERT_TRUE(st.ok()) << status_str(st);
+    EXPECT_EQ(n, 3);
+  }
+  {
+    SCOPED_TRACE("client stream, 3 x 4 MiB up");
+    auto ctx = context(60s);
+    EchoReply reply;
+    auto writer = s->ClientStream(ctx.get(), &reply);
+    for (unsigned i = 0; i < 3; ++i) {
+      EchoRequest req;
+      req.set_payload(pattern(kSize, 10 + i));
+      if (i == 0) req.set_response_size(16);
+      ASSERT_TRUE(writer->Write(req));
+    }
+    ASSERT_TRUE(writer->WritesDone());
+    auto st = writer->Finish();
+    ASSERT_TRUE(st.ok()) << status_str(st);
+    EXPECT_EQ(reply.message_count(), 3u);
+  }
+  {
+    SCOPED_TRACE("bidi, 3 x 4 MiB each way");
+    auto ctx = context(60s);
+    auto stream = s->Bidi(ctx.get());
+    for (unsigned i = 0; i < 3; ++i) {
+      EchoRequest req;
+      req.set_payload(pattern(kSize, 20 + i));
+      ASSERT_TRUE(stream->Write(req));
+      EchoReply r;
+      ASSERT_TRUE(stream->Read(&r));
+      EXPECT_TRUE(r.payload() == req.payload()) << "bidi echo " << i << " differs";
+    }
+    stream->WritesDone();
+    auto st = stream->Finish();
+    ASSERT_TRUE(st.ok()) << status_str(st);
+  }
+  StatsReply st;
+  ASSERT_TRUE(echo_->stats(&st).ok());
+  EXPECT_EQ(st.bytes_received(), 7 * kSize);
+}
+
+TEST_F(TlsH2, Grpc1000ConcurrentStreamsOneConnection) {
+  constexpr int kCalls = 1000;
+  auto ch = tls_channel(gw_->target());
+  ASSERT_TRUE(wait_connected(ch, 10s)) << "channel did not connect";
+  auto s = Echo::NewStub(ch);
+  struct Call {
+    grpc::ClientContext ctx;
+    EchoReply reply;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<EchoReply>> rpc;
+  };
+  grpc::CompletionQueue cq;
+  std::vector<std::unique_ptr<Call>> calls;
+  auto deadline = std::chrono::system_clock::now() + 120s;
+  for (int i = 0; i < kCalls; ++i) {
+    auto c = std::make_unique<Call>();
+    c->ctx.set_deadline(deadline);
+    EchoRequest req;
+    req.set_payload("call-" + std::to_string(i));
+    req.set_delay_ms(100);  // keep the streams open at the same time
+    c->rpc = s->AsyncUnary(&c->ctx, req, &cq);
+    c->rpc->Finish(&c->reply, &c->status, reinterpret_cast<void*>(static_cast<intptr_t>(i)));
+    calls.push_back(std::move(c));
+  }
+  int done = 0;
+  std::set<intptr_t> seen;
+  while (done < kCalls) {
+    void* tag = nullptr;
+    bool ok = false;
+    auto r = cq.AsyncNext(&tag, &ok, std::chrono::system_clock::now() + 130s);
+    ASSERT_EQ(r, grpc::CompletionQueue::GOT_EVENT) << "completion queue timed out after " << done << " calls";
+    seen.insert(reinterpret_cast<intptr_t>(tag));
+    ++done;
+  }
+  int failed = 0;
+  std::string first_failure;
+  for (int i = 0; i < kCalls; ++i) {
+    const auto& c = *calls[i];
+    if (!c.status.ok() || c.reply.payload() != "call-" + std::to_string(i)) {
+      if (failed++ == 0) first_failure = "call " + std::to_string(i) + ": " + status_str(c.status);
+    }
+  }
+  EXPECT_EQ(failed, 0) << "first: " << first_failure;
+  EXPECT_EQ(seen.size(), static_cast<size_t>(kCalls));
+  EXPECT_LE(established_on(gw_->endpoint().port), 1) << "expected one client connection";
+  cq.Shutdown();
+  void* tag;
+  bool ok;
+  while (cq.Next(&tag, &ok)) {
+  }
+  StatsReply st;
+  ASSERT_TRUE(echo_->stats(&st).ok());
+  EXPECT_EQ(calls_of(st, "Unary"), static_cast<uint64_t>(kCalls));
+  std::cout << "[ info ] backend saw at most " << st.max_active() << " concurrent calls\n";
+  RecordProperty("backend_max_active", static_cast<int>(st.max_active()));
+}
+
+TEST_F(TlsH2, Grpc100ClientConnections) {
+  constexpr int kConns = 100;
+  constexpr int kRounds = 3;
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  std::vector<std::unique_ptr<Echo::Stub>> stubs;
+  for (int i = 0; i < kConns; ++i) {
+    channels.push_back(tls_channel(gw_->target()));
+    stubs.push_back(Echo::NewStub(channels.back()));
+  }
+  for (int round = 0; round < kRounds; ++round) {
+    struct Call {
+      grpc::ClientContext ctx;
+      EchoReply reply;
+      grpc::Status status;
+      std::unique_ptr<grpc::ClientAsyncResponseReader<EchoReply>> rpc;
+    };
+    grpc::CompletionQueue cq;
+    std::vector<std::unique_ptr<Call>> calls;
+    auto deadline = std::chrono::system_clock::now() + 60s;
+    for (int i = 0; i < kConns; ++i) {
+      auto c = std::make_unique<Call>();
+      c->ctx.set_deadline(deadline);
+      EchoRequest req;
+      req.set_payload("conn-" + std::to_string(i) + "-round-" + std::to_string(round));
+      c->rpc = stubs[i]->AsyncUnary(&c->ctx, req, &cq);
+      c->rpc->Finish(&c->reply, &c->status, c.get());
+      calls.push_back(std::move(c));
+    }
+    for (int done = 0; done < kConns; ++done) {
+      void* tag = nullptr;
+      bool ok = false;
+      auto r = cq.AsyncNext(&tag, &ok, std::chrono::system_clock::now() + 70s);
+      ASSERT_EQ(r, grpc::CompletionQueue::GOT_EVENT) << "round " << round << ": timed out after " << done;
+    }
+    int failed = 0;
+    std::string first;
+    for (int i = 0; i < kConns; ++i) {
+      const auto& c = *calls[i];
+      auto want = "conn-" + std::to_string(i) + "-round-" + std::to_string(round);
+      if (!c.status.ok() || c.reply.payload() != want)
+        if (failed++ == 0) first = "connection " + std::to_string(i) + ": " + status_str(c.status);
+    }
+    EXPECT_EQ(failed, 0) << "round " << round << ", first: " << first;
+    cq.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq.Next(&tag, &ok)) {
+    }
+    if (round == 0) {
+      // The channels really are separate connections, all open at once.
+      EXPECT_GE(established_on(gw_->endpoint().port), kConns);
+    }
+  }
+  StatsReply st;
+  ASSERT_TRUE(echo_->stats(&st).ok());
+  EXPECT_EQ(calls_of(st, "Unary"), static_cast<uint64_t>(kConns * kRounds));
+}
+
+TEST_F(TlsH2, GrpcClientCancelDelayedUnary) {
+  auto ctx = context(30s);
+  EchoRequest req;
+  EchoReply reply;
+  req.set_delay_ms(20000);
+  std::thread canceller([&] {
+    // Cancel once the backend is really inside the call.
+    StatsReply s;
+    poll_stats([](const StatsReply& x) { return x.active() == 1; }, 10s, &s);
+    ctx->TryCancel();
+  });
+  auto start = Clock::now();
+  auto st = stub()->Unary(ctx.get(), req, &reply);
+  canceller.join();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::CANCELLED) << status_str(st);
+  EXPECT_LT(Clock::now() - start, 15s);
+
+  StatsReply s;
+  bool seen = poll_stats([](const StatsReply& x) { return x.cancelled() >= 1 && x.active() == 0; }, 5s, &s);
+  EXPECT_TRUE(seen) << "backend did not see the cancel within 5 s: cancelled=" << s.cancelled()
+                    << " active=" << s.active() << " Unary calls=" << calls_of(s, "Unary");
+  EXPECT_EQ(calls_of(s, "Unary"), 1u);
+}
+
+TEST_F(TlsH2, GrpcClientCancelMidServerStream) {
+  auto ctx = context(60s);
+  EchoRequest req;
+  req.set_payload("tick");
+  req.set_response_count(1000);
+  req.set_interval_ms(50);
+  auto reader = stub()->ServerStream(ctx.get(), req);
+  EchoReply r;
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(reader->Read(&r)) << "read " << i;
+  ctx->TryCancel();
+  while (reader->Read(&r)) {
+  }
+  auto st = reader->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::CANCELLED) << status_str(st);
+
+  StatsReply s;
+  bool seen = poll_stats([](const StatsReply& x) { return x.cancelled() >= 1 && x.active() == 0; }, 5s, &s);
+  EXPECT_TRUE(seen) << "backend did not see the cancel within 5 s: cancelled=" << s.cancelled()
+                    << " active=" << s.active() << " ServerStream calls=" << calls_of(s, "ServerStream");
+}
+
+TEST_F(TlsH2, GrpcBackendKilledMidStream) {
+  auto ctx = context(60s);
+  EchoRequest req;
+  req.set_payload("tick");
+  req.set_response_count(1000);
+  req.set_interval_ms(100);
+  auto reader = stub()->ServerStream(ctx.get(), req);
+  EchoReply r;
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(reader->Read(&r)) << "read " << i;
+  echo_->process().kill();
+  auto start = Clock::now();
+  int more = 0;
+  while (reader->Read(&r)) ++more;
+  auto st = reader->Finish();
+  auto took = Clock::now() - start;
+  EXPECT_LE(more, 2) << "replies kept coming after the backend died";
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << status_str(st);
+  EXPECT_LT(took, 5s) << "took " << std::chrono::duration_cast<Ms>(took).count() << " ms";
+  std::cout << "[ info ] client saw the end " << std::chrono::duration_cast<Ms>(took).count()
+            << " ms after SIGKILL: " << status_str(st) << "\n";
+}
+
+class TlsH2BackendDown : public GatewayTest {
+ protected:
+  void configure(GatewayConfig& cfg) override {
+    cfg.endpoints = {"127.0.0.1:" + std::to_string(closed_port())};
+  }
+};
+
+TEST_F(TlsH2BackendDown, GrpcUnaryUnavailable) {
+  for (int i = 0; i < 2; ++i) {
+    auto ctx = context(20s);
+    EchoRequest req;
+    EchoReply reply;
+    req.set_payload("anyone?");
+    auto start = Clock::now();
+    auto st = stub()->Unary(ctx.get(), req, &reply);
+    auto took = Clock::now() - start;
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << "call " << i << ": " << status_str(st);
+    EXPECT_FALSE(st.error_message().empty()) << "UNAVAILABLE without a message";
+    EXPECT_LT(took, 5s) << "call " << i << " took " << std::chrono::duration_cast<Ms>(took).count() << " ms";
+    std::cout << "[ info ] call " << i << ": " << status_str(st) << "\n";
+  }
+}
+
+TEST_F(TlsH2, GrpcStatusAndTrailersPassThrough) {
+  auto s = stub();
+  const std::string message = "thing not found: 100% sure, ü";
+  {
+    SCOPED_TRACE("unary error with headers and trailers");
+    auto ctx = context();
+    EchoRequest req;
+    EchoReply reply;
+    req.set_status_code(5);
+    req.set_status_message(message);
+    (*req.mutable_headers())["x-header-one"] = "h1";
+    (*req.mutable_trailers())["x-trailer-one"] = "alpha";
+    (*req.mutable_trailers())["x-trailer-two"] = "beta gamma";
+    (*req.mutable_trailers())["x-blob-bin"] = std::string("\x01\x02\x03 blob", 8);
+    auto st = s->Unary(ctx.get(), req, &reply);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << status_str(st);
+    EXPECT_EQ(st.error_message(), message);
+    EXPECT_EQ(md_value(ctx->GetServerInitialMetadata(), "x-header-one"), "h1");
+    const auto& tr = ctx->GetServerTrailingMetadata();
+    EXPECT_EQ(md_value(tr, "x-trailer-one"), "alpha");
+    EXPECT_EQ(md_value(tr, "x-trailer-two"), "beta gamma");
+    EXPECT_EQ(md_value(tr, "x-blob-bin"), std::string("\x01\x02\x03 blob", 8));
+  }
+  {
+    SCOPED_TRACE("trailers-only error");
+    auto ctx = context();
+    EchoRequest req;
+    EchoReply reply;
+    req.set_status_code(7);
+    req.set_status_message("go away");
+    (*req.mutable_trailers())["x-reason"] = "policy";
+    auto st = s->Unary(ctx.get(), req, &reply);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << status_str(st);
+    EXPECT_EQ(st.error_message(), "go away");
+    EXPECT_EQ(md_value(ctx->GetServerTrailingMetadata(), "x-reason"), "policy");
+  }
+  {
+    SCOPED_TRACE("stream of 3 messages then FAILED_PRECONDITION");
+    auto ctx = context();
+    EchoRequest req;
+    req.set_payload("m");
+    req.set_response_count(3);
+    req.set_status_code(9);
+    req.set_status_message("after three");
+    (*req.mutable_trailers())["x-count"] = "3";
+    auto reader = s->ServerStream(ctx.get(), req);
+    EchoReply r;
+    int n = 0;
+    while (reader->Read(&r)) ++n;
+    auto st = reader->Finish();
+    EXPECT_EQ(n, 3);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status_str(st);
+    EXPECT_EQ(st.error_message(), "after three");
+    EXPECT_EQ(md_value(ctx->GetServerTrailingMetadata(), "x-count"), "3");
+  }
+  {
+    SCOPED_TRACE("OK with trailers");
+    auto ctx = context();
+    EchoRequest req;
+    EchoReply reply;
+    req.set_payload("fine");
+    (*req.mutable_trailers())["x-ok-trailer"] = "yes";
+    auto st = s->Unary(ctx.get(), req, &reply);
+    EXPECT_TRUE(st.ok()) << status_str(st);
+    EXPECT_EQ(reply.payload(), "fine");
+    EXPECT_EQ(md_value(ctx->GetServerTrailingMetadata(), "x-ok-trailer"), "yes");
+  }
+}
+
+TEST_F(TlsH2, GrpcForwardedHeaders) {
+  auto ctx = context();
+  ctx->set_authority("localhost");
+  ctx->AddMetadata("x-client-header", "kept");
+  EchoRequest req;
+  EchoReply reply;
+  req.set_payload("who am i");
+  auto st = stub()->Unary(ctx.get(), req, &reply);
+  ASSERT_TRUE(st.ok()) << status_str(st);
+  StatsReply s;
+  ASSERT_TRUE(echo_->stats(&s).ok());
+  EXPECT_EQ(s.last_x_forwarded_for(), "127.0.0.1");
+  EXPECT_EQ(s.last_x_forwarded_proto(), "https");
+  EXPECT_EQ(s.last_authority(), "localhost");
+  auto it = s.last_metadata().find("x-client-header");
+  EXPECT_TRUE(it != s.last_metadata().end() && it->second == "kept") << "custom request header not forwarded";
+  std::string all;
+  for (const auto& [k, v] : s.last_metadata()) all += "  " + k + ": " + v + "\n";
+  std::cout << "[ info ] backend saw metadata:\n" << all;
+}
+
+// curl over TLS with ALPN h2: the gateway speaks HTTP/2 and relays what the
+// backend (grpc++) answers to a plain GET (see BackendDirect.CurlGetAnswer).
+TEST_F(TlsH2, CurlH2Get) {
+  auto r = run({"/usr/bin/curl", "-k", "-sS", "-v", "-i", "--max-time", "10", "--http2-prior-knowledge",
+                "https://" + gw_->target() + "/"},
+               dir_->path(), 20s);
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << r.status.to_string() << "\n" << r.err;
+  EXPECT_NE(r.err.find("ALPN: server accepted h2"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("> GET / HTTP/2"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.rfind("HTTP/2 200", 0), 0u) << r.out;
+  EXPECT_NE(r.out.find("grpc-status: 2"), std::string::npos) << r.out;
+}
+
+// A gRPC call made by curl (empty EchoRequest), to compare with the oversize
+// header case in BadInput.
+TEST_F(TlsH2, CurlGrpcUnary) {
+  write_file(dir_->path() / "empty.grpc", std::string(5, '\0'));
+  auto r = run(
+      {"/usr/bin/curl", "-k", "-sS", "-i", "--max-time", "10", "--http2-prior-knowledge", "-X", "POST", "-H",
+       "content-type: application/grpc", "-H", "te: trailers", "--data-binary",
+       "@" + (dir_->path() / "empty.grpc").string(), "https://" + gw_->target() + "/tlsgate.test.Echo/Unary"},
+      dir_->path(), 20s);
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << r.status.to_string() << "\n" << r.err;
+  EXPECT_EQ(r.out.rfind("HTTP/2 200", 0), 0u) << r.out;
+  EXPECT_NE(r.out.find("grpc-status: 0"), std::string::npos) << r.out;
+}
+
+// TLS 1.2 (the configured minimum) still negotiates h2 and serves.
+TEST_F(TlsH2, CurlTls12) {
+  auto r = run({"/usr/bin/curl", "-k", "-sS", "-v", "-i", "--max-time", "10", "--tlsv1.2", "--tls-max", "1.2",
+                "--http2", "https://" + gw_->target() + "/"},
+               dir_->path(), 20s);
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << r.status.to_string() << "\n" << r.err;
+  EXPECT_NE(r.err.find("SSL connection using TLSv1.2"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("ALPN: server accepted h2"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.rfind("HTTP/2 200", 0), 0u) << r.out;
+}
+
+// The RSA-2048 certificate from tools/gen-cert works as well as the ECDSA one.
+class TlsH2Rsa : public GatewayTest {
+ protected:
+  void configure(GatewayConfig& cfg) override {
+    cfg.certificate = certs().rsa_crt;
+    cfg.private_key = certs().rsa_key;
+  }
+};
+
+TEST_F(TlsH2Rsa, GrpcUnary) { EXPECT_EQ(unary_check(gw_->target()), ""); }
+
+class TlsHttp1 : public GatewayTest {};
+
+TEST_F(TlsHttp1, CurlGetsUpgradeRequired) {
+  auto r = run({"/usr/bin/curl", "-k", "-sS", "-v", "-i", "--max-time", "10", "--http1.1",
+                "https://" + gw_->target() + "/"},
+               dir_->path(), 20s);
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << r.status.to_string() << "\n" << r.err;
+  EXPECT_NE(r.err.find("ALPN: server accepted http/1.1"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.rfind("HTTP/1.1 426", 0), 0u) << r.out;
+  auto body = r.out.find("\r\n\r\n");
+  ASSERT_NE(body, std::string::npos) << r.out;
+  EXPECT_NE(r.out.substr(body).find("HTTP/2"), std::string::npos) << "body: " << r.out.substr(body);
+  // The gateway still serves gRPC afterwards.
+  EXPECT_EQ(unary_check(gw_->target()), "");
+}
+
+}  // namespace
+}  // namespace tlsgate::itest
