@@ -23,6 +23,7 @@
 
 #include "tlsgate/config.hh"
 #include "tlsgate/io.hh"
+#include "tlsgate/ktls.hh"
 #include "tlsgate/log.hh"
 #include "tlsgate/shard.hh"
 #include "tlsgate/tls.hh"
@@ -100,10 +101,6 @@ Args parse_args(int argc, char** argv) {
 // are refused, never silently ignored.
 void check_supported(const config::Config& cfg) {
   for (const config::Listener& l : cfg.listeners) {
-    if (l.tls.ktls == config::Ktls::On)
-      config_error(l.tls.ktls_origin.to_string() +
-                   ": ktls = \"on\" requires kernel TLS offload, which this build does not implement yet; "
-                   "use \"auto\" or \"off\"");
     if (l.proxy_protocol != config::ProxyProtocol::Off)
       config_error(cfg.path + ": listeners." + l.name +
                    ".proxy_protocol: the PROXY protocol is not implemented yet; use \"off\"");
@@ -112,6 +109,19 @@ void check_supported(const config::Config& cfg) {
     if (c.lb != config::LbPolicy::RoundRobin)
       config_error(cfg.path + ": clusters." + c.name +
                    ".lb: \"p2c\" is not implemented yet; use \"round_robin\"");
+}
+
+// ktls = "on" refuses to start without kernel TLS; "auto" says what it found.
+tls::KtlsSupport check_ktls(const config::Config& cfg) {
+  bool wanted = false;
+  for (const config::Listener& l : cfg.listeners) wanted = wanted || l.tls.ktls != config::Ktls::Off;
+  if (!wanted) return {};
+  tls::KtlsSupport k = tls::probe_ktls();
+  for (const config::Listener& l : cfg.listeners)
+    if (l.tls.ktls == config::Ktls::On && !k.any())
+      config_error(l.tls.ktls_origin.to_string() + ": ktls = \"on\" but this kernel cannot offload TLS: " +
+                   k.describe() + "; load the module (modprobe tls) or use ktls = \"auto\"");
+  return k;
 }
 
 // Loads every certificate and key once in the main thread, so a bad file is
@@ -185,7 +195,7 @@ struct ShardThread {
   std::string error;
 };
 
-int serve(const config::Config& cfg) {
+int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
   // Signals are taken by the main thread alone (sigwait); shards never see them.
   sigset_t sigs;
   sigemptyset(&sigs);
@@ -197,10 +207,13 @@ int serve(const config::Config& cfg) {
 
   const unsigned n = cfg.workers;
   std::vector<std::vector<int>> fds = bind_listeners(cfg, n);
-  for (const config::Listener& l : cfg.listeners)
-    if (l.tls.ktls == config::Ktls::Auto)
-      LOG_INFO("tls", "listener %s: ktls = auto: kernel TLS offload is not implemented yet, using userspace",
-               l.name.c_str());
+  for (const config::Listener& l : cfg.listeners) {
+    if (l.tls.ktls == config::Ktls::Off)
+      LOG_INFO("tls", "listener %s: ktls = off: record crypto in userspace", l.name.c_str());
+    else
+      LOG_INFO("tls", "listener %s: ktls = %s: %s%s", l.name.c_str(), config::to_string(l.tls.ktls),
+               ktls.describe().c_str(), ktls.any() ? "" : "; record crypto in userspace");
+  }
   if (cfg.admin.enabled)
     LOG_WARN("admin", "[admin] listen = %s: the admin listener is not implemented yet; not listening",
              cfg.admin.listen.text.c_str());
@@ -213,7 +226,7 @@ int serve(const config::Config& cfg) {
     shards[i].thread = std::thread([&, i] {
       pin_to_cpu(i);
       try {
-        shards[i].shard = std::make_unique<shard::Shard>(i, cfg, fds[i]);
+        shards[i].shard = std::make_unique<shard::Shard>(i, cfg, fds[i], ktls);
       } catch (const std::exception& e) {
         shards[i].error = e.what();
       }
@@ -237,8 +250,8 @@ int serve(const config::Config& cfg) {
     }
   }
   if (ok) {
-    LOG_INFO("main", "tlsgate %s serving with %u shards (io_uring %s); kernel TLS not used: record crypto in userspace",
-             TLSGATE_VERSION, n, shards[0].shard->ring_features().c_str());
+    LOG_INFO("main", "tlsgate %s serving with %u shards (io_uring %s)", TLSGATE_VERSION, n,
+             shards[0].shard->ring_features().c_str());
     for (;;) {
       int sig = 0;
       if (sigwait(&sigs, &sig) != 0) continue;
@@ -279,13 +292,14 @@ int main(int argc, char** argv) {
   }
   check_supported(cfg);
   check_tls(cfg);
+  tls::KtlsSupport ktls = check_ktls(cfg);
   if (args.check) {
     std::printf("%s: configuration OK (%zu listeners, %zu clusters, %u workers)\n", args.config.c_str(),
                 cfg.listeners.size(), cfg.clusters.size(), cfg.workers);
     return 0;
   }
   try {
-    return serve(cfg);
+    return serve(cfg, ktls);
   } catch (const std::exception& e) {
     LOG_ERROR("main", "%s", e.what());
     return kExitRuntime;

@@ -49,6 +49,9 @@ class Ring {
 
   void prep_accept_multishot(int listen_fd, uint64_t ud);
   void prep_recv_multishot(int fd, uint64_t ud);
+  // One receive into a provided buffer (no more after it): used where the
+  // shard must know that nothing else is read before it acts (kTLS switch).
+  void prep_recv_once(int fd, uint64_t ud);
   void prep_read(int fd, void* buf, unsigned len, uint64_t ud);
   // `msg` and everything it points to must stay valid until the completion.
   void prep_sendmsg(int fd, const msghdr* msg, uint64_t ud);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "tlsgate/config.hh"
+#include "tlsgate/ktls.hh"
 
 namespace tlsgate::shard {
 
@@ -29,6 +30,14 @@ struct Counters {
   uint64_t streams_reset_by_upstream = 0;
   uint64_t header_limit_resets = 0;
   uint64_t tls_userspace = 0;  // connections whose record crypto stays in userspace
+  // kTLS: offloaded connections by [tls 1.2, tls 1.3][aes128gcm, aes256gcm, chacha20].
+  uint64_t ktls_offloaded[2][3] = {};
+  uint64_t ktls_unsupported_cipher = 0;  // kept in userspace: the kernel cannot offload the cipher
+  uint64_t ktls_failed = 0;              // setsockopt refused: kept in userspace
+  uint64_t ktls_close_notify = 0;        // clean closes seen as control records
+  uint64_t ktls_alerts = 0;              // other alerts received
+  uint64_t ktls_key_update_closed = 0;   // KeyUpdate: the kernel cannot rekey; closed cleanly
+  uint64_t ktls_other_records = 0;       // other non-data records (ignored)
   std::string describe() const;
   void add(const Counters& o);
 };
@@ -38,7 +47,7 @@ class Shard {
   // `listen_fds[i]` is this shard's SO_REUSEPORT socket for
   // config.listeners[i]; the shard owns and closes them. Throws on a set-up
   // failure (io_uring refused, TLS context), with a message saying what.
-  Shard(unsigned id, const config::Config& config, std::vector<int> listen_fds);
+  Shard(unsigned id, const config::Config& config, std::vector<int> listen_fds, const tls::KtlsSupport& ktls);
   ~Shard();
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;

@@ -16,6 +16,7 @@
 
 #include "tlsgate/buffer.hh"
 #include "tlsgate/config.hh"
+#include "tlsgate/ktls.hh"
 #include "tlsgate/result.hh"
 
 namespace tlsgate::tls {
@@ -32,7 +33,9 @@ const char* to_string(Alpn a);
 // OpenSSL refused.
 class Context {
  public:
-  explicit Context(const config::TlsSettings& settings);
+  // With `ktls`, sessions record what kernel offload needs (traffic secrets
+  // through the keylog callback, record counts for sequence numbers).
+  explicit Context(const config::TlsSettings& settings, bool ktls = false);
   ~Context();
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
@@ -43,6 +46,20 @@ class Context {
 };
 
 enum class HandshakeState { InProgress, Done, Failed };
+
+// Counts whole TLS records in a byte stream (header + body), for the record
+// sequence numbers kernel TLS must start from.
+struct RecordCounter {
+  uint64_t total = 0;      // complete records
+  uint64_t since_ccs = 0;  // complete records after the last ChangeCipherSpec
+  void feed(const uint8_t* p, size_t n);
+  bool at_boundary() const { return header_len_ == 0 && body_left_ == 0; }
+
+ private:
+  uint8_t header_[5] = {};
+  uint8_t header_len_ = 0;
+  uint32_t body_left_ = 0;
+};
 const char* to_string(HandshakeState s);
 
 class Session {
@@ -72,18 +89,37 @@ class Session {
   // Appends a close_notify alert to `out`.
   void shutdown(ByteQueue& out);
 
+  // kTLS. Bytes received but not yet consumed by OpenSSL (a partial record):
+  // offload must wait until this is 0.
+  size_t pending_input() const { return pending_in_.size(); }
+  // Installs TX and RX keys on `fd` with the exact record sequence numbers.
+  // Preconditions: handshake done, every byte OpenSSL wrote has been sent,
+  // pending_input() == 0, and no receive on `fd` in flight.
+  Offload offload(int fd);
+  KtlsCipher cipher_kind() const;
+  bool is_tls13() const;
+
  private:
   Result<size_t> read_some(uint8_t* buf, size_t cap);
   void begin(std::span<const uint8_t> in, ByteQueue& out);
   void end();
 
   friend struct BioAccess;
+  friend struct KeyLog;
   void* ssl_ = nullptr;  // SSL*
   ByteQueue pending_in_;
   std::span<const uint8_t> in_;
   ByteQueue* out_ = nullptr;
   Alpn alpn_ = Alpn::None;
   bool broken_ = false;  // received bytes were lost (pool exhausted)
+  // kTLS bookkeeping.
+  RecordCounter tx_records_;
+  RecordCounter rx_records_;
+  uint64_t tx_at_final_call_ = 0;  // TLS 1.3: records written before the call that finished
+  uint64_t rx_at_done_ = 0;        // TLS 1.3: records read when the handshake finished
+  uint8_t client_secret_[64] = {};
+  uint8_t server_secret_[64] = {};
+  uint8_t secret_len_ = 0;
   std::string failure_;
 };
 

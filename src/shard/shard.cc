@@ -102,9 +102,12 @@ struct Conn : h2::Owner {
   void wake() override;
 };
 
+enum class KtlsState { Off, Pending, On };
+
 struct DownConn : Conn {
   struct ListenerRt* listener = nullptr;
   DownState state = DownState::Handshake;
+  KtlsState ktls = KtlsState::Off;
   std::unique_ptr<tls::Session> tls;
   std::unique_ptr<h2::DownstreamSession> h2;
   ByteQueue plain;  // nghttp2's output before encryption
@@ -124,6 +127,7 @@ struct ListenerRt {
   int fd = -1;
   uint32_t cluster = 0;
   std::unique_ptr<tls::Context> tls;
+  bool ktls = false;  // try kernel TLS on this listener's connections
   TimerList handshake_timers;
   TimerList idle_timers;
   bool accepting = false;
@@ -200,13 +204,15 @@ struct Loop : h2::Router {
   bool stopping = false;
   uint64_t drain_deadline = 0;
   uint64_t now = 0;
+  tls::KtlsSupport ktls_support;
 
-  Loop(unsigned shard_id, const config::Config& cfg, std::vector<int> fds)
+  Loop(unsigned shard_id, const config::Config& cfg, std::vector<int> fds, const tls::KtlsSupport& ktls)
       : id(shard_id),
         config(cfg),
         ring(kRingEntries, kRecvBuffers, kRecvBufferSize),
         chunks(64),
-        h2ctx(chunks, *this) {
+        h2ctx(chunks, *this),
+        ktls_support(ktls) {
     stop_fd = ::eventfd(0, EFD_CLOEXEC);
     if (stop_fd < 0) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
     for (size_t i = 0; i < cfg.clusters.size(); ++i) {
@@ -226,7 +232,8 @@ struct Loop : h2::Router {
       l.fd = fds.at(i);
       for (size_t c = 0; c < cfg.clusters.size(); ++c)
         if (cfg.clusters[c].name == l.cfg->cluster) l.cluster = static_cast<uint32_t>(c);
-      l.tls = std::make_unique<tls::Context>(l.cfg->tls);
+      l.ktls = l.cfg->tls.ktls != config::Ktls::Off && ktls.any();
+      l.tls = std::make_unique<tls::Context>(l.cfg->tls, l.ktls);
       l.handshake_timers.set_duration(static_cast<uint64_t>(l.cfg->handshake_timeout.count()));
       l.idle_timers.set_duration(static_cast<uint64_t>(l.cfg->idle_timeout.count()));
     }
@@ -346,14 +353,16 @@ struct Loop : h2::Router {
     char ip[64];
     d->client_ip = io::peer_ip(d->fd, ip, sizeof ip) ? ip : "unknown";
     d->tls = std::make_unique<tls::Session>(*l.tls, chunks);
+    d->ktls = l.ktls ? KtlsState::Pending : KtlsState::Off;
     l.handshake_timers.arm(d->timer, now);
-    arm_recv(d, Op::DownRecv);
+    arm_down_recv(d);
     if (!l.accepting) arm_accept(l);
   }
 
-  void arm_recv(Conn* c, Op op) {
+  void arm_recv(Conn* c, Op op, bool once = false) {
     if (c->recv_armed || c->closing) return;
-    ring.prep_recv_multishot(c->fd, pack(op, c->gen, c->slot));
+    if (once) ring.prep_recv_once(c->fd, pack(op, c->gen, c->slot));
+    else ring.prep_recv_multishot(c->fd, pack(op, c->gen, c->slot));
     c->recv_armed = true;
     ++c->inflight;
   }
@@ -378,6 +387,10 @@ struct Loop : h2::Router {
       }
       if (c.res == -ENOBUFS) {  // buffer ring ran dry: read again next turn
         mark_dirty(d);
+        return;
+      }
+      if (c.res == -EIO && d->ktls == KtlsState::On) {  // a non-data record: read it with recvmsg
+        on_ktls_control(d);
         return;
       }
       close_down(d, c.res == 0 ? "peer closed" : std::strerror(-c.res));
@@ -410,14 +423,22 @@ struct Loop : h2::Router {
       return;
     }
     ++counters.handshakes;
-    ++counters.tls_userspace;
     TimerList::disarm(d->timer);
     d->listener->idle_timers.arm(d->timer, now);
     LOG_DEBUG("tls", "%u: %s %s alpn=%s from %s", id, d->tls->version(), d->tls->cipher(),
               tls::to_string(d->tls->alpn()), d->client_ip.c_str());
+    if (d->ktls == KtlsState::Pending && !kernel_offers(d->tls->cipher_kind())) {
+      d->ktls = KtlsState::Off;
+      ++counters.ktls_unsupported_cipher;
+    }
+    if (d->ktls == KtlsState::Off) ++counters.tls_userspace;
     if (d->tls->alpn() == tls::Alpn::Http11) {
       d->state = DownState::Http1;
       ++counters.http1_rejected;
+      if (d->ktls == KtlsState::Pending) {
+        d->ktls = KtlsState::Off;
+        ++counters.tls_userspace;
+      }
     } else {
       // h2 by ALPN, or no ALPN at all: HTTP/2 with prior knowledge.
       d->state = DownState::H2;
@@ -433,6 +454,14 @@ struct Loop : h2::Router {
 
   void on_h2_bytes(DownConn* d, std::span<const uint8_t> in) {
     d->listener->idle_timers.arm(d->timer, now);
+    if (d->ktls == KtlsState::On) {  // the kernel already decrypted
+      mark_dirty(d);
+      if (!in.empty() && !d->h2->receive(in.data(), in.size())) {
+        ++counters.downstream_protocol_errors;
+        d->close_after_flush = true;
+      }
+      return;
+    }
     bool failed = false;
     Result<void> r = d->tls->read(in, d->out, [&](const uint8_t* p, size_t n) {
       if (!failed && !d->h2->receive(p, n)) failed = true;
@@ -465,7 +494,10 @@ struct Loop : h2::Router {
   }
 
   void flush_down(DownConn* d) {
-    if (d->state == DownState::H2 && d->h2 && d->out.size() < kOutputHighWater) {
+    if (d->ktls == KtlsState::Pending && d->state == DownState::H2) try_offload(d);
+    if (d->ktls == KtlsState::On && d->h2 && d->out.size() < kOutputHighWater) {
+      d->h2->produce(d->out, kProduceBudget);  // the kernel encrypts
+    } else if (d->state == DownState::H2 && d->h2 && d->out.size() < kOutputHighWater) {
       d->h2->produce(d->plain, kProduceBudget);
       while (!d->plain.empty()) {
         iovec v[kSendIovecs];
@@ -495,7 +527,86 @@ struct Loop : h2::Router {
         return;
       }
     }
-    arm_recv(d, Op::DownRecv);
+    arm_down_recv(d);
+  }
+
+  // While a kTLS switch is pending, read one buffer at a time, and only when
+  // OpenSSL still needs bytes (a handshake in progress or a partial record):
+  // everything else stays in the socket for the kernel to decrypt.
+  void arm_down_recv(DownConn* d) {
+    if (d->ktls != KtlsState::Pending) return arm_recv(d, Op::DownRecv);
+    if (d->state == DownState::Handshake || d->tls->pending_input() > 0) arm_recv(d, Op::DownRecv, true);
+  }
+
+  bool kernel_offers(tls::KtlsCipher c) const {
+    switch (c) {
+      case tls::KtlsCipher::Aes128Gcm: return ktls_support.aes128gcm;
+      case tls::KtlsCipher::Aes256Gcm: return ktls_support.aes256gcm;
+      case tls::KtlsCipher::Chacha20Poly1305: return ktls_support.chacha20poly1305;
+      case tls::KtlsCipher::Unknown: return false;
+    }
+    return false;
+  }
+
+  // The switch needs a quiet connection: every record OpenSSL wrote is sent,
+  // no receive is in flight, and OpenSSL holds no partial record.
+  void try_offload(DownConn* d) {
+    if (d->send_inflight || !d->out.empty() || !d->plain.empty() || d->recv_armed || d->tls->pending_input() > 0)
+      return;
+    tls::Offload r = d->tls->offload(d->fd);
+    if (r != tls::Offload::Done) {
+      LOG_DEBUG("tls", "%u: kTLS offload %s for %s %s; staying in userspace", id, tls::to_string(r),
+                d->tls->version(), d->tls->cipher());
+      if (r == tls::Offload::Unsupported) ++counters.ktls_unsupported_cipher;
+      else ++counters.ktls_failed;
+      ++counters.tls_userspace;
+      d->ktls = KtlsState::Off;
+      return;
+    }
+    d->ktls = KtlsState::On;
+    int cipher = static_cast<int>(d->tls->cipher_kind());
+    if (cipher < 3) ++counters.ktls_offloaded[d->tls->is_tls13() ? 1 : 0][cipher];
+    LOG_DEBUG("tls", "%u: kTLS TX+RX on for %s %s", id, d->tls->version(), d->tls->cipher());
+  }
+
+  // A non-data record on a kTLS socket: the receive failed with EIO.
+  void on_ktls_control(DownConn* d) {
+    tls::ControlRecord rec;
+    int rc = tls::read_control_record(d->fd, rec);
+    if (rc == -EAGAIN) {
+      mark_dirty(d);
+      return;
+    }
+    if (rc < 0) {
+      close_down(d, std::strerror(-rc));
+      return;
+    }
+    if (rec.type == 21 && rec.len >= 2) {  // alert
+      if (rec.data[1] == 0) {
+        ++counters.ktls_close_notify;
+        tls::send_alert(d->fd, 1, 0);
+        close_down(d, "close_notify");
+      } else {
+        ++counters.ktls_alerts;
+        LOG_INFO("tls", "%u: alert from %s: level %u description %u", id, d->client_ip.c_str(), rec.data[0],
+                 rec.data[1]);
+        close_down(d, "alert received");
+      }
+      return;
+    }
+    if (rec.type == 22 && rec.len >= 1 && rec.data[0] == 24) {  // KeyUpdate
+      // Kernels before 6.13 cannot take new receive keys; a clean close lets
+      // the client reconnect instead of failing on records we cannot read.
+      ++counters.ktls_key_update_closed;
+      LOG_INFO("tls", "%u: KeyUpdate from %s: kernel TLS cannot rekey; closing", id, d->client_ip.c_str());
+      if (d->h2) d->h2->shutdown();
+      d->close_after_flush = true;
+      mark_dirty(d);
+      return;
+    }
+    ++counters.ktls_other_records;
+    LOG_DEBUG("tls", "%u: ignored record type %u from %s", id, rec.type, d->client_ip.c_str());
+    mark_dirty(d);  // re-arms the receive
   }
 
   void close_down(DownConn* d, const char* why) {
@@ -820,7 +931,19 @@ std::string Counters::describe() const {
                 downstream_protocol_errors, tls_userspace, upstream_connects, upstream_connect_failures, upstream_lost,
                 streams_forwarded, streams_unavailable, streams_reset_by_client, streams_reset_by_upstream,
                 header_limit_resets);
-  return buf;
+  std::string s = buf;
+  static const char* versions[2] = {"tls1.2", "tls1.3"};
+  for (int v = 0; v < 2; ++v)
+    for (int c = 0; c < 3; ++c)
+      if (ktls_offloaded[v][c] > 0)
+        s += std::string(" ktls_") + versions[v] + "_" + tls::to_string(static_cast<tls::KtlsCipher>(c)) + "=" +
+             std::to_string(ktls_offloaded[v][c]);
+  std::snprintf(buf, sizeof buf,
+                " ktls_unsupported_cipher=%lu ktls_failed=%lu ktls_close_notify=%lu ktls_alerts=%lu "
+                "ktls_key_update_closed=%lu ktls_other_records=%lu",
+                ktls_unsupported_cipher, ktls_failed, ktls_close_notify, ktls_alerts, ktls_key_update_closed,
+                ktls_other_records);
+  return s + buf;
 }
 
 void Counters::add(const Counters& o) {
@@ -840,10 +963,18 @@ void Counters::add(const Counters& o) {
   streams_reset_by_upstream += o.streams_reset_by_upstream;
   header_limit_resets += o.header_limit_resets;
   tls_userspace += o.tls_userspace;
+  for (int v = 0; v < 2; ++v)
+    for (int c = 0; c < 3; ++c) ktls_offloaded[v][c] += o.ktls_offloaded[v][c];
+  ktls_unsupported_cipher += o.ktls_unsupported_cipher;
+  ktls_failed += o.ktls_failed;
+  ktls_close_notify += o.ktls_close_notify;
+  ktls_alerts += o.ktls_alerts;
+  ktls_key_update_closed += o.ktls_key_update_closed;
+  ktls_other_records += o.ktls_other_records;
 }
 
-Shard::Shard(unsigned id, const config::Config& config, std::vector<int> listen_fds)
-    : impl_(std::make_unique<Impl>(id, config, std::move(listen_fds))) {}
+Shard::Shard(unsigned id, const config::Config& config, std::vector<int> listen_fds, const tls::KtlsSupport& ktls)
+    : impl_(std::make_unique<Impl>(id, config, std::move(listen_fds), ktls)) {}
 
 Shard::~Shard() = default;
 

@@ -1,5 +1,7 @@
 #include "tlsgate/tls.hh"
 
+#include "internal.hh"
+
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
@@ -72,6 +74,7 @@ struct BioAccess {
       BIO_set_retry_read(bio);
       return -1;
     }
+    s->rx_records_.feed(reinterpret_cast<const uint8_t*>(out), got);
     return static_cast<int>(got);
   }
   static int write(BIO* bio, const char* data, int len) {
@@ -81,6 +84,7 @@ struct BioAccess {
       BIO_set_retry_write(bio);
       return -1;
     }
+    s->tx_records_.feed(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len));
     return len;
   }
 };
@@ -139,7 +143,7 @@ const char* to_string(HandshakeState s) {
   return "?";
 }
 
-Context::Context(const config::TlsSettings& settings) {
+Context::Context(const config::TlsSettings& settings, bool ktls) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) throw std::runtime_error("SSL_CTX_new: " + openssl_error_text());
   std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> owner(ctx, &SSL_CTX_free);  // a throw below frees it
@@ -167,6 +171,7 @@ Context::Context(const config::TlsSettings& settings) {
   }
   SSL_CTX_set_app_data(ctx, wire);
   SSL_CTX_set_alpn_select_cb(ctx, alpn_select, wire);
+  if (ktls) install_keylog(ctx);
   ctx_ = owner.release();
 }
 
@@ -183,6 +188,7 @@ Session::Session(Context& ctx, ChunkPool& pool) : pending_in_(&pool) {
   BIO_set_data(bio, this);
   SSL_set_bio(ssl, bio, bio);
   SSL_set_accept_state(ssl);
+  SSL_set_app_data(ssl, this);
   ssl_ = ssl;
 }
 
@@ -212,6 +218,7 @@ HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
   }
   begin(in, out);
   SSL* ssl = static_cast<SSL*>(ssl_);
+  tx_at_final_call_ = tx_records_.total;
   int rc = SSL_do_handshake(ssl);
   HandshakeState st = HandshakeState::Done;
   if (rc != 1) {
@@ -226,6 +233,7 @@ HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
     const unsigned char* proto = nullptr;
     unsigned len = 0;
     SSL_get0_alpn_selected(ssl, &proto, &len);
+    rx_at_done_ = rx_records_.total;
     if (len == 2 && std::memcmp(proto, "h2", 2) == 0) alpn_ = Alpn::H2;
     else if (len == 8 && std::memcmp(proto, "http/1.1", 8) == 0) alpn_ = Alpn::Http11;
     else alpn_ = Alpn::None;
