@@ -26,6 +26,19 @@ KtlsSupport probe_ktls();
 enum class KtlsCipher : uint8_t { Aes128Gcm = 0, Aes256Gcm = 1, Chacha20Poly1305 = 2, Unknown = 3 };
 const char* to_string(KtlsCipher c);
 
+// One direction's record protection, as the kernel gets it.
+struct KtlsKeys {
+  KtlsCipher cipher = KtlsCipher::Unknown;
+  bool tls13 = false;
+  uint8_t key[32] = {};
+  size_t key_len = 0;
+  // TLS 1.3: the 12-byte nonce base. TLS 1.2: the implicit part of the nonce
+  // (4 bytes for AES-GCM, 12 for ChaCha20-Poly1305).
+  uint8_t iv[12] = {};
+  size_t iv_len = 0;
+  uint64_t seq = 0;  // sequence number of the next record
+};
+
 // Result of Session::offload().
 enum class Offload {
   Done,         // TX and RX are in the kernel

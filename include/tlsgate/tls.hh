@@ -96,6 +96,9 @@ class Session {
   // Preconditions: handshake done, every byte OpenSSL wrote has been sent,
   // pending_input() == 0, and no receive on `fd` in flight.
   Offload offload(int fd);
+  // The keys and sequence numbers offload() installs (same preconditions).
+  // Returns Unsupported / Failed like offload(), Done when filled.
+  Offload derive_ktls(KtlsKeys& tx, KtlsKeys& rx) const;
   KtlsCipher cipher_kind() const;
   bool is_tls13() const;
 

@@ -315,7 +315,7 @@ KtlsCipher Session::cipher_kind() const {
 
 bool Session::is_tls13() const { return SSL_version(static_cast<SSL*>(ssl_)) == TLS1_3_VERSION; }
 
-Offload Session::offload(int fd) {
+Offload Session::derive_ktls(KtlsKeys& tx, KtlsKeys& rx) const {
   SSL* ssl = static_cast<SSL*>(ssl_);
   const KtlsCipher kind = cipher_kind();
   const int version = SSL_version(ssl);
@@ -323,41 +323,53 @@ Offload Session::offload(int fd) {
     return Offload::Unsupported;
   if (!pending_in_.empty() || !rx_records_.at_boundary() || !tx_records_.at_boundary()) return Offload::Failed;
   const EVP_MD* md = SSL_CIPHER_get_handshake_digest(SSL_get_current_cipher(ssl));
-  const size_t klen = key_len(kind);
-  uint8_t tx_key[32], rx_key[32], tx_iv[12], rx_iv[12];
-  uint64_t tx_seq, rx_seq;
   const bool tls13 = version == TLS1_3_VERSION;
+  tx = KtlsKeys{};
+  rx = KtlsKeys{};
+  tx.cipher = rx.cipher = kind;
+  tx.tls13 = rx.tls13 = tls13;
+  tx.key_len = rx.key_len = key_len(kind);
   if (tls13) {
     if (secret_len_ == 0) return Offload::Failed;  // keylog not installed
-    if (!expand_label(md, server_secret_, secret_len_, "key", tx_key, klen) ||
-        !expand_label(md, server_secret_, secret_len_, "iv", tx_iv, 12) ||
-        !expand_label(md, client_secret_, secret_len_, "key", rx_key, klen) ||
-        !expand_label(md, client_secret_, secret_len_, "iv", rx_iv, 12))
+    tx.iv_len = rx.iv_len = 12;
+    if (!expand_label(md, server_secret_, secret_len_, "key", tx.key, tx.key_len) ||
+        !expand_label(md, server_secret_, secret_len_, "iv", tx.iv, 12) ||
+        !expand_label(md, client_secret_, secret_len_, "key", rx.key, rx.key_len) ||
+        !expand_label(md, client_secret_, secret_len_, "iv", rx.iv, 12))
       return Offload::Failed;
-    tx_seq = tx_records_.total - tx_at_final_call_;
-    rx_seq = rx_records_.total - rx_at_done_;
-  } else {
-    // key_block = client_key | server_key | client_iv | server_iv (AEAD: no MAC keys)
-    const size_t ivlen = kind == KtlsCipher::Chacha20Poly1305 ? 12 : 4;
-    uint8_t block[2 * 32 + 2 * 12];
-    if (!tls12_key_block(ssl, md, block, 2 * klen + 2 * ivlen)) return Offload::Failed;
-    std::memcpy(rx_key, block, klen);
-    std::memcpy(tx_key, block + klen, klen);
-    std::memcpy(rx_iv, block + 2 * klen, ivlen);
-    std::memcpy(tx_iv, block + 2 * klen + ivlen, ivlen);
-    OPENSSL_cleanse(block, sizeof block);
-    tx_seq = tx_records_.since_ccs;
-    rx_seq = rx_records_.since_ccs;
+    tx.seq = tx_records_.total - tx_at_final_call_;
+    rx.seq = rx_records_.total - rx_at_done_;
+    return Offload::Done;
   }
-  CryptoInfo tx, rx;
-  socklen_t len = fill(tx, kind, tls13, tx_key, tx_iv, tx_seq);
-  fill(rx, kind, tls13, rx_key, rx_iv, rx_seq);
-  OPENSSL_cleanse(tx_key, sizeof tx_key);
-  OPENSSL_cleanse(rx_key, sizeof rx_key);
-  bool ok = ::setsockopt(fd, SOL_TCP, TCP_ULP, "tls", 3) == 0 && ::setsockopt(fd, SOL_TLS, TLS_TX, &tx, len) == 0 &&
-            ::setsockopt(fd, SOL_TLS, TLS_RX, &rx, len) == 0;
+  // key_block = client_key | server_key | client_iv | server_iv (AEAD: no MAC keys)
+  const size_t klen = tx.key_len;
+  const size_t ivlen = kind == KtlsCipher::Chacha20Poly1305 ? 12 : 4;
+  tx.iv_len = rx.iv_len = ivlen;
+  uint8_t block[2 * 32 + 2 * 12];
+  if (!tls12_key_block(ssl, md, block, 2 * klen + 2 * ivlen)) return Offload::Failed;
+  std::memcpy(rx.key, block, klen);
+  std::memcpy(tx.key, block + klen, klen);
+  std::memcpy(rx.iv, block + 2 * klen, ivlen);
+  std::memcpy(tx.iv, block + 2 * klen + ivlen, ivlen);
+  OPENSSL_cleanse(block, sizeof block);
+  tx.seq = tx_records_.since_ccs;
+  rx.seq = rx_records_.since_ccs;
+  return Offload::Done;
+}
+
+Offload Session::offload(int fd) {
+  KtlsKeys tx, rx;
+  Offload r = derive_ktls(tx, rx);
+  if (r != Offload::Done) return r;
+  CryptoInfo txi, rxi;
+  socklen_t len = fill(txi, tx.cipher, tx.tls13, tx.key, tx.iv, tx.seq);
+  fill(rxi, rx.cipher, rx.tls13, rx.key, rx.iv, rx.seq);
   OPENSSL_cleanse(&tx, sizeof tx);
   OPENSSL_cleanse(&rx, sizeof rx);
+  bool ok = ::setsockopt(fd, SOL_TCP, TCP_ULP, "tls", 3) == 0 && ::setsockopt(fd, SOL_TLS, TLS_TX, &txi, len) == 0 &&
+            ::setsockopt(fd, SOL_TLS, TLS_RX, &rxi, len) == 0;
+  OPENSSL_cleanse(&txi, sizeof txi);
+  OPENSSL_cleanse(&rxi, sizeof rxi);
   return ok ? Offload::Done : Offload::Failed;
 }
 
