@@ -102,6 +102,38 @@ TEST_F(BadConfig, ValidConfigPassesCheck) {
   EXPECT_EQ(sanitizer_report(r.err), "");
 }
 
+// Whether this kernel takes TCP_ULP "tls" (the tls module, CONFIG_TLS).
+bool kernel_has_tls() {
+  int l = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof sa;
+  ::bind(l, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  ::listen(l, 1);
+  ::getsockname(l, reinterpret_cast<sockaddr*>(&sa), &len);
+  int c = ::socket(AF_INET, SOCK_STREAM, 0);
+  bool ok = ::connect(c, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 &&
+            ::setsockopt(c, IPPROTO_TCP, 31 /* TCP_ULP */, "tls", 3) == 0;
+  ::close(c);
+  ::close(l);
+  return ok;
+}
+
+// ktls = "on" must not start without kernel TLS; with it, it must.
+TEST_F(BadConfig, KtlsOnNeedsKernelTls) {
+  base_.ktls = "on";
+  auto text = base_.render();
+  if (kernel_has_tls()) {
+    auto path = dir_->path() / "ktls.toml";
+    write_file(path, text);
+    auto r = run({env("TLSGATE_BIN"), "--check-config", path.string()}, dir_->path(), 15s, gateway_env());
+    EXPECT_TRUE(r.status.exited && r.status.code == 0) << "kernel has TLS, yet: " << r.err;
+  } else {
+    check_both(text, {"listeners[0].tls.ktls", line_of(text, "ktls = "), {"modprobe tls"}});
+  }
+}
+
 TEST_F(BadConfig, UnknownKey) {
   base_.extra_listener = "bogus_option = true";
   auto text = base_.render();

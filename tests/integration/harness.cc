@@ -349,8 +349,10 @@ std::string GatewayConfig::render() const {
     << "  certificate = \"" << (certificate.empty() ? certs().server_crt : certificate).string() << "\"\n"
     << "  private_key = \"" << (private_key.empty() ? certs().server_key : private_key).string() << "\"\n"
     << "  alpn = [\"h2\", \"http/1.1\"]\n"
-    << "  min_version = \"1.2\"\n"
-    << "\n[[clusters]]\n"
+    << "  min_version = \"1.2\"\n";
+  const std::string mode = ktls.empty() ? env("TLSGATE_KTLS") : ktls;
+  if (!mode.empty()) s << "  ktls = \"" << mode << "\"\n";
+  s << "\n[[clusters]]\n"
     << "name = \"backend\"\n"
     << "endpoints = [";
   for (size_t i = 0; i < endpoints.size(); ++i) s << (i ? ", " : "") << "\"" << endpoints[i] << "\"";

@@ -158,6 +158,9 @@ struct GatewayConfig {
   std::filesystem::path private_key;  // default: certs().server_key
   std::string extra_listener;         // raw TOML lines appended to [[listeners]]
   std::string extra_top;              // raw TOML lines at the top
+  // listeners.tls.ktls; empty: $TLSGATE_KTLS if set (the VM suite runs every
+  // gateway test with "on"), else the default ("auto").
+  std::string ktls;
   std::string render() const;
 };
 
