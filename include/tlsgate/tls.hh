@@ -89,9 +89,10 @@ class Session {
   // Appends a close_notify alert to `out`.
   void shutdown(ByteQueue& out);
 
-  // kTLS. Bytes received but not yet consumed by OpenSSL (a partial record):
-  // offload must wait until this is 0.
-  size_t pending_input() const { return pending_in_.size(); }
+  // kTLS. Non-zero while received bytes do not end on a record boundary:
+  // bytes OpenSSL has not read yet, or a partial record it holds in its own
+  // buffer (counted as 1). Offload must wait until this is 0.
+  size_t pending_input() const { return pending_in_.size() + (rx_records_.at_boundary() ? 0 : 1); }
   // Installs TX and RX keys on `fd` with the exact record sequence numbers.
   // Preconditions: handshake done, every byte OpenSSL wrote has been sent,
   // pending_input() == 0, and no receive on `fd` in flight.
