@@ -513,6 +513,16 @@ struct Loop : h2::Router {
     }
     start_send(d, Op::DownSend);
     if (d->state == DownState::H2 && d->h2 && d->h2->finished() && d->out.empty() && !d->send_inflight) {
+      // The HTTP/2 session ended (GOAWAY sent, no streams): end TLS cleanly
+      // too, so the client sees close_notify rather than a truncation.
+      if (d->ktls == KtlsState::On) {
+        tls::send_alert(d->fd, 1, 0);
+      } else if (!d->close_after_flush) {
+        d->tls->shutdown(d->out);
+        d->close_after_flush = true;
+        start_send(d, Op::DownSend);
+        return;
+      }
       close_down(d, "session finished");
       return;
     }
