@@ -343,7 +343,11 @@ std::string GatewayConfig::render() const {
     << "name = \"public\"\n"
     << "listen = \"127.0.0.1:0\"\n"
     << "cluster = \"backend\"\n"
-    << "handshake_timeout = \"" << handshake_timeout << "\"\n"
+    << "handshake_timeout = \""
+    << (!handshake_timeout.empty()                 ? handshake_timeout
+        : !env("TLSGATE_HANDSHAKE_TIMEOUT").empty() ? env("TLSGATE_HANDSHAKE_TIMEOUT")
+                                                    : std::string("2s"))
+    << "\"\n"
     << extra_listener << "\n"
     << "  [listeners.tls]\n"
     << "  certificate = \"" << (certificate.empty() ? certs().server_crt : certificate).string() << "\"\n"
