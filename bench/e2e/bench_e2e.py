@@ -25,6 +25,7 @@ Figures (bench/README.md explains each):
 import argparse
 import ctypes
 import datetime
+import json
 import os
 import random
 import re
@@ -54,8 +55,8 @@ LABEL = {"tlsgate": "tlsgate", "nginx": "nginx", "haproxy": "HAProxy", "nghttpx"
 MODES = {
     "quick": dict(reps=3, burst=400, burst_rsa=200, resumed=800, tput_secs=2, lat_secs=2,
                   idle=1000, mem_reps=1, speed_secs=1, ceiling_secs=2, cg_calls=0),
-    "full": dict(reps=5, burst=1500, burst_rsa=600, resumed=3000, tput_secs=5, lat_secs=5,
-                 idle=5000, mem_reps=3, speed_secs=3, ceiling_secs=5, cg_calls=10000),
+    "full": dict(reps=5, burst=1200, burst_rsa=500, resumed=2000, tput_secs=4, lat_secs=4,
+                 idle=5000, mem_reps=2, speed_secs=3, ceiling_secs=4, cg_calls=10000),
 }
 
 
@@ -306,7 +307,16 @@ class Env:
         self.certs = work / "certs"
         self.msg = work / "msg.bin"
         self.backend_port = None
+        self.backend = None
         self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+    def start_backend(self):
+        """The backend every proxy forwards to, on CPU 1 with the load."""
+        if self.backend_port is None:
+            self.backend_port = free_port()
+        self.backend = self.procs.start("fastbackend", [self.fastbackend, "--listen",
+                                                        f"127.0.0.1:{self.backend_port}"], LOAD_CPU)
+        wait_listening(self.backend, [self.backend_port])
 
     def cert(self, kind):
         pre = "server" if kind == "ecdsa" else "rsa-server"
@@ -412,9 +422,17 @@ backend be
     return p
 
 
+class ProxyDied(BenchError):
+    def __init__(self, p, what):
+        rc = p.returncode
+        how = f"was killed by signal {-rc} ({signal.Signals(-rc).name})" if rc < 0 else f"exited with {rc}"
+        super().__init__(f"{p.bench_name} {how} during {what}; its log ends:\n{tail(p.bench_log)}")
+        self.proc = p
+
+
 def check_alive(p, what):
     if p.poll() is not None:
-        raise BenchError(f"{p.bench_name} exited with {p.returncode} during {what}:\n{tail(p.bench_log)}")
+        raise ProxyDied(p, what)
 
 
 # ---------------------------------------------------------------- measurements
@@ -427,7 +445,9 @@ class Bench:
         self.env = env
         self.m = mode
         self.res = {}          # (figure, proxy) -> list of values
-        self.anomalies = []    # text lines
+        self.anomalies = []    # text lines: what went wrong in the proxies
+        self.harness = []      # text lines: what went wrong around them
+        self.inst = {}         # (proxy, kind) -> running instance
         self.info = {}         # misc facts for the notes
 
     def add(self, fig, proxy, value):
@@ -440,6 +460,47 @@ class Bench:
     def anomaly(self, text):
         print(f"  ! {text}", file=sys.stderr)
         self.anomalies.append(text)
+
+    def guarded(self, what, fn, *args):
+        """Runs one measurement; if the backend stopped meanwhile (on this
+        shared machine a stray signal from another process has hit it), its
+        figures are dropped, the backend restarted and the measurement rerun."""
+        for attempt in range(3):
+            snap = {k: len(v) for k, v in self.res.items()}
+            n_anom = len(self.anomalies)
+            try:
+                fn(*args)
+            except ProxyDied as e:
+                # A crash is the most important thing a run can find: report it
+                # in full, start that instance again, and go on.
+                for k in list(self.res):
+                    del self.res[k][snap.get(k, 0):]
+                self.anomaly(f"CRASH: {e}".replace("\n", "\n  "))
+                for key, q in self.inst.items():
+                    if q is e.proc:
+                        self.env.procs.stop(q)
+                        self.inst[key] = start_proxy(self.env, key[0], key[1], free_port(), key[1])
+                continue
+            if self.env.backend.poll() is None:
+                return
+            cause = tail(self.env.backend.bench_log, 1)
+            m = re.search(r"from pid (\d+)", cause)
+            if m:
+                try:
+                    cmd = Path(f"/proc/{m.group(1)}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    cause += f" [pid {m.group(1)} is now: {cmd.strip() or '?'}]"
+                except OSError:
+                    cause += f" [pid {m.group(1)} is gone]"
+            self.harness.append(f"the backend stopped during {what} (exit {self.env.backend.returncode}; "
+                                f"its last words: {cause!r}); that measurement was discarded and rerun")
+            print(f"  ! harness: {self.harness[-1]}", file=sys.stderr)
+            for k in list(self.res):
+                del self.res[k][snap.get(k, 0):]
+            del self.anomalies[n_anom:]
+            self.env.procs.stop(self.env.backend)
+            self.env.start_backend()
+            time.sleep(1.0)  # let the proxies notice and reconnect on the next call
+        raise BenchError(f"the backend kept stopping during {what}")
 
     def url(self, port):
         return f"https://127.0.0.1:{port}{GRPC_PATH}"
@@ -457,8 +518,9 @@ class Bench:
             raise BenchError(f"{proxy} ({kind}): calls through it fail: {out.strip()}")
 
     # -- 1. new connections (h2load) -----------------------------------------
-    def conn_burst(self, proxy, p, kind, n):
+    def conn_burst(self, proxy, kind, n):
         env = self.env
+        p = self.inst[(proxy, kind)]
         c0 = cpu_seconds(p.pid)
         out, client_cpu = run_load(env.procs, "h2load-conn",
                                    ["h2load", "-n", n, "-c", n, "-m", 1, "--tls13-ciphers", CIPHER,
@@ -480,8 +542,9 @@ class Bench:
         self.add(f"conn_{kind}_client_us", proxy, client_cpu / ok * 1e6)
 
     # -- 1c. resumed connections (connload) ------------------------------------
-    def conn_resumed(self, proxy, p, n):
+    def conn_resumed(self, proxy, n):
         env = self.env
+        p = self.inst[(proxy, "ecdsa")]
         marks = {}
 
         def on_line(line, _proc):
@@ -508,7 +571,9 @@ class Bench:
         self.add("resumed_frac", proxy, r["resumed"] / n)
 
     # -- 2. persistent throughput ---------------------------------------------
-    def throughput(self, proxy, p, backend):
+    def throughput(self, proxy):
+        p = self.inst[(proxy, "ecdsa")]
+        backend = self.env.backend
         env = self.env
         secs = self.m["tput_secs"]
         c0, b0 = cpu_seconds(p.pid), cpu_seconds(backend.pid)
@@ -519,7 +584,10 @@ class Bench:
         check_alive(p, "throughput test")
         r = parse_h2load(out)
         ok = r["succeeded"]
-        bad = r["failed"] + r["errored"] + r["timeout"] + (ok - r.get("2xx", 0))
+        # h2load counts a 2xx when the headers arrive and a success when the
+        # stream ends, so at the end of -D a few answers in flight are 2xx
+        # but not yet successes: 2xx >= succeeded is normal.
+        bad = r["failed"] + r["errored"] + r["timeout"] + max(0, ok - r.get("2xx", 0))
         if bad or ok == 0:
             self.anomaly(f"{LABEL[proxy]}: h2load -D {secs} -c 8 -m 32: {ok} succeeded, {r.get('2xx')} 2xx, "
                          f"{r['failed']} failed, {r['errored']} errored, {r['timeout']} timeout")
@@ -532,8 +600,9 @@ class Bench:
         self.add("tput_backend_us", proxy, (b1 - b0) / ok * 1e6)
 
     # -- 3. latency at a fixed rate -------------------------------------------
-    def latency(self, proxy, p, rate):
+    def latency(self, proxy, rate):
         env = self.env
+        p = self.inst[(proxy, "ecdsa")]
         secs = self.m["lat_secs"]
         log = env.work / f"latency-{proxy}.log"
         if log.exists():
@@ -641,7 +710,10 @@ class Bench:
             # each h2load run: what is left is the cost of the extra calls.
             self.add("instr", proxy, (ir_large - ir_small) / (large - small))
         finally:
-            env.procs.stop(p, timeout=30)
+            # Under valgrind 3.19 tlsgate does not act on SIGTERM while its
+            # shard sleeps in io_uring_enter (natively it stops at once), so do
+            # not wait long; the dumps are already written.
+            env.procs.stop(p, timeout=5)
 
 
 # ---------------------------------------------------------------- ceilings
@@ -771,9 +843,33 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
             ratio = f"{r:.2f} ({'better' if better else 'worse'})"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
     lines.append("")
+    la = bench.info.get("loadavg")
+    if la:
+        busy = la[2] > 2.5
+        lines.append(f"Load average of the machine during the run (1 min; min / median / max): "
+                     f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f}" +
+                     (" — **other work shared these 2 cores during the run: raw rates and latencies are "
+                      "depressed and noisy; the per-core-second and per-call CPU figures hold up better**"
+                      if busy else " (quiet)") + ".")
+        lines.append("")
     lines.append("Ratio: tlsgate's figure divided by the best peer's (highest rate, lowest cost); "
                  "for rates above 1 is better, for latency, memory and instructions below 1 is better. "
                  "n/m = not measured.")
+    lines.append("")
+    # spread
+    lines.append("Spread of the runs behind each median, (max − min) / median:")
+    lines.append("")
+    lines.append("| Figure | " + " | ".join(LABEL[p] for p in PROXIES) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * len(PROXIES)) + "|")
+    for key, label, _h, _d, _e in ROWS:
+        key_runs = "tput_us" if key == "tput_core" else key
+        cells = []
+        for proxy in PROXIES:
+            v = [x for x in bench.res.get((key_runs, proxy), []) if x == x]
+            cells.append(f"{(max(v) - min(v)) / statistics.median(v) * 100:.0f}% (n={len(v)})"
+                         if len(v) > 1 and statistics.median(v) else ("1 run" if v else "n/m"))
+        short = re.sub(r"\*\*|\s*\(.*?\)", "", label.format(rate=fmt(rate), idle=fmt(m["idle"])))
+        lines.append(f"| {short} | " + " | ".join(cells) + " |")
     lines.append("")
     # context
     ctx = []
@@ -790,7 +886,7 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
     ctx.append(f"- Latency test: h2load -c 8 -m 32 --rps {rate // 8} for {m['lat_secs']} s "
                f"(achieved {per('lat_rate', '{:,.0f}/s')}).")
     if m["cg_calls"] == 0:
-        ctx.append("- Instructions per call: not measured in --quick mode (callgrind). "
+        ctx.append("- Instructions per call: not measured in this run (--quick skips callgrind). "
                    "`perf stat -e instructions` is not supported on this machine (no hardware counters "
                    "in the VM); the CPU µs per call above is the steady-state CPU figure.")
     else:
@@ -812,6 +908,12 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
             lines.append(f"- {a}")
     else:
         lines.append("No errors, failed calls, non-2xx answers or crashes in any run.")
+    if bench.harness:
+        lines.append("")
+        lines.append("Harness notes (not the proxies' doing):")
+        lines.append("")
+        for h in bench.harness:
+            lines.append(f"- {h}")
     return "\n".join(lines) + "\n"
 
 
@@ -858,8 +960,10 @@ def main():
     ap.add_argument("--reps", type=int, help="repetitions per measurement (default 5, --quick 3)")
     ap.add_argument("--idle", type=int, help="idle connections for the memory figure "
                     "(default 5000, --quick 1000)")
-    ap.add_argument("--rate", type=int, help="calls/s for the latency test (default: half the lowest "
-                    "proxy's measured throughput, rounded down)")
+    ap.add_argument("--rate", type=int, help="calls/s for the latency test (default: 40%% of the "
+                    "slowest throughput run of any proxy, rounded down to a multiple of 800)")
+    ap.add_argument("--callgrind-calls", type=int, help="calls measured under callgrind "
+                    "(default 10000; --quick 0 = not measured)")
     ap.add_argument("--proxies", default=",".join(PROXIES), help="comma-separated subset (tlsgate always)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "e2e" / "results-latest.md"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
@@ -871,6 +975,8 @@ def main():
         mode["reps"] = args.reps
     if args.idle:
         mode["idle"] = args.idle
+    if args.callgrind_calls is not None:
+        mode["cg_calls"] = args.callgrind_calls
     chosen = [p for p in args.proxies.split(",") if p]
     PROXIES = [p for p in ["tlsgate", "nginx", "haproxy", "nghttpx"] if p in chosen or p == "tlsgate"]
 
@@ -893,6 +999,7 @@ def main():
     signal.signal(signal.SIGHUP, on_signal)
 
     started = datetime.datetime.utcnow()
+    loads = []  # 1-minute load average at each step: other work on the machine
     t_start = time.time()
     ok = False
     try:
@@ -908,6 +1015,7 @@ def main():
         env.msg.write_bytes(b"\x00\x00\x00\x00\x07\x0a\x05hello")  # gRPC frame: 7-byte message
 
         def log(msg):
+            loads.append(os.getloadavg()[0])
             print(f"[{time.time() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
         log(f"mode {mode_name}: {mode}; work dir {work}")
@@ -916,13 +1024,10 @@ def main():
         log("backend ceiling (fastbackend alone)")
         ceil_backend = backend_ceiling(env, mode["ceiling_secs"])
 
-        env.backend_port = free_port()
-        backend = procs.start("fastbackend", [env.fastbackend, "--listen", f"127.0.0.1:{env.backend_port}"],
-                              LOAD_CPU)
-        wait_listening(backend, [env.backend_port])
+        env.start_backend()
 
         bench = Bench(env, mode)
-        inst = {}
+        inst = bench.inst
         for proxy in PROXIES:
             for kind in ("ecdsa", "rsa"):
                 inst[(proxy, kind)] = start_proxy(env, proxy, kind, free_port(), kind)
@@ -932,20 +1037,22 @@ def main():
         for rep in range(mode["reps"]):
             for proxy in PROXIES:
                 log(f"run {rep + 1}/{mode['reps']} {proxy}: connections (ECDSA, RSA, resumed), throughput")
-                bench.conn_burst(proxy, inst[(proxy, "ecdsa")], "ecdsa", mode["burst"])
-                bench.conn_burst(proxy, inst[(proxy, "rsa")], "rsa", mode["burst_rsa"])
-                bench.conn_resumed(proxy, inst[(proxy, "ecdsa")], mode["resumed"])
-                bench.throughput(proxy, inst[(proxy, "ecdsa")], backend)
+                bench.guarded(f"{proxy} ECDSA connections", bench.conn_burst, proxy, "ecdsa", mode["burst"])
+                bench.guarded(f"{proxy} RSA connections", bench.conn_burst, proxy, "rsa", mode["burst_rsa"])
+                bench.guarded(f"{proxy} resumed connections", bench.conn_resumed, proxy, mode["resumed"])
+                bench.guarded(f"{proxy} throughput", bench.throughput, proxy)
 
         rate = args.rate
         if not rate:
-            lows = [bench.med("tput", p) for p in PROXIES if bench.med("tput", p)]
-            low = min(lows) / 2 if lows else 1000
+            # 40% of the slowest proxy's slowest run: below saturation for
+            # every proxy even when the machine is slower for a while.
+            lows = [min(bench.res[("tput", p)]) for p in PROXIES if bench.res.get(("tput", p))]
+            low = min(lows) * 0.4 if lows else 1000
             rate = max(800, int(low // 800) * 800)  # a multiple of 8 clients x 100/s
         for rep in range(mode["reps"]):
             for proxy in PROXIES:
                 log(f"run {rep + 1}/{mode['reps']} {proxy}: latency at {rate} calls/s")
-                bench.latency(proxy, inst[(proxy, "ecdsa")], rate)
+                bench.guarded(f"{proxy} latency", bench.latency, proxy, rate)
 
         for (proxy, kind), p in inst.items():
             check_alive(p, "the run")
@@ -954,22 +1061,30 @@ def main():
             for proxy in PROXIES:
                 log(f"run {rep + 1}/{mode['mem_reps']} {proxy}: memory, {mode['idle']} idle connections "
                     f"(fresh proxy)")
-                bench.memory(proxy, mode["idle"])
+                bench.guarded(f"{proxy} memory", bench.memory, proxy, mode["idle"])
 
         if mode["cg_calls"]:
             for proxy in PROXIES:
                 log(f"{proxy}: instructions per call (callgrind)")
                 try:
-                    bench.instructions(proxy, mode["cg_calls"])
+                    bench.guarded(f"{proxy} callgrind", bench.instructions, proxy, mode["cg_calls"])
                 except BenchError as e:
                     bench.anomaly(f"{LABEL[proxy]}: callgrind measurement failed: {e}")
 
+        loads.append(os.getloadavg()[0])
+        bench.info["loadavg"] = (min(loads), statistics.median(loads), max(loads))
         report = build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started, machine_line(),
                               versions_line(env))
         print(report)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(report)
+        raw = {"mode": mode_name, "settings": mode, "started": f"{started:%Y-%m-%dT%H:%M:%SZ}",
+               "machine": machine_line(), "rate": rate, "crypto": ceil_crypto, "backend": ceil_backend,
+               "loadavg_min_median_max": bench.info["loadavg"],
+               "runs": {f"{fig}/{proxy}": vals for (fig, proxy), vals in sorted(bench.res.items())},
+               "anomalies": bench.anomalies, "harness": bench.harness}
+        out.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
         log(f"done in {time.time() - t_start:.0f} s; table written to {out}")
         ok = True
     except BenchError as e:

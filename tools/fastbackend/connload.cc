@@ -14,11 +14,12 @@
 // the answer is :status 200 with grpc-status 0, then GOAWAY + close_notify and
 // close. A finished connection is replaced by a new one until --duration
 // seconds have passed or --connections were started.
-//   --resume: every connection offers a session ticket that an earlier
-//   connection received (TLS 1.3 PSK with (EC)DHE; each ticket used once, the
-//   newest first); the first connection runs alone so that there is a ticket
-//   to offer. The output's resumed= counts the handshakes
-//   the server accepted as resumptions.
+//   --resume: first a warm-up, not counted: C full handshakes (one at first,
+//   until a ticket arrives) that fill a pool of session tickets; then every
+//   measured connection offers a ticket of its own from the pool (TLS 1.3 PSK
+//   with (EC)DHE; OpenSSL clients use a TLS 1.3 ticket once, newest first;
+//   servers send one or two per connection, so the pool does not run dry).
+//   The summary's resumed= counts the handshakes the server resumed.
 //
 // Hold mode: opens N connections (C in flight at a time), makes one call on
 // each, keeps them all open and idle, prints "ready ok=N failed=N" on stdout
@@ -26,10 +27,11 @@
 // --hold-time seconds) and prints the summary.
 //
 // Output on stdout: "start" when the measured part begins (after the
-// --resume warm-up: C full handshakes that fill the ticket pool, not counted),
-// "ready ..." in hold mode, then the summary, one line: connections= ok= failed= grpc_error= resumed=
-// elapsed= rate= (ok connections per second) cipher= group= closed_idle= and,
-// if any failed, first_error="...". Exit 0 if no call failed, 1 otherwise.
+// --resume warm-up), "ready ..." in hold mode, then the summary, one line:
+// connections= ok= failed= grpc_error= resumed= elapsed= rate= (ok
+// connections per second) cipher= group= closed_idle= (held connections the
+// server closed) and, if any failed, first_error="...". Exit 0 if no call
+// failed, 1 otherwise.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>

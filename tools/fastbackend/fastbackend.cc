@@ -11,7 +11,8 @@
 //
 // Prints "listening on HOST:PORT" (the port actually bound; --listen may give
 // port 0) on stderr. SIGTERM / SIGINT stop it; it then prints
-// "fastbackend: connections=N calls=N" on stderr and exits 0.
+// "fastbackend: stopped by signal S from pid P: connections=N calls=N" on
+// stderr and exits 0.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -34,7 +35,13 @@
 namespace {
 
 volatile sig_atomic_t g_stop = 0;
-void on_signal(int) { g_stop = 1; }
+volatile sig_atomic_t g_stop_signal = 0;
+volatile pid_t g_stop_sender = 0;
+void on_signal(int sig, siginfo_t* info, void*) {
+  g_stop = 1;
+  g_stop_signal = sig;
+  g_stop_sender = info != nullptr ? info->si_pid : 0;
+}
 
 uint64_t g_calls = 0;
 uint64_t g_conns = 0;
@@ -231,7 +238,8 @@ int main(int argc, char** argv) {
 
   signal(SIGPIPE, SIG_IGN);
   struct sigaction sact{};
-  sact.sa_handler = on_signal;
+  sact.sa_sigaction = on_signal;
+  sact.sa_flags = SA_SIGINFO;
   sigaction(SIGTERM, &sact, nullptr);
   sigaction(SIGINT, &sact, nullptr);
 
@@ -276,7 +284,8 @@ int main(int argc, char** argv) {
       if (!ok) close_conn(ep, c);
     }
   }
-  std::fprintf(stderr, "fastbackend: connections=%llu calls=%llu\n", static_cast<unsigned long long>(g_conns),
-               static_cast<unsigned long long>(g_calls));
+  std::fprintf(stderr, "fastbackend: stopped by signal %d from pid %d: connections=%llu calls=%llu\n",
+               static_cast<int>(g_stop_signal), static_cast<int>(g_stop_sender),
+               static_cast<unsigned long long>(g_conns), static_cast<unsigned long long>(g_calls));
   return 0;
 }
