@@ -29,6 +29,7 @@
 #include "tlsgate/config.hh"
 #include "tlsgate/ktls.hh"
 #include "tlsgate/tls.hh"
+#include "cert_env.hh"
 
 #ifndef TLSGATE_SOURCE_ROOT
 #error "TLSGATE_SOURCE_ROOT must name the source tree (for tools/gen-cert)"
@@ -36,56 +37,12 @@
 
 namespace tlsgate::tls {
 namespace {
+using namespace tlsgate::tls::tlstest;
 
 using Bytes = std::vector<uint8_t>;
 
 constexpr uint8_t kApplicationData = 23;
 constexpr size_t kTag = 16;
-
-// ------------------------------------------------------------ environment
-
-std::string g_cert_dir;
-
-class CertEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    init_library();
-    char tmpl[] = "/tmp/tlsgate-ktls-test.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    g_cert_dir = tmpl;
-    std::string cmd = "bash '" TLSGATE_SOURCE_ROOT "/tools/gen-cert' '" + g_cert_dir + "' >/dev/null";
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  }
-  void TearDown() override {
-    if (!g_cert_dir.empty()) std::filesystem::remove_all(g_cert_dir);
-  }
-};
-
-const auto* const g_env = ::testing::AddGlobalTestEnvironment(new CertEnvironment);
-
-std::string cert_path(const char* name) { return g_cert_dir + "/" + name; }
-
-config::TlsSettings settings() {
-  config::TlsSettings s;
-  s.certificate = cert_path("server.crt");  // ECDSA P-256 chain
-  s.private_key = cert_path("server.key");
-  s.certificate_origin.file = "gateway.toml";
-  s.certificate_origin.key = "listeners[0].tls.certificate";
-  s.private_key_origin.file = "gateway.toml";
-  s.private_key_origin.key = "listeners[0].tls.private_key";
-  return s;
-}
-
-std::string openssl_errors() {
-  std::string s;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!s.empty()) s += "; ";
-    s += buf;
-  }
-  return s;
-}
 
 std::string hex(const uint8_t* p, size_t n) {
   static const char* d = "0123456789abcdef";

@@ -21,6 +21,7 @@
 
 #include "tlsgate/buffer.hh"
 #include "tlsgate/config.hh"
+#include "cert_env.hh"
 
 #ifndef TLSGATE_SOURCE_ROOT
 #error "TLSGATE_SOURCE_ROOT must name the source tree (for tools/gen-cert)"
@@ -28,49 +29,9 @@
 
 namespace tlsgate::tls {
 namespace {
+using namespace tlsgate::tls::tlstest;
 
 using Bytes = std::vector<uint8_t>;
-
-// ------------------------------------------------------------ environment
-
-std::string g_cert_dir;
-
-class CertEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    init_library();
-    char tmpl[] = "/tmp/tlsgate-tls-test.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    g_cert_dir = tmpl;
-    std::string cmd = "bash '" TLSGATE_SOURCE_ROOT "/tools/gen-cert' '" + g_cert_dir + "' >/dev/null";
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  }
-  void TearDown() override {
-    if (!g_cert_dir.empty()) std::filesystem::remove_all(g_cert_dir);
-  }
-};
-
-const auto* const g_env = ::testing::AddGlobalTestEnvironment(new CertEnvironment);
-
-std::string cert_path(const char* name) { return g_cert_dir + "/" + name; }
-
-config::Origin origin(const char* key, uint32_t line) {
-  config::Origin o;
-  o.file = "gateway.toml";
-  o.key = key;
-  o.line = line;
-  o.column = 15;
-  return o;
-}
-
-config::TlsSettings settings(const char* cert = "server.crt", const char* key = "server.key") {
-  config::TlsSettings s;
-  s.certificate = cert_path(cert);
-  s.private_key = cert_path(key);
-  s.certificate_origin = origin("listeners[0].tls.certificate", 7);
-  s.private_key_origin = origin("listeners[0].tls.private_key", 8);
-  return s;
-}
 
 // ------------------------------------------------------------ test client
 
@@ -78,17 +39,6 @@ struct ClientOptions {
   int max_version = 0;  // 0 = TLS 1.3
   std::vector<std::string> alpn{"h2", "http/1.1"};
 };
-
-std::string openssl_errors() {
-  std::string s;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!s.empty()) s += "; ";
-    s += buf;
-  }
-  return s;
-}
 
 // An OpenSSL client that verifies the server's chain against the test CA and
 // the name "localhost", as a real client would.
