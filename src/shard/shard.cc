@@ -497,7 +497,8 @@ struct Loop : h2::Router {
     if (d->ktls == KtlsState::Pending && d->state == DownState::H2) try_offload(d);
     if (d->ktls == KtlsState::On && d->h2 && d->out.size() < kOutputHighWater) {
       d->h2->produce(d->out, kProduceBudget);  // the kernel encrypts
-    } else if (d->state == DownState::H2 && d->h2 && d->out.size() < kOutputHighWater) {
+    } else if (d->ktls != KtlsState::On && d->state == DownState::H2 && d->h2 &&
+               d->out.size() < kOutputHighWater) {
       d->h2->produce(d->plain, kProduceBudget);
       while (!d->plain.empty()) {
         iovec v[kSendIovecs];
@@ -577,6 +578,9 @@ struct Loop : h2::Router {
     int cipher = static_cast<int>(d->tls->cipher_kind());
     if (cipher < 3) ++counters.ktls_offloaded[d->tls->is_tls13() ? 1 : 0][cipher];
     LOG_DEBUG("tls", "%u: kTLS TX+RX on for %s %s", id, d->tls->version(), d->tls->cipher());
+    // The kernel has the keys now; OpenSSL's objects (several KiB per
+    // connection) have nothing left to do.
+    d->tls.reset();
   }
 
   // A non-data record on a kTLS socket: the receive failed with EIO.
