@@ -126,6 +126,22 @@ union CryptoInfo {
 
 size_t key_len(KtlsCipher c) { return c == KtlsCipher::Aes128Gcm ? 16 : 32; }
 
+// AES-GCM (128 or 256): the kernel structs differ only in the key size.
+// `iv`: TLS 1.3 the 12-byte nonce base (salt = first 4, iv = last 8);
+// TLS 1.2 the 4-byte implicit salt, and the explicit nonce the kernel starts
+// from is the sequence number (any unique value would do).
+template <typename Info>
+socklen_t fill_gcm(Info& info, uint16_t version, uint16_t cipher_type, bool tls13, const uint8_t* key,
+                   const uint8_t* iv, const uint8_t* seqb) {
+  info.info.version = version;
+  info.info.cipher_type = cipher_type;
+  std::memcpy(info.key, key, sizeof info.key);
+  std::memcpy(info.salt, iv, 4);
+  std::memcpy(info.iv, tls13 ? iv + 4 : seqb, 8);
+  std::memcpy(info.rec_seq, seqb, 8);
+  return sizeof info;
+}
+
 // `iv` is the full 12-byte nonce base (TLS 1.3) or the 4-byte implicit part
 // (TLS 1.2 GCM) / 12 bytes (TLS 1.2 ChaCha20).
 socklen_t fill(CryptoInfo& ci, KtlsCipher c, bool tls13, const uint8_t* key, const uint8_t* iv, uint64_t seq) {
@@ -135,23 +151,9 @@ socklen_t fill(CryptoInfo& ci, KtlsCipher c, bool tls13, const uint8_t* key, con
   put_seq(seqb, seq);
   switch (c) {
     case KtlsCipher::Aes128Gcm:
-      ci.aes128.info.version = version;
-      ci.aes128.info.cipher_type = TLS_CIPHER_AES_GCM_128;
-      std::memcpy(ci.aes128.key, key, 16);
-      std::memcpy(ci.aes128.salt, iv, 4);
-      // TLS 1.3: the rest of the nonce base. TLS 1.2: the explicit nonce the
-      // kernel starts from (any unique value; the sequence number is).
-      std::memcpy(ci.aes128.iv, tls13 ? iv + 4 : seqb, 8);
-      std::memcpy(ci.aes128.rec_seq, seqb, 8);
-      return sizeof ci.aes128;
+      return fill_gcm(ci.aes128, version, TLS_CIPHER_AES_GCM_128, tls13, key, iv, seqb);
     case KtlsCipher::Aes256Gcm:
-      ci.aes256.info.version = version;
-      ci.aes256.info.cipher_type = TLS_CIPHER_AES_GCM_256;
-      std::memcpy(ci.aes256.key, key, 32);
-      std::memcpy(ci.aes256.salt, iv, 4);
-      std::memcpy(ci.aes256.iv, tls13 ? iv + 4 : seqb, 8);
-      std::memcpy(ci.aes256.rec_seq, seqb, 8);
-      return sizeof ci.aes256;
+      return fill_gcm(ci.aes256, version, TLS_CIPHER_AES_GCM_256, tls13, key, iv, seqb);
     case KtlsCipher::Chacha20Poly1305:
       ci.chacha.info.version = version;
       ci.chacha.info.cipher_type = TLS_CIPHER_CHACHA20_POLY1305;
