@@ -497,6 +497,26 @@ TEST_F(TlsH2, CurlH2Get) {
   EXPECT_NE(r.out.find("grpc-status: 2"), std::string::npos) << r.out;
 }
 
+// TLS 1.3 resumption works whichever shard a connection lands on: every shard
+// has its own SSL_CTX, and they must share the session ticket keys. The
+// gateway runs 2 shards; SO_REUSEPORT spreads 8 reconnections over both.
+TEST_F(TlsH2, SessionResumesOnEveryShard) {
+  const std::string sess = (dir_->path() / "session.pem").string();
+  const std::string target = gw_->target();
+  // The first connection waits a moment before closing so the tickets arrive.
+  std::string script =
+      "(sleep 0.5; echo) | openssl s_client -connect " + target + " -tls1_3 -alpn h2 -sess_out " + sess +
+      " >/dev/null 2>&1; for i in 1 2 3 4 5 6 7 8; do (sleep 0.3; echo) | openssl s_client -connect " + target +
+      " -tls1_3 -alpn h2 -sess_in " + sess + " 2>/dev/null | grep -a -E '^(New|Reused),'; done";
+  auto r = run({"/bin/bash", "-c", script}, dir_->path(), 60s);
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << r.status.to_string() << "\n" << r.err;
+  size_t reused = 0, fresh = 0;
+  for (size_t pos = r.out.find("Reused,"); pos != std::string::npos; pos = r.out.find("Reused,", pos + 1)) ++reused;
+  for (size_t pos = r.out.find("New,"); pos != std::string::npos; pos = r.out.find("New,", pos + 1)) ++fresh;
+  EXPECT_EQ(reused, 8u) << r.out;
+  EXPECT_EQ(fresh, 0u) << "full handshakes where a resumption was offered:\n" << r.out;
+}
+
 // A gRPC call made by curl (empty EchoRequest), to compare with the oversize
 // header case in BadInput.
 TEST_F(TlsH2, CurlGrpcUnary) {
