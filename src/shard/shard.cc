@@ -566,8 +566,8 @@ struct Loop : h2::Router {
       return;
     tls::Offload r = d->tls->offload(d->fd);
     if (r != tls::Offload::Done) {
-      LOG_DEBUG("tls", "%u: kTLS offload %s for %s %s; staying in userspace", id, tls::to_string(r),
-                d->tls->version(), d->tls->cipher());
+      LOG_DEBUG("tls", "%u: kTLS offload %s for %s %s (errno: %s); staying in userspace", id, tls::to_string(r),
+                d->tls->version(), d->tls->cipher(), std::strerror(errno));
       if (r == tls::Offload::Unsupported) ++counters.ktls_unsupported_cipher;
       else ++counters.ktls_failed;
       ++counters.tls_userspace;
