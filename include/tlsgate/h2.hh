@@ -57,8 +57,6 @@ struct Counters {
   uint64_t streams_reset_by_client = 0;
   uint64_t streams_reset_by_upstream = 0;
   uint64_t header_limit_resets = 0;
-  uint64_t downstream_protocol_errors = 0;
-  uint64_t upstream_protocol_errors = 0;
 };
 
 // Per-shard HTTP/2 state: stream objects and counters.

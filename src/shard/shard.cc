@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 
 #include "tlsgate/buffer.hh"
@@ -172,9 +173,12 @@ struct Slots {
   void release(T* c) {
     uint32_t slot = c->slot;
     uint32_t gen = (c->gen + 1) & 0xffffff;
-    items[slot] = std::make_unique<T>();  // fresh state; the old object dies here
-    items[slot]->slot = slot;
-    items[slot]->gen = gen;
+    // Fresh state in the same memory: no allocation per closed connection.
+    T* p = items[slot].get();
+    std::destroy_at(p);
+    std::construct_at(p);
+    p->slot = slot;
+    p->gen = gen;
     free.push_back(slot);
     --live;
   }
