@@ -1,6 +1,7 @@
 // fastbackend: a minimal single-threaded h2c gRPC server for benchmarks.
 //
 //   fastbackend --listen 127.0.0.1:PORT [--max-concurrent-streams N]
+//               [--refuse N] [--goaway-after N]
 //
 // Answers every request (any method, any path) once its END_STREAM arrives
 // with :status 200, content-type application/grpc, one DATA frame echoing the
@@ -9,10 +10,21 @@
 // one epoll loop over libnghttp2 sessions, so that a proxy in front of it is
 // the bottleneck, not the backend.
 //
+// Test modes for the gateway's retries (both off by default):
+//   --refuse N        the first N request streams (counted over all
+//                     connections) get RST_STREAM REFUSED_STREAM as soon as
+//                     their HEADERS arrive, and nothing else.
+//   --goaway-after N  on each connection, when the N-th request stream is
+//                     answered, GOAWAY(NO_ERROR, last-stream-id = that stream)
+//                     is sent; streams above it get nothing (nghttp2 closes
+//                     them as refused by the GOAWAY). The connection closes
+//                     once its remaining streams are done.
+//
 // Prints "listening on HOST:PORT" (the port actually bound; --listen may give
 // port 0) on stderr. SIGTERM / SIGINT stop it; it then prints
 // "fastbackend: stopped by signal S from pid P: connections=N calls=N" on
-// stderr and exits 0.
+// stderr, followed by " refused=N goaways=N" when --refuse or --goaway-after
+// is given, and exits 0. calls counts answered streams only.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -45,12 +57,17 @@ void on_signal(int sig, siginfo_t* info, void*) {
 
 uint64_t g_calls = 0;
 uint64_t g_conns = 0;
+uint64_t g_refuse = 0;        // --refuse: streams still to refuse
+uint64_t g_refused = 0;       // streams refused so far
+uint64_t g_goaway_after = 0;  // --goaway-after; 0 = never
+uint64_t g_goaways = 0;
 
 constexpr std::string_view kEmptyGrpcMessage{"\0\0\0\0\0", 5};
 
 struct Stream {
-  std::string body;  // request body, then echoed back
-  size_t off = 0;    // bytes of body already handed to nghttp2
+  std::string body;      // request body, then echoed back
+  size_t off = 0;        // bytes of body already handed to nghttp2
+  bool refused = false;  // --refuse: RST_STREAM submitted, never answered
 };
 
 struct Conn {
@@ -59,6 +76,8 @@ struct Conn {
   std::string out;  // bytes produced by nghttp2, not yet written
   size_t out_off = 0;
   bool epollout = false;
+  uint64_t answered = 0;     // streams answered on this connection
+  int32_t goaway_last = -1;  // --goaway-after: last-stream-id sent, -1 = none
 };
 
 nghttp2_nv make_nv(std::string_view name, std::string_view value) {
@@ -86,21 +105,34 @@ int on_begin_headers(nghttp2_session* session, const nghttp2_frame* frame, void*
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
   auto* st = new Stream;
   nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, st);
+  if (g_refuse > 0) {
+    // The flag keeps a body or END_STREAM that arrives before the RST_STREAM
+    // goes out from being answered.
+    --g_refuse;
+    ++g_refused;
+    st->refused = true;
+    if (nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_REFUSED_STREAM) !=
+        0)
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+  }
   return 0;
 }
 
 int on_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data, size_t len,
                   void*) {
   auto* st = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
-  if (st != nullptr) st->body.append(reinterpret_cast<const char*>(data), len);
+  if (st != nullptr && !st->refused) st->body.append(reinterpret_cast<const char*>(data), len);
   return 0;
 }
 
-int on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void*) {
+int on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) {
   if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
   if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) return 0;
   auto* st = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
-  if (st == nullptr) return 0;
+  if (st == nullptr || st->refused) return 0;
+  auto* c = static_cast<Conn*>(user_data);
+  // Above the GOAWAY's last-stream-id: never processed, the client retries it.
+  if (c->goaway_last >= 0 && frame->hd.stream_id > c->goaway_last) return 0;
   if (st->body.empty()) st->body.assign(kEmptyGrpcMessage);
   static nghttp2_nv headers[] = {make_nv(":status", "200"), make_nv("content-type", "application/grpc")};
   nghttp2_data_provider dp;
@@ -109,6 +141,12 @@ int on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void*) {
   if (nghttp2_submit_response(session, frame->hd.stream_id, headers, 2, &dp) != 0)
     return NGHTTP2_ERR_CALLBACK_FAILURE;
   ++g_calls;
+  if (g_goaway_after != 0 && ++c->answered == g_goaway_after && c->goaway_last < 0) {
+    c->goaway_last = frame->hd.stream_id;
+    if (nghttp2_submit_goaway(session, NGHTTP2_FLAG_NONE, c->goaway_last, NGHTTP2_NO_ERROR, nullptr, 0) != 0)
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    ++g_goaways;
+  }
   return 0;
 }
 
@@ -205,7 +243,8 @@ void accept_all(int ep, int lfd) {
 
 [[noreturn]] void usage(int code) {
   std::fprintf(code == 0 ? stdout : stderr,
-               "usage: fastbackend --listen HOST:PORT [--max-concurrent-streams N]\n");
+               "usage: fastbackend --listen HOST:PORT [--max-concurrent-streams N] [--refuse N]\n"
+               "                   [--goaway-after N]\n");
   std::exit(code);
 }
 
@@ -213,12 +252,19 @@ void accept_all(int ep, int lfd) {
 
 int main(int argc, char** argv) {
   std::string listen = "127.0.0.1:50051";
+  bool test_modes = false;  // --refuse / --goaway-after given: report their counts
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
     if (a == "--listen" && i + 1 < argc) {
       listen = argv[++i];
     } else if (a == "--max-concurrent-streams" && i + 1 < argc) {
       g_max_streams = static_cast<uint32_t>(std::strtoul(argv[++i], nullptr, 10));
+    } else if (a == "--refuse" && i + 1 < argc) {
+      g_refuse = std::strtoull(argv[++i], nullptr, 10);
+      test_modes = true;
+    } else if (a == "--goaway-after" && i + 1 < argc) {
+      g_goaway_after = std::strtoull(argv[++i], nullptr, 10);
+      test_modes = true;
     } else if (a == "-h" || a == "--help") {
       usage(0);
     } else {
@@ -284,8 +330,12 @@ int main(int argc, char** argv) {
       if (!ok) close_conn(ep, c);
     }
   }
-  std::fprintf(stderr, "fastbackend: stopped by signal %d from pid %d: connections=%llu calls=%llu\n",
+  std::fprintf(stderr, "fastbackend: stopped by signal %d from pid %d: connections=%llu calls=%llu",
                static_cast<int>(g_stop_signal), static_cast<int>(g_stop_sender),
                static_cast<unsigned long long>(g_conns), static_cast<unsigned long long>(g_calls));
+  if (test_modes)
+    std::fprintf(stderr, " refused=%llu goaways=%llu", static_cast<unsigned long long>(g_refused),
+                 static_cast<unsigned long long>(g_goaways));
+  std::fprintf(stderr, "\n");
   return 0;
 }
