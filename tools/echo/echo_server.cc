@@ -1,12 +1,23 @@
 // echo_server: a real grpc++ backend for tlsgate's integration tests and demo.
 //
-//   echo_server --listen 127.0.0.1:0 [--id NAME] [--max-message-size BYTES]
+//   echo_server --listen HOST:PORT [--id NAME] [--max-message-size BYTES]
+//               [--max-concurrent-streams N] [--health-service NAME]...
+//               [--tls-cert PEM --tls-key PEM [--client-ca PEM]]
 //
-// Serves tlsgate.test.Echo over insecure h2c (the gateway's upstream
-// protocol). Its first stdout line is "listening on HOST:PORT" with the port
-// actually bound, flushed, so a harness can pass port 0 and read the port back.
+// Serves tlsgate.test.Echo over h2c (the gateway's upstream protocol), or over
+// TLS with --tls-cert/--tls-key; with --client-ca it requires a client
+// certificate signed by that CA (mTLS). Its first stdout line is
+// "listening on HOST:PORT" with the port actually bound, flushed, so a harness
+// can pass port 0 and read the port back; a fixed port can be reused at once
+// after the previous server on it was killed (SO_REUSEADDR).
+//
+// It also serves the standard grpc.health.v1.Health service: the overall
+// status ("") and every --health-service NAME start SERVING; the test RPC
+// Echo/SetServing flips any of them. --max-concurrent-streams sets
+// SETTINGS_MAX_CONCURRENT_STREAMS (default 10000).
 // SIGTERM / SIGINT shut it down (in-flight calls get one second).
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -15,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -22,6 +34,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "echo.grpc.pb.h"
 
@@ -29,6 +42,7 @@ namespace {
 
 using tlsgate::test::EchoReply;
 using tlsgate::test::EchoRequest;
+using tlsgate::test::SetServingRequest;
 using tlsgate::test::StatsReply;
 using tlsgate::test::StatsRequest;
 
@@ -183,6 +197,20 @@ class EchoService final : public tlsgate::test::Echo::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status SetServing(grpc::ServerContext*, const SetServingRequest* req, StatsReply* reply) override {
+    grpc::HealthCheckServiceInterface* health = health_.load();
+    if (health == nullptr) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "health service not started");
+    health->SetServingStatus(req->service(), req->serving());
+    std::fprintf(stderr, "echo_server: health \"%s\" set to %s\n", req->service().c_str(),
+                 req->serving() ? "SERVING" : "NOT_SERVING");
+    stats_.snapshot(reply, false);
+    reply->set_server_id(id());
+    return grpc::Status::OK;
+  }
+
+  // The server's default health service; set once the server is built.
+  void set_health(grpc::HealthCheckServiceInterface* h) { health_.store(h); }
+
  private:
   grpc::Status unary(grpc::ServerContext* ctx, const EchoRequest& req, EchoReply* reply) {
     apply_metadata(ctx, req);
@@ -262,15 +290,26 @@ class EchoService final : public tlsgate::test::Echo::Service {
 
   std::mutex id_mu_;
   std::string id_;
+  std::atomic<grpc::HealthCheckServiceInterface*> health_{nullptr};
   class Stats stats_;
 };
 
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
                "echo_server: %s\n"
-               "usage: echo_server --listen HOST:PORT [--id NAME] [--max-message-size BYTES]\n",
+               "usage: echo_server --listen HOST:PORT [--id NAME] [--max-message-size BYTES]\n"
+               "                   [--max-concurrent-streams N] [--health-service NAME]...\n"
+               "                   [--tls-cert PEM --tls-key PEM [--client-ca PEM]]\n",
                msg);
   std::exit(2);
+}
+
+std::string read_pem(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) usage(("cannot read " + path).c_str());
+  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (s.empty()) usage((path + " is empty").c_str());
+  return s;
 }
 
 }  // namespace
@@ -279,6 +318,9 @@ int main(int argc, char** argv) {
   std::string listen = "127.0.0.1:50051";
   std::string id;
   int max_message = 64 << 20;
+  int max_streams = 10000;
+  std::vector<std::string> health_services;
+  std::string tls_cert, tls_key, client_ca;
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
     auto value = [&]() -> std::string {
@@ -291,6 +333,16 @@ int main(int argc, char** argv) {
       id = value();
     else if (a == "--max-message-size")
       max_message = std::atoi(value().c_str());
+    else if (a == "--max-concurrent-streams")
+      max_streams = std::atoi(value().c_str());
+    else if (a == "--health-service")
+      health_services.push_back(value());
+    else if (a == "--tls-cert")
+      tls_cert = value();
+    else if (a == "--tls-key")
+      tls_key = value();
+    else if (a == "--client-ca")
+      client_ca = value();
     else if (a == "-h" || a == "--help")
       usage("help");
     else
@@ -307,22 +359,45 @@ int main(int argc, char** argv) {
   auto colon = listen.rfind(':');
   if (colon == std::string::npos) usage("--listen wants HOST:PORT");
   std::string host = listen.substr(0, colon);
+  if (max_streams < 1) usage("--max-concurrent-streams wants a number >= 1");
+  if (tls_cert.empty() != tls_key.empty()) usage("--tls-cert and --tls-key go together");
+  if (!client_ca.empty() && tls_cert.empty()) usage("--client-ca needs --tls-cert and --tls-key");
+
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions o(client_ca.empty()
+                                            ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                            : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    o.pem_key_cert_pairs.push_back({read_pem(tls_key), read_pem(tls_cert)});
+    if (!client_ca.empty()) o.pem_root_certs = read_pem(client_ca);
+    creds = grpc::SslServerCredentials(o);
+  }
 
   EchoService service;
   service.set_id(id);
+  // grpc.health.v1.Health; must be enabled before the builder exists.
+  grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, creds, &port);
   builder.SetMaxReceiveMessageSize(max_message);
   builder.SetMaxSendMessageSize(max_message);
-  // Many concurrent streams per connection: the gateway multiplexes.
-  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 10000);
+  // Many concurrent streams per connection by default: the gateway multiplexes.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_streams);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     std::fprintf(stderr, "echo_server: cannot listen on %s\n", listen.c_str());
     return 1;
   }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  if (health == nullptr) {
+    std::fprintf(stderr, "echo_server: no default health check service\n");
+    return 1;
+  }
+  health->SetServingStatus("", true);
+  for (const auto& name : health_services) health->SetServingStatus(name, true);
+  service.set_health(health);
   std::string bound = host + ":" + std::to_string(port);
   if (id.empty()) service.set_id(bound);
   std::printf("listening on %s\n", bound.c_str());
