@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "harness.hh"
 
 namespace tlsgate::itest {
@@ -11,6 +13,7 @@ using tlsgate::test::Echo;
 using tlsgate::test::EchoReply;
 using tlsgate::test::EchoRequest;
 using tlsgate::test::StatsReply;
+using HealthCheckResponse = grpc::health::v1::HealthCheckResponse;
 
 // A temp folder, a real echo_server and a real tlsgate in front of it.
 // Subclasses adjust the gateway configuration in configure().
@@ -62,6 +65,17 @@ class GatewayTest : public ::testing::Test {
 inline uint64_t calls_of(const StatsReply& s, const std::string& method) {
   auto it = s.calls().find(method);
   return it == s.calls().end() ? 0 : it->second;
+}
+
+// Polls pred every 20 ms until it holds or timeout passes; its last answer.
+template <class Pred>
+bool eventually(Pred pred, Ms timeout) {
+  auto deadline = Clock::now() + timeout;
+  for (;;) {
+    if (pred()) return true;
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(20ms);
+  }
 }
 
 // Deterministic bytes so corruption or reordering shows.

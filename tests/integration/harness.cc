@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -44,6 +46,24 @@ void write_file(const fs::path& p, const std::string& content) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);
   out << content;
   if (!out) throw std::runtime_error("cannot write " + p.string());
+}
+
+void rewrite_in_place(const fs::path& p, const std::string& content) {
+  // O_TRUNC on the existing file: same inode, unlike write-then-rename.
+  int fd = ::open(p.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("cannot open " + p.string() + ": " + std::strerror(errno));
+  size_t off = 0;
+  while (off < content.size()) {
+    ssize_t n = ::write(fd, content.data() + off, content.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int e = errno;
+      ::close(fd);
+      throw std::runtime_error("cannot write " + p.string() + ": " + std::strerror(e));
+    }
+    off += static_cast<size_t>(n);
+  }
+  ::close(fd);
 }
 
 // ---------------------------------------------------------------- TempDir
@@ -281,6 +301,10 @@ const Certs& certs() {
     c.server_key = dir / "server.key";
     c.rsa_crt = dir / "rsa-server.crt";
     c.rsa_key = dir / "rsa-server.key";
+    c.client_crt = dir / "client.crt";
+    c.client_key = dir / "client.key";
+    if (!fs::exists(c.client_crt) || !fs::exists(c.client_key))
+      throw std::runtime_error("gen-cert wrote no client.crt/client.key in " + dir.path().string());
     return c;
   }();
   return c;
@@ -309,29 +333,131 @@ std::optional<Endpoint> find_listening(const std::string& text, bool first_line)
   return std::nullopt;
 }
 
-EchoBackend::EchoBackend(const fs::path& dir, const std::string& name) {
+EchoBackend::EchoBackend(const fs::path& dir, const std::string& name) : dir_(dir) {
+  opts_.id = name;
+  start(15s);
+}
+
+EchoBackend::EchoBackend(const fs::path& dir, EchoOptions opts) : dir_(dir), opts_(std::move(opts)) {
+  start(15s);
+}
+
+void EchoBackend::start(Ms timeout) {
   std::string bin = env("ECHO_SERVER_BIN");
   if (bin.empty()) throw std::runtime_error("ECHO_SERVER_BIN is not set");
   ProcessOptions o;
-  o.argv = {bin, "--listen", "127.0.0.1:0", "--id", name};
+  o.argv = {bin, "--listen", opts_.host + ":" + std::to_string(opts_.port), "--id", opts_.id};
+  if (opts_.max_concurrent_streams > 0)
+    o.argv.insert(o.argv.end(), {"--max-concurrent-streams", std::to_string(opts_.max_concurrent_streams)});
+  for (const auto& name : opts_.health_services) o.argv.insert(o.argv.end(), {"--health-service", name});
+  if (!opts_.tls_cert.empty())
+    o.argv.insert(o.argv.end(), {"--tls-cert", opts_.tls_cert.string(), "--tls-key", opts_.tls_key.string()});
+  if (!opts_.client_ca.empty()) o.argv.insert(o.argv.end(), {"--client-ca", opts_.client_ca.string()});
   // grpc is not instrumented: its internals look like leaks to LSan.
+  o.env = {{"ASAN_OPTIONS", "detect_leaks=0"}};
+  o.output_dir = dir_;
+  o.name = opts_.id;
+  auto deadline = Clock::now() + timeout;
+  auto found = [](const std::string& t) { return find_listening(t, true).has_value(); };
+  for (;;) {
+    proc_ = std::make_unique<Process>(o);
+    auto left = std::chrono::duration_cast<Ms>(deadline - Clock::now());
+    if (proc_->wait_for(Stream::Stdout, found, std::max(left, Ms(1000)))) break;
+    // A fixed port can still be held for a moment by a process being torn
+    // down; echo_server then exits 1 ("cannot listen"): try again.
+    bool exited = !proc_->running();
+    if (!exited || opts_.port == 0 || Clock::now() >= deadline)
+      throw std::runtime_error("echo_server did not print 'listening on HOST:PORT' first:\n" +
+                               proc_->describe());
+    std::this_thread::sleep_for(100ms);
+  }
+  endpoint_ = *find_listening(proc_->stdout_text(), true);
+  opts_.port = endpoint_.port;  // a restart binds the same port
+}
+
+void EchoBackend::restart() {
+  if (proc_) proc_->kill();
+  start(10s);
+}
+
+std::shared_ptr<grpc::Channel> EchoBackend::direct_channel() const {
+  if (opts_.tls_cert.empty()) return h2c_channel(endpoint_.address());
+  grpc::SslCredentialsOptions o;
+  o.pem_root_certs = read_file(certs().ca);
+  if (!opts_.client_ca.empty()) {
+    o.pem_private_key = read_file(certs().client_key);
+    o.pem_cert_chain = read_file(certs().client_crt);
+  }
+  grpc::ChannelArguments args;
+  args.SetSslTargetNameOverride("localhost");
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(endpoint_.address(), grpc::SslCredentials(o), args);
+}
+
+grpc::Status EchoBackend::stats(tlsgate::test::StatsReply* out, bool reset) {
+  auto stub = tlsgate::test::Echo::NewStub(direct_channel());
+  auto ctx = context(5s);
+  tlsgate::test::StatsRequest req;
+  req.set_reset(reset);
+  return stub->Stats(ctx.get(), req, out);
+}
+
+grpc::Status EchoBackend::set_serving(bool serving, const std::string& service) {
+  auto stub = tlsgate::test::Echo::NewStub(direct_channel());
+  auto ctx = context(5s);
+  tlsgate::test::SetServingRequest req;
+  req.set_serving(serving);
+  req.set_service(service);
+  tlsgate::test::StatsReply reply;
+  return stub->SetServing(ctx.get(), req, &reply);
+}
+
+grpc::Status EchoBackend::health(const std::string& service,
+                                 grpc::health::v1::HealthCheckResponse::ServingStatus* out) {
+  auto stub = grpc::health::v1::Health::NewStub(direct_channel());
+  auto ctx = context(5s);
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service(service);
+  grpc::health::v1::HealthCheckResponse reply;
+  auto st = stub->Check(ctx.get(), req, &reply);
+  if (out) *out = reply.status();
+  return st;
+}
+
+FastBackend::FastBackend(const fs::path& dir, const std::vector<std::string>& args, const std::string& name) {
+  std::string bin = env("FASTBACKEND_BIN");
+  if (bin.empty()) throw std::runtime_error("FASTBACKEND_BIN is not set");
+  ProcessOptions o;
+  o.argv = {bin, "--listen", "127.0.0.1:0"};
+  o.argv.insert(o.argv.end(), args.begin(), args.end());
   o.env = {{"ASAN_OPTIONS", "detect_leaks=0"}};
   o.output_dir = dir;
   o.name = name;
   proc_ = std::make_unique<Process>(std::move(o));
   auto found = [](const std::string& t) { return find_listening(t, true).has_value(); };
-  if (!proc_->wait_for(Stream::Stdout, found, 15s))
-    throw std::runtime_error("echo_server did not print 'listening on HOST:PORT' first:\n" +
+  if (!proc_->wait_for(Stream::Stderr, found, 15s))
+    throw std::runtime_error("fastbackend did not print 'listening on HOST:PORT' first:\n" +
                              proc_->describe());
-  endpoint_ = *find_listening(proc_->stdout_text(), true);
+  endpoint_ = *find_listening(proc_->stderr_text(), true);
 }
 
-grpc::Status EchoBackend::stats(tlsgate::test::StatsReply* out, bool reset) {
-  auto stub = tlsgate::test::Echo::NewStub(h2c_channel(endpoint_.address()));
-  auto ctx = context(5s);
-  tlsgate::test::StatsRequest req;
-  req.set_reset(reset);
-  return stub->Stats(ctx.get(), req, out);
+std::map<std::string, uint64_t> FastBackend::stop_and_count() {
+  std::map<std::string, uint64_t> counts;
+  auto st = proc_->stop(10s);
+  if (!st.exited || st.code != 0) return counts;
+  std::string err = proc_->stderr_text();
+  auto pos = err.rfind("fastbackend: stopped by signal");
+  if (pos == std::string::npos) return counts;
+  std::istringstream line(err.substr(pos, err.find('\n', pos) - pos));
+  std::string word;
+  while (line >> word) {
+    auto eq = word.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == word.size()) continue;
+    std::string value = word.substr(eq + 1);
+    if (value.find_first_not_of("0123456789") != std::string::npos) continue;
+    counts[word.substr(0, eq)] = std::stoull(value);
+  }
+  return counts;
 }
 
 std::string GatewayConfig::render() const {
@@ -342,9 +468,9 @@ std::string GatewayConfig::render() const {
   s << "[[listeners]]\n"
     << "name = \"public\"\n"
     << "listen = \"127.0.0.1:0\"\n"
-    << "cluster = \"backend\"\n"
+    << "cluster = \"" << cluster << "\"\n"
     << "handshake_timeout = \""
-    << (!handshake_timeout.empty()                 ? handshake_timeout
+    << (!handshake_timeout.empty()                  ? handshake_timeout
         : !env("TLSGATE_HANDSHAKE_TIMEOUT").empty() ? env("TLSGATE_HANDSHAKE_TIMEOUT")
                                                     : std::string("2s"))
     << "\"\n"
@@ -356,12 +482,48 @@ std::string GatewayConfig::render() const {
     << "  min_version = \"1.2\"\n";
   const std::string mode = ktls.empty() ? env("TLSGATE_KTLS") : ktls;
   if (!mode.empty()) s << "  ktls = \"" << mode << "\"\n";
+  s << listener_tail << "\n";
+  s << (clusters.empty() ? cluster_toml("backend", endpoints) : clusters);
+  return s.str();
+}
+
+std::string cluster_toml(const std::string& name, const std::vector<std::string>& endpoints,
+                         const std::string& extra) {
+  std::ostringstream s;
   s << "\n[[clusters]]\n"
-    << "name = \"backend\"\n"
+    << "name = \"" << name << "\"\n"
     << "endpoints = [";
   for (size_t i = 0; i < endpoints.size(); ++i) s << (i ? ", " : "") << "\"" << endpoints[i] << "\"";
-  s << "]\n";
+  s << "]\n" << extra;
+  if (!extra.empty() && extra.back() != '\n') s << "\n";
   return s.str();
+}
+
+namespace {
+// sh -c script that bind-mounts `hosts` on /etc/hosts, then execs argv.
+std::vector<std::string> in_hosts_namespace(const fs::path& hosts, const std::vector<std::string>& argv) {
+  auto quote = [](const std::string& a) {
+    std::string q = "'";
+    for (char c : a) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+  };
+  std::string script = "mount --bind " + quote(hosts.string()) + " /etc/hosts && exec";
+  for (const auto& a : argv) script += " " + quote(a);
+  return {"/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script};
+}
+}  // namespace
+
+std::string hosts_namespace_unavailable() {
+  if (::access("/usr/bin/unshare", X_OK) != 0) return "/usr/bin/unshare is missing";
+  TempDir dir("tlsgate-ns");
+  fs::path hosts = dir / "hosts";
+  write_file(hosts, "127.0.0.2 probe.tlsgate.test\n");
+  auto r =
+      run(in_hosts_namespace(hosts, {"/usr/bin/getent", "hosts", "probe.tlsgate.test"}), dir.path(), 20s);
+  if (!r.status.exited || r.status.code != 0 || r.out.find("127.0.0.2") == std::string::npos)
+    return "cannot bind-mount a file on /etc/hosts in a private mount namespace (needs root): " +
+           r.status.to_string() + " " + r.err;
+  return "";
 }
 
 std::map<std::string, std::string> gateway_env() {
@@ -379,6 +541,8 @@ Gateway::Gateway(const fs::path& dir, const GatewayConfig& cfg) {
   write_file(config_path_, cfg.render());
   ProcessOptions o;
   o.argv = {bin, "--config", config_path_.string()};
+  // unshare execs sh, which execs tlsgate: one pid, so signals reach tlsgate.
+  if (!cfg.hosts_file.empty()) o.argv = in_hosts_namespace(cfg.hosts_file, o.argv);
   o.env = gateway_env();
   o.output_dir = dir;
   o.name = "tlsgate";
@@ -429,12 +593,24 @@ std::shared_ptr<grpc::Channel> tls_channel(const std::string& target, const grpc
   return grpc::CreateCustomChannel(target, grpc::SslCredentials(o), args);
 }
 
-std::shared_ptr<grpc::Channel> h2c_channel(const std::string& target) {
-  grpc::ChannelArguments args;
+std::shared_ptr<grpc::Channel> h2c_channel(const std::string& target, const grpc::ChannelArguments* extra) {
+  grpc::ChannelArguments args = extra ? *extra : grpc::ChannelArguments();
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetMaxReceiveMessageSize(16 << 20);
   args.SetMaxSendMessageSize(16 << 20);
   return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+std::shared_ptr<grpc::Channel> tls_channel_any_authority(const std::string& target) {
+  namespace gx = grpc::experimental;
+  gx::TlsChannelCredentialsOptions o;
+  o.set_certificate_provider(std::make_shared<gx::StaticDataCertificateProvider>(read_file(certs().ca)));
+  o.watch_root_certs();
+  o.set_check_call_host(false);
+  grpc::ChannelArguments args;
+  args.SetSslTargetNameOverride("localhost");
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(target, gx::TlsCredentials(o), args);
 }
 
 bool wait_connected(const std::shared_ptr<grpc::Channel>& ch, Ms timeout) {
@@ -452,6 +628,16 @@ std::string status_str(const grpc::Status& st) {
   if (!st.error_message().empty()) s += " \"" + st.error_message() + "\"";
   if (!st.error_details().empty()) s += " details " + st.error_details();
   return s;
+}
+
+std::string grpc_frame(const std::string& message) {
+  std::string f(5, '\0');
+  uint32_t n = static_cast<uint32_t>(message.size());
+  f[1] = static_cast<char>(n >> 24);
+  f[2] = static_cast<char>(n >> 16);
+  f[3] = static_cast<char>(n >> 8);
+  f[4] = static_cast<char>(n);
+  return f + message;
 }
 
 std::string unary_check(const std::string& target, Ms timeout) {

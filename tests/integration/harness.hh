@@ -8,7 +8,7 @@
 //   Children also get PR_SET_PDEATHSIG(SIGKILL), for when the test binary
 //   itself dies.
 // - Binaries come from the environment: TLSGATE_BIN, ECHO_SERVER_BIN,
-//   TLSGATE_GEN_CERT (set by tests/integration/meson.build).
+//   FASTBACKEND_BIN, TLSGATE_GEN_CERT (set by tests/integration/meson.build).
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "echo.grpc.pb.h"
+#include "health.grpc.pb.h"
 
 namespace tlsgate::itest {
 
@@ -36,6 +37,9 @@ std::string env(const char* name);
 
 std::string read_file(const std::filesystem::path& p);
 void write_file(const std::filesystem::path& p, const std::string& content);
+// Truncates and rewrites p, keeping its inode (no rename), so a bind mount of
+// p (see GatewayConfig::hosts_file) sees the new content.
+void rewrite_in_place(const std::filesystem::path& p, const std::string& content);
 
 // A fresh folder under $TMPDIR (mkdtemp), removed on destruction unless the
 // environment has TLSGATE_KEEP_TMP=1.
@@ -53,8 +57,10 @@ class TempDir {
 };
 
 // Certificates made once per test binary by tools/gen-cert.
+// server_crt carries DNS:localhost, IP:127.0.0.1, IP:::1; client_crt is a
+// clientAuth certificate signed by the same CA (for mTLS to backends).
 struct Certs {
-  std::filesystem::path dir, ca, server_crt, server_key, rsa_crt, rsa_key;
+  std::filesystem::path dir, ca, server_crt, server_key, rsa_crt, rsa_key, client_crt, client_key;
 };
 const Certs& certs();
 
@@ -134,14 +140,67 @@ struct Endpoint {
   std::string address() const { return host + ":" + std::to_string(port); }
 };
 
-// echo_server (ECHO_SERVER_BIN) on 127.0.0.1:0, started and its port read back.
+// How to start an echo_server.
+struct EchoOptions {
+  std::string id = "echo";  // --id (EchoReply.server_id) and the process label
+  std::string host = "127.0.0.1";
+  int port = 0;  // 0 = the kernel's choice
+  // SETTINGS_MAX_CONCURRENT_STREAMS; 0 = echo_server's default (10000).
+  int max_concurrent_streams = 0;
+  // Health service names that start SERVING besides the overall "".
+  std::vector<std::string> health_services;
+  // TLS instead of h2c when tls_cert is set; with client_ca the backend
+  // requires a client certificate signed by it (mTLS).
+  std::filesystem::path tls_cert, tls_key, client_ca;
+};
+
+// echo_server (ECHO_SERVER_BIN), started and its port read back. After the
+// first start the port is fixed: restart() binds the same HOST:PORT again.
 class EchoBackend {
  public:
   explicit EchoBackend(const std::filesystem::path& dir, const std::string& name = "echo");
+  EchoBackend(const std::filesystem::path& dir, EchoOptions opts);
+  const Endpoint& endpoint() const { return endpoint_; }
+  const std::string& id() const { return opts_.id; }
+  const EchoOptions& options() const { return opts_; }
+  Process& process() { return *proc_; }
+  // SIGKILL (no goodbye to its peers) and reap.
+  void kill() { proc_->kill(); }
+  // Stops the current process if it still runs (SIGKILL) and starts a new one
+  // on the same HOST:PORT, retrying the bind for up to 10 s; throws if it
+  // cannot.
+  void restart();
+  // A channel straight to the backend (not through the gateway): h2c, or TLS
+  // with the test CA (and the client certificate when the backend wants one).
+  std::shared_ptr<grpc::Channel> direct_channel() const;
+  // Stats straight from the backend (not through the gateway).
+  grpc::Status stats(tlsgate::test::StatsReply* out, bool reset = false);
+  // Echo/SetServing on the backend: what its grpc.health.v1.Health/Check
+  // answers for `service` ("" = overall).
+  grpc::Status set_serving(bool serving, const std::string& service = "");
+  // grpc.health.v1.Health/Check straight on the backend.
+  grpc::Status health(const std::string& service, grpc::health::v1::HealthCheckResponse::ServingStatus* out);
+
+ private:
+  void start(Ms timeout);
+  std::filesystem::path dir_;
+  EchoOptions opts_;
+  std::unique_ptr<Process> proc_;
+  Endpoint endpoint_;
+};
+
+// fastbackend (FASTBACKEND_BIN): the nghttp2 h2c backend that echoes the
+// request's gRPC message. Its test modes: --refuse N, --goaway-after N.
+class FastBackend {
+ public:
+  FastBackend(const std::filesystem::path& dir, const std::vector<std::string>& args = {},
+              const std::string& name = "fastbackend");
   const Endpoint& endpoint() const { return endpoint_; }
   Process& process() { return *proc_; }
-  // Stats straight from the backend over h2c (not through the gateway).
-  grpc::Status stats(tlsgate::test::StatsReply* out, bool reset = false);
+  // SIGTERM, then the counters of its exit line ("connections", "calls",
+  // and with a test mode "refused", "goaways"); empty if it did not exit 0
+  // within 10 s or printed no such line.
+  std::map<std::string, uint64_t> stop_and_count();
 
  private:
   std::unique_ptr<Process> proc_;
@@ -160,11 +219,31 @@ struct GatewayConfig {
   std::filesystem::path private_key;  // default: certs().server_key
   std::string extra_listener;         // raw TOML lines appended to [[listeners]]
   std::string extra_top;              // raw TOML lines at the top
+  // The listener's default cluster (its `cluster` key).
+  std::string cluster = "backend";
+  // Raw TOML after [listeners.tls], e.g. [[listeners.routes]] tables.
+  std::string listener_tail;
+  // Raw TOML for every [[clusters]] table (see cluster_toml()); when set it
+  // replaces the one cluster "backend" made from `endpoints`.
+  std::string clusters;
+  // Not TOML: when set, tlsgate runs in a private mount namespace with this
+  // file bind-mounted on /etc/hosts (unshare --mount --propagation private;
+  // needs root). Change it with rewrite_in_place().
+  std::filesystem::path hosts_file;
   // listeners.tls.ktls; empty: $TLSGATE_KTLS if set (the VM suite runs every
   // gateway test with "on"), else the default ("auto").
   std::string ktls;
   std::string render() const;
 };
+
+// One [[clusters]] table: name and endpoints, then `extra` verbatim (more keys
+// of the cluster, then sub-tables such as [clusters.health_check]).
+std::string cluster_toml(const std::string& name, const std::vector<std::string>& endpoints,
+                         const std::string& extra = "");
+
+// "" if this process can run a command in a private mount namespace with a
+// file bind-mounted on /etc/hosts, else why not (for GTEST_SKIP).
+std::string hosts_namespace_unavailable();
 
 // tlsgate (TLSGATE_BIN) started with a config and its listener port read back.
 // The child runs with ASAN_OPTIONS=detect_leaks=1:abort_on_error=0; stop()
@@ -201,7 +280,12 @@ std::optional<Endpoint> find_listening(const std::string& text, bool first_line 
 // so two channels never share a connection. Message size limits 16 MiB.
 std::shared_ptr<grpc::Channel> tls_channel(const std::string& target,
                                            const grpc::ChannelArguments* extra = nullptr);
-std::shared_ptr<grpc::Channel> h2c_channel(const std::string& target);
+std::shared_ptr<grpc::Channel> h2c_channel(const std::string& target,
+                                           const grpc::ChannelArguments* extra = nullptr);
+// TLS to `target` verified against the test CA as "localhost", whose calls
+// may carry any :authority (ClientContext::set_authority): grpc's check of the
+// call host against the server certificate is off. For routing by authority.
+std::shared_ptr<grpc::Channel> tls_channel_any_authority(const std::string& target);
 // Waits until the channel is connected; false on timeout.
 bool wait_connected(const std::shared_ptr<grpc::Channel>& ch, Ms timeout);
 
@@ -209,6 +293,10 @@ bool wait_connected(const std::shared_ptr<grpc::Channel>& ch, Ms timeout);
 std::unique_ptr<grpc::ClientContext> context(Ms timeout = 10s);
 
 std::string status_str(const grpc::Status& st);
+
+// A gRPC length-prefixed message (uncompressed): 0, 4-byte big-endian length,
+// the bytes. For curl --data-binary.
+std::string grpc_frame(const std::string& message);
 
 // One unary call "ping" through `target` over TLS; OK and echoed, or a
 // description of what went wrong ("" on success).
