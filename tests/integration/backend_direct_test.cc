@@ -273,7 +273,7 @@ TEST_F(BackendDirectPeers, AnyAuthorityTlsChannel) {
   EchoBackend b(dir_->path(), o);
   auto stub = Echo::NewStub(tls_channel_any_authority(b.endpoint().address()));
   auto ctx = context(10s);
-  ctx->set_authority("api.example.com");
+  ctx->set_authority("API.Example.com");  // mixed case reaches the server as sent
   EchoRequest req;
   EchoReply reply;
   req.set_payload("routed");
@@ -281,7 +281,7 @@ TEST_F(BackendDirectPeers, AnyAuthorityTlsChannel) {
   ASSERT_TRUE(st.ok()) << status_str(st);
   StatsReply s;
   ASSERT_TRUE(b.stats(&s).ok());
-  EXPECT_EQ(s.last_authority(), "api.example.com");
+  EXPECT_EQ(s.last_authority(), "API.Example.com");
 }
 
 TEST_F(BackendDirectPeers, MaxConcurrentStreamsOne) {

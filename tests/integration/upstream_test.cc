@@ -1,0 +1,727 @@
+// The upstream backend pool (issue 5) through a real tlsgate: load balancing,
+// active health checks, DNS re-resolution, deadlines, retries, circuit
+// breakers, TLS to backends and routing. Real echo_server backends (and
+// fastbackend for refused streams and GOAWAY), a real grpc++ client over TLS.
+//
+// What is asserted is what a client sees: gRPC status codes and messages,
+// which backend answered (EchoReply.server_id), and the backends' own Stats.
+// Every wait is bounded; no assertion is about how fast something was.
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "fixtures.hh"
+
+namespace tlsgate::itest {
+namespace {
+
+// One unary call's outcome.
+struct Outcome {
+  grpc::Status status;
+  std::string server_id;
+  std::string payload;
+};
+
+Outcome unary(Echo::Stub& stub, const std::string& payload, uint32_t delay_ms = 0, Ms timeout = 10s,
+              const std::string& authority = "") {
+  auto ctx = context(timeout);
+  if (!authority.empty()) ctx->set_authority(authority);
+  EchoRequest req;
+  EchoReply reply;
+  req.set_payload(payload);
+  req.set_delay_ms(delay_ms);
+  Outcome o;
+  o.status = stub.Unary(ctx.get(), req, &reply);
+  o.server_id = reply.server_id();
+  o.payload = reply.payload();
+  return o;
+}
+
+std::string counts_str(const std::map<std::string, uint64_t>& m) {
+  std::string s;
+  for (const auto& [k, v] : m)
+    s += (s.empty() ? "" : ", ") + (k.empty() ? "<none>" : k) + "=" + std::to_string(v);
+  return "{" + s + "}";
+}
+
+// Steady unary load on one channel from a few threads, until stop() or a cap.
+class Load {
+ public:
+  Load(std::shared_ptr<grpc::Channel> ch, int threads, uint32_t delay_ms, int max_calls_per_thread = 20000)
+      : stub_(Echo::NewStub(std::move(ch))) {
+    for (int t = 0; t < threads; ++t)
+      threads_.emplace_back([this, t, delay_ms, max_calls_per_thread] {
+        auto stop_at = Clock::now() + 120s;  // a bound even if the test never calls stop()
+        for (int i = 0; i < max_calls_per_thread && !stop_ && Clock::now() < stop_at; ++i) {
+          auto o = unary(*stub_, "load-" + std::to_string(t) + "-" + std::to_string(i), delay_ms, 10s);
+          std::lock_guard lock(mu_);
+          if (o.status.ok()) {
+            ++by_server_[o.server_id];
+          } else {
+            failures_.push_back(o.status);
+          }
+          ++total_;
+        }
+      });
+  }
+  ~Load() { stop(); }
+
+  void stop() {
+    stop_ = true;
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+  uint64_t ok_from(const std::string& id) {
+    std::lock_guard lock(mu_);
+    auto it = by_server_.find(id);
+    return it == by_server_.end() ? 0 : it->second;
+  }
+  uint64_t total() {
+    std::lock_guard lock(mu_);
+    return total_;
+  }
+  std::vector<grpc::Status> failures() {
+    std::lock_guard lock(mu_);
+    return failures_;
+  }
+  std::map<std::string, uint64_t> by_server() {
+    std::lock_guard lock(mu_);
+    return by_server_;
+  }
+
+ private:
+  std::unique_ptr<Echo::Stub> stub_;
+  std::vector<std::thread> threads_;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::map<std::string, uint64_t> by_server_;
+  std::vector<grpc::Status> failures_;
+  uint64_t total_ = 0;
+};
+
+class UpstreamTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (env("TLSGATE_BIN").empty()) GTEST_FAIL() << "TLSGATE_BIN is not set (path to the tlsgate binary)";
+    dir_ = std::make_unique<TempDir>("tlsgate-up");
+  }
+  void TearDown() override {
+    if (gw_) gw_->stop();
+    gw_.reset();
+    backends_.clear();
+    fast_.clear();
+    dir_.reset();
+  }
+
+  EchoBackend& add_echo(EchoOptions o) {
+    backends_.push_back(std::make_unique<EchoBackend>(dir_->path(), std::move(o)));
+    return *backends_.back();
+  }
+  EchoBackend& add_echo(const std::string& id) {
+    EchoOptions o;
+    o.id = id;
+    return add_echo(o);
+  }
+  // Backends b0..b{n-1}; their addresses.
+  std::vector<std::string> add_echos(int n) {
+    std::vector<std::string> addrs;
+    for (int i = 0; i < n; ++i) addrs.push_back(add_echo("b" + std::to_string(i)).endpoint().address());
+    return addrs;
+  }
+  FastBackend& add_fast(const std::vector<std::string>& args) {
+    fast_.push_back(std::make_unique<FastBackend>(dir_->path(), args));
+    return *fast_.back();
+  }
+
+  // Starts tlsgate with `clusters` as its [[clusters]] tables; false (and a
+  // test failure with its stderr) if it did not start.
+  [[nodiscard]] bool start_gateway(const std::string& clusters, GatewayConfig cfg = {}) {
+    cfg.clusters = clusters;
+    gw_ = std::make_unique<Gateway>(dir_->path(), cfg);
+    return gw_->started();
+  }
+
+  std::shared_ptr<grpc::Channel> channel() { return tls_channel(gw_->target()); }
+  std::unique_ptr<Echo::Stub> stub() { return Echo::NewStub(channel()); }
+
+  // n sequential calls on `stub`; OK replies counted per server_id. Failures
+  // are test failures (the first few are shown).
+  std::map<std::string, uint64_t> spread(Echo::Stub& s, int n) {
+    std::map<std::string, uint64_t> by;
+    int failed = 0;
+    for (int i = 0; i < n; ++i) {
+      auto o = unary(s, "spread-" + std::to_string(i));
+      if (o.status.ok()) {
+        ++by[o.server_id];
+      } else if (failed++ < 3) {
+        ADD_FAILURE() << "call " << i << ": " << status_str(o.status);
+      }
+    }
+    EXPECT_EQ(failed, 0) << "of " << n << " calls";
+    return by;
+  }
+
+  std::unique_ptr<TempDir> dir_;
+  std::vector<std::unique_ptr<EchoBackend>> backends_;
+  std::vector<std::unique_ptr<FastBackend>> fast_;
+  std::unique_ptr<Gateway> gw_;
+};
+
+// ---------------------------------------------------------------- a. distribution
+
+class UpstreamLb : public UpstreamTest {
+ protected:
+  // 4 backends, one client connection, 10,000 sequential calls: each backend
+  // answers 25% +- 5%, and its own Stats agree with the replies.
+  void check_even_spread(const std::string& lb_line) {
+    auto addrs = add_echos(4);
+    ASSERT_TRUE(start_gateway(cluster_toml("backend", addrs, lb_line)));
+    auto ch = channel();
+    ASSERT_TRUE(wait_connected(ch, 10s));
+    auto s = Echo::NewStub(ch);
+    constexpr int kCalls = 10000;
+    auto by = spread(*s, kCalls);
+    for (int i = 0; i < 4; ++i) {
+      const std::string id = "b" + std::to_string(i);
+      EXPECT_GE(by[id], 2000u) << id << " got too few calls: " << counts_str(by);
+      EXPECT_LE(by[id], 3000u) << id << " got too many calls: " << counts_str(by);
+      StatsReply st;
+      ASSERT_TRUE(backends_[i]->stats(&st).ok());
+      EXPECT_EQ(calls_of(st, "Unary"), by[id]) << id << ": backend count differs from the replies";
+    }
+    std::cout << "[ info ] " << (lb_line.empty() ? "default lb" : lb_line.substr(0, lb_line.size() - 1))
+              << ": " << counts_str(by) << "\n";
+  }
+};
+
+TEST_F(UpstreamLb, DefaultLbSpreadsEvenly) { check_even_spread(""); }
+TEST_F(UpstreamLb, P2cSpreadsEvenly) { check_even_spread("lb = \"p2c\"\n"); }
+TEST_F(UpstreamLb, RoundRobinSpreadsEvenly) { check_even_spread("lb = \"round_robin\"\n"); }
+
+// ---------------------------------------------------------------- b, c. health
+
+class UpstreamHealth : public UpstreamTest {
+ protected:
+  // Calls (sequential, one channel) until `n_in_a_row` consecutive ones were
+  // answered by `id`; false after `timeout`. Every call must succeed.
+  bool settle_on(Echo::Stub& s, const std::string& id, int n_in_a_row, Ms timeout, int* failures) {
+    auto deadline = Clock::now() + timeout;
+    int run = 0;
+    while (Clock::now() < deadline) {
+      auto o = unary(s, "settle");
+      if (!o.status.ok()) {
+        if ((*failures)++ < 3) ADD_FAILURE() << "call while settling: " << status_str(o.status);
+        run = 0;
+        continue;
+      }
+      run = o.server_id == id ? run + 1 : 0;
+      if (run >= n_in_a_row) return true;
+    }
+    return false;
+  }
+  // Calls until one is answered by `id`; false after `timeout`.
+  bool reaches(Echo::Stub& s, const std::string& id, Ms timeout, int* failures) {
+    auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+      auto o = unary(s, "reach");
+      if (!o.status.ok()) {
+        if ((*failures)++ < 3)
+          ADD_FAILURE() << "call while waiting for " << id << ": " << status_str(o.status);
+        continue;
+      }
+      if (o.server_id == id) return true;
+    }
+    return false;
+  }
+
+  // 2 backends checked every 500 ms; b1 says NOT_SERVING for `service`: once
+  // that settles, 200 calls all land on b0 (b1's own count stays put); when it
+  // says SERVING again it gets calls again. No call fails meanwhile.
+  void not_serving_case(const std::string& service) {
+    for (int i = 0; i < 2; ++i) {
+      EchoOptions o;
+      o.id = "b" + std::to_string(i);
+      if (!service.empty()) o.health_services = {service};
+      add_echo(o);
+    }
+    std::string hc = "[clusters.health_check]\ninterval = \"500ms\"\n";
+    if (!service.empty()) hc += "service = \"" + service + "\"\n";
+    ASSERT_TRUE(start_gateway(
+        cluster_toml("backend", {backends_[0]->endpoint().address(), backends_[1]->endpoint().address()},
+                     "lb = \"round_robin\"\n" + hc)));
+    auto s = stub();
+    int failures = 0;
+    auto before = spread(*s, 200);
+    ASSERT_GT(before["b0"], 0u) << counts_str(before);
+    ASSERT_GT(before["b1"], 0u) << counts_str(before);
+
+    ASSERT_TRUE(backends_[1]->set_serving(false, service).ok());
+    ASSERT_TRUE(settle_on(*s, "b0", 50, 15s, &failures))
+        << "b1 still got calls 15 s after its health check said NOT_SERVING for \"" << service << "\"";
+    StatsReply b1_before, b1_after;
+    ASSERT_TRUE(backends_[1]->stats(&b1_before).ok());
+    auto after = spread(*s, 200);
+    EXPECT_EQ(after["b0"], 200u) << "calls reached the NOT_SERVING backend: " << counts_str(after);
+    ASSERT_TRUE(backends_[1]->stats(&b1_after).ok());
+    EXPECT_EQ(calls_of(b1_after, "Unary"), calls_of(b1_before, "Unary"));
+
+    ASSERT_TRUE(backends_[1]->set_serving(true, service).ok());
+    EXPECT_TRUE(reaches(*s, "b1", 15s, &failures)) << "b1 got no call within 15 s of SERVING again";
+    EXPECT_EQ(failures, 0);
+  }
+};
+
+TEST_F(UpstreamHealth, KilledBackendCostsOnlyInFlightCalls) {
+  auto addrs = add_echos(3);
+  ASSERT_TRUE(start_gateway(cluster_toml("backend", addrs,
+                                         "[clusters.health_check]\n"
+                                         "interval = \"1s\"\n"
+                                         "healthy_threshold = 1\n")));
+  constexpr int kThreads = 4;
+  auto ch = channel();
+  ASSERT_TRUE(wait_connected(ch, 10s));
+  Load load(ch, kThreads, /*delay_ms=*/20);
+  ASSERT_TRUE(eventually([&] { return load.ok_from("b0") && load.ok_from("b1") && load.ok_from("b2"); }, 15s))
+      << "not every backend got calls: " << counts_str(load.by_server());
+
+  backends_[1]->kill();
+  // Load keeps running for three health-check intervals with b1 dead.
+  const uint64_t at_kill = load.total();
+  std::this_thread::sleep_for(3s);
+  const uint64_t b1_dead = load.ok_from("b1");
+  EXPECT_GT(load.total(), at_kill) << "no calls finished after the kill";
+
+  backends_[1]->restart();
+  const bool back = eventually([&] { return load.ok_from("b1") > b1_dead; }, 15s);
+  load.stop();
+  EXPECT_TRUE(back) << "the restarted backend got no call within 15 s: " << counts_str(load.by_server());
+
+  auto failures = load.failures();
+  for (const auto& st : failures)
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << "a call failed otherwise: " << status_str(st);
+  // Only calls in flight on b1 when it died may fail.
+  EXPECT_LE(failures.size(), 2u * kThreads)
+      << "of " << load.total() << " calls; first: " << (failures.empty() ? "" : status_str(failures[0]));
+  std::cout << "[ info ] " << load.total() << " calls, " << failures.size()
+            << " failed, answered by: " << counts_str(load.by_server()) << "\n";
+}
+
+TEST_F(UpstreamHealth, NotServingBackendGetsNoCalls) { not_serving_case(""); }
+TEST_F(UpstreamHealth, NotServingNamedServiceGetsNoCalls) { not_serving_case("tlsgate.test.Echo"); }
+
+// ---------------------------------------------------------------- d. DNS
+
+class UpstreamDns : public UpstreamTest {};
+
+// backend.tlsgate.test resolves through a hosts file that tlsgate sees as
+// /etc/hosts (private mount namespace). Moving the name from 127.0.0.2 to
+// 127.0.0.3 moves the traffic, and no call fails.
+TEST_F(UpstreamDns, FollowsHostsFileChange) {
+  auto why = hosts_namespace_unavailable();
+  if (!why.empty()) GTEST_SKIP() << why;
+  EchoOptions o2;
+  o2.id = "dot2";
+  o2.host = "127.0.0.2";
+  auto& dot2 = add_echo(o2);
+  const int port = dot2.endpoint().port;
+  EchoOptions o3;
+  o3.id = "dot3";
+  o3.host = "127.0.0.3";
+  o3.port = port;
+  add_echo(o3);
+
+  const auto hosts = dir_->path() / "hosts";
+  const std::string common = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n";
+  write_file(hosts, common + "127.0.0.2 backend.tlsgate.test\n");
+  GatewayConfig cfg;
+  cfg.workers = 1;
+  cfg.hosts_file = hosts;
+  ASSERT_TRUE(start_gateway(
+      cluster_toml("backend", {"backend.tlsgate.test:" + std::to_string(port)}, "dns_refresh = \"500ms\"\n"),
+      cfg));
+  auto s = stub();
+  auto first = spread(*s, 20);
+  EXPECT_EQ(first["dot2"], 20u) << counts_str(first);
+
+  rewrite_in_place(hosts, common + "127.0.0.3 backend.tlsgate.test\n");
+  std::map<std::string, uint64_t> moving;
+  int failed = 0;
+  bool moved = false;
+  auto deadline = Clock::now() + 15s;
+  while (!moved && Clock::now() < deadline) {
+    auto o = unary(*s, "moving");
+    if (!o.status.ok()) {
+      if (failed++ < 3) ADD_FAILURE() << "call while the name moved: " << status_str(o.status);
+      continue;
+    }
+    ++moving[o.server_id];
+    moved = o.server_id == "dot3";
+  }
+  ASSERT_TRUE(moved) << "no call reached 127.0.0.3 within 15 s of the hosts change: " << counts_str(moving);
+  auto after = spread(*s, 50);
+  EXPECT_EQ(after["dot3"], 50u) << "calls still reach the old address: " << counts_str(after);
+  EXPECT_EQ(failed, 0);
+}
+
+// ---------------------------------------------------------------- e. deadlines
+
+class UpstreamDeadline : public UpstreamTest {};
+
+// curl sends grpc-timeout: 300m on a call the backend would answer after 5 s:
+// the answer is grpc-status 4 well within curl's 4 s bound, and the backend
+// sees its call cancelled.
+TEST_F(UpstreamDeadline, GrpcTimeoutHeaderEndsCall) {
+  auto& b = add_echo("slow");
+  ASSERT_TRUE(start_gateway(cluster_toml("backend", {b.endpoint().address()})));
+  EchoRequest req;
+  req.set_payload("deadline");
+  req.set_delay_ms(5000);
+  const auto body = dir_->path() / "delayed.grpc";
+  write_file(body, grpc_frame(req.SerializeAsString()));
+  auto r =
+      run({"/usr/bin/curl", "-k", "-sS", "-i", "--max-time", "4", "--http2", "-X", "POST", "-H",
+           "content-type: application/grpc", "-H", "te: trailers", "-H", "grpc-timeout: 300m",
+           "--data-binary", "@" + body.string(), "https://" + gw_->target() + "/tlsgate.test.Echo/Unary"},
+          dir_->path(), 20s);
+  ASSERT_TRUE(r.status.exited && r.status.code == 0)
+      << "curl (--max-time 4) did not get a complete answer: " << r.status.to_string() << "\n"
+      << r.err << r.out;
+  EXPECT_EQ(r.out.rfind("HTTP/2 200", 0), 0u) << r.out;
+  EXPECT_NE(r.out.find("grpc-status: 4"), std::string::npos) << r.out;
+
+  StatsReply st;
+  bool cancelled =
+      eventually([&] { return b.stats(&st).ok() && st.cancelled() >= 1 && st.active() == 0; }, 10s);
+  EXPECT_TRUE(cancelled) << "backend: cancelled=" << st.cancelled() << " active=" << st.active();
+  EXPECT_EQ(calls_of(st, "Unary"), 1u);
+}
+
+// max_grpc_timeout = 300ms caps a client's 10 s deadline: the call that the
+// backend would answer after 5 s ends DEADLINE_EXCEEDED, and the backend's
+// call is cancelled.
+TEST_F(UpstreamDeadline, MaxGrpcTimeoutCapsClientDeadline) {
+  auto& b = add_echo("slow");
+  ASSERT_TRUE(
+      start_gateway(cluster_toml("backend", {b.endpoint().address()}, "max_grpc_timeout = \"300ms\"\n")));
+  auto s = stub();
+  auto o = unary(*s, "capped", /*delay_ms=*/5000, /*timeout=*/10s);
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << status_str(o.status);
+  StatsReply st;
+  bool cancelled =
+      eventually([&] { return b.stats(&st).ok() && st.cancelled() >= 1 && st.active() == 0; }, 10s);
+  EXPECT_TRUE(cancelled) << "backend: cancelled=" << st.cancelled() << " active=" << st.active();
+}
+
+// ---------------------------------------------------------------- f. retries
+
+class UpstreamRetry : public UpstreamTest {};
+
+// fastbackend refuses every stream (REFUSED_STREAM: never processed); the
+// gateway retries them on the echo backend: all 50 calls OK, all from echo.
+TEST_F(UpstreamRetry, RefusedStreamRetriedOnOtherBackend) {
+  auto& fb = add_fast({"--refuse", "1000"});
+  auto& echo = add_echo("echo");
+  ASSERT_TRUE(start_gateway(cluster_toml("backend", {fb.endpoint().address(), echo.endpoint().address()},
+                                         "lb = \"round_robin\"\n")));
+  auto s = stub();
+  auto by = spread(*s, 50);
+  EXPECT_EQ(by["echo"], 50u) << counts_str(by);
+  auto counts = fb.stop_and_count();
+  EXPECT_GT(counts["refused"], 0u) << fb.process().describe();
+  EXPECT_EQ(counts["calls"], 0u) << fb.process().describe();
+}
+
+// The same with retries = 0: the refused calls fail UNAVAILABLE.
+TEST_F(UpstreamRetry, RefusedStreamWithoutRetriesFails) {
+  auto& fb = add_fast({"--refuse", "1000"});
+  auto& echo = add_echo("echo");
+  ASSERT_TRUE(start_gateway(cluster_toml("backend", {fb.endpoint().address(), echo.endpoint().address()},
+                                         "lb = \"round_robin\"\nretries = 0\n")));
+  auto s = stub();
+  int failed = 0, ok = 0;
+  for (int i = 0; i < 50; ++i) {
+    auto o = unary(*s, "no-retry-" + std::to_string(i));
+    if (o.status.ok()) {
+      ++ok;
+      EXPECT_EQ(o.server_id, "echo");
+    } else {
+      ++failed;
+      EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << status_str(o.status);
+    }
+  }
+  EXPECT_GT(failed, 0) << "no call failed although retries = 0 and every other pick is refused";
+  EXPECT_GT(ok, 0);
+  auto counts = fb.stop_and_count();
+  EXPECT_GT(counts["refused"], 0u) << fb.process().describe();
+}
+
+// One endpoint refuses connections: calls that pick it are retried elsewhere.
+TEST_F(UpstreamRetry, ConnectFailureRetried) {
+  auto& echo = add_echo("echo");
+  ASSERT_TRUE(start_gateway(
+      cluster_toml("backend", {"127.0.0.1:" + std::to_string(closed_port()), echo.endpoint().address()},
+                   "lb = \"round_robin\"\n")));
+  auto s = stub();
+  auto by = spread(*s, 50);
+  EXPECT_EQ(by["echo"], 50u) << counts_str(by);
+}
+
+// fastbackend sends GOAWAY after every 5th stream of a connection; streams
+// above its last-stream-id were never processed and must be retried. 4
+// concurrent callers x 25 calls: all OK with their own payload back, and
+// fastbackend answered each call exactly once.
+TEST_F(UpstreamRetry, GoawayRetried) {
+  auto& fb = add_fast({"--goaway-after", "5"});
+  ASSERT_TRUE(start_gateway(cluster_toml("backend", {fb.endpoint().address()})));
+  auto ch = channel();
+  ASSERT_TRUE(wait_connected(ch, 10s));
+  auto s = Echo::NewStub(ch);
+  constexpr int kThreads = 4, kCalls = 25;
+  std::mutex mu;
+  std::vector<std::string> problems;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kCalls; ++i) {
+        const std::string payload = "goaway-" + std::to_string(t) + "-" + std::to_string(i);
+        auto o = unary(*s, payload);
+        if (!o.status.ok() || o.payload != payload) {
+          std::lock_guard lock(mu);
+          problems.push_back(payload + ": " + status_str(o.status) + " payload \"" + o.payload + "\"");
+        }
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_TRUE(problems.empty()) << problems.size() << " calls failed; first: " << problems.front();
+  auto counts = fb.stop_and_count();
+  EXPECT_GT(counts["goaways"], 0u) << fb.process().describe();
+  EXPECT_EQ(counts["calls"], static_cast<uint64_t>(kThreads * kCalls)) << fb.process().describe();
+}
+
+// ---------------------------------------------------------------- g. circuit breakers
+
+class UpstreamCircuitBreaker : public UpstreamTest {
+ protected:
+  // `n` concurrent unary calls with delay_ms on one channel; their statuses.
+  std::vector<grpc::Status> concurrent_delayed(Echo::Stub& s, int n, uint32_t delay_ms) {
+    struct Call {
+      grpc::ClientContext ctx;
+      EchoReply reply;
+      grpc::Status status;
+      std::unique_ptr<grpc::ClientAsyncResponseReader<EchoReply>> rpc;
+    };
+    grpc::CompletionQueue cq;
+    std::vector<std::unique_ptr<Call>> calls;
+    for (int i = 0; i < n; ++i) {
+      auto c = std::make_unique<Call>();
+      c->ctx.set_deadline(std::chrono::system_clock::now() + 20s);
+      EchoRequest req;
+      req.set_payload("cb-" + std::to_string(i));
+      req.set_delay_ms(delay_ms);
+      c->rpc = s.AsyncUnary(&c->ctx, req, &cq);
+      c->rpc->Finish(&c->reply, &c->status, c.get());
+      calls.push_back(std::move(c));
+    }
+    for (int done = 0; done < n; ++done) {
+      void* tag = nullptr;
+      bool ok = false;
+      if (cq.AsyncNext(&tag, &ok, std::chrono::system_clock::now() + 30s) !=
+          grpc::CompletionQueue::GOT_EVENT) {
+        ADD_FAILURE() << "completion queue timed out after " << done << " calls";
+        break;
+      }
+    }
+    cq.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq.Next(&tag, &ok)) {
+    }
+    std::vector<grpc::Status> out;
+    for (auto& c : calls) out.push_back(c->status);
+    return out;
+  }
+
+  // Exactly one of the statuses is UNAVAILABLE with `needle` in its message;
+  // all others are OK.
+  void expect_one_breaker(const std::vector<grpc::Status>& sts, const std::string& needle) {
+    int ok = 0, tripped = 0;
+    std::string all;
+    for (const auto& st : sts) {
+      all += "\n  " + status_str(st);
+      if (st.ok())
+        ++ok;
+      else if (st.error_code() == grpc::StatusCode::UNAVAILABLE &&
+               st.error_message().find(needle) != std::string::npos)
+        ++tripped;
+    }
+    EXPECT_EQ(tripped, 1) << "want exactly one UNAVAILABLE mentioning \"" << needle << "\":" << all;
+    EXPECT_EQ(ok, static_cast<int>(sts.size()) - 1) << all;
+  }
+};
+
+// max_pending_streams = 2 (per shard; one worker): the third of three
+// concurrent calls is refused by the gateway.
+TEST_F(UpstreamCircuitBreaker, MaxPendingStreams) {
+  auto& b = add_echo("echo");
+  GatewayConfig cfg;
+  cfg.workers = 1;
+  ASSERT_TRUE(
+      start_gateway(cluster_toml("backend", {b.endpoint().address()}, "max_pending_streams = 2\n"), cfg));
+  auto s = stub();
+  auto warm = unary(*s, "warm-up");  // connections up before the burst
+  ASSERT_TRUE(warm.status.ok()) << status_str(warm.status);
+  expect_one_breaker(concurrent_delayed(*s, 3, 1500), "max_pending_streams");
+  StatsReply st;
+  ASSERT_TRUE(b.stats(&st).ok());
+  EXPECT_EQ(calls_of(st, "Unary"), 3u) << "the refused call must not reach the backend";
+}
+
+// max_connections = 1 and a backend that takes one stream per connection
+// (SETTINGS_MAX_CONCURRENT_STREAMS 1): a second concurrent call would need a
+// second connection, and is refused.
+TEST_F(UpstreamCircuitBreaker, MaxConnections) {
+  EchoOptions o;
+  o.id = "single";
+  o.max_concurrent_streams = 1;
+  auto& b = add_echo(o);
+  GatewayConfig cfg;
+  cfg.workers = 1;
+  ASSERT_TRUE(start_gateway(cluster_toml("backend", {b.endpoint().address()}, "max_connections = 1\n"), cfg));
+  auto s = stub();
+  auto warm = unary(*s, "warm-up");  // the one connection, its SETTINGS known
+  ASSERT_TRUE(warm.status.ok()) << status_str(warm.status);
+  expect_one_breaker(concurrent_delayed(*s, 2, 1500), "max_connections");
+  StatsReply st;
+  ASSERT_TRUE(b.stats(&st).ok());
+  EXPECT_EQ(st.max_active(), 1u);
+}
+
+// ---------------------------------------------------------------- h. TLS to backends
+
+class UpstreamTls : public UpstreamTest {
+ protected:
+  EchoBackend& tls_echo(bool want_client_cert) {
+    EchoOptions o;
+    o.id = want_client_cert ? "mtls-echo" : "tls-echo";
+    o.tls_cert = certs().server_crt;
+    o.tls_key = certs().server_key;
+    if (want_client_cert) o.client_ca = certs().ca;
+    return add_echo(o);
+  }
+  static std::string tls_table(const std::string& server_name, bool client_cert) {
+    std::string t =
+        "[clusters.tls]\nca = \"" + certs().ca.string() + "\"\nserver_name = \"" + server_name + "\"\n";
+    if (client_cert)
+      t += "certificate = \"" + certs().client_crt.string() + "\"\nprivate_key = \"" +
+           certs().client_key.string() + "\"\n";
+    return t;
+  }
+  // n calls, all with the same expected outcome.
+  void expect_calls(Echo::Stub& s, int n, grpc::StatusCode want, const std::string& want_id) {
+    for (int i = 0; i < n; ++i) {
+      auto o = unary(s, "tls-" + std::to_string(i));
+      EXPECT_EQ(o.status.error_code(), want) << "call " << i << ": " << status_str(o.status);
+      if (want == grpc::StatusCode::OK) {
+        EXPECT_EQ(o.server_id, want_id);
+      }
+    }
+  }
+};
+
+TEST_F(UpstreamTls, VerifiedBackend) {
+  auto& b = tls_echo(false);
+  ASSERT_TRUE(
+      start_gateway(cluster_toml("backend", {b.endpoint().address()}, tls_table("localhost", false))));
+  expect_calls(*stub(), 5, grpc::StatusCode::OK, "tls-echo");
+}
+
+TEST_F(UpstreamTls, WrongServerNameFails) {
+  auto& b = tls_echo(false);
+  ASSERT_TRUE(start_gateway(
+      cluster_toml("backend", {b.endpoint().address()}, tls_table("wrong.tlsgate.test", false))));
+  expect_calls(*stub(), 3, grpc::StatusCode::UNAVAILABLE, "");
+  StatsReply st;
+  ASSERT_TRUE(b.stats(&st).ok());
+  EXPECT_EQ(calls_of(st, "Unary"), 0u);
+}
+
+TEST_F(UpstreamTls, ClientCertificate) {
+  auto& b = tls_echo(true);
+  ASSERT_TRUE(start_gateway(cluster_toml("backend", {b.endpoint().address()}, tls_table("localhost", true))));
+  expect_calls(*stub(), 5, grpc::StatusCode::OK, "mtls-echo");
+}
+
+TEST_F(UpstreamTls, MissingClientCertificateFails) {
+  auto& b = tls_echo(true);
+  ASSERT_TRUE(
+      start_gateway(cluster_toml("backend", {b.endpoint().address()}, tls_table("localhost", false))));
+  expect_calls(*stub(), 3, grpc::StatusCode::UNAVAILABLE, "");
+  StatsReply st;
+  ASSERT_TRUE(b.stats(&st).ok());
+  EXPECT_EQ(calls_of(st, "Unary"), 0u);
+}
+
+// ---------------------------------------------------------------- routing
+
+class UpstreamRouting : public UpstreamTest {};
+
+// Default cluster a; routes in order: path prefix /tlsgate.test.Echo/Unary ->
+// b, authority api.example.com -> c. The first match wins.
+TEST_F(UpstreamRouting, PathPrefixThenAuthority) {
+  auto& a = add_echo("a");
+  auto& b = add_echo("b");
+  auto& c = add_echo("c");
+  GatewayConfig cfg;
+  cfg.cluster = "a";
+  cfg.listener_tail =
+      "  [[listeners.routes]]\n"
+      "  path_prefix = \"/tlsgate.test.Echo/Unary\"\n"
+      "  cluster = \"b\"\n"
+      "  [[listeners.routes]]\n"
+      "  authority = \"api.example.com\"\n"
+      "  cluster = \"c\"\n";
+  ASSERT_TRUE(start_gateway(cluster_toml("a", {a.endpoint().address()}) +
+                                cluster_toml("b", {b.endpoint().address()}) +
+                                cluster_toml("c", {c.endpoint().address()}),
+                            cfg));
+  auto s = Echo::NewStub(tls_channel_any_authority(gw_->target()));
+
+  auto server_stream_id = [&](const std::string& authority) {
+    auto ctx = context(10s);
+    if (!authority.empty()) ctx->set_authority(authority);
+    EchoRequest req;
+    req.set_payload("route");
+    auto reader = s->ServerStream(ctx.get(), req);
+    EchoReply r;
+    std::string id = "<no reply>";
+    while (reader->Read(&r)) id = r.server_id();
+    auto st = reader->Finish();
+    return st.ok() ? id : status_str(st);
+  };
+
+  {
+    SCOPED_TRACE("Unary, default authority: path route");
+    auto o = unary(*s, "x");
+    ASSERT_TRUE(o.status.ok()) << status_str(o.status);
+    EXPECT_EQ(o.server_id, "b");
+  }
+  {
+    SCOPED_TRACE("Unary, authority api.example.com: the path route comes first");
+    auto o = unary(*s, "x", 0, 10s, "api.example.com");
+    ASSERT_TRUE(o.status.ok()) << status_str(o.status);
+    EXPECT_EQ(o.server_id, "b");
+  }
+  EXPECT_EQ(server_stream_id(""), "a") << "ServerStream, default authority: default cluster";
+  EXPECT_EQ(server_stream_id("api.example.com"), "c") << "ServerStream, authority route";
+  EXPECT_EQ(server_stream_id("API.Example.COM"), "c") << "authority match is case-insensitive";
+  EXPECT_EQ(server_stream_id("other.example.com"), "a") << "no route matches: default cluster";
+  StatsReply st;
+  ASSERT_TRUE(c.stats(&st).ok());
+  EXPECT_EQ(st.last_authority(), "API.Example.COM") << "the authority is forwarded as sent";
+}
+
+}  // namespace
+}  // namespace tlsgate::itest
