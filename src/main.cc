@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "tlsgate/config.hh"
+#include "tlsgate/dns.hh"
 #include "tlsgate/io.hh"
 #include "tlsgate/ktls.hh"
 #include "tlsgate/log.hh"
@@ -106,9 +107,8 @@ void check_supported(const config::Config& cfg) {
                    ".proxy_protocol: the PROXY protocol is not implemented yet; use \"off\"");
   }
   for (const config::Cluster& c : cfg.clusters)
-    if (c.lb != config::LbPolicy::RoundRobin)
-      config_error(cfg.path + ": clusters." + c.name +
-                   ".lb: \"p2c\" is not implemented yet; use \"round_robin\"");
+    if (c.tls.enabled)
+      config_error(c.tls.origin.to_string() + ": TLS to backends is not implemented yet; remove the table");
 }
 
 // ktls = "on" refuses to start without kernel TLS; "auto" says what it found.
@@ -249,7 +249,12 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
       ok = false;
     }
   }
+  upstream::DnsWatcher dns(cfg, [&](uint32_t cluster, uint32_t name, std::vector<config::SocketAddress> addrs) {
+    for (ShardThread& s : shards)
+      if (s.shard) s.shard->update_dns(cluster, name, addrs);
+  });
   if (ok) {
+    dns.start();
     LOG_INFO("main", "tlsgate %s serving with %u shards (io_uring %s)", TLSGATE_VERSION, n,
              shards[0].shard->ring_features().c_str());
     for (;;) {
@@ -263,6 +268,7 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
       break;
     }
   }
+  dns.stop();
   for (ShardThread& s : shards)
     if (s.shard) s.shard->stop();
   shard::Counters total;

@@ -51,11 +51,13 @@ enum class ProxyProtocol { Off, V1, V2, Auto };
 enum class Ktls { Auto, On, Off };
 enum class TlsVersion { Tls12, Tls13 };
 enum class LbPolicy { RoundRobin, P2c };
+enum class AllUnhealthy { Fail, Panic };
 
 const char* to_string(ProxyProtocol v);
 const char* to_string(Ktls v);
 const char* to_string(TlsVersion v);
 const char* to_string(LbPolicy v);
+const char* to_string(AllUnhealthy v);
 
 struct TlsSettings {
   std::string certificate;  // path, PEM chain (leaf first)
@@ -68,23 +70,86 @@ struct TlsSettings {
   Origin ktls_origin;
 };
 
+// A listener's routing rule: the first rule whose present fields all match
+// sends the stream to `cluster`; no match uses the listener's default cluster.
+struct Route {
+  std::string authority;    // "" = any; exact, case-insensitive; without a port here the request's port is ignored
+  std::string path_prefix;  // "" = any; byte prefix of :path
+  std::string cluster;
+  size_t cluster_index = 0;
+  Origin cluster_origin;
+};
+
 struct Listener {
   std::string name;
   SocketAddress listen;
   Origin listen_origin;
   ProxyProtocol proxy_protocol = ProxyProtocol::Off;
   std::string cluster;  // name of the default cluster; validated to exist
+  size_t cluster_index = 0;
+  std::vector<Route> routes;
   TlsSettings tls;
   std::chrono::milliseconds handshake_timeout{10'000};
   std::chrono::milliseconds idle_timeout{300'000};
   uint32_t max_concurrent_streams = 1000;  // advertised to clients
 };
 
+// Active health checking with the gRPC health protocol.
+struct HealthCheck {
+  bool enabled = false;
+  std::chrono::milliseconds interval{5'000};
+  std::chrono::milliseconds timeout{1'000};
+  std::string service;  // HealthCheckRequest.service; "" = the server as a whole
+  uint32_t healthy_threshold = 2;
+  uint32_t unhealthy_threshold = 2;
+};
+
+// Passive outlier ejection.
+struct Outlier {
+  uint32_t consecutive_failures = 5;  // 0 = off
+  std::chrono::milliseconds base_ejection{10'000};
+  std::chrono::milliseconds max_ejection{300'000};
+};
+
+// TLS towards the backends.
+struct UpstreamTls {
+  bool enabled = false;
+  std::string ca;           // PEM bundle the backend's certificate must chain to
+  std::string server_name;  // SNI and the name verified; "" = the endpoint's host
+  std::string certificate;  // client certificate (mTLS); "" = none
+  std::string private_key;
+  Origin origin;            // of the [clusters.tls] table
+};
+
+// An endpoint written as a DNS name: re-resolved every dns_refresh.
+struct DnsName {
+  std::string host;
+  uint16_t port = 0;
+  std::string text;  // as written
+};
+
 struct Cluster {
   std::string name;
-  std::vector<SocketAddress> endpoints;  // numeric host:port, or names resolved at load
-  LbPolicy lb = LbPolicy::RoundRobin;
+  // Numeric endpoints and, for each DNS name, its first address at load.
+  std::vector<SocketAddress> endpoints;
+  // Parallel to `endpoints`: index into dns_names, or -1 for a numeric one.
+  std::vector<int> endpoint_name;
+  std::vector<DnsName> dns_names;
+  LbPolicy lb = LbPolicy::P2c;
   std::chrono::milliseconds connect_timeout{2'000};
+  std::chrono::milliseconds dns_refresh{5'000};
+  uint32_t max_connections = 1024;     // per shard
+  uint32_t max_pending_streams = 4096;  // per shard
+  std::chrono::milliseconds max_grpc_timeout{0};  // 0 = no cap
+  uint32_t retries = 2;
+  uint32_t retry_buffer = 64 * 1024;
+  std::chrono::milliseconds keepalive_interval{30'000};
+  std::chrono::milliseconds keepalive_timeout{10'000};
+  std::chrono::milliseconds idle_timeout{300'000};
+  AllUnhealthy all_unhealthy = AllUnhealthy::Fail;
+  HealthCheck health_check;
+  Outlier outlier;
+  UpstreamTls tls;
 };
 
 struct Admin {

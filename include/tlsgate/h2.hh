@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "tlsgate/buffer.hh"
+#include "tlsgate/config.hh"
 #include "tlsgate/result.hh"
 
 namespace tlsgate::h2 {
@@ -41,14 +42,47 @@ class Owner {
   ~Owner() = default;
 };
 
+// How an upstream stream ended, for the endpoint's health record.
+enum class Outcome {
+  Success,       // any answer from the backend other than grpc-status 14
+  Failure,       // reset by the backend, connection lost, grpc-status 14
+  NotProcessed,  // refused (REFUSED_STREAM, above a GOAWAY's last stream id) or never sent
+  Cancelled,     // the gateway or the client ended it: says nothing about the backend
+};
+
+// What the stream layer applies per cluster.
+struct ClusterPolicy {
+  uint64_t max_grpc_timeout_ms = 0;  // 0 = no cap
+  uint32_t retries = 0;
+  uint32_t retry_buffer = 0;
+};
+
 // Chooses the upstream session for a new stream; implemented by the shard.
 class Router {
  public:
-  // Returns nullptr when no backend can take the stream; `why` then says so.
-  virtual UpstreamSession* pick_upstream(uint32_t cluster, const char*& why) = 0;
+  // Returns nullptr when no backend can take the stream; `why` (static or
+  // long-lived text) then says so. `avoid` is the endpoint that just failed
+  // this stream (a retry), or -1.
+  virtual UpstreamSession* pick_upstream(uint32_t cluster, int avoid, const char*& why) = 0;
+  virtual const ClusterPolicy& cluster_policy(uint32_t cluster) = 0;
+  virtual uint64_t now_ms() = 0;
+  // A client stream was put on / taken off an upstream session.
+  virtual void stream_started(UpstreamSession& u) = 0;
+  virtual void stream_finished(UpstreamSession& u, Outcome outcome) = 0;
 
  protected:
   ~Router() = default;
+};
+
+// Receives the result of a health-check stream (see UpstreamSession::submit_probe).
+class ProbeSink {
+ public:
+  // ok: HTTP 200, grpc-status 0 and a HealthCheckResponse saying SERVING.
+  // Otherwise `why` says what was wrong.
+  virtual void probe_done(bool ok, const char* why) = 0;
+
+ protected:
+  ~ProbeSink() = default;
 };
 
 struct Counters {
@@ -57,9 +91,12 @@ struct Counters {
   uint64_t streams_reset_by_client = 0;
   uint64_t streams_reset_by_upstream = 0;
   uint64_t header_limit_resets = 0;
+  uint64_t deadline_exceeded = 0;        // answered grpc-status 4 by the gateway
+  uint64_t retries = 0;                  // streams sent again after the backend never processed them
+  uint64_t bad_grpc_timeout = 0;         // malformed grpc-timeout values (ignored)
 };
 
-// Per-shard HTTP/2 state: stream objects and counters.
+// Per-shard HTTP/2 state: stream objects, deadlines and counters.
 class Context {
  public:
   Context(ChunkPool& chunks, Router& router);
@@ -75,16 +112,27 @@ class Context {
   Stream* new_stream();
   void free_stream(Stream* s);
 
+  // Streams whose grpc-timeout passed get grpc-status 4 and their upstream
+  // half is cancelled. Call on every timer tick.
+  void expire_deadlines(uint64_t now_ms);
+  void add_deadline(Stream* s);
+  void remove_deadline(Stream* s);
+  size_t deadlines_pending() const { return deadlines_.size(); }
+
  private:
+  void sift_up(size_t i);
+  void sift_down(size_t i);
   ChunkPool& chunks_;
   Router& router_;
   Counters counters_;
   std::vector<Stream*> free_streams_;
+  std::vector<Stream*> deadlines_;  // min-heap on Stream::deadline_ms
   size_t streams_in_use_ = 0;
 };
 
 struct DownstreamSettings {
   uint32_t cluster = 0;  // default route
+  const std::vector<config::Route>* routes = nullptr;  // checked first, in order
   uint32_t max_concurrent_streams = 1000;
   std::string client_ip;  // for x-forwarded-for
 };
@@ -140,21 +188,36 @@ class DownstreamSession final : public Session {
 
 class UpstreamSession final : public Session {
  public:
-  UpstreamSession(Context& ctx, Owner& owner);
+  UpstreamSession(Context& ctx, Owner& owner, uint32_t cluster, int endpoint);
   ~UpstreamSession();
   // Can take one more stream: not going away, below the peer's
   // SETTINGS_MAX_CONCURRENT_STREAMS.
   bool can_take_stream() const;
   bool going_away() const { return going_away_; }
-  // The connection failed or was lost: every stream on it ends with
-  // grpc-status 14 and `why` as grpc-message (or a reset where the response
-  // had already ended). The session is dead afterwards.
-  void fail(const char* why);
+  // The connection failed or was lost. Streams the backend cannot have seen
+  // (`nothing_sent`: the connection never opened) are retried elsewhere where
+  // the cluster allows; the others end with grpc-status 14 and `why` as
+  // grpc-message (or a reset where the response had already ended). The
+  // session is dead afterwards.
+  void fail(const char* why, bool nothing_sent = false);
   bool failed() const { return failed_; }
+  uint32_t cluster() const { return cluster_; }
+  int endpoint() const { return endpoint_; }
+
+  // Starts a grpc.health.v1.Health/Check stream; `sink` gets the result once,
+  // unless cancel_probe() is called first. Returns a handle, or nullptr when
+  // the stream could not be submitted (sink not called).
+  void* submit_probe(const std::string& service, const std::string& authority, ProbeSink* sink);
+  // Resets the probe stream; its sink is not called.
+  void cancel_probe(void* handle);
+  // An HTTP/2 PING (keepalive); the ack arrives as ordinary received bytes.
+  void ping();
 
  private:
   friend struct Callbacks;
   friend struct Forward;
+  uint32_t cluster_;
+  int endpoint_;
   bool going_away_ = false;
   bool failed_ = false;
 };

@@ -29,6 +29,16 @@ struct Counters {
   uint64_t streams_reset_by_client = 0;
   uint64_t streams_reset_by_upstream = 0;
   uint64_t header_limit_resets = 0;
+  uint64_t deadline_exceeded = 0;            // streams answered grpc-status 4 by the gateway
+  uint64_t retries = 0;                      // streams sent again after the backend never processed them
+  uint64_t circuit_breaker_streams = 0;      // refused: cluster's max_pending_streams reached
+  uint64_t circuit_breaker_connections = 0;  // refused: cluster's max_connections reached
+  uint64_t no_healthy_endpoint = 0;          // refused: no usable endpoint
+  uint64_t endpoints_ejected = 0;            // passive outlier ejections
+  uint64_t health_check_failures = 0;
+  uint64_t upstream_idle_closed = 0;
+  uint64_t upstream_keepalive_timeouts = 0;
+  uint64_t dns_updates = 0;                  // endpoint sets changed by re-resolution
   uint64_t tls_userspace = 0;  // connections whose record crypto stays in userspace
   // kTLS: offloaded connections by [tls 1.2, tls 1.3][aes128gcm, aes256gcm, chacha20].
   uint64_t ktls_offloaded[2][3] = {};
@@ -56,6 +66,10 @@ class Shard {
   void run();
   // Thread-safe: asks the shard to drain and return from run().
   void stop();
+  // Thread-safe: the addresses of clusters[cluster].dns_names[name] changed.
+  // The shard adopts them at its next timer tick: new addresses join, gone
+  // ones drain (no new streams; running ones finish).
+  void update_dns(uint32_t cluster, uint32_t name, std::vector<config::SocketAddress> addrs);
   // Valid after run() returned.
   const Counters& counters() const;
   std::string ring_features() const;

@@ -41,6 +41,8 @@ constexpr size_t max_file_size = 16 << 20;                   // a config, not a 
 constexpr size_t max_quoted = 64;                            // bytes of a value echoed back
 constexpr unsigned max_workers = 256;
 
+bool valid_host_name(std::string_view host);
+
 std::string errno_text(int err) { return std::generic_category().message(err); }
 
 // Error messages are one line: control bytes become escapes. Applied to the
@@ -402,6 +404,41 @@ std::string read_name(const Table& t, const Value& v) {
   return name;
 }
 
+// Lower-case ASCII: authorities are compared case-insensitively.
+std::string lower(std::string s) {
+  for (char& c : s)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return s;
+}
+
+void read_routes(const Table& t, const Value& v, Listener& l) {
+  const auto* a = v.node->as_array();
+  if (a == nullptr) t.fail(v, std::string("expected an array of tables, got ") + type_name(*v.node));
+  for (size_t i = 0; i < a->size(); ++i) {
+    Table r = t.sub(t.element(v, *a, i));
+    r.check_keys({"authority", "path_prefix", "cluster"});
+    Route route;
+    auto authority = r.get("authority");
+    auto prefix = r.get("path_prefix");
+    if (!authority && !prefix) r.fail(r.pos(), r.path(), "a route needs \"authority\", \"path_prefix\" or both");
+    if (authority) {
+      route.authority = lower(r.string(*authority));
+      if (route.authority.empty() || route.authority.size() > 255 ||
+          route.authority.find_first_of(" \t/\\@") != std::string::npos || route.authority.find('\0') != std::string::npos)
+        r.fail(*authority, "expected a host or host:port, got " + quote(route.authority));
+    }
+    if (prefix) {
+      route.path_prefix = r.string(*prefix);
+      if (route.path_prefix.empty() || route.path_prefix[0] != '/')
+        r.fail(*prefix, "must start with '/', got " + quote(route.path_prefix));
+    }
+    Value cluster = r.require("cluster");
+    route.cluster = r.string(cluster);
+    route.cluster_origin = r.origin(cluster);
+    l.routes.push_back(std::move(route));
+  }
+}
+
 void read_listeners(const Table& root, Config& cfg, std::vector<Origin>& cluster_refs,
                     std::vector<FileCheck>& files) {
   Value list = root.require("listeners");
@@ -412,7 +449,7 @@ void read_listeners(const Table& root, Config& cfg, std::vector<Origin>& cluster
   for (size_t i = 0; i < a->size(); ++i) {
     Table t = root.sub(root.element(list, *a, i));
     t.check_keys({"name", "listen", "proxy_protocol", "cluster", "handshake_timeout", "idle_timeout",
-                  "max_concurrent_streams", "tls"});
+                  "max_concurrent_streams", "tls", "routes"});
     Listener l;
     Value name = t.require("name");
     l.name = read_name(t, name);
@@ -448,12 +485,83 @@ void read_listeners(const Table& root, Config& cfg, std::vector<Origin>& cluster
       l.max_concurrent_streams = static_cast<uint32_t>(t.integer(*v, 1, std::numeric_limits<int32_t>::max()));
     }
     read_tls(t.sub(t.require("tls")), l.tls, files);
+    if (auto v = t.get("routes")) read_routes(t, *v, l);
     names.push_back(name);
     cfg.listeners.push_back(std::move(l));
   }
 }
 
-void read_clusters(const Table& root, Config& cfg) {
+void read_health_check(const Table& t, HealthCheck& hc) {
+  t.check_keys({"interval", "timeout", "service", "healthy_threshold", "unhealthy_threshold"});
+  hc.enabled = true;
+  if (auto v = t.get("interval")) hc.interval = t.duration(*v);
+  if (auto v = t.get("timeout")) {
+    hc.timeout = t.duration(*v);
+    if (hc.timeout > hc.interval) t.fail(*v, "must not be longer than interval");
+  } else {
+    hc.timeout = std::min(hc.timeout, hc.interval);
+  }
+  if (auto v = t.get("service")) {
+    hc.service = t.string(*v);
+    if (hc.service.size() > 1024) t.fail(*v, "at most 1024 bytes");
+  }
+  if (auto v = t.get("healthy_threshold")) hc.healthy_threshold = static_cast<uint32_t>(t.integer(*v, 1, 100));
+  if (auto v = t.get("unhealthy_threshold")) hc.unhealthy_threshold = static_cast<uint32_t>(t.integer(*v, 1, 100));
+}
+
+void read_outlier(const Table& t, Outlier& o) {
+  t.check_keys({"consecutive_failures", "base_ejection", "max_ejection"});
+  if (auto v = t.get("consecutive_failures")) o.consecutive_failures = static_cast<uint32_t>(t.integer(*v, 0, 1000));
+  if (auto v = t.get("base_ejection")) o.base_ejection = t.duration(*v);
+  if (auto v = t.get("max_ejection")) {
+    o.max_ejection = t.duration(*v);
+    if (o.max_ejection < o.base_ejection) t.fail(*v, "must not be shorter than base_ejection");
+  } else {
+    o.max_ejection = std::max(o.max_ejection, o.base_ejection);
+  }
+}
+
+void read_upstream_tls(const Table& t, UpstreamTls& tls, std::vector<FileCheck>& files) {
+  t.check_keys({"ca", "server_name", "certificate", "private_key"});
+  tls.enabled = true;
+  tls.origin = Origin{t.file(), t.path(), t.pos().line, t.pos().column};
+  Value ca = t.require("ca");
+  tls.ca = t.string(ca);
+  files.push_back({tls.ca, t.origin(ca)});
+  if (auto v = t.get("server_name")) {
+    tls.server_name = t.string(*v);
+    if (tls.server_name.empty() || !valid_host_name(tls.server_name))
+      t.fail(*v, "expected a host name, got " + quote(tls.server_name));
+  }
+  auto cert = t.get("certificate");
+  auto key = t.get("private_key");
+  if (cert && !key) t.fail(*cert, "needs private_key too (mTLS)");
+  if (key && !cert) t.fail(*key, "needs certificate too (mTLS)");
+  if (cert) {
+    tls.certificate = t.string(*cert);
+    tls.private_key = t.string(*key);
+    files.push_back({tls.certificate, t.origin(*cert)});
+    files.push_back({tls.private_key, t.origin(*key)});
+  }
+}
+
+// "name:port" of an endpoint that parse_address accepted with names allowed:
+// numeric ones also parse without names.
+std::optional<DnsName> dns_name_of(const std::string& text) {
+  try {
+    (void)parse_address(text, false);
+    return std::nullopt;
+  } catch (const std::invalid_argument&) {
+  }
+  size_t colon = text.rfind(':');
+  DnsName n;
+  n.host = text.substr(0, colon);
+  n.port = static_cast<uint16_t>(std::stoul(text.substr(colon + 1)));
+  n.text = text;
+  return n;
+}
+
+void read_clusters(const Table& root, Config& cfg, std::vector<FileCheck>& files) {
   Value list = root.require("clusters");
   const auto* a = list.node->as_array();
   if (a == nullptr) root.fail(list, std::string("expected an array of tables, got ") + type_name(*list.node));
@@ -461,7 +569,9 @@ void read_clusters(const Table& root, Config& cfg) {
   std::vector<Value> names;
   for (size_t i = 0; i < a->size(); ++i) {
     Table t = root.sub(root.element(list, *a, i));
-    t.check_keys({"name", "endpoints", "lb", "connect_timeout"});
+    t.check_keys({"name", "endpoints", "lb", "connect_timeout", "dns_refresh", "max_connections",
+                  "max_pending_streams", "max_grpc_timeout", "retries", "retry_buffer", "keepalive_interval",
+                  "keepalive_timeout", "idle_timeout", "all_unhealthy", "health_check", "outlier", "tls"});
     Cluster c;
     Value name = t.require("name");
     c.name = read_name(t, name);
@@ -471,9 +581,25 @@ void read_clusters(const Table& root, Config& cfg) {
       }
     }
     if (auto v = t.get("lb")) {
-      c.lb = t.choice<LbPolicy>(*v, {{"round_robin", LbPolicy::RoundRobin}, {"p2c", LbPolicy::P2c}});
+      c.lb = t.choice<LbPolicy>(*v, {{"p2c", LbPolicy::P2c}, {"round_robin", LbPolicy::RoundRobin}});
     }
     if (auto v = t.get("connect_timeout")) c.connect_timeout = t.duration(*v);
+    if (auto v = t.get("dns_refresh")) c.dns_refresh = t.duration(*v);
+    if (auto v = t.get("max_connections")) c.max_connections = static_cast<uint32_t>(t.integer(*v, 1, 1'000'000));
+    if (auto v = t.get("max_pending_streams"))
+      c.max_pending_streams = static_cast<uint32_t>(t.integer(*v, 1, 10'000'000));
+    if (auto v = t.get("max_grpc_timeout")) c.max_grpc_timeout = t.duration(*v);
+    if (auto v = t.get("retries")) c.retries = static_cast<uint32_t>(t.integer(*v, 0, 10));
+    if (auto v = t.get("retry_buffer")) c.retry_buffer = static_cast<uint32_t>(t.integer(*v, 0, 16 << 20));
+    if (auto v = t.get("keepalive_interval")) c.keepalive_interval = t.duration(*v);
+    if (auto v = t.get("keepalive_timeout")) c.keepalive_timeout = t.duration(*v);
+    if (auto v = t.get("idle_timeout")) c.idle_timeout = t.duration(*v);
+    if (auto v = t.get("all_unhealthy")) {
+      c.all_unhealthy = t.choice<AllUnhealthy>(*v, {{"fail", AllUnhealthy::Fail}, {"panic", AllUnhealthy::Panic}});
+    }
+    if (auto v = t.get("health_check")) read_health_check(t.sub(*v), c.health_check);
+    if (auto v = t.get("outlier")) read_outlier(t.sub(*v), c.outlier);
+    if (auto v = t.get("tls")) read_upstream_tls(t.sub(*v), c.tls, files);
     Value eps = t.require("endpoints");
     const toml::array& e = t.array(eps);
     if (e.empty()) t.fail(eps, "at least one endpoint is required");
@@ -481,6 +607,14 @@ void read_clusters(const Table& root, Config& cfg) {
       Value ev = t.element(eps, e, j);
       SocketAddress addr = t.address(ev, true);
       if (addr.port() == 0) t.fail(ev, "an endpoint needs a port from 1 to 65535, got " + quote(addr.text));
+      for (const SocketAddress& other : c.endpoints)
+        if (other.text == addr.text) t.fail(ev, "duplicate endpoint " + quote(addr.text));
+      if (auto dns = dns_name_of(addr.text)) {
+        c.endpoint_name.push_back(static_cast<int>(c.dns_names.size()));
+        c.dns_names.push_back(std::move(*dns));
+      } else {
+        c.endpoint_name.push_back(-1);
+      }
       c.endpoints.push_back(std::move(addr));
     }
     names.push_back(name);
@@ -498,14 +632,17 @@ Config build(const toml::table& doc, const std::string& name) {
   std::vector<Origin> cluster_refs;
   std::vector<FileCheck> files;
   read_listeners(root, cfg, cluster_refs, files);
-  read_clusters(root, cfg);
+  read_clusters(root, cfg, files);
 
+  auto resolve = [&](const std::string& cluster, const Origin& o) -> size_t {
+    for (size_t c = 0; c < cfg.clusters.size(); ++c)
+      if (cfg.clusters[c].name == cluster) return c;
+    throw ConfigError(format_error(name, {o.line, o.column}, o.key, "no cluster named " + quote(cluster)));
+  };
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
-    const Origin& o = cluster_refs[i];
-    if (cfg.find_cluster(cfg.listeners[i].cluster) == nullptr) {
-      throw ConfigError(format_error(name, {o.line, o.column}, o.key,
-                                     "no cluster named " + quote(cfg.listeners[i].cluster)));
-    }
+    Listener& l = cfg.listeners[i];
+    l.cluster_index = resolve(l.cluster, cluster_refs[i]);
+    for (Route& r : l.routes) r.cluster_index = resolve(r.cluster, r.cluster_origin);
   }
   if (cfg.admin.enabled && cfg.admin.listen.port() != 0) {
     for (const Listener& l : cfg.listeners) {
@@ -640,6 +777,14 @@ const char* to_string(LbPolicy v) {
   switch (v) {
     case LbPolicy::RoundRobin: return "round_robin";
     case LbPolicy::P2c: return "p2c";
+  }
+  return "?";
+}
+
+const char* to_string(AllUnhealthy v) {
+  switch (v) {
+    case AllUnhealthy::Fail: return "fail";
+    case AllUnhealthy::Panic: return "panic";
   }
   return "?";
 }

@@ -6,6 +6,7 @@
 #include <new>
 
 #include "stream.hh"
+#include "tlsgate/grpc.hh"
 #include "tlsgate/h2.hh"
 #include "tlsgate/log.hh"
 
@@ -46,6 +47,32 @@ void percent_encode(const char* in, char* out, size_t cap) {
     }
   }
   out[o] = 0;
+}
+
+bool equals_lower(const uint8_t* a, size_t alen, const std::string& lower_b) {
+  if (alen != lower_b.size()) return false;
+  for (size_t i = 0; i < alen; ++i) {
+    uint8_t c = a[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<uint8_t>(c - 'A' + 'a');
+    if (c != static_cast<uint8_t>(lower_b[i])) return false;
+  }
+  return true;
+}
+
+// A route's authority without a port matches the request's host whatever
+// its port; with a port, host and port must both match.
+bool authority_matches(const std::string& route, const uint8_t* a, size_t len) {
+  if (route.find(':') == std::string::npos || route[0] == '[') {
+    size_t host_len = len;
+    if (len > 0 && a[0] == '[') {
+      const void* close = std::memchr(a, ']', len);
+      if (close != nullptr) host_len = static_cast<size_t>(static_cast<const uint8_t*>(close) - a) + 1;
+    } else if (const void* colon = std::memchr(a, ':', len)) {
+      host_len = static_cast<size_t>(static_cast<const uint8_t*>(colon) - a);
+    }
+    if (route.find("]:") == std::string::npos && equals_lower(a, host_len, route)) return true;
+  }
+  return equals_lower(a, len, route);
 }
 
 }  // namespace
@@ -124,9 +151,53 @@ Stream* Context::new_stream() {
 }
 
 void Context::free_stream(Stream* s) {
+  remove_deadline(s);
   s->reset(chunks_);
   --streams_in_use_;
   free_streams_.push_back(s);
+}
+
+void Context::add_deadline(Stream* s) {
+  s->heap_index = deadlines_.size();
+  deadlines_.push_back(s);  // grows during warm-up only
+  sift_up(s->heap_index);
+}
+
+void Context::remove_deadline(Stream* s) {
+  size_t i = s->heap_index;
+  if (i == Stream::kNoDeadline) return;
+  s->heap_index = Stream::kNoDeadline;
+  Stream* last = deadlines_.back();
+  deadlines_.pop_back();
+  if (last == s) return;
+  deadlines_[i] = last;
+  last->heap_index = i;
+  sift_up(i);
+  sift_down(last->heap_index);
+}
+
+void Context::sift_up(size_t i) {
+  while (i > 0) {
+    size_t parent = (i - 1) / 2;
+    if (deadlines_[parent]->deadline_ms <= deadlines_[i]->deadline_ms) break;
+    std::swap(deadlines_[parent], deadlines_[i]);
+    deadlines_[parent]->heap_index = parent;
+    deadlines_[i]->heap_index = i;
+    i = parent;
+  }
+}
+
+void Context::sift_down(size_t i) {
+  for (;;) {
+    size_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < deadlines_.size() && deadlines_[l]->deadline_ms < deadlines_[m]->deadline_ms) m = l;
+    if (r < deadlines_.size() && deadlines_[r]->deadline_ms < deadlines_[m]->deadline_ms) m = r;
+    if (m == i) return;
+    std::swap(deadlines_[m], deadlines_[i]);
+    deadlines_[m]->heap_index = m;
+    deadlines_[i]->heap_index = i;
+    i = m;
+  }
 }
 
 // ---------------------------------------------------------------- Forward
@@ -156,32 +227,36 @@ struct Forward {
     if (u.streams_) u.streams_->up_prev = s;
     u.streams_ = s;
     ++u.active_streams_;
+    if (s->probe == nullptr) u.ctx_.router().stream_started(u);
   }
-  static void unlink_up(Stream* s) {
+  static void unlink_up(Stream* s, Outcome outcome) {
     UpstreamSession& u = *s->up;
     if (s->up_prev) s->up_prev->up_next = s->up_next; else u.streams_ = s->up_next;
     if (s->up_next) s->up_next->up_prev = s->up_prev;
     s->up_prev = s->up_next = nullptr;
     --u.active_streams_;
     s->up = nullptr;
+    s->up_id = -1;
+    if (s->probe == nullptr) u.ctx_.router().stream_finished(u, outcome);
   }
 
-  // The gateway answers the stream itself with grpc-status 14: trailers-only
+  // The gateway answers the stream itself with a grpc-status: trailers-only
   // if nothing was sent yet, else trailers after the data already queued.
-  static void respond_unavailable(Context& ctx, Stream* s, const char* why) {
-    ++ctx.counters().streams_unavailable;
+  static void respond_status(Stream* s, const char* code, const char* why) {
     DownstreamSession* d = s->down;
     if (d == nullptr || s->resp_eof) return;
     percent_encode(why, s->message, sizeof s->message);
+    const size_t code_len = std::strlen(code);
     if (!s->resp_started) {
       nghttp2_nv nva[4] = {make_nv(":status", "200", 3), make_nv("content-type", "application/grpc", 16),
-                           make_nv("grpc-status", "14", 2), make_nv("grpc-message", s->message, std::strlen(s->message))};
+                           make_nv("grpc-status", code, code_len),
+                           make_nv("grpc-message", s->message, std::strlen(s->message))};
       s->resp_started = true;
       s->resp_eof = true;
       nghttp2_submit_response(ng(d->session_), s->down_id, nva, 4, nullptr);
     } else {
       s->resp_trailers.clear();
-      s->resp_trailers.add_static("grpc-status", "14", 2);
+      s->resp_trailers.add_static("grpc-status", code, code_len);
       s->resp_trailers.add_static("grpc-message", s->message, std::strlen(s->message));
       s->resp_eof = true;
       nghttp2_session_resume_data(ng(d->session_), s->down_id);
@@ -189,10 +264,28 @@ struct Forward {
     d->owner_.wake();
   }
 
+  static void respond_unavailable(Context& ctx, Stream* s, const char* why) {
+    if (s->down == nullptr || s->resp_eof) return;
+    ++ctx.counters().streams_unavailable;
+    respond_status(s, "14", why);
+  }
+
+  static void deadline_exceeded(Context& ctx, Stream* s) {
+    if (s->resp_eof) return;  // the answer is complete; only the client still reads it
+    ++ctx.counters().deadline_exceeded;
+    respond_status(s, "4", "deadline exceeded at the gateway");
+    if (s->up != nullptr) {
+      s->gateway_cancelled = true;
+      nghttp2_submit_rst_stream(ng(s->up->session_), NGHTTP2_FLAG_NONE, s->up_id, NGHTTP2_CANCEL);
+      s->up->owner_.wake();
+    }
+  }
+
   static ssize_t read_request_body(nghttp2_session*, int32_t, uint8_t* buf, size_t length, uint32_t* flags,
                                    nghttp2_data_source* source, void*) {
     auto* s = static_cast<Stream*>(source->ptr);
     size_t n = s->req_body.read(buf, length);
+    if (n > 0 && s->replayable) keep_for_retry(s, buf, n);
     if (n > 0 && s->down) {
       // The backend's side took the bytes: now the client may send more.
       size_t give = std::min(n, s->req_unconsumed);
@@ -232,10 +325,72 @@ struct Forward {
     return static_cast<ssize_t>(n);
   }
 
-  // The client's request headers are complete: pick a backend and submit.
+  // A retry must send the same bytes again: keep what was sent, up to the
+  // cluster's retry_buffer; past it the stream is no longer retryable.
+  static void keep_for_retry(Stream* s, const uint8_t* data, size_t n) {
+    if (s->down == nullptr) return;
+    const ClusterPolicy& p = s->down->ctx_.router().cluster_policy(s->cluster);
+    if (p.retries == 0 || s->req_sent.size() + n > p.retry_buffer || !s->req_sent.append(data, n)) {
+      s->replayable = false;
+      s->req_sent.clear();
+    }
+  }
+
+  // The cluster for a request: the listener's first matching route, else
+  // its default cluster.
+  static uint32_t route(const DownstreamSession& d, const Stream* s) {
+    const std::vector<config::Route>* routes = d.settings_.routes;
+    if (routes == nullptr || routes->empty()) return d.settings_.cluster;
+    const uint8_t* authority = nullptr;
+    size_t authority_len = 0;
+    if (!s->req_headers.find(":authority", &authority, &authority_len))
+      s->req_headers.find("host", &authority, &authority_len);
+    const uint8_t* path = nullptr;
+    size_t path_len = 0;
+    s->req_headers.find(":path", &path, &path_len);
+    for (const config::Route& r : *routes) {
+      if (!r.authority.empty() && (authority == nullptr || !authority_matches(r.authority, authority, authority_len)))
+        continue;
+      if (!r.path_prefix.empty() &&
+          (path == nullptr || path_len < r.path_prefix.size() ||
+           std::memcmp(path, r.path_prefix.data(), r.path_prefix.size()) != 0))
+        continue;
+      return static_cast<uint32_t>(r.cluster_index);
+    }
+    return d.settings_.cluster;
+  }
+
+  // grpc-timeout bounds the stream, capped by the cluster's maximum (the
+  // capped value is what the backend is told).
+  static void start_deadline(Context& ctx, Stream* s) {
+    const uint8_t* v = nullptr;
+    size_t len = 0;
+    if (!s->req_headers.find("grpc-timeout", &v, &len)) return;
+    auto ms = grpc::parse_timeout_ms(std::string_view(reinterpret_cast<const char*>(v), len));
+    if (!ms) {
+      ++ctx.counters().bad_grpc_timeout;
+      return;
+    }
+    uint64_t cap = ctx.router().cluster_policy(s->cluster).max_grpc_timeout_ms;
+    if (cap != 0 && *ms > cap) {
+      *ms = cap;
+      s->timeout_text[grpc::format_timeout(cap, s->timeout_text)] = 0;
+    }
+    s->deadline_ms = ctx.router().now_ms() + *ms;
+    ctx.add_deadline(s);
+  }
+
+  // The client's request headers are complete: route, pick a backend, submit.
   static void forward_request(Context& ctx, DownstreamSession& d, Stream* s) {
+    s->cluster = route(d, s);
+    start_deadline(ctx, s);
+    submit_upstream(ctx, s, -1);
+  }
+
+  static void submit_upstream(Context& ctx, Stream* s, int avoid) {
+    DownstreamSession& d = *s->down;
     const char* why = "no upstream available";
-    UpstreamSession* u = ctx.router().pick_upstream(d.settings_.cluster, why);
+    UpstreamSession* u = ctx.router().pick_upstream(s->cluster, avoid, why);
     if (u == nullptr) {
       respond_unavailable(ctx, s, why);
       return;
@@ -247,6 +402,9 @@ struct Forward {
       if (nva[i].namelen == 7 && std::memcmp(nva[i].name, ":scheme", 7) == 0) {
         nva[i].value = reinterpret_cast<uint8_t*>(const_cast<char*>("http"));
         nva[i].valuelen = 4;
+      } else if (s->timeout_text[0] != 0 && nva[i].namelen == 12 && std::memcmp(nva[i].name, "grpc-timeout", 12) == 0) {
+        nva[i].value = reinterpret_cast<uint8_t*>(s->timeout_text);
+        nva[i].valuelen = std::strlen(s->timeout_text);
       }
     }
     nva[n++] = make_nv("x-forwarded-for", d.settings_.client_ip.data(), d.settings_.client_ip.size());
@@ -254,15 +412,73 @@ struct Forward {
     nghttp2_data_provider prd{};
     prd.source.ptr = s;
     prd.read_callback = read_request_body;
-    int32_t id = nghttp2_submit_request(ng(u->session_), nullptr, nva, n, s->req_eof ? nullptr : &prd, s);
+    const bool body = !(s->req_eof && s->req_body.empty());
+    int32_t id = nghttp2_submit_request(ng(u->session_), nullptr, nva, n, body ? &prd : nullptr, s);
     if (id < 0) {
       respond_unavailable(ctx, s, nghttp2_strerror(id));
       return;
     }
     s->up_id = id;
+    ++s->attempts;
     link_up(*u, s);
     ++ctx.counters().streams_forwarded;
     u->owner_.wake();
+  }
+
+  // The backend never processed the stream: send it again elsewhere, if the
+  // cluster allows another attempt and the body sent so far was kept.
+  static bool try_retry(Context& ctx, Stream* s, int failed_endpoint) {
+    if (s->down == nullptr || s->resp_started || !s->replayable) return false;
+    if (s->attempts > ctx.router().cluster_policy(s->cluster).retries) return false;
+    s->req_sent.splice(s->req_body);
+    s->req_body.splice(s->req_sent);
+    ++ctx.counters().retries;
+    submit_upstream(ctx, s, failed_endpoint);
+    return true;
+  }
+
+  static bool grpc_unavailable(const Stream* s) {
+    const uint8_t* v = nullptr;
+    size_t len = 0;
+    const bool found = s->resp_trailers.find("grpc-status", &v, &len) || s->resp_headers.find("grpc-status", &v, &len);
+    return found && len == 2 && v[0] == '1' && v[1] == '4';
+  }
+
+  static Outcome outcome_of(const Stream* s, uint32_t error_code) {
+    if (s->gateway_cancelled || s->down == nullptr) return Outcome::Cancelled;
+    if (error_code == NGHTTP2_REFUSED_STREAM && !s->resp_started && s->resp_headers.empty())
+      return Outcome::NotProcessed;
+    if (error_code != NGHTTP2_NO_ERROR) return Outcome::Failure;
+    return grpc_unavailable(s) ? Outcome::Failure : Outcome::Success;
+  }
+
+  // A health-check stream ended: judge it and tell its sink.
+  static void finish_probe(Stream* s, uint32_t error_code, const char* lost) {
+    ProbeSink* sink = s->probe;
+    s->probe = nullptr;
+    const char* why = lost;
+    if (why == nullptr) {
+      const uint8_t* v = nullptr;
+      size_t len = 0;
+      static thread_local uint8_t body[512];
+      size_t n = s->resp_body.read(body, sizeof body);
+      if (error_code != NGHTTP2_NO_ERROR) {
+        why = "health check stream reset by the backend";
+      } else if (s->probe_oversize) {
+        why = "health check: response larger than 512 bytes";
+      } else if (!s->resp_headers.find(":status", &v, &len) || len != 3 || std::memcmp(v, "200", 3) != 0) {
+        why = "health check: HTTP status is not 200";
+      } else if (!(s->resp_trailers.find("grpc-status", &v, &len) || s->resp_headers.find("grpc-status", &v, &len)) ||
+                 len != 1 || v[0] != '0') {
+        why = "health check: grpc-status is not 0";
+      } else if (auto st = grpc::parse_health_response(body, n, &why)) {
+        why = *st == grpc::ServingStatus::Serving ? nullptr
+              : *st == grpc::ServingStatus::NotServing ? "health check: NOT_SERVING"
+              : *st == grpc::ServingStatus::ServiceUnknown ? "health check: SERVICE_UNKNOWN"
+                                                            : "health check: UNKNOWN";
+      }
+    }
+    if (sink != nullptr) sink->probe_done(why == nullptr, why);
   }
 
   // The backend's response headers arrived.
@@ -287,6 +503,7 @@ struct Forward {
     if (session_alive && s->req_unconsumed > 0)
       nghttp2_session_consume_connection(ng(d->session_), s->req_unconsumed);
     s->req_unconsumed = 0;
+    ctx.remove_deadline(s);
     unlink_down(s);
     if (s->up) {
       if (error_code != NGHTTP2_NO_ERROR || !s->resp_eof) {
@@ -299,16 +516,32 @@ struct Forward {
     ctx.free_stream(s);
   }
 
-  // The upstream half ended (closed, reset by the backend, or connection lost).
+  // The upstream half ended (closed or reset by the backend).
   static void release_up(Context& ctx, Stream* s, uint32_t error_code, bool session_alive) {
     UpstreamSession* u = s->up;
     if (session_alive && s->resp_unconsumed > 0)
       nghttp2_session_consume_connection(ng(u->session_), s->resp_unconsumed);
     s->resp_unconsumed = 0;
-    unlink_up(s);
+    const int endpoint = u->endpoint_;
+    const bool probe = s->probe != nullptr;
+    const Outcome outcome = probe ? Outcome::Success : outcome_of(s, error_code);
+    unlink_up(s, outcome);
+    if (probe) {
+      finish_probe(s, error_code, nullptr);
+      ctx.free_stream(s);
+      return;
+    }
     if (s->down == nullptr) {
       ctx.free_stream(s);
       return;
+    }
+    if (outcome == Outcome::NotProcessed) {
+      s->resp_headers.clear();
+      s->resp_trailers.clear();
+      s->resp_body.clear();
+      if (try_retry(ctx, s, endpoint)) return;
+      // No retry left: the client sees REFUSED_STREAM itself, which gRPC
+      // clients may retry on their own.
     }
     if (!s->resp_eof) {
       if (error_code != NGHTTP2_NO_ERROR) {
@@ -453,6 +686,12 @@ struct Callbacks {
   static int u_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data, size_t len,
                           void*) {
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+    if (s != nullptr && s->probe != nullptr) {
+      // A health answer is a few bytes; a larger one fails the check.
+      if (s->resp_body.size() + len > 512 || !s->resp_body.append(data, len)) s->probe_oversize = true;
+      nghttp2_session_consume(session, stream_id, len);
+      return 0;
+    }
     if (s == nullptr || s->down == nullptr || !s->resp_started || !s->resp_body.append(data, len)) {
       nghttp2_session_consume(session, stream_id, len);
       return 0;
@@ -588,7 +827,8 @@ void DownstreamSession::shutdown() {
                         NGHTTP2_NO_ERROR, nullptr, 0);
 }
 
-UpstreamSession::UpstreamSession(Context& ctx, Owner& owner) : Session(ctx, owner) {
+UpstreamSession::UpstreamSession(Context& ctx, Owner& owner, uint32_t cluster, int endpoint)
+    : Session(ctx, owner), cluster_(cluster), endpoint_(endpoint) {
   static nghttp2_option* opt = make_option(false);
   nghttp2_session* s = nullptr;
   if (nghttp2_session_client_new2(&s, client_callbacks(), this, opt) != 0) throw std::bad_alloc();
@@ -611,21 +851,82 @@ bool UpstreamSession::can_take_stream() const {
   return active_streams_ < max;
 }
 
-void UpstreamSession::fail(const char* why) {
+void UpstreamSession::fail(const char* why, bool nothing_sent) {
   failed_ = true;
   while (streams_) {
     Stream* s = streams_;
     s->resp_unconsumed = 0;
-    Forward::unlink_up(s);
-    if (s->down == nullptr) {
+    const bool probe = s->probe != nullptr;
+    Forward::unlink_up(s, nothing_sent ? Outcome::NotProcessed : Outcome::Failure);
+    if (probe) {
+      Forward::finish_probe(s, NGHTTP2_NO_ERROR, why);
       ctx_.free_stream(s);
-    } else {
+    } else if (s->down == nullptr) {
+      ctx_.free_stream(s);
+    } else if (!(nothing_sent && Forward::try_retry(ctx_, s, endpoint_))) {
       Forward::respond_unavailable(ctx_, s, why);
     }
   }
   if (session_) {
     nghttp2_session_del(ng(session_));
     session_ = nullptr;
+  }
+}
+
+void* UpstreamSession::submit_probe(const std::string& service, const std::string& authority, ProbeSink* sink) {
+  if (failed_ || session_ == nullptr) return nullptr;
+  uint8_t body[1040];
+  size_t len = grpc::encode_health_request(service, body, sizeof body);
+  if (len == 0) return nullptr;
+  Stream* s = ctx_.new_stream();
+  s->probe = sink;
+  s->req_eof = true;
+  if (!s->req_body.append(body, len)) {
+    ctx_.free_stream(s);
+    return nullptr;
+  }
+  nghttp2_nv nva[] = {
+      make_nv(":method", "POST", 4),
+      make_nv(":scheme", "http", 4),
+      make_nv(":path", "/grpc.health.v1.Health/Check", 28),
+      make_nv(":authority", authority.data(), authority.size()),
+      make_nv("content-type", "application/grpc", 16),
+      make_nv("te", "trailers", 8),
+  };
+  nghttp2_data_provider prd{};
+  prd.source.ptr = s;
+  prd.read_callback = Forward::read_request_body;
+  int32_t id = nghttp2_submit_request(ng(session_), nullptr, nva, sizeof nva / sizeof nva[0], &prd, s);
+  if (id < 0) {
+    ctx_.free_stream(s);
+    return nullptr;
+  }
+  s->up_id = id;
+  Forward::link_up(*this, s);
+  owner_.wake();
+  return s;
+}
+
+void UpstreamSession::cancel_probe(void* handle) {
+  auto* s = static_cast<Stream*>(handle);
+  s->probe = nullptr;  // no callback; the stream is freed when it closes
+  if (session_ != nullptr && s->up == this) {
+    nghttp2_submit_rst_stream(ng(session_), NGHTTP2_FLAG_NONE, s->up_id, NGHTTP2_CANCEL);
+    owner_.wake();
+  }
+}
+
+void UpstreamSession::ping() {
+  if (session_ == nullptr) return;
+  nghttp2_submit_ping(ng(session_), NGHTTP2_FLAG_NONE, nullptr);
+  owner_.wake();
+}
+
+void Context::expire_deadlines(uint64_t now_ms) {
+  while (!deadlines_.empty() && deadlines_.front()->deadline_ms <= now_ms) {
+    Stream* s = deadlines_.front();
+    remove_deadline(s);
+    Forward::deadline_exceeded(*this, s);
   }
 }
 

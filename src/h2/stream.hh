@@ -73,6 +73,21 @@ struct Stream {
   char message[160] = {0};  // grpc-message of a gateway-made status
   char status_text[4] = {0};
 
+  // Routing, retries, deadline.
+  uint32_t cluster = 0;
+  uint32_t attempts = 0;      // upstream streams opened for this client stream
+  bool replayable = true;     // everything sent upstream is still in req_sent
+  bool gateway_cancelled = false;  // the gateway reset the upstream half (deadline)
+  ByteQueue req_sent;         // request body already sent, kept for a retry
+  uint64_t deadline_ms = 0;   // 0 = none
+  size_t heap_index = kNoDeadline;
+  char timeout_text[12] = {0};  // grpc-timeout forwarded when capped
+  static constexpr size_t kNoDeadline = ~size_t{0};
+
+  // A health-check stream has no downstream half; its result goes here.
+  ProbeSink* probe = nullptr;
+  bool probe_oversize = false;
+
   // Intrusive lists: the streams of each session.
   Stream* down_prev = nullptr;
   Stream* down_next = nullptr;
@@ -97,6 +112,16 @@ struct Stream {
     resp_eof = false;
     resp_unconsumed = 0;
     message[0] = 0;
+    cluster = 0;
+    attempts = 0;
+    replayable = true;
+    gateway_cancelled = false;
+    req_sent.clear();
+    req_sent.set_pool(&pool);
+    deadline_ms = 0;
+    heap_index = kNoDeadline;
+    probe = nullptr;
+    probe_oversize = false;
     down_prev = down_next = up_prev = up_next = nullptr;
   }
 };

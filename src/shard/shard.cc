@@ -10,9 +10,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 
 #include "tlsgate/buffer.hh"
@@ -37,7 +40,7 @@ constexpr size_t kOutputHighWater = 1 << 20;  // stop producing above this
 constexpr size_t kMaxConnsPerEndpoint = 64;
 constexpr int kSendIovecs = 16;
 
-uint64_t now_ms() {
+uint64_t clock_ms() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1'000'000;
@@ -120,6 +123,9 @@ struct UpConn : Conn {
   uint32_t endpoint = 0;
   UpState state = UpState::Connecting;
   std::unique_ptr<h2::UpstreamSession> h2;
+  uint64_t last_recv_ms = 0;   // keepalive: any received byte proves the peer alive
+  uint64_t ping_sent_ms = 0;   // 0 = no PING outstanding
+  uint64_t idle_since_ms = 0;  // 0 = has streams
 };
 
 struct ListenerRt {
@@ -134,19 +140,39 @@ struct ListenerRt {
   bool accepting = false;
 };
 
-struct EndpointRt {
-  const config::SocketAddress* addr = nullptr;
+// One backend address of a cluster, in this shard.
+struct EndpointRt : h2::ProbeSink {
+  Loop* loop = nullptr;
+  uint32_t cluster = 0;
+  uint32_t index = 0;
+  config::SocketAddress addr;
+  int dns_name = -1;  // index into the cluster's dns_names, or -1 (static)
   std::vector<UpConn*> conns;
   uint64_t last_warning_ms = 0;  // failures are counted always, logged at most once a second
   uint64_t suppressed = 0;
+  // Active health check in flight: its stream and session.
+  void* probe = nullptr;
+  h2::UpstreamSession* probe_session = nullptr;
+  uint64_t probe_deadline_ms = 0;
+  uint64_t next_check_ms = 0;
+  void probe_done(bool ok, const char* why) override;
 };
 
 struct ClusterRt {
   const config::Cluster* cfg = nullptr;
   uint32_t index = 0;
-  std::vector<EndpointRt> endpoints;
-  upstream::RoundRobin rr;
+  // Never shrinks: UpConn::endpoint indexes it. An endpoint gone from DNS
+  // stays, inactive, and its slot is reused when an address comes back.
+  std::vector<std::unique_ptr<EndpointRt>> endpoints;
+  std::vector<upstream::EndpointState> states;  // parallel to endpoints
+  upstream::Balancer balancer;
+  h2::ClusterPolicy policy;
+  upstream::HealthPolicy health;
+  upstream::OutlierPolicy outlier;
   TimerList connect_timers;
+  uint32_t pending = 0;      // client streams on this cluster's upstream sessions
+  uint32_t connections = 0;  // open or opening upstream connections
+  std::string no_endpoint;   // grpc-message when no endpoint is usable
 };
 
 // A slot table with generations: user_data names slot + generation, so a
@@ -209,6 +235,15 @@ struct Loop : h2::Router {
   uint64_t drain_deadline = 0;
   uint64_t now = 0;
   tls::KtlsSupport ktls_support;
+  // DNS answers from the main thread's watcher, taken on the timer tick.
+  struct DnsUpdate {
+    uint32_t cluster;
+    uint32_t name;
+    std::vector<config::SocketAddress> addrs;
+  };
+  std::mutex dns_mu;
+  std::vector<DnsUpdate> dns_inbox;
+  std::atomic<bool> dns_pending{false};
 
   Loop(unsigned shard_id, const config::Config& cfg, std::vector<int> fds, const tls::KtlsSupport& ktls)
       : id(shard_id),
@@ -219,23 +254,14 @@ struct Loop : h2::Router {
         ktls_support(ktls) {
     stop_fd = ::eventfd(0, EFD_CLOEXEC);
     if (stop_fd < 0) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
-    for (size_t i = 0; i < cfg.clusters.size(); ++i) {
-      clusters.push_back(std::make_unique<ClusterRt>());
-      ClusterRt& c = *clusters.back();
-      c.cfg = &cfg.clusters[i];
-      c.index = static_cast<uint32_t>(i);
-      for (const config::SocketAddress& a : c.cfg->endpoints) c.endpoints.push_back(EndpointRt{&a, {}});
-      c.rr.set_count(c.endpoints.size());
-      c.connect_timers.set_duration(static_cast<uint64_t>(c.cfg->connect_timeout.count()));
-    }
+    for (size_t i = 0; i < cfg.clusters.size(); ++i) set_up_cluster(i);
     for (size_t i = 0; i < cfg.listeners.size(); ++i) {
       listeners.push_back(std::make_unique<ListenerRt>());
       ListenerRt& l = *listeners.back();
       l.cfg = &cfg.listeners[i];
       l.index = static_cast<uint32_t>(i);
       l.fd = fds.at(i);
-      for (size_t c = 0; c < cfg.clusters.size(); ++c)
-        if (cfg.clusters[c].name == l.cfg->cluster) l.cluster = static_cast<uint32_t>(c);
+      l.cluster = static_cast<uint32_t>(l.cfg->cluster_index);
       l.ktls = l.cfg->tls.ktls != config::Ktls::Off && ktls.any();
       l.tls = std::make_unique<tls::Context>(l.cfg->tls, l.ktls);
       l.handshake_timers.set_duration(static_cast<uint64_t>(l.cfg->handshake_timeout.count()));
@@ -263,7 +289,7 @@ struct Loop : h2::Router {
 
   // ------------------------------------------------------------ loop
   void run() {
-    now = now_ms();
+    now = clock_ms();
     for (auto& l : listeners) arm_accept(*l);
     ring.prep_read(stop_fd, &stop_value, sizeof stop_value, pack(Op::Stop, 0, 0));
     ring.prep_timeout_ms(kTickMs, pack(Op::Tick, 0, 0));
@@ -274,7 +300,7 @@ struct Loop : h2::Router {
         LOG_ERROR("shard", "%u: io_uring_submit_and_wait: %s", id, std::strerror(-rc));
         break;
       }
-      now = now_ms();
+      now = clock_ms();
       unsigned n;
       while ((n = ring.reap(cqes, 256)) > 0)
         for (unsigned i = 0; i < n; ++i) dispatch(cqes[i]);
@@ -448,6 +474,7 @@ struct Loop : h2::Router {
       d->state = DownState::H2;
       h2::DownstreamSettings s;
       s.cluster = d->listener->cluster;
+      s.routes = &d->listener->cfg->routes;
       s.max_concurrent_streams = d->listener->cfg->max_concurrent_streams;
       s.client_ip = d->client_ip;
       d->h2 = std::make_unique<h2::DownstreamSession>(h2ctx, *d, std::move(s));
@@ -639,55 +666,159 @@ struct Loop : h2::Router {
   }
 
   // ------------------------------------------------------------ upstream
-  h2::UpstreamSession* pick_upstream(uint32_t cluster, const char*& why) override {
+  void set_up_cluster(size_t i) {
+    clusters.push_back(std::make_unique<ClusterRt>());
+    ClusterRt& c = *clusters.back();
+    const config::Cluster& cfg = config.clusters[i];
+    c.cfg = &cfg;
+    c.index = static_cast<uint32_t>(i);
+    // Seeded per shard and cluster so shards do not pick in lockstep.
+    c.balancer = upstream::Balancer(cfg.lb == config::LbPolicy::P2c ? upstream::Policy::P2c : upstream::Policy::RoundRobin,
+                                    (uint64_t{id} + 1) * 0x9e3779b97f4a7c15ull ^ (i + 1) ^ clock_ms());
+    c.policy.max_grpc_timeout_ms = static_cast<uint64_t>(cfg.max_grpc_timeout.count());
+    c.policy.retries = cfg.retries;
+    c.policy.retry_buffer = cfg.retry_buffer;
+    c.health.healthy_threshold = cfg.health_check.healthy_threshold;
+    c.health.unhealthy_threshold = cfg.health_check.unhealthy_threshold;
+    c.outlier.consecutive_failures = cfg.outlier.consecutive_failures;
+    c.outlier.base_ejection_ms = static_cast<uint64_t>(cfg.outlier.base_ejection.count());
+    c.outlier.max_ejection_ms = static_cast<uint64_t>(cfg.outlier.max_ejection.count());
+    c.connect_timers.set_duration(static_cast<uint64_t>(cfg.connect_timeout.count()));
+    c.no_endpoint = "cluster " + cfg.name + ": no healthy endpoint";
+    for (size_t e = 0; e < cfg.endpoints.size(); ++e) add_endpoint(c, cfg.endpoints[e], cfg.endpoint_name[e]);
+  }
+
+  EndpointRt& add_endpoint(ClusterRt& c, const config::SocketAddress& addr, int dns_name) {
+    for (size_t i = 0; i < c.endpoints.size(); ++i) {
+      EndpointRt& ep = *c.endpoints[i];
+      if (!c.states[i].active && ep.conns.empty() && ep.probe == nullptr) {  // reuse a drained slot
+        ep.addr = addr;
+        ep.dns_name = dns_name;
+        ep.next_check_ms = 0;
+        c.states[i] = upstream::EndpointState{};
+        return ep;
+      }
+    }
+    auto ep = std::make_unique<EndpointRt>();
+    ep->loop = this;
+    ep->cluster = c.index;
+    ep->index = static_cast<uint32_t>(c.endpoints.size());
+    ep->addr = addr;
+    ep->dns_name = dns_name;
+    c.endpoints.push_back(std::move(ep));
+    c.states.emplace_back();
+    return *c.endpoints.back();
+  }
+
+  const h2::ClusterPolicy& cluster_policy(uint32_t cluster) override { return clusters[cluster]->policy; }
+  uint64_t now_ms() override { return now; }
+
+  void stream_started(h2::UpstreamSession& u) override {
+    ClusterRt& c = *clusters[u.cluster()];
+    ++c.pending;
+    ++c.states[static_cast<size_t>(u.endpoint())].outstanding;
+  }
+
+  void stream_finished(h2::UpstreamSession& u, h2::Outcome outcome) override {
+    ClusterRt& c = *clusters[u.cluster()];
+    const auto e = static_cast<size_t>(u.endpoint());
+    --c.pending;
+    --c.states[e].outstanding;
+    if (outcome == h2::Outcome::Success) record_result(c, e, false, "");
+    else if (outcome == h2::Outcome::Failure) record_result(c, e, true, "stream failed");
+  }
+
+  // Passive outlier detection: every stream or connect outcome counts.
+  void record_result(ClusterRt& c, size_t e, bool failure, const char* what) {
+    if (!c.states[e].on_result(failure, now, c.outlier)) return;
+    ++counters.endpoints_ejected;
+    LOG_WARN("upstream", "%u: cluster %s: endpoint %s ejected for %lu ms after %u consecutive failures (last: %s)", id,
+             c.cfg->name.c_str(), c.endpoints[e]->addr.text.c_str(),
+             static_cast<unsigned long>(c.states[e].ejected_until_ms - now), c.outlier.consecutive_failures, what);
+  }
+
+  h2::UpstreamSession* pick_upstream(uint32_t cluster, int avoid, const char*& why) override {
     if (stopping) {
       why = "gateway is shutting down";
       return nullptr;
     }
     ClusterRt& c = *clusters.at(cluster);
-    if (c.endpoints.empty()) {
-      why = "cluster has no endpoints";
+    if (c.pending >= c.cfg->max_pending_streams) {
+      ++counters.circuit_breaker_streams;
+      why = "circuit breaker: max_pending_streams reached";
       return nullptr;
     }
-    EndpointRt& ep = c.endpoints[c.rr.next()];
+    const bool panic = c.cfg->all_unhealthy == config::AllUnhealthy::Panic;
+    int e = c.balancer.pick(c.states, now, avoid, panic);
+    if (e < 0) {
+      ++counters.no_healthy_endpoint;
+      why = c.no_endpoint.c_str();
+      return nullptr;
+    }
+    UpConn* u = pooled_connection(c, static_cast<size_t>(e), why);
+    return u == nullptr ? nullptr : u->h2.get();
+  }
+
+  // The least busy connection to the endpoint that takes another stream, or
+  // a new one.
+  UpConn* pooled_connection(ClusterRt& c, size_t e, const char*& why) {
+    EndpointRt& ep = *c.endpoints[e];
     UpConn* best = nullptr;
     for (UpConn* u : ep.conns) {
       if (u->closing || !u->h2 || !u->h2->can_take_stream()) continue;
       if (best == nullptr || u->h2->active_streams() < best->h2->active_streams()) best = u;
     }
-    if (best == nullptr) {
-      if (ep.conns.size() >= kMaxConnsPerEndpoint) {
-        why = "upstream connection limit reached";
-        return nullptr;
-      }
-      best = open_upstream(c, static_cast<uint32_t>(&ep - c.endpoints.data()), why);
-      if (best == nullptr) return nullptr;
+    if (best != nullptr) return best;
+    if (c.connections >= c.cfg->max_connections) {
+      ++counters.circuit_breaker_connections;
+      why = "circuit breaker: max_connections reached";
+      return nullptr;
     }
-    return best->h2.get();
+    if (ep.conns.size() >= kMaxConnsPerEndpoint) {
+      why = "upstream connection limit per endpoint reached";
+      return nullptr;
+    }
+    return open_upstream(c, e, why);
   }
 
-  UpConn* open_upstream(ClusterRt& c, uint32_t endpoint, const char*& why) {
-    EndpointRt& ep = c.endpoints[endpoint];
-    int fd = io::tcp_socket(ep.addr->family());
+  UpConn* open_upstream(ClusterRt& c, size_t endpoint, const char*& why) {
+    EndpointRt& ep = *c.endpoints[endpoint];
+    int fd = io::tcp_socket(ep.addr.family());
     if (fd < 0) {
       why = "cannot create upstream socket";
       return nullptr;
     }
     ++counters.upstream_connects;
+    ++c.connections;
     UpConn* u = ups.acquire();
     u->shard = this;
     u->fd = fd;
     u->cluster = c.index;
-    u->endpoint = endpoint;
+    u->endpoint = static_cast<uint32_t>(endpoint);
     u->out.set_pool(&chunks);
-    u->h2 = std::make_unique<h2::UpstreamSession>(h2ctx, *u);
+    u->h2 = std::make_unique<h2::UpstreamSession>(h2ctx, *u, c.index, static_cast<int>(endpoint));
     ep.conns.push_back(u);
-    ring.prep_connect(fd, reinterpret_cast<const sockaddr*>(&ep.addr->storage), ep.addr->length,
+    ring.prep_connect(fd, reinterpret_cast<const sockaddr*>(&ep.addr.storage), ep.addr.length,
                       pack(Op::UpConnect, u->gen, u->slot));
     ++u->inflight;
     c.connect_timers.arm(u->timer, now);
-    LOG_DEBUG("upstream", "%u: connecting to %s", id, ep.addr->text.c_str());
+    LOG_DEBUG("upstream", "%u: connecting to %s", id, ep.addr.text.c_str());
     return u;
+  }
+
+  EndpointRt& endpoint_of(const UpConn* u) { return *clusters[u->cluster]->endpoints[u->endpoint]; }
+
+  // Connect failed or timed out: nothing was sent, so its streams may be
+  // retried on another endpoint.
+  void connect_failed(UpConn* u, const char* what) {
+    ClusterRt& c = *clusters[u->cluster];
+    EndpointRt& ep = *c.endpoints[u->endpoint];
+    ++counters.upstream_connect_failures;
+    char why[160];
+    std::snprintf(why, sizeof why, "upstream %s: %s", ep.addr.text.c_str(), what);
+    warn_endpoint(ep, why);
+    record_result(c, u->endpoint, true, what);
+    close_up(u, why, true);
   }
 
   void on_connect(const io::Completion& c) {
@@ -700,15 +831,13 @@ struct Loop : h2::Router {
     }
     TimerList::disarm(u->timer);
     if (c.res < 0) {
-      ++counters.upstream_connect_failures;
-      char why[160];
-      std::snprintf(why, sizeof why, "upstream %s: connect failed: %s",
-                    clusters[u->cluster]->endpoints[u->endpoint].addr->text.c_str(), std::strerror(-c.res));
-      warn_endpoint(clusters[u->cluster]->endpoints[u->endpoint], why);
-      close_up(u, why);
+      char what[96];
+      std::snprintf(what, sizeof what, "connect failed: %s", std::strerror(-c.res));
+      connect_failed(u, what);
       return;
     }
     u->state = UpState::Ready;
+    u->last_recv_ms = now;
     arm_recv(u, Op::UpRecv);
     mark_dirty(u);
   }
@@ -736,12 +865,12 @@ struct Loop : h2::Router {
       }
       ++counters.upstream_lost;
       char why[160];
-      std::snprintf(why, sizeof why, "upstream %s: connection %s",
-                    clusters[u->cluster]->endpoints[u->endpoint].addr->text.c_str(),
+      std::snprintf(why, sizeof why, "upstream %s: connection %s", endpoint_of(u).addr.text.c_str(),
                     c.res == 0 ? "closed by the backend" : std::strerror(-c.res));
       close_up(u, why);
       return;
     }
+    u->last_recv_ms = now;
     Result<void> r = u->h2->receive(ring.buffer(bid), static_cast<size_t>(c.res));
     ring.recycle(bid);
     mark_dirty(u);
@@ -762,20 +891,23 @@ struct Loop : h2::Router {
     arm_recv(u, Op::UpRecv);
   }
 
-  void close_up(UpConn* u, const char* why) {
+  void close_up(UpConn* u, const char* why, bool nothing_sent = false) {
     if (u->closing) return;
     LOG_DEBUG("upstream", "%u: close upstream (%s)", id, why);
     u->closing = true;
     u->state = UpState::Closed;
     TimerList::disarm(u->timer);
-    std::vector<UpConn*>& conns = clusters[u->cluster]->endpoints[u->endpoint].conns;
+    ClusterRt& c = *clusters[u->cluster];
+    --c.connections;
+    std::vector<UpConn*>& conns = c.endpoints[u->endpoint]->conns;
     for (size_t i = 0; i < conns.size(); ++i)
       if (conns[i] == u) {
         conns[i] = conns.back();
         conns.pop_back();
         break;
       }
-    if (u->h2) u->h2->fail(why);  // every stream on it: grpc-status 14
+    // Every stream on it: retried elsewhere if never sent, else grpc-status 14.
+    if (u->h2) u->h2->fail(why, nothing_sent);
     u->h2.reset();
     begin_close(u);
   }
@@ -791,6 +923,125 @@ struct Loop : h2::Router {
       LOG_WARN("upstream", "%u: %s", id, why);
     ep.last_warning_ms = now;
     ep.suppressed = 0;
+  }
+
+  // ------------------------------------------------------------ DNS
+  void apply_dns() {
+    std::vector<DnsUpdate> updates;
+    {
+      std::lock_guard<std::mutex> lock(dns_mu);
+      updates.swap(dns_inbox);
+      dns_pending.store(false, std::memory_order_release);
+    }
+    for (DnsUpdate& u : updates) {
+      ClusterRt& c = *clusters.at(u.cluster);
+      ++counters.dns_updates;
+      for (size_t e = 0; e < c.endpoints.size(); ++e) {
+        EndpointRt& ep = *c.endpoints[e];
+        if (ep.dns_name != static_cast<int>(u.name)) continue;
+        bool keep = std::any_of(u.addrs.begin(), u.addrs.end(),
+                                [&](const config::SocketAddress& a) { return a.text == ep.addr.text; });
+        if (keep == c.states[e].active) continue;
+        c.states[e].active = keep;  // gone: no new streams; running ones finish (upstream_tick)
+        LOG_INFO("upstream", "%u: cluster %s: endpoint %s %s (DNS)", id, c.cfg->name.c_str(), ep.addr.text.c_str(),
+                 keep ? "back" : "removed, draining");
+      }
+      for (const config::SocketAddress& a : u.addrs) {
+        bool known = false;
+        for (size_t e = 0; e < c.endpoints.size() && !known; ++e)
+          known = c.endpoints[e]->dns_name == static_cast<int>(u.name) && c.endpoints[e]->addr.text == a.text &&
+                  c.states[e].active;
+        if (known) continue;
+        add_endpoint(c, a, static_cast<int>(u.name));
+        LOG_INFO("upstream", "%u: cluster %s: endpoint %s added (DNS)", id, c.cfg->name.c_str(), a.text.c_str());
+      }
+    }
+  }
+
+  // ------------------------------------------------------------ upstream timers
+  // Keepalive PINGs on quiet connections, idle connections closed,
+  // health checks due or timed out.
+  void upstream_tick() {
+    for (auto& up : ups.items) {
+      UpConn* u = up.get();
+      if (u->fd < 0 || u->closing || u->state != UpState::Ready || !u->h2) continue;
+      const config::Cluster& cfg = *clusters[u->cluster]->cfg;
+      if (!clusters[u->cluster]->states[u->endpoint].active && u->h2->active_streams() == 0) {
+        close_up(u, "endpoint removed from DNS");  // drained
+        continue;
+      }
+      if (u->h2->active_streams() > 0) {
+        u->idle_since_ms = 0;
+      } else if (u->idle_since_ms == 0) {
+        u->idle_since_ms = now;
+      } else if (now - u->idle_since_ms >= static_cast<uint64_t>(cfg.idle_timeout.count())) {
+        ++counters.upstream_idle_closed;
+        close_up(u, "upstream connection idle");
+        continue;
+      }
+      if (u->ping_sent_ms != 0 && u->last_recv_ms >= u->ping_sent_ms) u->ping_sent_ms = 0;
+      if (u->ping_sent_ms != 0) {
+        if (now - u->ping_sent_ms >= static_cast<uint64_t>(cfg.keepalive_timeout.count())) {
+          ++counters.upstream_keepalive_timeouts;
+          char why[160];
+          std::snprintf(why, sizeof why, "upstream %s: no answer to a keepalive PING", endpoint_of(u).addr.text.c_str());
+          warn_endpoint(endpoint_of(u), why);
+          ++counters.upstream_lost;
+          close_up(u, why);
+        }
+      } else if (now - u->last_recv_ms >= static_cast<uint64_t>(cfg.keepalive_interval.count())) {
+        u->ping_sent_ms = now;
+        u->h2->ping();
+      }
+    }
+    for (auto& cp : clusters) {
+      ClusterRt& c = *cp;
+      if (!c.cfg->health_check.enabled || stopping) continue;
+      for (size_t e = 0; e < c.endpoints.size(); ++e) {
+        EndpointRt& ep = *c.endpoints[e];
+        if (ep.probe != nullptr && now >= ep.probe_deadline_ms) {
+          ep.probe_session->cancel_probe(ep.probe);
+          ep.probe = nullptr;
+          ep.probe_session = nullptr;
+          health_result(c, e, false, "health check timed out");
+        }
+        if (ep.probe == nullptr && c.states[e].active && now >= ep.next_check_ms) start_health_check(c, e);
+      }
+    }
+  }
+
+  void start_health_check(ClusterRt& c, size_t e) {
+    EndpointRt& ep = *c.endpoints[e];
+    const config::HealthCheck& hc = c.cfg->health_check;
+    ep.next_check_ms = now + static_cast<uint64_t>(hc.interval.count());
+    const char* why = "cannot open a connection";
+    UpConn* u = pooled_connection(c, e, why);
+    void* probe = u != nullptr ? u->h2->submit_probe(hc.service, ep.addr.text, &ep) : nullptr;
+    if (probe == nullptr) {
+      health_result(c, e, false, why);
+      return;
+    }
+    ep.probe = probe;
+    ep.probe_session = u->h2.get();
+    ep.probe_deadline_ms = now + static_cast<uint64_t>(hc.timeout.count());
+  }
+
+  void health_result(ClusterRt& c, size_t e, bool ok, const char* why) {
+    if (!ok) ++counters.health_check_failures;
+    upstream::EndpointState& st = c.states[e];
+    if (!st.on_check(ok, c.health)) return;
+    if (st.healthy)
+      LOG_INFO("upstream", "%u: cluster %s: endpoint %s is healthy", id, c.cfg->name.c_str(),
+               c.endpoints[e]->addr.text.c_str());
+    else
+      LOG_WARN("upstream", "%u: cluster %s: endpoint %s is unhealthy: %s", id, c.cfg->name.c_str(),
+               c.endpoints[e]->addr.text.c_str(), why);
+  }
+
+  void on_probe_done(EndpointRt& ep, bool ok, const char* why) {
+    ep.probe = nullptr;
+    ep.probe_session = nullptr;
+    health_result(*clusters[ep.cluster], ep.index, ok, why);
   }
 
   // ------------------------------------------------------------ common IO
@@ -877,15 +1128,11 @@ struct Loop : h2::Router {
     }
     for (auto& cp : clusters) {
       ClusterRt& c = *cp;
-      while (TimerLink* t = c.connect_timers.pop_expired(now)) {
-        UpConn* u = container_of_up(t);
-        ++counters.upstream_connect_failures;
-        char why[160];
-        std::snprintf(why, sizeof why, "upstream %s: connect timed out", c.endpoints[u->endpoint].addr->text.c_str());
-        warn_endpoint(c.endpoints[u->endpoint], why);
-        close_up(u, why);
-      }
+      while (TimerLink* t = c.connect_timers.pop_expired(now)) connect_failed(container_of_up(t), "connect timed out");
     }
+    h2ctx.expire_deadlines(now);
+    if (dns_pending.load(std::memory_order_acquire)) apply_dns();
+    upstream_tick();
     if (stopping) drain_step();
     ring.prep_timeout_ms(kTickMs, pack(Op::Tick, 0, 0));
   }
@@ -934,21 +1181,28 @@ struct Loop : h2::Router {
 
 void Conn::wake() { shard->mark_dirty(this); }
 
+void EndpointRt::probe_done(bool ok, const char* why) { loop->on_probe_done(*this, ok, why); }
+
 struct Shard::Impl : Loop {
   using Loop::Loop;
 };
 
 std::string Counters::describe() const {
-  char buf[1024];
+  char buf[2048];
   std::snprintf(buf, sizeof buf,
                 "accepted=%lu handshakes=%lu handshake_failures=%lu handshake_timeouts=%lu http1_rejected=%lu "
                 "idle_closed=%lu downstream_protocol_errors=%lu tls_userspace=%lu upstream_connects=%lu "
                 "upstream_connect_failures=%lu upstream_lost=%lu streams_forwarded=%lu streams_unavailable=%lu "
-                "streams_reset_by_client=%lu streams_reset_by_upstream=%lu header_limit_resets=%lu",
+                "streams_reset_by_client=%lu streams_reset_by_upstream=%lu header_limit_resets=%lu "
+                "deadline_exceeded=%lu retries=%lu circuit_breaker_streams=%lu circuit_breaker_connections=%lu "
+                "no_healthy_endpoint=%lu endpoints_ejected=%lu health_check_failures=%lu upstream_idle_closed=%lu "
+                "upstream_keepalive_timeouts=%lu dns_updates=%lu",
                 accepted, handshakes, handshake_failures, handshake_timeouts, http1_rejected, idle_closed,
                 downstream_protocol_errors, tls_userspace, upstream_connects, upstream_connect_failures, upstream_lost,
                 streams_forwarded, streams_unavailable, streams_reset_by_client, streams_reset_by_upstream,
-                header_limit_resets);
+                header_limit_resets, deadline_exceeded, retries, circuit_breaker_streams, circuit_breaker_connections,
+                no_healthy_endpoint, endpoints_ejected, health_check_failures, upstream_idle_closed,
+                upstream_keepalive_timeouts, dns_updates);
   std::string s = buf;
   static const char* versions[2] = {"tls1.2", "tls1.3"};
   for (int v = 0; v < 2; ++v)
@@ -980,6 +1234,16 @@ void Counters::add(const Counters& o) {
   streams_reset_by_client += o.streams_reset_by_client;
   streams_reset_by_upstream += o.streams_reset_by_upstream;
   header_limit_resets += o.header_limit_resets;
+  deadline_exceeded += o.deadline_exceeded;
+  retries += o.retries;
+  circuit_breaker_streams += o.circuit_breaker_streams;
+  circuit_breaker_connections += o.circuit_breaker_connections;
+  no_healthy_endpoint += o.no_healthy_endpoint;
+  endpoints_ejected += o.endpoints_ejected;
+  health_check_failures += o.health_check_failures;
+  upstream_idle_closed += o.upstream_idle_closed;
+  upstream_keepalive_timeouts += o.upstream_keepalive_timeouts;
+  dns_updates += o.dns_updates;
   tls_userspace += o.tls_userspace;
   for (int v = 0; v < 2; ++v)
     for (int c = 0; c < 3; ++c) ktls_offloaded[v][c] += o.ktls_offloaded[v][c];
@@ -1005,6 +1269,14 @@ void Shard::run() {
   c.streams_reset_by_client = h.streams_reset_by_client;
   c.streams_reset_by_upstream = h.streams_reset_by_upstream;
   c.header_limit_resets = h.header_limit_resets;
+  c.deadline_exceeded = h.deadline_exceeded;
+  c.retries = h.retries;
+}
+
+void Shard::update_dns(uint32_t cluster, uint32_t name, std::vector<config::SocketAddress> addrs) {
+  std::lock_guard<std::mutex> lock(impl_->dns_mu);
+  impl_->dns_inbox.push_back(Loop::DnsUpdate{cluster, name, std::move(addrs)});
+  impl_->dns_pending.store(true, std::memory_order_release);
 }
 
 void Shard::stop() {

@@ -378,7 +378,39 @@ const ErrorCase kErrorCases[] = {
      "address "
      "(expected a.b.c.d)"},
     {"lb_value", "@LISTENER@@CLUSTER@lb = \"random\"\n",
-     "demo.toml:11:6: clusters[0].lb: expected one of \"round_robin\", \"p2c\", got \"random\""},
+     "demo.toml:11:6: clusters[0].lb: expected one of \"p2c\", \"round_robin\", got \"random\""},
+    {"route_without_match", "@LISTENER@  [[listeners.routes]]\n  cluster = \"backend\"\n@CLUSTER@",
+     "demo.toml:8:3: listeners[0].routes[0]: a route needs \"authority\", \"path_prefix\" or both"},
+    {"route_unknown_cluster", "@LISTENER@  [[listeners.routes]]\n  path_prefix = \"/a.B/\"\n  cluster = \"nope\"\n@CLUSTER@",
+     "demo.toml:10:13: listeners[0].routes[0].cluster: no cluster named \"nope\""},
+    {"route_prefix_without_slash", "@LISTENER@  [[listeners.routes]]\n  path_prefix = \"a.B/\"\n  cluster = \"backend\"\n@CLUSTER@",
+     "demo.toml:9:17: listeners[0].routes[0].path_prefix: must start with '/', got \"a.B/\""},
+    {"route_bad_authority", "@LISTENER@  [[listeners.routes]]\n  authority = \"a b\"\n  cluster = \"backend\"\n@CLUSTER@",
+     "demo.toml:9:15: listeners[0].routes[0].authority: expected a host or host:port, got \"a b\""},
+    {"route_unknown_key", "@LISTENER@  [[listeners.routes]]\n  prefix = \"/\"\n  cluster = \"backend\"\n@CLUSTER@",
+     "demo.toml:9:3: listeners[0].routes[0].prefix: unknown key"},
+    {"duplicate_endpoint", "@LISTENER@[[clusters]]\nname = \"backend\"\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n",
+     "demo.toml:10:29: clusters[0].endpoints[1]: duplicate endpoint \"127.0.0.1:1\""},
+    {"retries_range", "@LISTENER@@CLUSTER@retries = 11\n",
+     "demo.toml:11:11: clusters[0].retries: expected an integer from 0 to 10, got 11"},
+    {"max_connections_zero", "@LISTENER@@CLUSTER@max_connections = 0\n",
+     "demo.toml:11:19: clusters[0].max_connections: expected an integer from 1 to 1000000, got 0"},
+    {"all_unhealthy_value", "@LISTENER@@CLUSTER@all_unhealthy = \"ignore\"\n",
+     "demo.toml:11:17: clusters[0].all_unhealthy: expected one of \"fail\", \"panic\", got \"ignore\""},
+    {"health_timeout_above_interval",
+     "@LISTENER@@CLUSTER@[clusters.health_check]\ninterval = \"1s\"\ntimeout = \"2s\"\n",
+     "demo.toml:13:11: clusters[0].health_check.timeout: must not be longer than interval"},
+    {"health_threshold_zero", "@LISTENER@@CLUSTER@[clusters.health_check]\nhealthy_threshold = 0\n",
+     "demo.toml:12:21: clusters[0].health_check.healthy_threshold: expected an integer from 1 to 100, got 0"},
+    {"outlier_max_below_base",
+     "@LISTENER@@CLUSTER@[clusters.outlier]\nbase_ejection = \"10s\"\nmax_ejection = \"1s\"\n",
+     "demo.toml:13:16: clusters[0].outlier.max_ejection: must not be shorter than base_ejection"},
+    {"upstream_tls_cert_without_key", "@LISTENER@@CLUSTER@[clusters.tls]\nca = \"@CRT@\"\ncertificate = \"@CRT@\"\n",
+     "demo.toml:13:15: clusters[0].tls.certificate: needs private_key too (mTLS)"},
+    {"upstream_tls_ca_missing", "@LISTENER@@CLUSTER@[clusters.tls]\nserver_name = \"a.test\"\n",
+     "demo.toml:11:1: clusters[0].tls.ca: required key is missing"},
+    {"upstream_tls_ca_unreadable", "@LISTENER@@CLUSTER@[clusters.tls]\nca = \"/nonexistent/ca.pem\"\n",
+     "demo.toml:12:6: clusters[0].tls.ca: cannot read '/nonexistent/ca.pem': No such file or directory"},
     {"connect_timeout_zero", "@LISTENER@@CLUSTER@connect_timeout = \"0ms\"\n",
      "demo.toml:11:19: clusters[0].connect_timeout: must be greater than zero, got \"0ms\""},
     {"connect_timeout_unit", "@LISTENER@@CLUSTER@connect_timeout = \"2sec\"\n",
@@ -447,8 +479,27 @@ const ValidCase kValidCases[] = {
        EXPECT_EQ(l.tls.ktls, Ktls::Auto);
        ASSERT_EQ(c.clusters.size(), 1u);
        EXPECT_EQ(c.clusters[0].name, "backend");
-       EXPECT_EQ(c.clusters[0].lb, LbPolicy::RoundRobin);
+       EXPECT_EQ(c.clusters[0].lb, LbPolicy::P2c);
        EXPECT_EQ(c.clusters[0].connect_timeout, 2s);
+       const Cluster& k = c.clusters[0];
+       EXPECT_EQ(k.dns_refresh, 5s);
+       EXPECT_EQ(k.max_connections, 1024u);
+       EXPECT_EQ(k.max_pending_streams, 4096u);
+       EXPECT_EQ(k.max_grpc_timeout, 0ms);
+       EXPECT_EQ(k.retries, 2u);
+       EXPECT_EQ(k.retry_buffer, 65536u);
+       EXPECT_EQ(k.keepalive_interval, 30s);
+       EXPECT_EQ(k.keepalive_timeout, 10s);
+       EXPECT_EQ(k.idle_timeout, 300s);
+       EXPECT_EQ(k.all_unhealthy, AllUnhealthy::Fail);
+       EXPECT_FALSE(k.health_check.enabled);
+       EXPECT_EQ(k.outlier.consecutive_failures, 5u);
+       EXPECT_EQ(k.outlier.base_ejection, 10s);
+       EXPECT_EQ(k.outlier.max_ejection, 300s);
+       EXPECT_FALSE(k.tls.enabled);
+       EXPECT_TRUE(k.dns_names.empty());
+       EXPECT_EQ(k.endpoint_name, std::vector<int>{-1});
+       EXPECT_TRUE(c.listeners[0].routes.empty());
        ASSERT_EQ(c.clusters[0].endpoints.size(), 1u);
        EXPECT_EQ(c.clusters[0].endpoints[0].port(), 50051);
        EXPECT_EQ(c.find_cluster("backend"), &c.clusters[0]);
@@ -472,11 +523,46 @@ max_concurrent_streams = 2147483647
   alpn = ["h2"]
   min_version = "1.3"
   ktls = "on"
+  [[listeners.routes]]
+  authority = "API.example.com"
+  path_prefix = "/pkg.Svc/"
+  cluster = "other"
+  [[listeners.routes]]
+  path_prefix = "/pkg.Other/"
+  cluster = "grpc"
 [[clusters]]
 name = "grpc"
 endpoints = ["127.0.0.1:50051", "[::1]:50052", "backend.test:50053", "v6.test:50054"]
-lb = "p2c"
+lb = "round_robin"
 connect_timeout = "1h"
+dns_refresh = "30s"
+max_connections = 7
+max_pending_streams = 9
+max_grpc_timeout = "20s"
+retries = 0
+retry_buffer = 0
+keepalive_interval = "1m"
+keepalive_timeout = "3s"
+idle_timeout = "2m"
+all_unhealthy = "panic"
+  [clusters.health_check]
+  interval = "2s"
+  timeout = "500ms"
+  service = "pkg.Svc"
+  healthy_threshold = 1
+  unhealthy_threshold = 3
+  [clusters.outlier]
+  consecutive_failures = 0
+  base_ejection = "1s"
+  max_ejection = "8s"
+  [clusters.tls]
+  ca = "@CRT@"
+  server_name = "backend.internal"
+  certificate = "@CRT@"
+  private_key = "@KEY@"
+[[clusters]]
+name = "other"
+endpoints = ["127.0.0.1:1"]
 )",
      [](const Config& c) {
        EXPECT_EQ(c.workers, 4u);
@@ -503,9 +589,43 @@ connect_timeout = "1h"
        EXPECT_EQ(l.tls.certificate_origin.line, 13u);
        EXPECT_EQ(l.tls.certificate_origin.column, 17u);
        EXPECT_EQ(l.tls.private_key_origin.to_string(), "demo.toml:14:17: listeners[0].tls.private_key");
+       ASSERT_EQ(l.routes.size(), 2u);
+       EXPECT_EQ(l.routes[0].authority, "api.example.com");
+       EXPECT_EQ(l.routes[0].path_prefix, "/pkg.Svc/");
+       EXPECT_EQ(l.routes[0].cluster_index, 1u);
+       EXPECT_EQ(l.routes[1].authority, "");
+       EXPECT_EQ(l.routes[1].cluster_index, 0u);
+       EXPECT_EQ(l.cluster_index, 0u);
        const Cluster& k = c.clusters.at(0);
-       EXPECT_EQ(k.lb, LbPolicy::P2c);
+       EXPECT_EQ(k.lb, LbPolicy::RoundRobin);
        EXPECT_EQ(k.connect_timeout, 1h);
+       EXPECT_EQ(k.dns_refresh, 30s);
+       EXPECT_EQ(k.max_connections, 7u);
+       EXPECT_EQ(k.max_pending_streams, 9u);
+       EXPECT_EQ(k.max_grpc_timeout, 20s);
+       EXPECT_EQ(k.retries, 0u);
+       EXPECT_EQ(k.retry_buffer, 0u);
+       EXPECT_EQ(k.keepalive_interval, 1min);
+       EXPECT_EQ(k.keepalive_timeout, 3s);
+       EXPECT_EQ(k.idle_timeout, 2min);
+       EXPECT_EQ(k.all_unhealthy, AllUnhealthy::Panic);
+       EXPECT_TRUE(k.health_check.enabled);
+       EXPECT_EQ(k.health_check.interval, 2s);
+       EXPECT_EQ(k.health_check.timeout, 500ms);
+       EXPECT_EQ(k.health_check.service, "pkg.Svc");
+       EXPECT_EQ(k.health_check.healthy_threshold, 1u);
+       EXPECT_EQ(k.health_check.unhealthy_threshold, 3u);
+       EXPECT_EQ(k.outlier.consecutive_failures, 0u);
+       EXPECT_EQ(k.outlier.base_ejection, 1s);
+       EXPECT_EQ(k.outlier.max_ejection, 8s);
+       EXPECT_TRUE(k.tls.enabled);
+       EXPECT_EQ(k.tls.server_name, "backend.internal");
+       EXPECT_FALSE(k.tls.certificate.empty());
+       EXPECT_EQ(k.endpoint_name, (std::vector<int>{-1, -1, 0, 1}));
+       ASSERT_EQ(k.dns_names.size(), 2u);
+       EXPECT_EQ(k.dns_names[0].host, "backend.test");
+       EXPECT_EQ(k.dns_names[0].port, 50053);
+       EXPECT_EQ(k.dns_names[1].text, "v6.test:50054");
        ASSERT_EQ(k.endpoints.size(), 4u);
        EXPECT_EQ(ip_of(k.endpoints[0]), "127.0.0.1");
        EXPECT_EQ(ip_of(k.endpoints[1]), "::1");

@@ -250,12 +250,22 @@ struct TestOwner final : Owner {
 };
 
 struct TestRouter final : Router {
-  UpstreamSession* pick_upstream(uint32_t cluster, const char*& why) override {
+  UpstreamSession* pick_upstream(uint32_t cluster, int avoid, const char*& why) override {
     ++calls;
     last_cluster = cluster;
+    last_avoid = avoid;
     if (upstream == nullptr) why = why_text;
     return upstream;
   }
+  const ClusterPolicy& cluster_policy(uint32_t) override { return policy; }
+  uint64_t now_ms() override { return now; }
+  void stream_started(UpstreamSession&) override { ++started; }
+  void stream_finished(UpstreamSession&, Outcome o) override { ++finished[static_cast<int>(o)]; }
+  ClusterPolicy policy;
+  uint64_t now = 1'000;
+  int started = 0;
+  int finished[4] = {0, 0, 0, 0};  // by Outcome
+  int last_avoid = -2;
   UpstreamSession* upstream = nullptr;
   const char* why_text = "no endpoint of cluster echo is reachable";
   int calls = 0;
@@ -272,7 +282,7 @@ class ForwardTest : public ::testing::Test {
     ds.max_concurrent_streams = 100;
     ds.client_ip = kClientIp;
     down_ = std::make_unique<DownstreamSession>(*ctx_, down_owner_, ds);
-    up_ = std::make_unique<UpstreamSession>(*ctx_, up_owner_);
+    up_ = std::make_unique<UpstreamSession>(*ctx_, up_owner_, 3, 0);
     router_.upstream = up_.get();
     client_ = std::make_unique<Peer>(Peer::Role::Client, client_manual_window);
     backend_ = std::make_unique<Peer>(Peer::Role::Backend, backend_manual_window);

@@ -245,6 +245,60 @@ TEST_F(ForwardTest, BackendResetReachesClientWithItsCode) {
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
 }
 
+TEST_F(ForwardTest, RefusedStreamIsRetriedWithItsBody) {
+  router_.policy.retries = 1;
+  router_.policy.retry_buffer = 1024;
+  start();
+  Body req{grpc_frame("hello")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t first = backend_->last_stream;
+  backend_->reset(first, NGHTTP2_REFUSED_STREAM);
+  ASSERT_TRUE(pump());
+  // Sent again, avoiding the endpoint that refused it, with the same body.
+  EXPECT_EQ(router_.calls, 2);
+  EXPECT_EQ(router_.last_avoid, 0);
+  const int32_t second = backend_->last_stream;
+  ASSERT_NE(second, first);
+  EXPECT_EQ(backend_->streams[second].body, grpc_frame("hello"));
+  Body resp{grpc_frame("world"), true, {{"grpc-status", "0"}}};
+  backend_->respond(second, grpc_response_headers(), &resp);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_FALSE(c.rst);
+  EXPECT_EQ(c.body, grpc_frame("world"));
+  EXPECT_EQ(ctx_->counters().retries, 1u);
+  EXPECT_EQ(router_.finished[static_cast<int>(Outcome::NotProcessed)], 1);
+  EXPECT_EQ(router_.finished[static_cast<int>(Outcome::Success)], 1);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+TEST_F(ForwardTest, DeadlineAnswersStatus4AndCancelsTheBackend) {
+  router_.policy.max_grpc_timeout_ms = 500;
+  start();
+  Body req{grpc_frame("hello")};
+  auto headers = grpc_request();  // grpc-timeout: 5S, above the cluster's 500 ms cap
+  const int32_t cid = client_->request(headers, &req);
+  ASSERT_TRUE(pump());
+  const int32_t bid = backend_->last_stream;
+  // The backend is told the capped timeout.
+  EXPECT_EQ(value(backend_->streams[bid].headers, "grpc-timeout"), "500m");
+  ctx_->expire_deadlines(router_.now + 499);
+  ASSERT_TRUE(pump());
+  EXPECT_FALSE(client_->streams[cid].closed);
+  ctx_->expire_deadlines(router_.now + 500);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_TRUE(c.closed);
+  EXPECT_EQ(value(c.headers, "grpc-status"), "4");
+  EXPECT_TRUE(backend_->streams[bid].rst);
+  EXPECT_EQ(backend_->streams[bid].rst_code, NGHTTP2_CANCEL);
+  EXPECT_EQ(ctx_->counters().deadline_exceeded, 1u);
+  EXPECT_EQ(router_.finished[static_cast<int>(Outcome::Cancelled)], 1);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  EXPECT_EQ(ctx_->deadlines_pending(), 0u);
+}
+
 TEST_F(ForwardTest, BackendResetMidResponseReachesClient) {
   start();
   Body req{grpc_frame("hello")};
@@ -555,7 +609,7 @@ TEST_F(ForwardTest, BackendGoawayStopsNewStreams) {
 TEST_F(ForwardTest, BackendMaxConcurrentStreamsIsHonoured) {
   start();
   backend_ = std::make_unique<Peer>(Peer::Role::Backend, false, /*max_concurrent_streams=*/1);
-  up_ = std::make_unique<UpstreamSession>(*ctx_, up_owner_);
+  up_ = std::make_unique<UpstreamSession>(*ctx_, up_owner_, 3, 0);
   router_.upstream = up_.get();
   up_dirty_ = true;
   ASSERT_TRUE(pump());

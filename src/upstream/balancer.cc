@@ -1,0 +1,83 @@
+#include <algorithm>
+
+#include "tlsgate/upstream.hh"
+
+namespace tlsgate::upstream {
+
+bool EndpointState::on_check(bool ok, const HealthPolicy& p) {
+  if (ok) {
+    check_failures = 0;
+    ++check_successes;
+    // A backend that answers its health check gets another chance at once.
+    ejected_until_ms = 0;
+    failures = 0;
+    if (!healthy && check_successes >= p.healthy_threshold) {
+      healthy = true;
+      return true;
+    }
+    return false;
+  }
+  check_successes = 0;
+  ++check_failures;
+  if (healthy && check_failures >= p.unhealthy_threshold) {
+    healthy = false;
+    return true;
+  }
+  return false;
+}
+
+bool EndpointState::on_result(bool failure, uint64_t now, const OutlierPolicy& p) {
+  if (!failure) {
+    failures = 0;
+    if (!ejected(now)) ejections = 0;
+    return false;
+  }
+  ++failures;
+  if (p.consecutive_failures == 0 || failures < p.consecutive_failures) return false;
+  failures = 0;
+  uint64_t ms = p.base_ejection_ms;
+  for (uint32_t i = 0; i < ejections && ms < p.max_ejection_ms; ++i) ms *= 2;
+  ++ejections;
+  ejected_until_ms = now + std::min(ms, p.max_ejection_ms);
+  return true;
+}
+
+int Balancer::pick(const std::vector<EndpointState>& eps, uint64_t now, int avoid, bool panic) {
+  candidates_.clear();
+  bool avoid_usable = false;
+  for (uint32_t i = 0; i < eps.size(); ++i) {
+    if (!eps[i].usable(now)) continue;
+    if (static_cast<int>(i) == avoid) {
+      avoid_usable = true;
+      continue;
+    }
+    candidates_.push_back(i);
+  }
+  if (candidates_.empty() && avoid_usable) candidates_.push_back(static_cast<uint32_t>(avoid));
+  if (candidates_.empty() && panic) {
+    for (uint32_t i = 0; i < eps.size(); ++i)
+      if (eps[i].active) candidates_.push_back(i);
+  }
+  const uint32_t n = static_cast<uint32_t>(candidates_.size());
+  if (n == 0) return -1;
+  if (n == 1) return static_cast<int>(candidates_[0]);
+  if (policy_ == Policy::RoundRobin) {
+    // The first candidate at or after the cursor, so skipped endpoints do not
+    // shift the others' turns.
+    uint32_t chosen = candidates_[0];
+    for (uint32_t c : candidates_)
+      if (c >= next_) {
+        chosen = c;
+        break;
+      }
+    next_ = chosen + 1;
+    return static_cast<int>(chosen);
+  }
+  uint32_t a = rng_.below(n);
+  uint32_t b = rng_.below(n - 1);
+  if (b >= a) ++b;
+  uint32_t ea = candidates_[a], eb = candidates_[b];
+  return static_cast<int>(eps[eb].outstanding < eps[ea].outstanding ? eb : ea);
+}
+
+}  // namespace tlsgate::upstream
