@@ -106,9 +106,6 @@ void check_supported(const config::Config& cfg) {
       config_error(cfg.path + ": listeners." + l.name +
                    ".proxy_protocol: the PROXY protocol is not implemented yet; use \"off\"");
   }
-  for (const config::Cluster& c : cfg.clusters)
-    if (c.tls.enabled)
-      config_error(c.tls.origin.to_string() + ": TLS to backends is not implemented yet; remove the table");
 }
 
 // ktls = "on" refuses to start without kernel TLS; "auto" says what it found.
@@ -130,6 +127,14 @@ void check_tls(const config::Config& cfg) {
   for (const config::Listener& l : cfg.listeners) {
     try {
       tls::Context probe(l.tls);
+    } catch (const std::exception& e) {
+      config_error(e.what());
+    }
+  }
+  for (const config::Cluster& c : cfg.clusters) {
+    if (!c.tls.enabled) continue;
+    try {
+      tls::Context probe(c.tls);
     } catch (const std::exception& e) {
       config_error(e.what());
     }

@@ -220,6 +220,7 @@ class UpstreamSession final : public Session {
   int endpoint_;
   bool going_away_ = false;
   bool failed_ = false;
+  int32_t goaway_last_id_ = INT32_MAX;
 };
 
 }  // namespace tlsgate::h2

@@ -36,6 +36,9 @@ class Context {
   // With `ktls`, sessions record what kernel offload needs (traffic secrets
   // through the keylog callback, record counts for sequence numbers).
   explicit Context(const config::TlsSettings& settings, bool ktls = false);
+  // Client side, towards backends: verifies the peer against settings.ca,
+  // offers ALPN h2, presents the client certificate if configured.
+  explicit Context(const config::UpstreamTls& settings);
   ~Context();
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
@@ -62,9 +65,20 @@ struct RecordCounter {
 };
 const char* to_string(HandshakeState s);
 
+// Whom a client session expects to talk to: the name (or IP address) the
+// backend's certificate must carry. A name is also sent as SNI.
+struct Peer {
+  std::string name;
+  bool is_ip = false;
+};
+
 class Session {
  public:
+  // Server side (a client connection).
   Session(Context& ctx, ChunkPool& pool);
+  // Client side (a backend connection): handshake() with no input produces
+  // the ClientHello.
+  Session(Context& ctx, ChunkPool& pool, const Peer& peer);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;

@@ -657,6 +657,7 @@ struct Callbacks {
     auto* u = static_cast<UpstreamSession*>(user);
     if (frame->hd.type == NGHTTP2_GOAWAY) {
       u->going_away_ = true;
+      u->goaway_last_id_ = std::min(u->goaway_last_id_, frame->goaway.last_stream_id);
       return 0;
     }
     if (frame->hd.stream_id == 0) return 0;
@@ -705,8 +706,21 @@ struct Callbacks {
   static int u_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void* user) {
     auto* u = static_cast<UpstreamSession*>(user);
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
-    if (s == nullptr || s->up != u) return 0;
+    if (s == nullptr || s->up != u || s->up_id != stream_id) return 0;
     Forward::release_up(u->ctx_, s, error_code, true);
+    return 0;
+  }
+
+  // A request nghttp2 could not send (the backend's GOAWAY arrived first):
+  // the backend never saw it, so it may go elsewhere.
+  static int u_frame_not_send(nghttp2_session*, const nghttp2_frame* frame, int, void* user) {
+    auto* u = static_cast<UpstreamSession*>(user);
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+    for (Stream* s = u->streams_; s != nullptr; s = s->up_next) {
+      if (s->up_id != frame->hd.stream_id) continue;
+      Forward::release_up(u->ctx_, s, NGHTTP2_REFUSED_STREAM, true);
+      break;
+    }
     return 0;
   }
 
@@ -732,6 +746,7 @@ struct Callbacks {
       nghttp2_session_callbacks_set_on_frame_recv_callback(cb, u_frame_recv);
       nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, u_data_chunk);
       nghttp2_session_callbacks_set_on_stream_close_callback(cb, u_stream_close);
+      nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, u_frame_not_send);
       nghttp2_session_callbacks_set_send_callback(cb, u_send);
     }
     return cb;
@@ -857,13 +872,17 @@ void UpstreamSession::fail(const char* why, bool nothing_sent) {
     Stream* s = streams_;
     s->resp_unconsumed = 0;
     const bool probe = s->probe != nullptr;
-    Forward::unlink_up(s, nothing_sent ? Outcome::NotProcessed : Outcome::Failure);
+    // Not sent yet (nghttp2 opens a stream when its HEADERS go out), or above
+    // the last stream id of the backend's GOAWAY: never processed.
+    const bool unseen = nothing_sent || s->up_id > goaway_last_id_ ||
+                        (session_ != nullptr && nghttp2_session_get_stream_user_data(ng(session_), s->up_id) == nullptr);
+    Forward::unlink_up(s, unseen ? Outcome::NotProcessed : Outcome::Failure);
     if (probe) {
       Forward::finish_probe(s, NGHTTP2_NO_ERROR, why);
       ctx_.free_stream(s);
     } else if (s->down == nullptr) {
       ctx_.free_stream(s);
-    } else if (!(nothing_sent && Forward::try_retry(ctx_, s, endpoint_))) {
+    } else if (!(unseen && !s->resp_started && Forward::try_retry(ctx_, s, endpoint_))) {
       Forward::respond_unavailable(ctx_, s, why);
     }
   }

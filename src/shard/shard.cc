@@ -68,7 +68,7 @@ const char* to_string(DownState s) {
   return "?";
 }
 
-enum class UpState { Connecting, Ready, Closed };
+enum class UpState { Connecting, Handshake, Ready, Closed };
 
 constexpr char kHttp1Response[] =
     "HTTP/1.1 426 Upgrade Required\r\n"
@@ -123,6 +123,8 @@ struct UpConn : Conn {
   uint32_t endpoint = 0;
   UpState state = UpState::Connecting;
   std::unique_ptr<h2::UpstreamSession> h2;
+  std::unique_ptr<tls::Session> tls;  // TLS to the backend, if the cluster asks for it
+  ByteQueue plain;                    // nghttp2's output before encryption
   uint64_t last_recv_ms = 0;   // keepalive: any received byte proves the peer alive
   uint64_t ping_sent_ms = 0;   // 0 = no PING outstanding
   uint64_t idle_since_ms = 0;  // 0 = has streams
@@ -169,7 +171,8 @@ struct ClusterRt {
   h2::ClusterPolicy policy;
   upstream::HealthPolicy health;
   upstream::OutlierPolicy outlier;
-  TimerList connect_timers;
+  TimerList connect_timers;  // connect and, with TLS, the handshake
+  std::unique_ptr<tls::Context> tls;
   uint32_t pending = 0;      // client streams on this cluster's upstream sessions
   uint32_t connections = 0;  // open or opening upstream connections
   std::string no_endpoint;   // grpc-message when no endpoint is usable
@@ -278,6 +281,7 @@ struct Loop : h2::Router {
     }
     for (auto& u : ups.items) {
       u->h2.reset();
+      u->tls.reset();
       if (u->fd >= 0) ::close(u->fd);
     }
     downs.items.clear();
@@ -524,6 +528,22 @@ struct Loop : h2::Router {
     mark_dirty(d);
   }
 
+  // Moves plaintext into TLS records; what the pool cannot take yet stays
+  // in `plain` for the next flush.
+  static void encrypt(tls::Session& tls, ByteQueue& plain, ByteQueue& out) {
+    while (!plain.empty()) {
+      iovec v[kSendIovecs];
+      int n = plain.iovecs(v, kSendIovecs);
+      size_t taken = 0;
+      for (int i = 0; i < n; ++i) {
+        if (!tls.write(static_cast<const uint8_t*>(v[i].iov_base), v[i].iov_len, out)) break;
+        taken += v[i].iov_len;
+      }
+      plain.consume(taken);
+      if (taken == 0) break;
+    }
+  }
+
   void flush_down(DownConn* d) {
     if (d->ktls == KtlsState::Pending && d->state == DownState::H2) try_offload(d);
     if (d->ktls == KtlsState::On && d->h2 && d->out.size() < kOutputHighWater) {
@@ -531,17 +551,7 @@ struct Loop : h2::Router {
     } else if (d->ktls != KtlsState::On && d->state == DownState::H2 && d->h2 &&
                d->out.size() < kOutputHighWater) {
       d->h2->produce(d->plain, kProduceBudget);
-      while (!d->plain.empty()) {
-        iovec v[kSendIovecs];
-        int n = d->plain.iovecs(v, kSendIovecs);
-        size_t taken = 0;
-        for (int i = 0; i < n; ++i) {
-          if (!d->tls->write(static_cast<const uint8_t*>(v[i].iov_base), v[i].iov_len, d->out)) break;
-          taken += v[i].iov_len;
-        }
-        d->plain.consume(taken);
-        if (taken == 0) break;
-      }
+      encrypt(*d->tls, d->plain, d->out);
     }
     start_send(d, Op::DownSend);
     if (d->state == DownState::H2 && d->h2 && d->h2->finished() && d->out.empty() && !d->send_inflight) {
@@ -685,6 +695,7 @@ struct Loop : h2::Router {
     c.outlier.max_ejection_ms = static_cast<uint64_t>(cfg.outlier.max_ejection.count());
     c.connect_timers.set_duration(static_cast<uint64_t>(cfg.connect_timeout.count()));
     c.no_endpoint = "cluster " + cfg.name + ": no healthy endpoint";
+    if (cfg.tls.enabled) c.tls = std::make_unique<tls::Context>(cfg.tls);
     for (size_t e = 0; e < cfg.endpoints.size(); ++e) add_endpoint(c, cfg.endpoints[e], cfg.endpoint_name[e]);
   }
 
@@ -829,17 +840,70 @@ struct Loop : h2::Router {
       maybe_free(u);
       return;
     }
-    TimerList::disarm(u->timer);
     if (c.res < 0) {
       char what[96];
       std::snprintf(what, sizeof what, "connect failed: %s", std::strerror(-c.res));
       connect_failed(u, what);
       return;
     }
-    u->state = UpState::Ready;
+    io::set_nodelay(u->fd);
     u->last_recv_ms = now;
+    ClusterRt& cl = *clusters[u->cluster];
+    if (cl.tls) {
+      // The connect timer keeps running until the handshake is done.
+      u->tls = std::make_unique<tls::Session>(*cl.tls, chunks, tls_peer(cl, endpoint_of(u)));
+      u->plain.set_pool(&chunks);
+      u->state = UpState::Handshake;
+      u->tls->handshake({}, u->out);  // ClientHello
+      start_send(u, Op::UpSend);
+    } else {
+      TimerList::disarm(u->timer);
+      u->state = UpState::Ready;
+      mark_dirty(u);
+    }
     arm_recv(u, Op::UpRecv);
+  }
+
+  // The name the backend's certificate must carry: server_name, else the
+  // endpoint's DNS name, else its IP address.
+  tls::Peer tls_peer(const ClusterRt& c, const EndpointRt& ep) const {
+    if (!c.cfg->tls.server_name.empty()) return {c.cfg->tls.server_name, false};
+    if (ep.dns_name >= 0) return {c.cfg->dns_names[static_cast<size_t>(ep.dns_name)].host, false};
+    std::string ip = ep.addr.text.substr(0, ep.addr.text.rfind(':'));
+    if (!ip.empty() && ip.front() == '[') ip = ip.substr(1, ip.size() - 2);
+    return {ip, true};
+  }
+
+  void on_up_handshake(UpConn* u, std::span<const uint8_t> in) {
+    tls::HandshakeState st = u->tls->handshake(in, u->out);
     mark_dirty(u);
+    if (st == tls::HandshakeState::InProgress) return;
+    if (st == tls::HandshakeState::Failed) {
+      std::string what = "TLS handshake failed: " + u->tls->failure();
+      connect_failed(u, what.c_str());
+      return;
+    }
+    if (u->tls->alpn() != tls::Alpn::H2 && u->tls->alpn() != tls::Alpn::None) {
+      connect_failed(u, "TLS handshake: the backend did not choose ALPN h2");
+      return;
+    }
+    TimerList::disarm(u->timer);
+    u->state = UpState::Ready;
+    on_up_plaintext_records(u, {});  // records that came with the server's Finished
+  }
+
+  // Decrypts TLS records from the backend and feeds the HTTP/2 session.
+  void on_up_plaintext_records(UpConn* u, std::span<const uint8_t> in) {
+    bool h2_failed = false;
+    Result<void> r = u->tls->read(in, u->out, [&](const uint8_t* p, size_t n) {
+      if (!h2_failed && n > 0 && !u->h2->receive(p, n)) h2_failed = true;
+    });
+    if (h2_failed || !r) {
+      ++counters.upstream_lost;
+      close_up(u, h2_failed ? "upstream protocol error"
+                  : r.error() == Error::Closed ? "upstream closed TLS (close_notify)"
+                                               : "upstream TLS record error");
+    }
   }
 
   void on_up_recv(const io::Completion& c) {
@@ -871,18 +935,34 @@ struct Loop : h2::Router {
       return;
     }
     u->last_recv_ms = now;
-    Result<void> r = u->h2->receive(ring.buffer(bid), static_cast<size_t>(c.res));
-    ring.recycle(bid);
+    std::span<const uint8_t> in(ring.buffer(bid), static_cast<size_t>(c.res));
     mark_dirty(u);
-    if (!r) {
+    if (u->state == UpState::Handshake) {
+      on_up_handshake(u, in);
+    } else if (u->tls) {
+      on_up_plaintext_records(u, in);
+    } else if (!u->h2->receive(in.data(), in.size())) {
       ++counters.upstream_lost;
       close_up(u, "upstream protocol error");
     }
+    ring.recycle(bid);  // the TLS session kept what it did not consume
   }
 
   void flush_up(UpConn* u) {
+    if (u->state == UpState::Handshake) {
+      start_send(u, Op::UpSend);
+      arm_recv(u, Op::UpRecv);
+      return;
+    }
     if (u->state != UpState::Ready || !u->h2 || u->h2->failed()) return;
-    if (u->out.size() < kOutputHighWater) u->h2->produce(u->out, kProduceBudget);
+    if (u->out.size() < kOutputHighWater) {
+      if (u->tls) {
+        u->h2->produce(u->plain, kProduceBudget);
+        encrypt(*u->tls, u->plain, u->out);
+      } else {
+        u->h2->produce(u->out, kProduceBudget);
+      }
+    }
     start_send(u, Op::UpSend);
     if (u->h2->finished() && u->out.empty() && !u->send_inflight) {
       close_up(u, "upstream session finished");
@@ -1096,7 +1176,10 @@ struct Loop : h2::Router {
       d->plain.clear();
       downs.release(d);
     } else {
-      ups.release(static_cast<UpConn*>(c));
+      auto* u = static_cast<UpConn*>(c);
+      u->plain.clear();
+      u->tls.reset();
+      ups.release(u);
     }
   }
 

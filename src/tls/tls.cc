@@ -6,6 +6,7 @@
 #include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include <algorithm>
 #include <cstring>
@@ -175,6 +176,34 @@ Context::Context(const config::TlsSettings& settings, bool ktls) {
   ctx_ = owner.release();
 }
 
+Context::Context(const config::UpstreamTls& settings) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  if (ctx == nullptr) throw std::runtime_error("SSL_CTX_new: " + openssl_error_text());
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> owner(ctx, &SSL_CTX_free);
+  const std::string where = settings.origin.to_string();
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+  if (SSL_CTX_load_verify_locations(ctx, settings.ca.c_str(), nullptr) != 1)
+    throw std::runtime_error(where + ".ca: cannot load CA certificates '" + settings.ca + "': " + openssl_error_text());
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  static const unsigned char h2[] = {2, 'h', '2'};
+  SSL_CTX_set_alpn_protos(ctx, h2, sizeof h2);
+  if (!settings.certificate.empty()) {
+    if (SSL_CTX_use_certificate_chain_file(ctx, settings.certificate.c_str()) != 1)
+      throw std::runtime_error(where + ".certificate: cannot load certificate '" + settings.certificate +
+                               "': " + openssl_error_text());
+    if (SSL_CTX_use_PrivateKey_file(ctx, settings.private_key.c_str(), SSL_FILETYPE_PEM) != 1)
+      throw std::runtime_error(where + ".private_key: cannot load private key '" + settings.private_key +
+                               "': " + openssl_error_text());
+    if (SSL_CTX_check_private_key(ctx) != 1)
+      throw std::runtime_error(where + ".private_key: private key '" + settings.private_key +
+                               "' does not match certificate '" + settings.certificate + "'");
+  }
+  SSL_CTX_set_app_data(ctx, nullptr);
+  ctx_ = owner.release();
+}
+
 Context::~Context() {
   auto* ctx = static_cast<SSL_CTX*>(ctx_);
   delete static_cast<std::string*>(SSL_CTX_get_app_data(ctx));
@@ -190,6 +219,25 @@ Session::Session(Context& ctx, ChunkPool& pool) : pending_in_(&pool) {
   SSL_set_accept_state(ssl);
   SSL_set_app_data(ssl, this);
   ssl_ = ssl;
+}
+
+Session::Session(Context& ctx, ChunkPool& pool, const Peer& peer) : pending_in_(&pool) {
+  SSL* ssl = SSL_new(static_cast<SSL_CTX*>(ctx.native()));
+  if (ssl == nullptr) throw std::bad_alloc();
+  std::unique_ptr<SSL, decltype(&SSL_free)> owner(ssl, &SSL_free);
+  BIO* bio = BIO_new(bio_method());
+  BIO_set_data(bio, this);
+  SSL_set_bio(ssl, bio, bio);
+  SSL_set_connect_state(ssl);
+  SSL_set_app_data(ssl, this);
+  bool named;
+  if (peer.is_ip) {
+    named = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), peer.name.c_str()) == 1;
+  } else {
+    named = SSL_set_tlsext_host_name(ssl, peer.name.c_str()) == 1 && SSL_set1_host(ssl, peer.name.c_str()) == 1;
+  }
+  if (!named) throw std::runtime_error("cannot set the TLS peer name '" + peer.name + "': " + openssl_error_text());
+  ssl_ = owner.release();
 }
 
 Session::~Session() { SSL_free(static_cast<SSL*>(ssl_)); }
@@ -227,6 +275,8 @@ HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
       st = HandshakeState::InProgress;
     } else {
       failure_ = err == SSL_ERROR_SSL ? openssl_error_text() : "handshake error " + std::to_string(err);
+      long verify = SSL_get_verify_result(ssl);
+      if (verify != X509_V_OK) failure_ += std::string(" (") + X509_verify_cert_error_string(verify) + ")";
       st = HandshakeState::Failed;
     }
   } else {
