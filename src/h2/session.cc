@@ -227,7 +227,7 @@ struct Forward {
     if (u.streams_) u.streams_->up_prev = s;
     u.streams_ = s;
     ++u.active_streams_;
-    if (s->probe == nullptr) u.ctx_.router().stream_started(u);
+    if (!s->is_probe) u.ctx_.router().stream_started(u);
   }
   static void unlink_up(Stream* s, Outcome outcome) {
     UpstreamSession& u = *s->up;
@@ -237,7 +237,7 @@ struct Forward {
     --u.active_streams_;
     s->up = nullptr;
     s->up_id = -1;
-    if (s->probe == nullptr) u.ctx_.router().stream_finished(u, outcome);
+    if (!s->is_probe) u.ctx_.router().stream_finished(u, outcome);
   }
 
   // The gateway answers the stream itself with a grpc-status: trailers-only
@@ -523,7 +523,7 @@ struct Forward {
       nghttp2_session_consume_connection(ng(u->session_), s->resp_unconsumed);
     s->resp_unconsumed = 0;
     const int endpoint = u->endpoint_;
-    const bool probe = s->probe != nullptr;
+    const bool probe = s->is_probe;
     const Outcome outcome = probe ? Outcome::Success : outcome_of(s, error_code);
     unlink_up(s, outcome);
     if (probe) {
@@ -687,7 +687,7 @@ struct Callbacks {
   static int u_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data, size_t len,
                           void*) {
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
-    if (s != nullptr && s->probe != nullptr) {
+    if (s != nullptr && s->is_probe) {
       // A health answer is a few bytes; a larger one fails the check.
       if (s->resp_body.size() + len > 512 || !s->resp_body.append(data, len)) s->probe_oversize = true;
       nghttp2_session_consume(session, stream_id, len);
@@ -871,7 +871,7 @@ void UpstreamSession::fail(const char* why, bool nothing_sent) {
   while (streams_) {
     Stream* s = streams_;
     s->resp_unconsumed = 0;
-    const bool probe = s->probe != nullptr;
+    const bool probe = s->is_probe;
     // Not sent yet (nghttp2 opens a stream when its HEADERS go out), or above
     // the last stream id of the backend's GOAWAY: never processed.
     const bool unseen = nothing_sent || s->up_id > goaway_last_id_ ||
@@ -899,6 +899,7 @@ void* UpstreamSession::submit_probe(const std::string& service, const std::strin
   if (len == 0) return nullptr;
   Stream* s = ctx_.new_stream();
   s->probe = sink;
+  s->is_probe = true;
   s->req_eof = true;
   if (!s->req_body.append(body, len)) {
     ctx_.free_stream(s);

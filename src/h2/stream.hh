@@ -85,7 +85,8 @@ struct Stream {
   static constexpr size_t kNoDeadline = ~size_t{0};
 
   // A health-check stream has no downstream half; its result goes here.
-  ProbeSink* probe = nullptr;
+  bool is_probe = false;
+  ProbeSink* probe = nullptr;  // null once cancelled
   bool probe_oversize = false;
 
   // Intrusive lists: the streams of each session.
@@ -120,6 +121,7 @@ struct Stream {
     req_sent.set_pool(&pool);
     deadline_ms = 0;
     heap_index = kNoDeadline;
+    is_probe = false;
     probe = nullptr;
     probe_oversize = false;
     down_prev = down_next = up_prev = up_next = nullptr;

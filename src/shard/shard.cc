@@ -1042,8 +1042,10 @@ struct Loop : h2::Router {
   // Keepalive PINGs on quiet connections, idle connections closed,
   // health checks due or timed out.
   void upstream_tick() {
-    for (auto& up : ups.items) {
-      UpConn* u = up.get();
+    // By index: closing a connection can retry its streams on a new one,
+    // which may grow ups.items.
+    for (size_t i = 0; i < ups.items.size(); ++i) {
+      UpConn* u = ups.items[i].get();
       if (u->fd < 0 || u->closing || u->state != UpState::Ready || !u->h2) continue;
       const config::Cluster& cfg = *clusters[u->cluster]->cfg;
       if (!clusters[u->cluster]->states[u->endpoint].active && u->h2->active_streams() == 0) {
