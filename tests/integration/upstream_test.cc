@@ -309,8 +309,10 @@ TEST_F(UpstreamHealth, KilledBackendCostsOnlyInFlightCalls) {
     ASSERT_TRUE(all_answer(*s, {"b0", "b1", "b2"}, 15s)) << "not all backends answered within 15 s";
   }
   Load load(ch, kThreads, /*delay_ms=*/20);
-  ASSERT_TRUE(eventually([&] { return load.ok_from("b0") && load.ok_from("b1") && load.ok_from("b2"); }, 15s))
-      << "not every backend got calls: " << counts_str(load.by_server());
+  // Mid-load: every backend has served a share of it.
+  ASSERT_TRUE(eventually(
+      [&] { return load.ok_from("b0") >= 20 && load.ok_from("b1") >= 20 && load.ok_from("b2") >= 20; }, 15s))
+      << "not every backend got 20 calls: " << counts_str(load.by_server());
 
   backends_[1]->kill();
   // Load keeps running for three health-check intervals with b1 dead.
