@@ -1,7 +1,7 @@
 // fastbackend: a minimal single-threaded h2c gRPC server for benchmarks.
 //
 //   fastbackend --listen 127.0.0.1:PORT [--max-concurrent-streams N]
-//               [--refuse N] [--goaway-after N]
+//               [--refuse N] [--goaway-after N] [--hold]
 //
 // Answers every request (any method, any path) once its END_STREAM arrives
 // with :status 200, content-type application/grpc, one DATA frame echoing the
@@ -19,12 +19,16 @@
 //                     is sent; streams above it get nothing (nghttp2 closes
 //                     them as refused by the GOAWAY). The connection closes
 //                     once its remaining streams are done.
+//   --hold            never answer: every request stays open until the client
+//                     resets it (a backend that ignores grpc-timeout, for the
+//                     gateway's own deadline). Counted: held, cancelled (reset
+//                     by the client with CANCEL).
 //
 // Prints "listening on HOST:PORT" (the port actually bound; --listen may give
 // port 0) on stderr. SIGTERM / SIGINT stop it; it then prints
 // "fastbackend: stopped by signal S from pid P: connections=N calls=N" on
-// stderr, followed by " refused=N goaways=N" when --refuse or --goaway-after
-// is given, and exits 0. calls counts answered streams only.
+// stderr, followed by " refused=N goaways=N held=N cancelled=N" when a test
+// mode is given, and exits 0. calls counts answered streams only.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -60,6 +64,9 @@ uint64_t g_conns = 0;
 uint64_t g_refuse = 0;        // --refuse: streams still to refuse
 uint64_t g_refused = 0;       // streams refused so far
 uint64_t g_goaway_after = 0;  // --goaway-after; 0 = never
+bool g_hold = false;           // --hold
+uint64_t g_held = 0;           // requests never answered (--hold)
+uint64_t g_cancelled = 0;      // held requests the client reset with CANCEL
 uint64_t g_goaways = 0;
 
 constexpr std::string_view kEmptyGrpcMessage{"\0\0\0\0\0", 5};
@@ -68,6 +75,7 @@ struct Stream {
   std::string body;      // request body, then echoed back
   size_t off = 0;        // bytes of body already handed to nghttp2
   bool refused = false;  // --refuse: RST_STREAM submitted, never answered
+  bool held = false;     // --hold: complete, deliberately not answered
 };
 
 struct Conn {
@@ -133,6 +141,11 @@ int on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* us
   auto* c = static_cast<Conn*>(user_data);
   // Above the GOAWAY's last-stream-id: never processed, the client retries it.
   if (c->goaway_last >= 0 && frame->hd.stream_id > c->goaway_last) return 0;
+  if (g_hold) {
+    st->held = true;
+    ++g_held;
+    return 0;
+  }
   if (st->body.empty()) st->body.assign(kEmptyGrpcMessage);
   static nghttp2_nv headers[] = {make_nv(":status", "200"), make_nv("content-type", "application/grpc")};
   nghttp2_data_provider dp;
@@ -150,8 +163,10 @@ int on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* us
   return 0;
 }
 
-int on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t, void*) {
-  delete static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+int on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void*) {
+  auto* st = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+  if (st != nullptr && st->held && error_code == NGHTTP2_CANCEL) ++g_cancelled;
+  delete st;
   nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
   return 0;
 }
@@ -243,7 +258,7 @@ void accept_all(int ep, int lfd) {
 
 [[noreturn]] void usage(int code) {
   std::fprintf(code == 0 ? stdout : stderr,
-               "usage: fastbackend --listen HOST:PORT [--max-concurrent-streams N] [--refuse N]\n"
+               "usage: fastbackend --listen HOST:PORT [--max-concurrent-streams N] [--refuse N] [--hold]\n"
                "                   [--goaway-after N]\n");
   std::exit(code);
 }
@@ -264,6 +279,9 @@ int main(int argc, char** argv) {
       test_modes = true;
     } else if (a == "--goaway-after" && i + 1 < argc) {
       g_goaway_after = std::strtoull(argv[++i], nullptr, 10);
+      test_modes = true;
+    } else if (a == "--hold") {
+      g_hold = true;
       test_modes = true;
     } else if (a == "-h" || a == "--help") {
       usage(0);
@@ -334,8 +352,9 @@ int main(int argc, char** argv) {
                static_cast<int>(g_stop_signal), static_cast<int>(g_stop_sender),
                static_cast<unsigned long long>(g_conns), static_cast<unsigned long long>(g_calls));
   if (test_modes)
-    std::fprintf(stderr, " refused=%llu goaways=%llu", static_cast<unsigned long long>(g_refused),
-                 static_cast<unsigned long long>(g_goaways));
+    std::fprintf(stderr, " refused=%llu goaways=%llu held=%llu cancelled=%llu",
+                 static_cast<unsigned long long>(g_refused), static_cast<unsigned long long>(g_goaways),
+                 static_cast<unsigned long long>(g_held), static_cast<unsigned long long>(g_cancelled));
   std::fprintf(stderr, "\n");
   return 0;
 }
