@@ -186,6 +186,27 @@ TEST_F(BadConfig, GarbagePrivateKey) {
   check_both(base_.render(), {"listeners[0].tls.private_key", -1, {garbage.string()}});
 }
 
+// TLS to backends: files OpenSSL cannot use are start-up errors naming the key.
+TEST_F(BadConfig, GarbageUpstreamCa) {
+  auto garbage = dir_->path() / "garbage-ca.pem";
+  write_file(garbage, "this is not a certificate\n");
+  base_.clusters = cluster_toml("backend", {"127.0.0.1:50051"}, "[clusters.tls]\nca = \"" + garbage.string() + "\"\n");
+  check_both(base_.render(), {"clusters[0].tls.ca", -1, {garbage.string(), "cannot load CA certificates"}});
+}
+
+TEST_F(BadConfig, UpstreamClientKeyDoesNotMatch) {
+  base_.clusters = cluster_toml("backend", {"127.0.0.1:50051"},
+                                "[clusters.tls]\nca = \"" + certs().ca.string() + "\"\ncertificate = \"" +
+                                    certs().client_crt.string() + "\"\nprivate_key = \"" +
+                                    certs().server_key.string() + "\"\n");
+  check_both(base_.render(), {"clusters[0].tls.private_key", -1, {"cannot load private key", "mismatch"}});
+}
+
+TEST_F(BadConfig, RouteToUnknownCluster) {
+  base_.listener_tail = "  [[listeners.routes]]\n  path_prefix = \"/a.B/\"\n  cluster = \"nope\"\n";
+  check_both(base_.render(), {"listeners[0].routes[0].cluster", -1, {"no cluster named \"nope\""}});
+}
+
 TEST_F(BadConfig, ListenPortAlreadyBound) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   ASSERT_GE(fd, 0);
