@@ -52,6 +52,8 @@ LABEL = {"tlsgate": "tlsgate", "nginx": "nginx", "haproxy": "HAProxy", "nghttpx"
 
 # Loads per mode. Every load is bounded by a count (-n, --connections) or a
 # duration (-D, --hold-time) and by a subprocess timeout.
+TESTS = ["conn", "tput", "latency", "memory", "callgrind"]
+
 MODES = {
     "quick": dict(reps=3, burst=400, burst_rsa=200, resumed=800, tput_secs=2, lat_secs=2,
                   idle=1000, mem_reps=1, speed_secs=1, ceiling_secs=2, cg_calls=0),
@@ -967,6 +969,8 @@ def main():
     ap.add_argument("--proxies", default=",".join(PROXIES), help="comma-separated subset (tlsgate always)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "e2e" / "results-latest.md"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    ap.add_argument("--only", default=",".join(TESTS), help="comma-separated subset of the tests "
+                    f"({', '.join(TESTS)}); figures of the others are n/m")
     args = ap.parse_args()
 
     mode_name = "quick" if args.quick else "full"
@@ -977,6 +981,11 @@ def main():
         mode["idle"] = args.idle
     if args.callgrind_calls is not None:
         mode["cg_calls"] = args.callgrind_calls
+    only = {t for t in args.only.split(",") if t}
+    if only - set(TESTS):
+        raise SystemExit(f"bench-e2e: --only: unknown test(s) {', '.join(sorted(only - set(TESTS)))}")
+    if "callgrind" not in only:
+        mode["cg_calls"] = 0
     chosen = [p for p in args.proxies.split(",") if p]
     PROXIES = [p for p in ["tlsgate", "nginx", "haproxy", "nghttpx"] if p in chosen or p == "tlsgate"]
 
@@ -1034,13 +1043,15 @@ def main():
                 bench.verify(proxy, inst[(proxy, kind)], kind)
         log("all proxies answer gRPC calls with grpc-status 0")
 
-        for rep in range(mode["reps"]):
+        for rep in range(mode["reps"] if only & {"conn", "tput"} else 0):
             for proxy in PROXIES:
-                log(f"run {rep + 1}/{mode['reps']} {proxy}: connections (ECDSA, RSA, resumed), throughput")
-                bench.guarded(f"{proxy} ECDSA connections", bench.conn_burst, proxy, "ecdsa", mode["burst"])
-                bench.guarded(f"{proxy} RSA connections", bench.conn_burst, proxy, "rsa", mode["burst_rsa"])
-                bench.guarded(f"{proxy} resumed connections", bench.conn_resumed, proxy, mode["resumed"])
-                bench.guarded(f"{proxy} throughput", bench.throughput, proxy)
+                log(f"run {rep + 1}/{mode['reps']} {proxy}: {' and '.join(sorted(only & {'conn', 'tput'}))}")
+                if "conn" in only:
+                    bench.guarded(f"{proxy} ECDSA connections", bench.conn_burst, proxy, "ecdsa", mode["burst"])
+                    bench.guarded(f"{proxy} RSA connections", bench.conn_burst, proxy, "rsa", mode["burst_rsa"])
+                    bench.guarded(f"{proxy} resumed connections", bench.conn_resumed, proxy, mode["resumed"])
+                if "tput" in only:
+                    bench.guarded(f"{proxy} throughput", bench.throughput, proxy)
 
         rate = args.rate
         if not rate:
@@ -1049,7 +1060,7 @@ def main():
             lows = [min(bench.res[("tput", p)]) for p in PROXIES if bench.res.get(("tput", p))]
             low = min(lows) * 0.4 if lows else 1000
             rate = max(800, int(low // 800) * 800)  # a multiple of 8 clients x 100/s
-        for rep in range(mode["reps"]):
+        for rep in range(mode["reps"] if "latency" in only else 0):
             for proxy in PROXIES:
                 log(f"run {rep + 1}/{mode['reps']} {proxy}: latency at {rate} calls/s")
                 bench.guarded(f"{proxy} latency", bench.latency, proxy, rate)
@@ -1057,7 +1068,7 @@ def main():
         for (proxy, kind), p in inst.items():
             check_alive(p, "the run")
             procs.stop(p)
-        for rep in range(mode["mem_reps"]):
+        for rep in range(mode["mem_reps"] if "memory" in only else 0):
             for proxy in PROXIES:
                 log(f"run {rep + 1}/{mode['mem_reps']} {proxy}: memory, {mode['idle']} idle connections "
                     f"(fresh proxy)")
