@@ -28,6 +28,7 @@
 namespace tlsgate::h2 {
 
 struct Stream;
+class Memory;
 class UpstreamSession;
 class DownstreamSession;
 
@@ -59,7 +60,18 @@ struct Counters {
   uint64_t header_limit_resets = 0;
 };
 
-// Per-shard HTTP/2 state: stream objects and counters.
+// nghttp2's memory in this shard (src/h2/memory.hh).
+struct MemoryStats {
+  uint64_t spans = 0;           // 256 KiB spans mapped: flat in steady state
+  uint64_t large_maps = 0;      // mappings made for blocks over 64 KiB
+  uint64_t allocations = 0;     // blocks handed to nghttp2, ever
+  uint64_t blocks_in_use = 0;
+  uint64_t bytes_in_use = 0;    // by size class (frame buffers: their full size)
+  uint64_t frame_buffers = 0;   // sessions' outbound frame buffers in use
+  uint64_t pages_released = 0;  // frame buffers handed back to the kernel
+};
+
+// Per-shard HTTP/2 state: stream objects, nghttp2's memory, counters.
 class Context {
  public:
   Context(ChunkPool& chunks, Router& router);
@@ -71,6 +83,8 @@ class Context {
   Router& router() { return router_; }
   Counters& counters() { return counters_; }
   size_t streams_in_use() const { return streams_in_use_; }
+  Memory& memory() { return *memory_; }
+  const MemoryStats& memory_stats() const;
 
   Stream* new_stream();
   void free_stream(Stream* s);
@@ -81,6 +95,7 @@ class Context {
   Counters counters_;
   std::vector<Stream*> free_streams_;
   size_t streams_in_use_ = 0;
+  std::unique_ptr<Memory> memory_;
 };
 
 struct DownstreamSettings {

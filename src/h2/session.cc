@@ -5,6 +5,7 @@
 #include <cstring>
 #include <new>
 
+#include "memory.hh"
 #include "stream.hh"
 #include "tlsgate/h2.hh"
 #include "tlsgate/log.hh"
@@ -104,7 +105,8 @@ bool HeaderList::find(const char* name, const uint8_t** value, size_t* len) cons
 
 // ---------------------------------------------------------------- Context
 
-Context::Context(ChunkPool& chunks, Router& router) : chunks_(chunks), router_(router) {}
+Context::Context(ChunkPool& chunks, Router& router)
+    : chunks_(chunks), router_(router), memory_(std::make_unique<Memory>()) {}
 
 Context::~Context() {
   for (Stream* s : free_streams_) delete s;
@@ -516,6 +518,8 @@ nghttp2_option* make_option(bool server) {
   nghttp2_option* opt = nullptr;
   if (nghttp2_option_new(&opt) != 0) throw std::bad_alloc();
   nghttp2_option_set_no_auto_window_update(opt, 1);
+  // Closed streams are not kept for the (deprecated) priority tree.
+  nghttp2_option_set_no_closed_streams(opt, 1);
   if (server) {
     // CVE-2023-44487 (rapid reset): bound how fast a client may reset streams.
     nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 100);
@@ -567,7 +571,8 @@ DownstreamSession::DownstreamSession(Context& ctx, Owner& owner, DownstreamSetti
     : Session(ctx, owner), settings_(std::move(settings)) {
   static nghttp2_option* opt = make_option(true);
   nghttp2_session* s = nullptr;
-  if (nghttp2_session_server_new2(&s, server_callbacks(), this, opt) != 0) throw std::bad_alloc();
+  if (nghttp2_session_server_new3(&s, server_callbacks(), this, opt, ctx.memory().mem()) != 0)
+    throw std::bad_alloc();
   session_ = s;
   nghttp2_settings_entry iv[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, settings_.max_concurrent_streams},
@@ -591,7 +596,8 @@ void DownstreamSession::shutdown() {
 UpstreamSession::UpstreamSession(Context& ctx, Owner& owner) : Session(ctx, owner) {
   static nghttp2_option* opt = make_option(false);
   nghttp2_session* s = nullptr;
-  if (nghttp2_session_client_new2(&s, client_callbacks(), this, opt) != 0) throw std::bad_alloc();
+  if (nghttp2_session_client_new3(&s, client_callbacks(), this, opt, ctx.memory().mem()) != 0)
+    throw std::bad_alloc();
   session_ = s;
   nghttp2_settings_entry iv[] = {
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)},

@@ -1,0 +1,213 @@
+#include "memory.hh"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <bit>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace tlsgate::h2 {
+
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kPassThrough = true;  // ASan must see every block
+#else
+constexpr bool kPassThrough = false;
+#endif
+
+constexpr size_t kPage = 4096;
+constexpr size_t kSpan = 256 * 1024;
+constexpr size_t kHeader = 64;      // span header at the span's base
+constexpr size_t kMaxSmall = 64 * 1024;  // largest size class (nghttp2 bounds header blocks to 64 KiB)
+constexpr size_t kSlotPages = (Memory::kFrameBufferSize + kPage - 1) / kPage;
+constexpr size_t kSlot = kSlotPages * kPage;
+constexpr size_t kSlotsPerSpan = (kSpan - kPage) / kSlot;  // the first page holds the header
+constexpr uint32_t kLarge = UINT32_MAX;
+
+uintptr_t span_base(const void* p) { return reinterpret_cast<uintptr_t>(p) & ~(kSpan - 1); }
+
+// A kSpan-aligned anonymous mapping of `len` bytes (a multiple of kPage),
+// or nullptr. Pages cost memory only once written.
+void* map_aligned(size_t len) {
+  const size_t total = len + kSpan;
+  void* raw = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const uintptr_t r = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t a = (r + kSpan - 1) & ~(kSpan - 1);
+  if (a > r) munmap(raw, a - r);
+  if (const size_t tail = r + total - (a + len); tail > 0) munmap(reinterpret_cast<void*>(a + len), tail);
+  // Small pages only: a transparent huge page would make release_pages()
+  // split it or keep 2 MiB resident for a few live blocks.
+  madvise(reinterpret_cast<void*>(a), len, MADV_NOHUGEPAGE);
+  return reinterpret_cast<void*>(a);
+}
+
+void* mem_malloc(size_t n, void* self) { return static_cast<Memory*>(self)->allocate(n); }
+void mem_free(void* p, void* self) { static_cast<Memory*>(self)->release(p); }
+void* mem_calloc(size_t n, size_t m, void* self) {
+  if (m != 0 && n > SIZE_MAX / m) return nullptr;
+  void* p = static_cast<Memory*>(self)->allocate(n * m);
+  if (p) std::memset(p, 0, n * m);  // recycled blocks are not zero
+  return p;
+}
+void* mem_realloc(void* p, size_t n, void* self) { return static_cast<Memory*>(self)->reallocate(p, n); }
+
+}  // namespace
+
+struct Memory::Span {
+  uint32_t cls;    // size class, kFrameClass, or kLarge
+  uint32_t pad;
+  size_t length;   // bytes mapped
+  Span* next;      // every span of this Memory (not large blocks)
+};
+
+
+Memory::Memory() {
+  static_assert(sizeof(Span) <= kHeader);
+  mem_.mem_user_data = this;
+  mem_.malloc = mem_malloc;
+  mem_.free = mem_free;
+  mem_.calloc = mem_calloc;
+  mem_.realloc = mem_realloc;
+  for (int c = 0; c < kClasses; ++c) classes_[c].size = static_cast<uint32_t>(class_size(c));
+  classes_[kFrameClass].size = static_cast<uint32_t>(kFrameBufferSize);
+}
+
+Memory::~Memory() {
+  while (spans_) {
+    Span* s = spans_;
+    spans_ = s->next;
+    munmap(s, s->length);
+  }
+}
+
+int Memory::class_of(size_t n) {
+  if (n <= 128) return n == 0 ? 0 : static_cast<int>((n + 15) / 16) - 1;
+  // 2^k < n <= 2^(k+1): eight steps of 2^(k-3).
+  const int k = std::bit_width(n - 1) - 1;
+  const size_t step = size_t{1} << (k - 3);
+  const int idx = static_cast<int>((n - (size_t{1} << k) + step - 1) / step) - 1;
+  return 8 + (k - 7) * 8 + idx;
+}
+
+size_t Memory::class_size(int c) {
+  if (c < 8) return static_cast<size_t>(c + 1) * 16;
+  const int k = (c - 8) / 8 + 7;
+  const int idx = (c - 8) % 8;
+  return (size_t{1} << k) + static_cast<size_t>(idx + 1) * (size_t{1} << (k - 3));
+}
+
+Memory::Span* Memory::map_span(int c) {
+  void* p = map_aligned(kSpan);
+  if (p == nullptr) return nullptr;
+  auto* s = new (p) Span{static_cast<uint32_t>(c), 0, kSpan, spans_};
+  spans_ = s;
+  ++stats_.spans;
+  return s;
+}
+
+void* Memory::carve(int c) {
+  Class& k = classes_[c];
+  const bool frame = c == kFrameClass;
+  const size_t size = frame ? kSlot : k.size;
+  const size_t first = frame ? kPage : kHeader;
+  const size_t room = frame ? kPage + kSlotsPerSpan * kSlot : kSpan;
+  if (k.current == nullptr || first + k.carved + size > room) {
+    Span* s = map_span(c);
+    if (s == nullptr) return nullptr;
+    k.current = s;
+    k.carved = 0;
+  }
+  void* p = reinterpret_cast<uint8_t*>(k.current) + first + k.carved;
+  k.carved += size;
+  return p;
+}
+
+void* Memory::allocate(size_t n) {
+  if (kPassThrough) return std::malloc(n);
+  int c;
+  if (n == kFrameBufferSize) {
+    c = kFrameClass;
+  } else if (n <= kMaxSmall) {
+    c = class_of(n);
+  } else {
+    const size_t len = (kHeader + n + kPage - 1) / kPage * kPage;
+    void* base = map_aligned(len);
+    if (base == nullptr) return nullptr;
+    new (base) Span{kLarge, 0, len, nullptr};
+    ++stats_.large_maps;
+    ++stats_.allocations;
+    ++stats_.blocks_in_use;
+    stats_.bytes_in_use += len - kHeader;
+    return static_cast<uint8_t*>(base) + kHeader;
+  }
+  Class& k = classes_[c];
+  void* p;
+  if (k.free) {
+    p = k.free;
+    k.free = k.free->next;
+  } else {
+    p = carve(c);
+    if (p == nullptr) return nullptr;
+  }
+  ++stats_.allocations;
+  ++stats_.blocks_in_use;
+  stats_.bytes_in_use += k.size;
+  if (c == kFrameClass) {
+    ++stats_.frame_buffers;
+    last_frame_buffer_ = p;
+  }
+  return p;
+}
+
+void Memory::release(void* p) {
+  if (kPassThrough) return std::free(p);
+  if (p == nullptr) return;
+  auto* s = reinterpret_cast<Span*>(span_base(p));
+  --stats_.blocks_in_use;
+  if (s->cls == kLarge) {
+    stats_.bytes_in_use -= s->length - kHeader;
+    munmap(s, s->length);
+    return;
+  }
+  stats_.bytes_in_use -= classes_[s->cls].size;
+  if (s->cls == kFrameClass) {
+    --stats_.frame_buffers;
+    if (last_frame_buffer_ == p) last_frame_buffer_ = nullptr;
+    // A closed connection's buffer costs one page in the pool (the one the
+    // free-list link below is written to), not five.
+    madvise(static_cast<uint8_t*>(p) + kPage, kSlot - kPage, MADV_DONTNEED);
+  }
+  Class& k = classes_[s->cls];
+  auto* f = static_cast<Free*>(p);
+  f->next = k.free;
+  k.free = f;
+}
+
+void* Memory::reallocate(void* p, size_t n) {
+  if (kPassThrough) return std::realloc(p, n);
+  if (p == nullptr) return allocate(n);
+  auto* s = reinterpret_cast<Span*>(span_base(p));
+  const size_t have = s->cls == kLarge ? s->length - kHeader : classes_[s->cls].size;
+  if (s->cls == kFrameClass ? n == kFrameBufferSize
+                            : n <= have && (s->cls == kLarge || class_of(n) == static_cast<int>(s->cls)))
+    return p;
+  void* q = allocate(n);
+  if (q == nullptr) return nullptr;
+  std::memcpy(q, p, std::min(have, n));
+  release(p);
+  return q;
+}
+
+void Memory::release_pages(void* p) {
+  if (kPassThrough || p == nullptr) return;
+  // The slot is page-aligned and kSlot long: every page of it is the buffer's.
+  if (madvise(p, kSlot, MADV_DONTNEED) == 0) ++stats_.pages_released;
+}
+
+const MemoryStats& Context::memory_stats() const { return memory_->stats(); }
+
+}  // namespace tlsgate::h2
