@@ -29,6 +29,7 @@ namespace tlsgate::h2 {
 
 struct Stream;
 class Memory;
+class Session;
 class UpstreamSession;
 class DownstreamSession;
 
@@ -68,7 +69,7 @@ struct MemoryStats {
   uint64_t blocks_in_use = 0;
   uint64_t bytes_in_use = 0;    // by size class (frame buffers: their full size)
   uint64_t frame_buffers = 0;   // sessions' outbound frame buffers in use
-  uint64_t pages_released = 0;  // frame buffers handed back to the kernel
+  uint64_t pages_released = 0;  // idle sessions' frame buffers handed back to the kernel
 };
 
 // Per-shard HTTP/2 state: stream objects, nghttp2's memory, counters.
@@ -89,13 +90,26 @@ class Context {
   Stream* new_stream();
   void free_stream(Stream* s);
 
+  // Call about every 100 ms with a monotonic clock. Sessions that neither
+  // received nor sent anything for kIdleReleaseMs hand the pages of their
+  // 16 KiB outbound frame buffer back to the kernel (page faults bring them
+  // back when they send again): an idle connection then holds none of it
+  // (small frames touch its first page only, 16 KiB DATA frames all five).
+  static constexpr uint64_t kIdleReleaseMs = 1000;
+  void release_idle_memory(uint64_t now_ms);
+
  private:
+  friend class Session;
   ChunkPool& chunks_;
   Router& router_;
   Counters counters_;
   std::vector<Stream*> free_streams_;
   size_t streams_in_use_ = 0;
   std::unique_ptr<Memory> memory_;
+  // Sessions by time of last activity, oldest first (intrusive).
+  Session* active_head_ = nullptr;
+  Session* active_tail_ = nullptr;
+  uint64_t now_ms_ = 0;
 };
 
 struct DownstreamSettings {
@@ -127,7 +141,15 @@ class Session {
   ~Session();
 
   friend struct Callbacks;
+  friend class Context;
   ssize_t take_output(const uint8_t* data, size_t len);
+  // After nghttp2_session_*_new3: remember the session's frame buffer.
+  void adopt_session(void* session);
+  // Before nghttp2_session_del.
+  void drop_session();
+  // Bytes moved: (re)start the idle clock.
+  void touch();
+  void unlink_active();
 
   Context& ctx_;
   Owner& owner_;
@@ -137,6 +159,15 @@ class Session {
   void* session_ = nullptr;  // nghttp2_session*
   size_t active_streams_ = 0;
   Stream* streams_ = nullptr;  // intrusive list of this session's streams
+  // nghttp2 keeps bytes in its frame buffer between calls only after our send
+  // callback said WOULDBLOCK; otherwise the buffer's contents are dead.
+  bool blocked_ = false;
+  void* frame_buffer_ = nullptr;  // nghttp2's outbound frame buffer, from ctx_.memory()
+  bool frame_buffer_released_ = false;
+  bool listed_ = false;  // in ctx_'s activity list
+  uint64_t touched_ms_ = 0;
+  Session* active_prev_ = nullptr;
+  Session* active_next_ = nullptr;
 };
 
 class DownstreamSession final : public Session {

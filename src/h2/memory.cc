@@ -208,6 +208,61 @@ void Memory::release_pages(void* p) {
   if (madvise(p, kSlot, MADV_DONTNEED) == 0) ++stats_.pages_released;
 }
 
+// ---------------------------------------------------------------- idle sessions
+// Kept here rather than in session.cc: how sessions use the shard's memory.
+
 const MemoryStats& Context::memory_stats() const { return memory_->stats(); }
+
+void Context::release_idle_memory(uint64_t now_ms) {
+  now_ms_ = now_ms;
+  while (active_head_ != nullptr && active_head_->touched_ms_ + kIdleReleaseMs <= now_ms) {
+    Session* s = active_head_;
+    s->unlink_active();
+    // A session that holds output (blocked) or wants to send is not idle; it
+    // is listed again when it next sends.
+    if (s->frame_buffer_ && !s->frame_buffer_released_ && !s->blocked_ && !s->want_write()) {
+      memory_->release_pages(s->frame_buffer_);
+      s->frame_buffer_released_ = true;
+    }
+  }
+}
+
+void Session::adopt_session(void* session) {
+  session_ = session;
+  // nghttp2 allocates the frame buffer while it makes the session, and keeps
+  // that block for the session's life.
+  frame_buffer_ = ctx_.memory().last_frame_buffer();
+  touch();
+}
+
+void Session::drop_session() {
+  if (session_ == nullptr) return;
+  nghttp2_session_del(static_cast<nghttp2_session*>(session_));
+  session_ = nullptr;
+  frame_buffer_ = nullptr;  // freed: it may belong to another session soon
+  unlink_active();
+}
+
+void Session::touch() {
+  frame_buffer_released_ = false;
+  touched_ms_ = ctx_.now_ms_;
+  if (listed_) {
+    if (ctx_.active_tail_ == this) return;  // already the newest
+    unlink_active();
+  }
+  listed_ = true;
+  active_prev_ = ctx_.active_tail_;
+  active_next_ = nullptr;
+  if (ctx_.active_tail_) ctx_.active_tail_->active_next_ = this; else ctx_.active_head_ = this;
+  ctx_.active_tail_ = this;
+}
+
+void Session::unlink_active() {
+  if (!listed_) return;
+  if (active_prev_) active_prev_->active_next_ = active_next_; else ctx_.active_head_ = active_next_;
+  if (active_next_) active_next_->active_prev_ = active_prev_; else ctx_.active_tail_ = active_prev_;
+  active_prev_ = active_next_ = nullptr;
+  listed_ = false;
+}
 
 }  // namespace tlsgate::h2

@@ -9,7 +9,8 @@
 // - nghttp2's outbound frame buffer (one 16,394-byte block per session, kept
 //   for the session's life): page-aligned 5-page slots in spans of their own,
 //   so that release_pages() can hand a slot's pages back to the kernel
-//   while its session is idle (its contents are dead then).
+//   while its session is idle (Context::release_idle_memory; its contents
+//   are dead then).
 //   A freed slot's pages are handed back at once.
 // - Anything larger (nghttp2 does not, with header lists bounded to 64 KiB):
 //   its own mapping, unmapped on free.

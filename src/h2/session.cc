@@ -533,10 +533,12 @@ nghttp2_option* make_option(bool server) {
 // ---------------------------------------------------------------- Session
 
 Session::~Session() {
-  if (session_) nghttp2_session_del(ng(session_));
+  drop_session();
+  unlink_active();
 }
 
 Result<void> Session::receive(const uint8_t* data, size_t len) {
+  touch();
   ssize_t rv = nghttp2_session_mem_recv(ng(session_), data, len);
   if (rv < 0) {
     LOG_DEBUG("h2", "receive: %s", nghttp2_strerror(static_cast<int>(rv)));
@@ -549,16 +551,21 @@ size_t Session::produce(ByteQueue& out, size_t budget) {
   out_ = &out;
   budget_left_ = budget;
   produced_ = 0;
+  blocked_ = false;
   int rv = nghttp2_session_send(ng(session_));
   if (rv != 0) LOG_DEBUG("h2", "send: %s", nghttp2_strerror(rv));
   out_ = nullptr;
+  if (produced_ > 0) touch();
   return produced_;
 }
 
 ssize_t Session::take_output(const uint8_t* data, size_t len) {
   // WOULDBLOCK keeps the frame inside nghttp2 for the next produce(): no
   // frame is lost when the budget is spent or the pool is exhausted.
-  if (out_ == nullptr || budget_left_ == 0 || !out_->append(data, len)) return NGHTTP2_ERR_WOULDBLOCK;
+  if (out_ == nullptr || budget_left_ == 0 || !out_->append(data, len)) {
+    blocked_ = true;
+    return NGHTTP2_ERR_WOULDBLOCK;
+  }
   budget_left_ = len >= budget_left_ ? 0 : budget_left_ - len;
   produced_ += len;
   return static_cast<ssize_t>(len);
@@ -573,7 +580,7 @@ DownstreamSession::DownstreamSession(Context& ctx, Owner& owner, DownstreamSetti
   nghttp2_session* s = nullptr;
   if (nghttp2_session_server_new3(&s, server_callbacks(), this, opt, ctx.memory().mem()) != 0)
     throw std::bad_alloc();
-  session_ = s;
+  adopt_session(s);
   nghttp2_settings_entry iv[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, settings_.max_concurrent_streams},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)},
@@ -598,7 +605,7 @@ UpstreamSession::UpstreamSession(Context& ctx, Owner& owner) : Session(ctx, owne
   nghttp2_session* s = nullptr;
   if (nghttp2_session_client_new3(&s, client_callbacks(), this, opt, ctx.memory().mem()) != 0)
     throw std::bad_alloc();
-  session_ = s;
+  adopt_session(s);
   nghttp2_settings_entry iv[] = {
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)},
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
@@ -629,10 +636,7 @@ void UpstreamSession::fail(const char* why) {
       Forward::respond_unavailable(ctx_, s, why);
     }
   }
-  if (session_) {
-    nghttp2_session_del(ng(session_));
-    session_ = nullptr;
-  }
+  drop_session();
 }
 
 }  // namespace tlsgate::h2
