@@ -46,6 +46,23 @@ TEST(Memory, EverySizeHoldsItsBytesAndIsAligned) {
   EXPECT_EQ(m.stats().blocks_in_use, 0u);
 }
 
+// Every size up to 64 KiB lands in a class that holds it, with at most 12.5%
+// slack above 128 bytes.
+TEST(Memory, SizeClassesFitTightly) {
+  if (!kPooled) GTEST_SKIP() << "Memory passes through to malloc under AddressSanitizer";
+  Memory m;
+  for (size_t n = 1; n <= 64 * 1024; n += (n < 2048 ? 1 : 61)) {
+    void* p = m.allocate(n);
+    ASSERT_NE(p, nullptr) << n;
+    const uint64_t held = m.stats().bytes_in_use;
+    EXPECT_GE(held, n);
+    if (n > 128) {
+      EXPECT_LE(held, n + n / 8) << n;
+    }
+    m.release(p);
+  }
+}
+
 TEST(Memory, ReallocateKeepsContentsAndCallocZeroes) {
   Memory m;
   void* p = m.mem()->realloc(nullptr, 40, m.mem()->mem_user_data);
