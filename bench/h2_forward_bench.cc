@@ -109,7 +109,7 @@ class Harness final : public ForwardTest {
     return ok;
   }
 
-  const MemoryStats& memory_stats() const { return ctx_->memory_stats(); }
+  MemoryStats memory_stats() const { return ctx_->memory_stats(); }
 
   void drop_client() {
     down_.reset();

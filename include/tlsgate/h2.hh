@@ -85,7 +85,7 @@ class Context {
   Counters& counters() { return counters_; }
   size_t streams_in_use() const { return streams_in_use_; }
   Memory& memory() { return *memory_; }
-  const MemoryStats& memory_stats() const;
+  MemoryStats memory_stats() const;
 
   Stream* new_stream();
   void free_stream(Stream* s);

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstdlib>
 #include <cstring>
@@ -84,13 +85,30 @@ Memory::~Memory() {
   }
 }
 
-int Memory::class_of(size_t n) {
+namespace {
+
+constexpr int compute_class(size_t n) {
   if (n <= 128) return n == 0 ? 0 : static_cast<int>((n + 15) / 16) - 1;
   // 2^k < n <= 2^(k+1): eight steps of 2^(k-3).
   const int k = std::bit_width(n - 1) - 1;
   const size_t step = size_t{1} << (k - 3);
   const int idx = static_cast<int>((n - (size_t{1} << k) + step - 1) / step) - 1;
   return 8 + (k - 7) * 8 + idx;
+}
+
+// Most of nghttp2's blocks per call are small (header fields, stream
+// objects): a table lookup instead of the computation.
+constexpr size_t kTabled = 1024;
+constexpr auto kClassTable = [] {
+  std::array<uint8_t, kTabled / 16 + 1> t{};
+  for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<uint8_t>(compute_class(i * 16));
+  return t;
+}();
+
+}  // namespace
+
+inline int Memory::class_of(size_t n) {
+  return n <= kTabled ? kClassTable[(n + 15) / 16] : compute_class(n);
 }
 
 size_t Memory::class_size(int c) {
@@ -126,65 +144,100 @@ void* Memory::carve(int c) {
   return p;
 }
 
+// The hot path: a class lookup, a free-list pop or push and one counter in
+// the class (the totals are summed in stats()).
 void* Memory::allocate(size_t n) {
   if (kPassThrough) return std::malloc(n);
-  int c;
-  if (n == kFrameBufferSize) {
-    c = kFrameClass;
-  } else if (n <= kMaxSmall) {
-    c = class_of(n);
-  } else {
-    const size_t len = (kHeader + n + kPage - 1) / kPage * kPage;
-    void* base = map_aligned(len);
-    if (base == nullptr) return nullptr;
-    new (base) Span{kLarge, 0, len, nullptr};
-    ++stats_.large_maps;
-    ++stats_.allocations;
-    ++stats_.blocks_in_use;
-    stats_.bytes_in_use += len - kHeader;
-    return static_cast<uint8_t*>(base) + kHeader;
+  if (n <= kMaxSmall && n != kFrameBufferSize) [[likely]] {
+    Class& k = classes_[class_of(n)];
+    if (Free* f = k.free) [[likely]] {
+      k.free = f->next;
+      ++k.in_use;
+      ++k.allocations;
+      return f;
+    }
+    return refill(class_of(n));
   }
+  return allocate_big(n);
+}
+
+void* Memory::allocate_big(size_t n) {
+  if (n == kFrameBufferSize) {
+    void* p = refill(kFrameClass);
+    if (p) last_frame_buffer_ = p;
+    return p;
+  }
+  const size_t len = (kHeader + n + kPage - 1) / kPage * kPage;
+  void* base = map_aligned(len);
+  if (base == nullptr) return nullptr;
+  new (base) Span{kLarge, 0, len, nullptr};
+  ++stats_.large_maps;
+  ++large_.in_use;
+  ++large_.allocations;
+  large_bytes_ += len - kHeader;
+  return static_cast<uint8_t*>(base) + kHeader;
+}
+
+void* Memory::refill(int c) {
   Class& k = classes_[c];
-  void* p;
-  if (k.free) {
-    p = k.free;
+  void* p = k.free;
+  if (p) {
     k.free = k.free->next;
   } else {
     p = carve(c);
     if (p == nullptr) return nullptr;
   }
-  ++stats_.allocations;
-  ++stats_.blocks_in_use;
-  stats_.bytes_in_use += k.size;
-  if (c == kFrameClass) {
-    ++stats_.frame_buffers;
-    last_frame_buffer_ = p;
-  }
+  ++k.in_use;
+  ++k.allocations;
   return p;
 }
 
 void Memory::release(void* p) {
   if (kPassThrough) return std::free(p);
   if (p == nullptr) return;
-  auto* s = reinterpret_cast<Span*>(span_base(p));
-  --stats_.blocks_in_use;
-  if (s->cls == kLarge) {
-    stats_.bytes_in_use -= s->length - kHeader;
+  const uint32_t cls = reinterpret_cast<Span*>(span_base(p))->cls;
+  if (cls < kFrameClass) [[likely]] {
+    Class& k = classes_[cls];
+    --k.in_use;
+    auto* f = static_cast<Free*>(p);
+    f->next = k.free;
+    k.free = f;
+    return;
+  }
+  release_big(p, cls);
+}
+
+void Memory::release_big(void* p, uint32_t cls) {
+  if (cls == kLarge) {
+    auto* s = reinterpret_cast<Span*>(span_base(p));
+    --large_.in_use;
+    large_bytes_ -= s->length - kHeader;
     munmap(s, s->length);
     return;
   }
-  stats_.bytes_in_use -= classes_[s->cls].size;
-  if (s->cls == kFrameClass) {
-    --stats_.frame_buffers;
-    if (last_frame_buffer_ == p) last_frame_buffer_ = nullptr;
-    // A closed connection's buffer costs one page in the pool (the one the
-    // free-list link below is written to), not five.
-    madvise(static_cast<uint8_t*>(p) + kPage, kSlot - kPage, MADV_DONTNEED);
-  }
-  Class& k = classes_[s->cls];
+  if (last_frame_buffer_ == p) last_frame_buffer_ = nullptr;
+  // A closed connection's buffer costs one page in the pool (the one the
+  // free-list link below is written to), not five.
+  madvise(static_cast<uint8_t*>(p) + kPage, kSlot - kPage, MADV_DONTNEED);
+  Class& k = classes_[kFrameClass];
+  --k.in_use;
   auto* f = static_cast<Free*>(p);
   f->next = k.free;
   k.free = f;
+}
+
+MemoryStats Memory::stats() const {
+  MemoryStats st = stats_;
+  st.allocations = large_.allocations;
+  st.blocks_in_use = large_.in_use;
+  st.bytes_in_use = large_bytes_;
+  for (int c = 0; c <= kFrameClass; ++c) {
+    st.allocations += classes_[c].allocations;
+    st.blocks_in_use += classes_[c].in_use;
+    st.bytes_in_use += classes_[c].in_use * classes_[c].size;
+  }
+  st.frame_buffers = classes_[kFrameClass].in_use;
+  return st;
 }
 
 void* Memory::reallocate(void* p, size_t n) {
@@ -211,7 +264,7 @@ void Memory::release_pages(void* p) {
 // ---------------------------------------------------------------- idle sessions
 // Kept here rather than in session.cc: how sessions use the shard's memory.
 
-const MemoryStats& Context::memory_stats() const { return memory_->stats(); }
+MemoryStats Context::memory_stats() const { return memory_->stats(); }
 
 void Context::release_idle_memory(uint64_t now_ms) {
   now_ms_ = now_ms;

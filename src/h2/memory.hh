@@ -59,7 +59,7 @@ class Memory {
   // buffer whose contents are dead.
   void release_pages(void* p);
 
-  const MemoryStats& stats() const { return stats_; }
+  MemoryStats stats() const;
 
  private:
   struct Span;
@@ -67,8 +67,10 @@ class Memory {
     Free* next;
   };
   struct Class {
-    uint32_t size = 0;
     Free* free = nullptr;
+    uint64_t in_use = 0;
+    uint64_t allocations = 0;
+    uint32_t size = 0;
     Span* current = nullptr;  // span being carved
     size_t carved = 0;        // bytes carved from `current`
   };
@@ -77,6 +79,11 @@ class Memory {
   static int class_of(size_t n);
   static size_t class_size(int c);
 
+  // The slow paths, kept out of line so allocate() and release() inline
+  // into the nghttp2_mem functions.
+  [[gnu::noinline]] void* refill(int c);
+  [[gnu::noinline]] void* allocate_big(size_t n);
+  [[gnu::noinline]] void release_big(void* p, uint32_t cls);
   void* carve(int c);
   Span* map_span(int c);
 
@@ -84,7 +91,9 @@ class Memory {
   Class classes_[kClasses + 1];
   void* last_frame_buffer_ = nullptr;
   Span* spans_ = nullptr;  // every span, to unmap at destruction
-  MemoryStats stats_;
+  Class large_;  // blocks over 64 KiB: only in_use
+  uint64_t large_bytes_ = 0;
+  MemoryStats stats_;  // spans, large_maps, pages_released; the rest is summed
 };
 
 }  // namespace tlsgate::h2
