@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <new>
+#include <string_view>
 
 #include "memory.hh"
 #include "stream.hh"
@@ -27,10 +28,33 @@ nghttp2_nv make_nv(const char* name, const char* value, size_t value_len) {
                     NGHTTP2_NV_FLAG_NONE};
 }
 
-bool name_is(nghttp2_rcbuf* rc, const char* want) {
-  nghttp2_vec v = nghttp2_rcbuf_get_buf(rc);
-  size_t n = std::strlen(want);
-  return v.len == n && std::memcmp(v.base, want, n) == 0;
+bool is(const nghttp2_vec& v, std::string_view want) {
+  return std::memcmp(v.base, want.data(), want.size()) == 0;
+}
+
+// Request fields the gateway does not forward: hop-by-hop ones and its own
+// x-forwarded-*. Called for every field of every request, so it looks at the
+// length first; pseudo-headers and most names match no length.
+bool dropped_request_field(nghttp2_rcbuf* name) {
+  const nghttp2_vec v = nghttp2_rcbuf_get_buf(name);
+  switch (v.len) {
+    case 7: return is(v, "upgrade");
+    case 10: return is(v, "connection") || is(v, "keep-alive");
+    case 15: return is(v, "x-forwarded-for");
+    case 16: return is(v, "proxy-connection");
+    case 17: return is(v, "x-forwarded-proto") || is(v, "transfer-encoding");
+    default: return false;
+  }
+}
+
+// Hop-by-hop response fields (the same test for trailers).
+bool dropped_response_field(nghttp2_rcbuf* name) {
+  const nghttp2_vec v = nghttp2_rcbuf_get_buf(name);
+  switch (v.len) {
+    case 10: return is(v, "connection") || is(v, "keep-alive");
+    case 17: return is(v, "transfer-encoding");
+    default: return false;
+  }
 }
 
 // grpc-message is percent-encoded: bytes outside printable ASCII and '%'.
@@ -350,11 +374,7 @@ struct Callbacks {
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
     if (s == nullptr) return 0;
-    // Hop-by-hop and gateway-owned fields are not forwarded.
-    if (name_is(name, "x-forwarded-for") || name_is(name, "x-forwarded-proto") || name_is(name, "connection") ||
-        name_is(name, "keep-alive") || name_is(name, "proxy-connection") || name_is(name, "transfer-encoding") ||
-        name_is(name, "upgrade"))
-      return 0;
+    if (dropped_request_field(name)) return 0;
     if (!s->req_headers.add_rc(name, value)) {
       ++d->ctx_.counters().header_limit_resets;
       return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // RST_STREAM for this stream only
@@ -413,7 +433,7 @@ struct Callbacks {
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
     if (s == nullptr) return 0;
-    if (name_is(name, "connection") || name_is(name, "keep-alive") || name_is(name, "transfer-encoding")) return 0;
+    if (dropped_response_field(name)) return 0;
     HeaderList& list = frame->headers.cat == NGHTTP2_HCAT_RESPONSE ? s->resp_headers : s->resp_trailers;
     if (!list.add_rc(name, value)) {
       ++u->ctx_.counters().header_limit_resets;
