@@ -48,10 +48,15 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 CIPHER = "TLS_AES_256_GCM_SHA384"  # the one TLS 1.3 suite every client offers
 GRPC_PATH = "/bench.Echo/Unary"
 PROXIES = ["tlsgate", "nginx", "haproxy", "nghttpx"]
-LABEL = {"tlsgate": "tlsgate", "nginx": "nginx", "haproxy": "HAProxy", "nghttpx": "nghttpx"}
+LABEL = {"tlsgate": "tlsgate", "baseline": "tlsgate baseline", "nginx": "nginx", "haproxy": "HAProxy",
+         "nghttpx": "nghttpx"}
+# Not a peer: another tlsgate binary (--baseline) measured in the same run.
+NOT_PEERS = ("tlsgate", "baseline")
 
 # Loads per mode. Every load is bounded by a count (-n, --connections) or a
 # duration (-D, --hold-time) and by a subprocess timeout.
+TESTS = ["conn", "tput", "latency", "memory", "callgrind"]
+
 MODES = {
     "quick": dict(reps=3, burst=400, burst_rsa=200, resumed=800, tput_secs=2, lat_secs=2,
                   idle=1000, mem_reps=1, speed_secs=1, ceiling_secs=2, cg_calls=0),
@@ -302,6 +307,7 @@ class Env:
         self.procs = procs
         self.build = Path(args.build_dir)
         self.tlsgate = self.build / "src" / "tlsgate"
+        self.baseline = Path(args.baseline) if args.baseline else None
         self.fastbackend = self.build / "tools" / "fastbackend" / "fastbackend"
         self.connload = self.build / "tools" / "fastbackend" / "connload"
         self.certs = work / "certs"
@@ -331,7 +337,7 @@ def start_proxy(env, proxy, kind, port, tag, valgrind=None):
     d.mkdir(exist_ok=True)
     bp = env.backend_port
     pre = list(valgrind or [])
-    if proxy == "tlsgate":
+    if proxy in ("tlsgate", "baseline"):
         conf = d / "tlsgate.toml"
         conf.write_text(f"""workers = 1
 [[listeners]]
@@ -347,7 +353,7 @@ cluster = "backend"
 name = "backend"
 endpoints = ["127.0.0.1:{bp}"]
 """)
-        argv = pre + [env.tlsgate, "--config", conf]
+        argv = pre + [env.tlsgate if proxy == "tlsgate" else env.baseline, "--config", conf]
     elif proxy == "nginx":
         for sub in ("logs", "tmp"):
             (d / sub).mkdir(exist_ok=True)
@@ -815,6 +821,8 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
                  f"**{fmt(ceil_backend['core'])} calls per backend core-second**.")
     lines.append("")
     head = ["Figure"] + [LABEL[p] for p in PROXIES] + ["tlsgate ÷ best peer"]
+    if "baseline" in PROXIES:
+        head.append("tlsgate ÷ baseline")
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
     for key, label, higher, digits, extra in ROWS:
@@ -832,16 +840,19 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
                         s += f" ({e:,.1f} µs)"
             cells.append(s)
         mine = bench.med(key, "tlsgate")
-        peers = [bench.med(key, p) for p in PROXIES if p != "tlsgate"]
+        peers = [bench.med(key, p) for p in PROXIES if p not in NOT_PEERS]
         peers = [v for v in peers if v is not None and v == v]
-        if mine is None or not peers or mine != mine:
-            ratio = "n/m"
-        else:
-            best = max(peers) if higher else min(peers)
-            r = mine / best
+
+        def ratio_to(other):
+            if mine is None or other is None or mine != mine or other != other or not other:
+                return "n/m"
+            r = mine / other
             better = r >= 1 if higher else r <= 1
-            ratio = f"{r:.2f} ({'better' if better else 'worse'})"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
+            return f"{r:.2f} ({'better' if better else 'worse'})"
+        ratios = [ratio_to((max(peers) if higher else min(peers)) if peers else None)]
+        if "baseline" in PROXIES:
+            ratios.append(ratio_to(bench.med(key, "baseline")))
+        lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
     lines.append("")
     la = bench.info.get("loadavg")
     if la:
@@ -965,8 +976,12 @@ def main():
     ap.add_argument("--callgrind-calls", type=int, help="calls measured under callgrind "
                     "(default 10000; --quick 0 = not measured)")
     ap.add_argument("--proxies", default=",".join(PROXIES), help="comma-separated subset (tlsgate always)")
+    ap.add_argument("--baseline", help="another tlsgate binary (e.g. a build of the previous commit), "
+                    "measured in the same run as the proxy 'tlsgate baseline'")
     ap.add_argument("--out", default=str(ROOT / "bench" / "e2e" / "results-latest.md"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    ap.add_argument("--only", default=",".join(TESTS), help="comma-separated subset of the tests "
+                    f"({', '.join(TESTS)}); figures of the others are n/m")
     args = ap.parse_args()
 
     mode_name = "quick" if args.quick else "full"
@@ -977,8 +992,15 @@ def main():
         mode["idle"] = args.idle
     if args.callgrind_calls is not None:
         mode["cg_calls"] = args.callgrind_calls
+    only = {t for t in args.only.split(",") if t}
+    if only - set(TESTS):
+        raise SystemExit(f"bench-e2e: --only: unknown test(s) {', '.join(sorted(only - set(TESTS)))}")
+    if "callgrind" not in only:
+        mode["cg_calls"] = 0
     chosen = [p for p in args.proxies.split(",") if p]
     PROXIES = [p for p in ["tlsgate", "nginx", "haproxy", "nghttpx"] if p in chosen or p == "tlsgate"]
+    if args.baseline:
+        PROXIES.insert(1, "baseline")
 
     if os.cpu_count() < 2:
         raise BenchError("needs 2 CPUs (proxies on CPU 0, load on CPU 1)")
@@ -1004,7 +1026,7 @@ def main():
     ok = False
     try:
         env = Env(args, work, procs)
-        for exe in (env.tlsgate, env.fastbackend, env.connload):
+        for exe in (env.tlsgate, env.fastbackend, env.connload) + ((env.baseline,) if env.baseline else ()):
             if not exe.exists():
                 raise BenchError(f"{exe} missing: build first (tools/bench-e2e does)")
         subprocess.run(["bash", str(ROOT / "tools" / "gen-cert"), str(env.certs)], check=True,
@@ -1034,13 +1056,15 @@ def main():
                 bench.verify(proxy, inst[(proxy, kind)], kind)
         log("all proxies answer gRPC calls with grpc-status 0")
 
-        for rep in range(mode["reps"]):
+        for rep in range(mode["reps"] if only & {"conn", "tput"} else 0):
             for proxy in PROXIES:
-                log(f"run {rep + 1}/{mode['reps']} {proxy}: connections (ECDSA, RSA, resumed), throughput")
-                bench.guarded(f"{proxy} ECDSA connections", bench.conn_burst, proxy, "ecdsa", mode["burst"])
-                bench.guarded(f"{proxy} RSA connections", bench.conn_burst, proxy, "rsa", mode["burst_rsa"])
-                bench.guarded(f"{proxy} resumed connections", bench.conn_resumed, proxy, mode["resumed"])
-                bench.guarded(f"{proxy} throughput", bench.throughput, proxy)
+                log(f"run {rep + 1}/{mode['reps']} {proxy}: {' and '.join(sorted(only & {'conn', 'tput'}))}")
+                if "conn" in only:
+                    bench.guarded(f"{proxy} ECDSA connections", bench.conn_burst, proxy, "ecdsa", mode["burst"])
+                    bench.guarded(f"{proxy} RSA connections", bench.conn_burst, proxy, "rsa", mode["burst_rsa"])
+                    bench.guarded(f"{proxy} resumed connections", bench.conn_resumed, proxy, mode["resumed"])
+                if "tput" in only:
+                    bench.guarded(f"{proxy} throughput", bench.throughput, proxy)
 
         rate = args.rate
         if not rate:
@@ -1049,7 +1073,7 @@ def main():
             lows = [min(bench.res[("tput", p)]) for p in PROXIES if bench.res.get(("tput", p))]
             low = min(lows) * 0.4 if lows else 1000
             rate = max(800, int(low // 800) * 800)  # a multiple of 8 clients x 100/s
-        for rep in range(mode["reps"]):
+        for rep in range(mode["reps"] if "latency" in only else 0):
             for proxy in PROXIES:
                 log(f"run {rep + 1}/{mode['reps']} {proxy}: latency at {rate} calls/s")
                 bench.guarded(f"{proxy} latency", bench.latency, proxy, rate)
@@ -1057,7 +1081,7 @@ def main():
         for (proxy, kind), p in inst.items():
             check_alive(p, "the run")
             procs.stop(p)
-        for rep in range(mode["mem_reps"]):
+        for rep in range(mode["mem_reps"] if "memory" in only else 0):
             for proxy in PROXIES:
                 log(f"run {rep + 1}/{mode['mem_reps']} {proxy}: memory, {mode['idle']} idle connections "
                     f"(fresh proxy)")

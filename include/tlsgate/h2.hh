@@ -29,6 +29,8 @@
 namespace tlsgate::h2 {
 
 struct Stream;
+class Memory;
+class Session;
 class UpstreamSession;
 class DownstreamSession;
 
@@ -96,7 +98,18 @@ struct Counters {
   uint64_t bad_grpc_timeout = 0;         // malformed grpc-timeout values (ignored)
 };
 
-// Per-shard HTTP/2 state: stream objects, deadlines and counters.
+// nghttp2's memory in this shard (src/h2/memory.hh).
+struct MemoryStats {
+  uint64_t spans = 0;           // 256 KiB spans mapped: flat in steady state
+  uint64_t large_maps = 0;      // mappings made for blocks over 64 KiB
+  uint64_t allocations = 0;     // blocks handed to nghttp2, ever
+  uint64_t blocks_in_use = 0;
+  uint64_t bytes_in_use = 0;    // by size class (frame buffers: their full size)
+  uint64_t frame_buffers = 0;   // sessions' outbound frame buffers in use
+  uint64_t pages_released = 0;  // idle sessions' frame buffers handed back to the kernel
+};
+
+// Per-shard HTTP/2 state: stream objects, deadlines, nghttp2's memory, counters.
 class Context {
  public:
   Context(ChunkPool& chunks, Router& router);
@@ -108,6 +121,8 @@ class Context {
   Router& router() { return router_; }
   Counters& counters() { return counters_; }
   size_t streams_in_use() const { return streams_in_use_; }
+  Memory& memory() { return *memory_; }
+  MemoryStats memory_stats() const;
 
   Stream* new_stream();
   void free_stream(Stream* s);
@@ -119,7 +134,16 @@ class Context {
   void remove_deadline(Stream* s);
   size_t deadlines_pending() const { return deadlines_.size(); }
 
+  // Call about every 100 ms with a monotonic clock. Sessions that neither
+  // received nor sent anything for kIdleReleaseMs hand the pages of their
+  // 16 KiB outbound frame buffer back to the kernel (page faults bring them
+  // back when they send again): an idle connection then holds none of it
+  // (small frames touch its first page only, 16 KiB DATA frames all five).
+  static constexpr uint64_t kIdleReleaseMs = 1000;
+  void release_idle_memory(uint64_t now_ms);
+
  private:
+  friend class Session;
   void sift_up(size_t i);
   void sift_down(size_t i);
   ChunkPool& chunks_;
@@ -128,6 +152,11 @@ class Context {
   std::vector<Stream*> free_streams_;
   std::vector<Stream*> deadlines_;  // min-heap on Stream::deadline_ms
   size_t streams_in_use_ = 0;
+  std::unique_ptr<Memory> memory_;
+  // Sessions by time of last activity, oldest first (intrusive).
+  Session* active_head_ = nullptr;
+  Session* active_tail_ = nullptr;
+  uint64_t now_ms_ = 0;
 };
 
 struct DownstreamSettings {
@@ -160,7 +189,15 @@ class Session {
   ~Session();
 
   friend struct Callbacks;
+  friend class Context;
   ssize_t take_output(const uint8_t* data, size_t len);
+  // After nghttp2_session_*_new3: remember the session's frame buffer.
+  void adopt_session(void* session);
+  // Before nghttp2_session_del.
+  void drop_session();
+  // Bytes moved: (re)start the idle clock.
+  void touch();
+  void unlink_active();
 
   Context& ctx_;
   Owner& owner_;
@@ -170,6 +207,15 @@ class Session {
   void* session_ = nullptr;  // nghttp2_session*
   size_t active_streams_ = 0;
   Stream* streams_ = nullptr;  // intrusive list of this session's streams
+  // nghttp2 keeps bytes in its frame buffer between calls only after our send
+  // callback said WOULDBLOCK; otherwise the buffer's contents are dead.
+  bool blocked_ = false;
+  void* frame_buffer_ = nullptr;  // nghttp2's outbound frame buffer, from ctx_.memory()
+  bool frame_buffer_released_ = false;
+  bool listed_ = false;  // in ctx_'s activity list
+  uint64_t touched_ms_ = 0;
+  Session* active_prev_ = nullptr;
+  Session* active_next_ = nullptr;
 };
 
 class DownstreamSession final : public Session {

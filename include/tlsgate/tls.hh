@@ -13,6 +13,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <type_traits>
 
 #include "tlsgate/buffer.hh"
 #include "tlsgate/config.hh"
@@ -20,6 +21,8 @@
 #include "tlsgate/result.hh"
 
 namespace tlsgate::tls {
+
+class RecordLayer;
 
 // Process-wide OpenSSL set-up: routes OpenSSL's allocations to mimalloc (when
 // built with it). Call once, first thing in main(), before any other thread.
@@ -33,8 +36,10 @@ const char* to_string(Alpn a);
 // OpenSSL refused.
 class Context {
  public:
-  // With `ktls`, sessions record what kernel offload needs (traffic secrets
-  // through the keylog callback, record counts for sequence numbers).
+  // Every session records its TLS 1.3 traffic secrets and record counts.
+  // With `ktls`, that is for kernel offload; without, a TLS 1.3 session
+  // frees its OpenSSL objects after the handshake and protects records
+  // itself (Session::detached()).
   explicit Context(const config::TlsSettings& settings, bool ktls = false);
   // Client side, towards backends: verifies the peer against settings.ca,
   // offers ALPN h2, presents the client certificate if configured.
@@ -43,9 +48,11 @@ class Context {
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
   void* native() const { return ctx_; }
+  bool detach() const { return detach_; }
 
  private:
   void* ctx_ = nullptr;  // SSL_CTX*
+  bool detach_ = false;
 };
 
 enum class HandshakeState { InProgress, Done, Failed };
@@ -98,6 +105,12 @@ class Session {
   template <typename Sink>
   Result<void> read(std::span<const uint8_t> in, ByteQueue& out, Sink&& sink);
 
+  // TLS 1.3 without kernel TLS: after the handshake, at the first quiet point
+  // (no partial record held), the session derives its record keys, frees its
+  // OpenSSL objects (about 12 KB of an idle connection's 15) and from then on
+  // seals and opens records itself; read/write/shutdown work as before.
+  bool detached() const { return records_ != nullptr; }
+
   // Encrypts all of `data` into records appended to `out`.
   Result<void> write(const uint8_t* data, size_t len, ByteQueue& out);
   // Appends a close_notify alert to `out`.
@@ -121,6 +134,10 @@ class Session {
   Result<size_t> read_some(uint8_t* buf, size_t cap);
   void begin(std::span<const uint8_t> in, ByteQueue& out);
   void end();
+  void maybe_detach();
+  using RawSink = void (*)(void* arg, const uint8_t* data, size_t len);
+  Result<void> read_records(std::span<const uint8_t> in, ByteQueue& out, RawSink sink, void* arg);
+  Result<void> write_records(uint8_t type, const uint8_t* data, size_t len, ByteQueue& out);
 
   friend struct BioAccess;
   friend struct KeyLog;
@@ -130,6 +147,12 @@ class Session {
   ByteQueue* out_ = nullptr;
   Alpn alpn_ = Alpn::None;
   bool broken_ = false;  // received bytes were lost (pool exhausted)
+  bool detach_allowed_ = false;
+  std::unique_ptr<RecordLayer> records_;  // set once detached; ssl_ is null then
+  // What the OpenSSL objects answered, kept for after they are freed.
+  const char* version_name_ = "";
+  const char* cipher_name_ = "";
+  KtlsCipher cipher_kind_ = KtlsCipher::Unknown;
   // kTLS bookkeeping.
   RecordCounter tx_records_;
   RecordCounter rx_records_;
@@ -143,13 +166,22 @@ class Session {
 
 template <typename Sink>
 Result<void> Session::read(std::span<const uint8_t> in, ByteQueue& out, Sink&& sink) {
+  if (records_) {
+    return read_records(
+        in, out,
+        [](void* arg, const uint8_t* p, size_t n) { (*static_cast<std::remove_reference_t<Sink>*>(arg))(p, n); },
+        &sink);
+  }
   begin(in, out);
   uint8_t buf[16384];
   for (;;) {
     Result<size_t> r = read_some(buf, sizeof buf);
     if (!r) {
       end();
-      if (r.error() == Error::WouldBlock) return {};
+      if (r.error() == Error::WouldBlock) {
+        maybe_detach();
+        return {};
+      }
       return Unexpected(r.error());
     }
     sink(buf, *r);

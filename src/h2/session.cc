@@ -4,7 +4,9 @@
 #include <cstdio>
 #include <cstring>
 #include <new>
+#include <string_view>
 
+#include "memory.hh"
 #include "stream.hh"
 #include "tlsgate/grpc.hh"
 #include "tlsgate/h2.hh"
@@ -27,10 +29,33 @@ nghttp2_nv make_nv(const char* name, const char* value, size_t value_len) {
                     NGHTTP2_NV_FLAG_NONE};
 }
 
-bool name_is(nghttp2_rcbuf* rc, const char* want) {
-  nghttp2_vec v = nghttp2_rcbuf_get_buf(rc);
-  size_t n = std::strlen(want);
-  return v.len == n && std::memcmp(v.base, want, n) == 0;
+bool is(const nghttp2_vec& v, std::string_view want) {
+  return std::memcmp(v.base, want.data(), want.size()) == 0;
+}
+
+// Request fields the gateway does not forward: hop-by-hop ones and its own
+// x-forwarded-*. Called for every field of every request, so it looks at the
+// length first; pseudo-headers and most names match no length.
+bool dropped_request_field(nghttp2_rcbuf* name) {
+  const nghttp2_vec v = nghttp2_rcbuf_get_buf(name);
+  switch (v.len) {
+    case 7: return is(v, "upgrade");
+    case 10: return is(v, "connection") || is(v, "keep-alive");
+    case 15: return is(v, "x-forwarded-for");
+    case 16: return is(v, "proxy-connection");
+    case 17: return is(v, "x-forwarded-proto") || is(v, "transfer-encoding");
+    default: return false;
+  }
+}
+
+// Hop-by-hop response fields (the same test for trailers).
+bool dropped_response_field(nghttp2_rcbuf* name) {
+  const nghttp2_vec v = nghttp2_rcbuf_get_buf(name);
+  switch (v.len) {
+    case 10: return is(v, "connection") || is(v, "keep-alive");
+    case 17: return is(v, "transfer-encoding");
+    default: return false;
+  }
 }
 
 // grpc-message is percent-encoded: bytes outside printable ASCII and '%'.
@@ -131,7 +156,8 @@ bool HeaderList::find(const char* name, const uint8_t** value, size_t* len) cons
 
 // ---------------------------------------------------------------- Context
 
-Context::Context(ChunkPool& chunks, Router& router) : chunks_(chunks), router_(router) {}
+Context::Context(ChunkPool& chunks, Router& router)
+    : chunks_(chunks), router_(router), memory_(std::make_unique<Memory>()) {}
 
 Context::~Context() {
   for (Stream* s : free_streams_) delete s;
@@ -581,11 +607,7 @@ struct Callbacks {
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
     if (s == nullptr) return 0;
-    // Hop-by-hop and gateway-owned fields are not forwarded.
-    if (name_is(name, "x-forwarded-for") || name_is(name, "x-forwarded-proto") || name_is(name, "connection") ||
-        name_is(name, "keep-alive") || name_is(name, "proxy-connection") || name_is(name, "transfer-encoding") ||
-        name_is(name, "upgrade"))
-      return 0;
+    if (dropped_request_field(name)) return 0;
     if (!s->req_headers.add_rc(name, value)) {
       ++d->ctx_.counters().header_limit_resets;
       return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // RST_STREAM for this stream only
@@ -644,7 +666,7 @@ struct Callbacks {
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
     if (s == nullptr) return 0;
-    if (name_is(name, "connection") || name_is(name, "keep-alive") || name_is(name, "transfer-encoding")) return 0;
+    if (dropped_response_field(name)) return 0;
     HeaderList& list = frame->headers.cat == NGHTTP2_HCAT_RESPONSE ? s->resp_headers : s->resp_trailers;
     if (!list.add_rc(name, value)) {
       ++u->ctx_.counters().header_limit_resets;
@@ -770,6 +792,8 @@ nghttp2_option* make_option(bool server) {
   nghttp2_option* opt = nullptr;
   if (nghttp2_option_new(&opt) != 0) throw std::bad_alloc();
   nghttp2_option_set_no_auto_window_update(opt, 1);
+  // Closed streams are not kept for the (deprecated) priority tree.
+  nghttp2_option_set_no_closed_streams(opt, 1);
   if (server) {
     // CVE-2023-44487 (rapid reset): bound how fast a client may reset streams.
     nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 100);
@@ -783,10 +807,12 @@ nghttp2_option* make_option(bool server) {
 // ---------------------------------------------------------------- Session
 
 Session::~Session() {
-  if (session_) nghttp2_session_del(ng(session_));
+  drop_session();
+  unlink_active();
 }
 
 Result<void> Session::receive(const uint8_t* data, size_t len) {
+  touch();
   ssize_t rv = nghttp2_session_mem_recv(ng(session_), data, len);
   if (rv < 0) {
     LOG_DEBUG("h2", "receive: %s", nghttp2_strerror(static_cast<int>(rv)));
@@ -799,16 +825,21 @@ size_t Session::produce(ByteQueue& out, size_t budget) {
   out_ = &out;
   budget_left_ = budget;
   produced_ = 0;
+  blocked_ = false;
   int rv = nghttp2_session_send(ng(session_));
   if (rv != 0) LOG_DEBUG("h2", "send: %s", nghttp2_strerror(rv));
   out_ = nullptr;
+  if (produced_ > 0) touch();
   return produced_;
 }
 
 ssize_t Session::take_output(const uint8_t* data, size_t len) {
   // WOULDBLOCK keeps the frame inside nghttp2 for the next produce(): no
   // frame is lost when the budget is spent or the pool is exhausted.
-  if (out_ == nullptr || budget_left_ == 0 || !out_->append(data, len)) return NGHTTP2_ERR_WOULDBLOCK;
+  if (out_ == nullptr || budget_left_ == 0 || !out_->append(data, len)) {
+    blocked_ = true;
+    return NGHTTP2_ERR_WOULDBLOCK;
+  }
   budget_left_ = len >= budget_left_ ? 0 : budget_left_ - len;
   produced_ += len;
   return static_cast<ssize_t>(len);
@@ -821,8 +852,9 @@ DownstreamSession::DownstreamSession(Context& ctx, Owner& owner, DownstreamSetti
     : Session(ctx, owner), settings_(std::move(settings)) {
   static nghttp2_option* opt = make_option(true);
   nghttp2_session* s = nullptr;
-  if (nghttp2_session_server_new2(&s, server_callbacks(), this, opt) != 0) throw std::bad_alloc();
-  session_ = s;
+  if (nghttp2_session_server_new3(&s, server_callbacks(), this, opt, ctx.memory().mem()) != 0)
+    throw std::bad_alloc();
+  adopt_session(s);
   nghttp2_settings_entry iv[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, settings_.max_concurrent_streams},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)},
@@ -846,8 +878,9 @@ UpstreamSession::UpstreamSession(Context& ctx, Owner& owner, uint32_t cluster, i
     : Session(ctx, owner), cluster_(cluster), endpoint_(endpoint) {
   static nghttp2_option* opt = make_option(false);
   nghttp2_session* s = nullptr;
-  if (nghttp2_session_client_new2(&s, client_callbacks(), this, opt) != 0) throw std::bad_alloc();
-  session_ = s;
+  if (nghttp2_session_client_new3(&s, client_callbacks(), this, opt, ctx.memory().mem()) != 0)
+    throw std::bad_alloc();
+  adopt_session(s);
   nghttp2_settings_entry iv[] = {
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)},
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
@@ -886,10 +919,7 @@ void UpstreamSession::fail(const char* why, bool nothing_sent) {
       Forward::respond_unavailable(ctx_, s, why);
     }
   }
-  if (session_) {
-    nghttp2_session_del(ng(session_));
-    session_ = nullptr;
-  }
+  drop_session();
 }
 
 void* UpstreamSession::submit_probe(const std::string& service, const std::string& authority, ProbeSink* sink) {

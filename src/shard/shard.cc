@@ -1187,6 +1187,7 @@ struct Loop : h2::Router {
 
   // ------------------------------------------------------------ timers, stop
   void on_tick() {
+    h2ctx.release_idle_memory(now);
     for (auto& lp : listeners) {
       ListenerRt& l = *lp;
       while (TimerLink* t = l.handshake_timers.pop_expired(now)) {

@@ -69,31 +69,6 @@ void put_seq(uint8_t* out, uint64_t seq) {
   }
 }
 
-// HKDF-Expand-Label(secret, label, "", length) for length <= hash size:
-// one HMAC block of HkdfLabel || 0x01 (RFC 8446 7.1).
-bool expand_label(const EVP_MD* md, const uint8_t* secret, size_t secret_len, const char* label, uint8_t* out,
-                  size_t length) {
-  uint8_t info[64];
-  size_t full = 6 + std::strlen(label);
-  size_t n = 0;
-  info[n++] = static_cast<uint8_t>(length >> 8);
-  info[n++] = static_cast<uint8_t>(length);
-  info[n++] = static_cast<uint8_t>(full);
-  std::memcpy(info + n, "tls13 ", 6);
-  n += 6;
-  std::memcpy(info + n, label, full - 6);
-  n += full - 6;
-  info[n++] = 0;  // empty context
-  info[n++] = 1;  // block counter
-  uint8_t block[EVP_MAX_MD_SIZE];
-  unsigned block_len = 0;
-  if (HMAC(md, secret, static_cast<int>(secret_len), info, n, block, &block_len) == nullptr) return false;
-  if (block_len < length) return false;
-  std::memcpy(out, block, length);
-  OPENSSL_cleanse(block, sizeof block);
-  return true;
-}
-
 bool tls12_key_block(SSL* ssl, const EVP_MD* md, uint8_t* out, size_t length) {
   uint8_t master[SSL_MAX_MASTER_KEY_LENGTH];
   size_t master_len = SSL_SESSION_get_master_key(SSL_get_session(ssl), master, sizeof master);
@@ -209,6 +184,31 @@ bool probe_cipher(KtlsCipher c) {
 
 }  // namespace
 
+// HKDF-Expand-Label(secret, label, "", length) for length <= hash size:
+// one HMAC block of HkdfLabel || 0x01 (RFC 8446 7.1).
+bool expand_label(const EVP_MD* md, const uint8_t* secret, size_t secret_len, const char* label, uint8_t* out,
+                  size_t length) {
+  uint8_t info[64];
+  size_t full = 6 + std::strlen(label);
+  size_t n = 0;
+  info[n++] = static_cast<uint8_t>(length >> 8);
+  info[n++] = static_cast<uint8_t>(length);
+  info[n++] = static_cast<uint8_t>(full);
+  std::memcpy(info + n, "tls13 ", 6);
+  n += 6;
+  std::memcpy(info + n, label, full - 6);
+  n += full - 6;
+  info[n++] = 0;  // empty context
+  info[n++] = 1;  // block counter
+  uint8_t block[EVP_MAX_MD_SIZE];
+  unsigned block_len = 0;
+  if (HMAC(md, secret, static_cast<int>(secret_len), info, n, block, &block_len) == nullptr) return false;
+  if (block_len < length) return false;
+  std::memcpy(out, block, length);
+  OPENSSL_cleanse(block, sizeof block);
+  return true;
+}
+
 struct KeyLog {
   static void record(const SSL* ssl, const char* line) {
     auto* s = static_cast<Session*>(SSL_get_app_data(ssl));
@@ -305,6 +305,7 @@ const char* to_string(Offload o) {
 }
 
 KtlsCipher Session::cipher_kind() const {
+  if (ssl_ == nullptr) return cipher_kind_;  // detached
   const SSL_CIPHER* c = SSL_get_current_cipher(static_cast<SSL*>(ssl_));
   if (c == nullptr) return KtlsCipher::Unknown;
   switch (SSL_CIPHER_get_cipher_nid(c)) {
@@ -315,10 +316,13 @@ KtlsCipher Session::cipher_kind() const {
   }
 }
 
-bool Session::is_tls13() const { return SSL_version(static_cast<SSL*>(ssl_)) == TLS1_3_VERSION; }
+bool Session::is_tls13() const {
+  return ssl_ == nullptr || SSL_version(static_cast<SSL*>(ssl_)) == TLS1_3_VERSION;  // only TLS 1.3 detaches
+}
 
 Offload Session::derive_ktls(KtlsKeys& tx, KtlsKeys& rx) const {
   SSL* ssl = static_cast<SSL*>(ssl_);
+  if (ssl == nullptr) return Offload::Unsupported;  // detached: the keys live in the RecordLayer
   const KtlsCipher kind = cipher_kind();
   const int version = SSL_version(ssl);
   if (kind == KtlsCipher::Unknown || (version != TLS1_3_VERSION && version != TLS1_2_VERSION))

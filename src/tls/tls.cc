@@ -1,6 +1,7 @@
 #include "tlsgate/tls.hh"
 
 #include "internal.hh"
+#include "record.hh"
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -37,6 +38,11 @@ void mi_crypto_free(void* p, const char*, int) { mi_free(p); }
 #endif
 
 BIO_METHOD* g_bio_method = nullptr;
+
+constexpr uint8_t kAlertType = 21;
+constexpr uint8_t kHandshakeType = 22;
+constexpr uint8_t kApplicationDataType = 23;
+constexpr uint8_t kKeyUpdate = 24;  // handshake message type
 
 // Session ticket keys (name 16 + HMAC 32 + AES 32), made once per process so
 // that a client resumes on whichever shard its next connection lands on.
@@ -172,7 +178,10 @@ Context::Context(const config::TlsSettings& settings, bool ktls) {
   }
   SSL_CTX_set_app_data(ctx, wire);
   SSL_CTX_set_alpn_select_cb(ctx, alpn_select, wire);
-  if (ktls) install_keylog(ctx);
+  // The traffic secrets are needed either way: for kernel TLS, or for the
+  // session's own record layer once it detaches from OpenSSL.
+  install_keylog(ctx);
+  detach_ = !ktls;
   ctx_ = owner.release();
 }
 
@@ -210,7 +219,7 @@ Context::~Context() {
   SSL_CTX_free(ctx);
 }
 
-Session::Session(Context& ctx, ChunkPool& pool) : pending_in_(&pool) {
+Session::Session(Context& ctx, ChunkPool& pool) : pending_in_(&pool), detach_allowed_(ctx.detach()) {
   SSL* ssl = SSL_new(static_cast<SSL_CTX*>(ctx.native()));
   if (ssl == nullptr) throw std::bad_alloc();
   BIO* bio = BIO_new(bio_method());
@@ -292,9 +301,13 @@ HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
   return st;
 }
 
-const char* Session::version() const { return SSL_get_version(static_cast<SSL*>(ssl_)); }
+const char* Session::version() const {
+  return ssl_ ? SSL_get_version(static_cast<SSL*>(ssl_)) : version_name_;
+}
 
-const char* Session::cipher() const { return SSL_get_cipher_name(static_cast<SSL*>(ssl_)); }
+const char* Session::cipher() const {
+  return ssl_ ? SSL_get_cipher_name(static_cast<SSL*>(ssl_)) : cipher_name_;
+}
 
 Result<size_t> Session::read_some(uint8_t* buf, size_t cap) {
   if (broken_) {
@@ -319,6 +332,7 @@ Result<size_t> Session::read_some(uint8_t* buf, size_t cap) {
 }
 
 Result<void> Session::write(const uint8_t* data, size_t len, ByteQueue& out) {
+  if (records_) return write_records(kApplicationDataType, data, len, out);
   begin({}, out);
   SSL* ssl = static_cast<SSL*>(ssl_);
   while (len > 0) {
@@ -336,10 +350,115 @@ Result<void> Session::write(const uint8_t* data, size_t len, ByteQueue& out) {
 }
 
 void Session::shutdown(ByteQueue& out) {
+  if (records_) {
+    static const uint8_t close_notify[2] = {1, 0};  // warning, close_notify
+    (void)write_records(kAlertType, close_notify, sizeof close_notify, out);
+    return;
+  }
   begin({}, out);
   SSL_shutdown(static_cast<SSL*>(ssl_));
   ERR_clear_error();
   end();
+}
+
+// ---------------------------------------------------------------- detached
+
+void Session::maybe_detach() {
+  SSL* ssl = static_cast<SSL*>(ssl_);
+  // A quiet point: the handshake is over, OpenSSL holds no partial record and
+  // no decrypted bytes, and everything it wrote went out in whole records.
+  if (!detach_allowed_ || records_ || broken_ || SSL_version(ssl) != TLS1_3_VERSION || !SSL_is_init_finished(ssl) ||
+      SSL_has_pending(ssl) || (SSL_get_shutdown(ssl) != 0) || pending_input() != 0 || !tx_records_.at_boundary())
+    return;
+  KtlsKeys tx, rx;
+  auto layer = std::make_unique<RecordLayer>();
+  const EVP_MD* md = SSL_CIPHER_get_handshake_digest(SSL_get_current_cipher(ssl));
+  bool ok = derive_ktls(tx, rx) == Offload::Done &&
+            layer->init(tx, rx, md, client_secret_, server_secret_, secret_len_);
+  OPENSSL_cleanse(&tx, sizeof tx);
+  OPENSSL_cleanse(&rx, sizeof rx);
+  OPENSSL_cleanse(client_secret_, sizeof client_secret_);
+  OPENSSL_cleanse(server_secret_, sizeof server_secret_);
+  detach_allowed_ = false;  // one attempt
+  if (!ok) return;          // OpenSSL keeps doing the records
+  version_name_ = SSL_get_version(ssl);       // static strings in OpenSSL
+  cipher_name_ = SSL_get_cipher_name(ssl);
+  cipher_kind_ = cipher_kind();
+  records_ = std::move(layer);
+  SSL_free(ssl);
+  ssl_ = nullptr;
+}
+
+Result<void> Session::read_records(std::span<const uint8_t> in, ByteQueue& out, RawSink sink, void* arg) {
+  if (broken_ || (!in.empty() && !pending_in_.append(in.data(), in.size()))) {
+    broken_ = true;
+    failure_ = "out of buffer memory";
+    return Unexpected(Error::Resource);
+  }
+  uint8_t rec[RecordLayer::kHeader + RecordLayer::kMaxBody];
+  for (;;) {
+    if (pending_in_.size() < RecordLayer::kHeader) return {};
+    pending_in_.peek(rec, RecordLayer::kHeader);
+    const size_t body = static_cast<size_t>(rec[3]) << 8 | rec[4];
+    if (rec[0] != kApplicationDataType || rec[1] != 3 || body > RecordLayer::kMaxBody) {
+      failure_ = "unexpected record after the handshake";
+      return Unexpected(Error::Protocol);
+    }
+    if (pending_in_.size() < RecordLayer::kHeader + body) return {};
+    pending_in_.read(rec, RecordLayer::kHeader + body);
+    uint8_t* plain = nullptr;
+    size_t len = 0;
+    switch (records_->open(rec, RecordLayer::kHeader + body, &plain, &len)) {
+      case kApplicationDataType:
+        if (len > 0) sink(arg, plain, len);
+        break;
+      case kAlertType:
+        if (len == 2 && plain[1] == 0) return Unexpected(Error::Closed);  // close_notify
+        failure_ = len == 2 ? "alert " + std::to_string(plain[1]) + " from the peer" : "malformed alert";
+        return Unexpected(Error::Protocol);
+      case kHandshakeType:
+        // KeyUpdate (RFC 8446 4.6.3): the peer's next records use its next
+        // secret; if it asks, ours change too, announced by our KeyUpdate.
+        if (len == 5 && plain[0] == kKeyUpdate && plain[1] == 0 && plain[2] == 0 && plain[3] == 1 && plain[4] <= 1) {
+          const bool requested = plain[4] == 1;
+          if (!records_->update_rx()) return Unexpected(Error::Resource);
+          if (requested) {
+            static const uint8_t key_update[5] = {kKeyUpdate, 0, 0, 1, 0};  // update_not_requested
+            Result<void> w = write_records(kHandshakeType, key_update, sizeof key_update, out);
+            if (!w) return w;
+            if (!records_->update_tx()) return Unexpected(Error::Resource);
+          }
+          break;
+        }
+        failure_ = "unexpected handshake message after the handshake";
+        return Unexpected(Error::Protocol);
+      case 0:
+        failure_ = "record does not decrypt (bad_record_mac)";
+        return Unexpected(Error::Protocol);
+      default:
+        failure_ = "unexpected content type";
+        return Unexpected(Error::Protocol);
+    }
+  }
+}
+
+Result<void> Session::write_records(uint8_t type, const uint8_t* data, size_t len, ByteQueue& out) {
+  uint8_t rec[RecordLayer::kHeader + RecordLayer::kMaxPlain + 1 + RecordLayer::kTag];
+  while (len > 0) {
+    const size_t n = std::min(len, RecordLayer::kMaxPlain);
+    const size_t m = records_->seal(type, data, n, rec);
+    if (m == 0) {
+      failure_ = "record encryption failed";
+      return Unexpected(Error::Resource);
+    }
+    if (!out.append(rec, m)) {
+      failure_ = "out of buffer memory";
+      return Unexpected(Error::Resource);
+    }
+    data += n;
+    len -= n;
+  }
+  return {};
 }
 
 }  // namespace tlsgate::tls

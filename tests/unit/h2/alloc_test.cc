@@ -1,9 +1,9 @@
-// Steady state allocates nothing per request outside nghttp2.
+// Steady state allocates nothing per request.
 //
 // Every operator new made while the gateway's sessions run (receive/produce)
-// is counted; nghttp2 allocates with malloc, so its own per-stream memory is
-// not counted here, which is exactly the budget the project allows. After a
-// warm-up (stream objects, pool slabs), more unary calls must add zero.
+// is counted; nghttp2 allocates from the shard's Memory (src/h2/memory.hh),
+// whose spans are counted instead. After a warm-up (stream objects, pool
+// slabs, spans), more unary calls must add zero of either.
 #include <cstdlib>
 #include <new>
 
@@ -112,8 +112,12 @@ class AllocTest : public ForwardTest {
 TEST_F(AllocTest, SteadyStateUnaryAllocatesNothingOutsideNghttp2) {
   start();
   counted_unary(50);  // warm-up: stream objects, pool slabs
+  const uint64_t spans = ctx_->memory_stats().spans;
+  const uint64_t large = ctx_->memory_stats().large_maps;
   const size_t allocations = counted_unary(1000);
   EXPECT_EQ(allocations, 0u) << "operator new calls by the gateway for 1000 unary calls after warm-up";
+  EXPECT_EQ(ctx_->memory_stats().spans, spans) << "nghttp2 took more memory from the system";
+  EXPECT_EQ(ctx_->memory_stats().large_maps, large);
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
 }
 

@@ -410,8 +410,11 @@ Bytes seal_record(const KtlsKeys& k, uint64_t seq, const Bytes& plain, size_t pa
     Bytes sealed = aead_seal(k, nonce, tls12_aad(seq, kApplicationData, 0x0303, plain.size()), plain);
     body.insert(body.end(), sealed.begin(), sealed.end());
   }
-  Bytes rec = header;
-  rec.insert(rec.end(), body.begin(), body.end());
+  // Sized once and filled: GCC 12 at -O3 mistakes insert() after a copy for
+  // an out-of-bounds write (-Warray-bounds).
+  Bytes rec(header.size() + body.size());
+  std::memcpy(rec.data(), header.data(), header.size());
+  if (!body.empty()) std::memcpy(rec.data() + header.size(), body.data(), body.size());
   return rec;
 }
 
@@ -420,7 +423,10 @@ std::string seqs_that_open(const KtlsKeys& k, const Record& r) {
   std::string s;
   Bytes plain;
   for (uint64_t q = 0; q < 64; ++q)
-    if (open_record(k, q, r, plain)) s += (s.empty() ? "" : ",") + std::to_string(q);
+    if (open_record(k, q, r, plain)) {
+      if (!s.empty()) s += ',';  // not a temporary string: GCC 12 -O3 -Wrestrict false positive
+      s += std::to_string(q);
+    }
   return s.empty() ? "none of 0..63 (key or IV wrong)" : s;
 }
 
@@ -767,16 +773,17 @@ TEST_P(KtlsPartial, DataBehindFinishedFailsUntilRead) {
 INSTANTIATE_TEST_SUITE_P(Versions, KtlsPartial, ::testing::Values(true, false),
                          [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "Tls13" : "Tls12"; });
 
-// Without ktls=true no traffic secrets are captured: TLS 1.3 cannot derive.
-TEST_F(KtlsTest, ContextWithoutKtlsFailsForTls13) {
+// Without ktls=true a TLS 1.3 session detaches from OpenSSL after the
+// handshake (its own record layer, src/tls/record.cc): nothing to offload.
+TEST_F(KtlsTest, ContextWithoutKtlsDetachesTls13) {
   make_contexts({}, /*ktls=*/false);
   ASSERT_NO_FATAL_FAILURE(connect());
   ASSERT_STREQ(session_->version(), "TLSv1.3");
-  KtlsKeys tx, rx;
-  EXPECT_EQ(session_->derive_ktls(tx, rx), Offload::Failed);
-  // The connection itself is unaffected.
   client_->write(bytes("still fine"));
   EXPECT_EQ(as_string(read_plain(*session_, client_->take_output(), out_)), "still fine");
+  EXPECT_TRUE(session_->detached());
+  KtlsKeys tx, rx;
+  EXPECT_EQ(session_->derive_ktls(tx, rx), Offload::Unsupported);
 }
 
 TEST(KtlsNames, EnumNames) {

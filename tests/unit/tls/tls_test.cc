@@ -472,6 +472,107 @@ TEST_F(TlsSessionTest, TamperedRecordIsProtocolError) {
   EXPECT_FALSE(session_->failure().empty());
 }
 
+// ------------------------------------------------------------ detached record layer
+// Without kernel TLS a TLS 1.3 session frees its OpenSSL objects after the
+// handshake and seals and opens records itself (src/tls/record.cc). The data
+// tests above run across that switch; these look at it directly.
+
+// Data both ways until the session has detached (the first quiet read).
+void exchange(Session& s, Client& c, ByteQueue& out, const std::string& tag) {
+  c.write("ping " + tag);
+  Result<void> r;
+  EXPECT_EQ(as_string(read_plain(s, c.take_output(), out, &r)), "ping " + tag);
+  EXPECT_TRUE(r.has_value()) << s.failure();
+  const std::string reply = "pong " + tag;
+  EXPECT_TRUE(s.write(reinterpret_cast<const uint8_t*>(reply.data()), reply.size(), out).has_value());
+  c.give(out);
+  EXPECT_EQ(as_string(c.read_all()), reply);
+}
+
+TEST_F(TlsSessionTest, Tls13DetachesAfterTheHandshakeAndKeepsWorking) {
+  connect();
+  exchange(*session_, *client_, out_, "1");
+  ASSERT_TRUE(session_->detached());
+  EXPECT_STREQ(session_->version(), "TLSv1.3");
+  EXPECT_STREQ(session_->cipher(), "TLS_AES_256_GCM_SHA384");
+  EXPECT_TRUE(session_->is_tls13());
+  KtlsKeys tx, rx;
+  EXPECT_EQ(session_->derive_ktls(tx, rx), Offload::Unsupported) << "no kernel offload once detached";
+  exchange(*session_, *client_, out_, "2");
+  // A megabyte each way, records split at odd places on the way in.
+  const Bytes payload = pattern(1 << 20);
+  client_->write(payload.data(), payload.size());
+  Bytes got;
+  Result<void> r = feed_read(*session_, client_->take_output(), {1, 7, 16 * 1024 + 3}, out_, got);
+  ASSERT_TRUE(r.has_value()) << session_->failure();
+  EXPECT_TRUE(got == payload);
+  ASSERT_TRUE(session_->write(payload.data(), payload.size(), out_).has_value());
+  client_->give(out_);
+  EXPECT_TRUE(client_->read_all() == payload);
+}
+
+TEST_F(TlsSessionTest, Tls12StaysWithOpenSsl) {
+  connect({.max_version = TLS1_2_VERSION});
+  exchange(*session_, *client_, out_, "1");
+  EXPECT_FALSE(session_->detached());
+}
+
+TEST_F(TlsSessionTest, KeyUpdateAfterDetachBothWays) {
+  connect();
+  exchange(*session_, *client_, out_, "1");
+  ASSERT_TRUE(session_->detached());
+  // The client updates its keys and asks the server to update too.
+  ASSERT_EQ(SSL_key_update(client_->ssl(), SSL_KEY_UPDATE_REQUESTED), 1);
+  exchange(*session_, *client_, out_, "after requested update");
+  ASSERT_EQ(SSL_key_update(client_->ssl(), SSL_KEY_UPDATE_NOT_REQUESTED), 1);
+  exchange(*session_, *client_, out_, "after unrequested update");
+  ASSERT_EQ(SSL_key_update(client_->ssl(), SSL_KEY_UPDATE_REQUESTED), 1);
+  exchange(*session_, *client_, out_, "after a second requested update");
+}
+
+TEST_F(TlsSessionTest, CloseNotifyAndShutdownAfterDetach) {
+  connect();
+  exchange(*session_, *client_, out_, "1");
+  ASSERT_TRUE(session_->detached());
+  client_->write("bye");
+  ASSERT_EQ(SSL_shutdown(client_->ssl()), 0);
+  Result<void> r;
+  EXPECT_EQ(as_string(read_plain(*session_, client_->take_output(), out_, &r)), "bye");
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error(), Error::Closed);
+  session_->shutdown(out_);
+  client_->give(out_);
+  int status = 0;
+  EXPECT_TRUE(client_->read_all(&status).empty());
+  EXPECT_EQ(status, SSL_ERROR_ZERO_RETURN);
+}
+
+TEST_F(TlsSessionTest, TamperedRecordAfterDetachIsProtocolError) {
+  connect();
+  exchange(*session_, *client_, out_, "1");
+  ASSERT_TRUE(session_->detached());
+  client_->write("integrity matters");
+  Bytes wire = client_->take_output();
+  wire[wire.size() - 3] ^= 0x55;
+  Result<void> r;
+  EXPECT_TRUE(read_plain(*session_, wire, out_, &r).empty());
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error(), Error::Protocol);
+  EXPECT_NE(session_->failure().find("bad_record_mac"), std::string::npos) << session_->failure();
+}
+
+TEST_F(TlsSessionTest, AlertAfterDetachIsProtocolError) {
+  connect();
+  exchange(*session_, *client_, out_, "1");
+  ASSERT_TRUE(session_->detached());
+  // A plaintext record where only protected ones may come.
+  const Bytes alert = {21, 3, 3, 0, 2, 2, 40};
+  Result<void> r;
+  read_plain(*session_, alert, out_, &r);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error(), Error::Protocol);
+}
+
 // ------------------------------------------------------------ context errors
 
 void write_text(const std::string& path, const std::string& text) {

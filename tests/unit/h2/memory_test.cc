@@ -1,0 +1,162 @@
+// The per-shard nghttp2 memory (src/h2/memory.hh) and the release of idle
+// sessions' frame buffers, checked through the forwarding harness.
+#include "memory.hh"
+
+#include <cstring>
+#include <initializer_list>
+#include <vector>
+
+#include "forward_fixture.hh"
+
+namespace tlsgate::h2 {
+namespace {
+using namespace tlsgate::h2::fwdtest;
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kPooled = false;  // Memory passes every call to malloc under ASan
+#else
+constexpr bool kPooled = true;
+#endif
+
+void fill(void* p, size_t n, uint8_t seed) {
+  auto* b = static_cast<uint8_t*>(p);
+  for (size_t i = 0; i < n; ++i) b[i] = static_cast<uint8_t>(seed + i * 7);
+}
+bool holds(const void* p, size_t n, uint8_t seed) {
+  const auto* b = static_cast<const uint8_t*>(p);
+  for (size_t i = 0; i < n; ++i)
+    if (b[i] != static_cast<uint8_t>(seed + i * 7)) return false;
+  return true;
+}
+
+TEST(Memory, EverySizeHoldsItsBytesAndIsAligned) {
+  Memory m;
+  std::vector<std::pair<void*, size_t>> live;
+  for (size_t n : std::initializer_list<size_t>{1, 15, 16, 17, 100, 128, 129, 1000, 1032, 2936, 4096, 4104, 8192,
+                                                8193, 16393,
+                                                Memory::kFrameBufferSize, 16395, 70000}) {
+    void* p = m.allocate(n);
+    ASSERT_NE(p, nullptr) << n;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 16, 0u) << n;
+    fill(p, n, static_cast<uint8_t>(n));
+    live.emplace_back(p, n);
+  }
+  for (auto [p, n] : live) EXPECT_TRUE(holds(p, n, static_cast<uint8_t>(n))) << n;
+  for (auto [p, n] : live) m.release(p);
+  EXPECT_EQ(m.stats().blocks_in_use, 0u);
+}
+
+// Every size up to 64 KiB lands in a class that holds it, with at most 12.5%
+// slack above 128 bytes.
+TEST(Memory, SizeClassesFitTightly) {
+  if (!kPooled) GTEST_SKIP() << "Memory passes through to malloc under AddressSanitizer";
+  Memory m;
+  for (size_t n = 1; n <= 64 * 1024; n += (n < 2048 ? 1 : 61)) {
+    void* p = m.allocate(n);
+    ASSERT_NE(p, nullptr) << n;
+    const uint64_t held = m.stats().bytes_in_use;
+    EXPECT_GE(held, n);
+    if (n > 128) {
+      EXPECT_LE(held, n + n / 8) << n;
+    }
+    m.release(p);
+  }
+}
+
+TEST(Memory, ReallocateKeepsContentsAndCallocZeroes) {
+  Memory m;
+  void* p = m.mem()->realloc(nullptr, 40, m.mem()->mem_user_data);
+  fill(p, 40, 3);
+  for (size_t n : std::initializer_list<size_t>{48, 300, 5000, 20000, 64}) {
+    p = m.mem()->realloc(p, n, m.mem()->mem_user_data);
+    ASSERT_NE(p, nullptr);
+    EXPECT_TRUE(holds(p, 40, 3)) << n;
+  }
+  m.release(p);
+  void* q = m.allocate(200);
+  std::memset(q, 0xff, 200);
+  m.release(q);
+  auto* z = static_cast<uint8_t*>(m.mem()->calloc(10, 20, m.mem()->mem_user_data));  // likely q again
+  for (int i = 0; i < 200; ++i) ASSERT_EQ(z[i], 0) << i;
+  m.release(z);
+}
+
+TEST(Memory, SteadyStateMapsNothing) {
+  if (!kPooled) GTEST_SKIP() << "Memory passes through to malloc under AddressSanitizer";
+  Memory m;
+  std::vector<void*> v;
+  auto cycle = [&] {
+    for (size_t i = 0; i < 500; ++i) v.push_back(m.allocate(16 + (i * 397) % 66000));
+    v.push_back(m.allocate(Memory::kFrameBufferSize));
+    for (void* p : v) m.release(p);
+    v.clear();
+  };
+  cycle();
+  const uint64_t spans = m.stats().spans;
+  for (int i = 0; i < 100; ++i) cycle();
+  EXPECT_EQ(m.stats().spans, spans);
+}
+
+TEST(Memory, ReleasedFrameBufferReadsZeroAndCanBeWrittenAgain) {
+  if (!kPooled) GTEST_SKIP() << "Memory passes through to malloc under AddressSanitizer";
+  Memory m;
+  void* p = m.allocate(Memory::kFrameBufferSize);
+  EXPECT_EQ(m.last_frame_buffer(), p);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 4096, 0u);
+  fill(p, Memory::kFrameBufferSize, 9);
+  m.release_pages(p);
+  EXPECT_EQ(m.stats().pages_released, 1u);
+  const auto* b = static_cast<const uint8_t*>(p);
+  for (size_t i = 0; i < Memory::kFrameBufferSize; i += 512) ASSERT_EQ(b[i], 0) << i;
+  fill(p, Memory::kFrameBufferSize, 5);
+  EXPECT_TRUE(holds(p, Memory::kFrameBufferSize, 5));
+  m.release(p);
+}
+
+// Sessions idle for kIdleReleaseMs give their frame buffers' pages back, and
+// work as before when traffic resumes (nghttp2 rebuilds every frame there).
+TEST_F(ForwardTest, IdleSessionsReleaseFrameBuffersAndKeepWorking) {
+  start();
+  EXPECT_EQ(value(unary("one").trailers, "grpc-status"), "0");
+  const uint64_t before = ctx_->memory_stats().pages_released;
+  ctx_->release_idle_memory(Context::kIdleReleaseMs - 1);  // not idle long enough
+  EXPECT_EQ(ctx_->memory_stats().pages_released, before);
+  ctx_->release_idle_memory(Context::kIdleReleaseMs);
+  EXPECT_EQ(ctx_->memory_stats().pages_released, before + (kPooled ? 2 : 0)) << "both sessions were idle";
+  ctx_->release_idle_memory(3 * Context::kIdleReleaseMs);  // nothing moved since: released once only
+  EXPECT_EQ(ctx_->memory_stats().pages_released, before + (kPooled ? 2 : 0));
+
+  // Traffic again, with full 16 KiB DATA frames both ways.
+  const std::string big = pattern(200 * 1024);
+  Body req{grpc_frame(big)};
+  int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  Body resp{grpc_frame(big), true, {{"grpc-status", "0"}}};
+  backend_->respond(backend_->last_stream, grpc_response_headers(), &resp);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(backend_->streams[backend_->last_stream].body, grpc_frame(big));
+  EXPECT_EQ(client_->streams[cid].body, grpc_frame(big));
+  EXPECT_EQ(value(client_->streams[cid].trailers, "grpc-status"), "0");
+
+  ctx_->release_idle_memory(5 * Context::kIdleReleaseMs);
+  EXPECT_EQ(ctx_->memory_stats().pages_released, before + (kPooled ? 4 : 0));
+  EXPECT_EQ(value(unary("three").trailers, "grpc-status"), "0");
+}
+
+// A session whose output is held back (its send callback said WOULDBLOCK)
+// keeps bytes in its frame buffer: it must not be released.
+TEST_F(ForwardTest, BlockedSessionKeepsItsFrameBuffer) {
+  start();
+  down_->shutdown();
+  down_->shutdown();  // two frames queued: the first fills the budget, the second blocks
+  ByteQueue q(&wire_pool_);
+  EXPECT_GT(down_->produce(q, 1), 0u);
+  const uint64_t before = ctx_->memory_stats().pages_released;
+  ctx_->release_idle_memory(10 * Context::kIdleReleaseMs);
+  // Only the upstream session was idle.
+  EXPECT_EQ(ctx_->memory_stats().pages_released, before + (kPooled ? 1 : 0));
+  q.clear();
+}
+
+}  // namespace
+}  // namespace tlsgate::h2
