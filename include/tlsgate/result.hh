@@ -39,6 +39,9 @@ constexpr const char* to_string(Error e) noexcept {
 
 template <typename E>
 struct Unexpected {
+  // A constructor, not an aggregate: clang 14 (the fuzzing build) has no
+  // parenthesised aggregate initialisation.
+  explicit Unexpected(E e) : error(std::move(e)) {}
   E error;
 };
 
