@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <system_error>
@@ -25,12 +26,14 @@ uint64_t mono_ms() {
 
 std::string text_of(const sockaddr_storage& ss, uint16_t port) {
   char ip[INET6_ADDRSTRLEN] = "?";
-  if (ss.ss_family == AF_INET) {
-    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(ss).sin_addr, ip, sizeof ip);
-    return std::string(ip) + ":" + std::to_string(port);
-  }
-  inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(ss).sin6_addr, ip, sizeof ip);
-  return "[" + std::string(ip) + "]:" + std::to_string(port);
+  const bool v4 = ss.ss_family == AF_INET;
+  if (v4) inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(ss).sin_addr, ip, sizeof ip);
+  else inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(ss).sin6_addr, ip, sizeof ip);
+  // snprintf rather than string concatenation: GCC 12 at -O3 reports a false
+  // -Wrestrict on the latter.
+  char text[INET6_ADDRSTRLEN + 10];
+  std::snprintf(text, sizeof text, v4 ? "%s:%u" : "[%s]:%u", ip, static_cast<unsigned>(port));
+  return text;
 }
 
 }  // namespace
@@ -113,7 +116,10 @@ void DnsWatcher::refresh(uint64_t now) {
     std::sort(texts.begin(), texts.end());
     if (texts == n.last) continue;
     std::string list;
-    for (const auto& t : texts) list += (list.empty() ? "" : ", ") + t;
+    for (const auto& t : texts) {
+      if (!list.empty()) list += ", ";
+      list += t;
+    }
     LOG_INFO("dns", "%s:%u now resolves to %s", n.host.c_str(), n.port, list.c_str());
     n.last = std::move(texts);
     publish_(n.cluster, n.name, std::move(addrs));
