@@ -375,6 +375,23 @@ TEST_F(UpstreamDns, FollowsHostsFileChange) {
   auto first = spread(*s, 20);
   EXPECT_EQ(first["dot2"], 20u) << counts_str(first);
 
+  // A stream running on the old address while the name moves: it must
+  // finish there (the old endpoint drains, it is not cut).
+  grpc::Status stream_status;
+  std::vector<std::string> stream_ids;
+  std::thread streamer([&] {
+    auto ctx = context(20s);
+    EchoRequest req;
+    req.set_payload("draining");
+    req.set_response_count(15);
+    req.set_interval_ms(100);
+    auto reader = s->ServerStream(ctx.get(), req);
+    EchoReply r;
+    while (reader->Read(&r)) stream_ids.push_back(r.server_id());
+    stream_status = reader->Finish();
+  });
+  std::this_thread::sleep_for(200ms);  // the stream has started on 127.0.0.2
+
   rewrite_in_place(hosts, common + "127.0.0.3 backend.tlsgate.test\n");
   std::map<std::string, uint64_t> moving;
   int failed = 0;
@@ -393,6 +410,10 @@ TEST_F(UpstreamDns, FollowsHostsFileChange) {
   auto after = spread(*s, 50);
   EXPECT_EQ(after["dot3"], 50u) << "calls still reach the old address: " << counts_str(after);
   EXPECT_EQ(failed, 0);
+  streamer.join();
+  EXPECT_TRUE(stream_status.ok()) << "the stream on the old address: " << status_str(stream_status);
+  EXPECT_EQ(stream_ids.size(), 15u);
+  for (const auto& id : stream_ids) EXPECT_EQ(id, "dot2");
 }
 
 // ---------------------------------------------------------------- e. deadlines
