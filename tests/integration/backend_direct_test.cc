@@ -343,10 +343,11 @@ TEST_F(BackendDirectPeers, OtherLoopbackAddressesSamePort) {
   EXPECT_EQ(reply.server_id(), "dot3");
 }
 
+// The DNS test needs this; CI runs as root, where it must work.
 TEST_F(BackendDirectPeers, HostsNamespaceHelper) {
   auto why = hosts_namespace_unavailable();
+  if (!why.empty() && env("CI") == "true") FAIL() << why;
   if (!why.empty()) GTEST_SKIP() << why;
-  SUCCEED();
 }
 
 class FastBackendDirect : public BackendDirectPeers {};

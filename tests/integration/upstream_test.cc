@@ -418,7 +418,25 @@ TEST_F(UpstreamDns, FollowsHostsFileChange) {
 
 // ---------------------------------------------------------------- e. deadlines
 
-class UpstreamDeadline : public UpstreamTest {};
+class UpstreamDeadline : public UpstreamTest {
+ protected:
+  // curl POSTs `message` (a serialized request) as one gRPC frame to Unary
+  // with grpc-timeout: 300m, bounded by --max-time 4. Returns headers +
+  // trailers (-i); a test failure if curl did not get a complete answer.
+  std::string curl_with_timeout(const std::string& message) {
+    const auto body = dir_->path() / "request.grpc";
+    write_file(body, grpc_frame(message));
+    auto r =
+        run({"/usr/bin/curl", "-k", "-sS", "-i", "--max-time", "4", "--http2", "-X", "POST", "-H",
+             "content-type: application/grpc", "-H", "te: trailers", "-H", "grpc-timeout: 300m",
+             "--data-binary", "@" + body.string(), "https://" + gw_->target() + "/tlsgate.test.Echo/Unary"},
+            dir_->path(), 20s);
+    EXPECT_TRUE(r.status.exited && r.status.code == 0)
+        << "curl (--max-time 4) did not get a complete answer: " << r.status.to_string() << "\n"
+        << r.err << r.out;
+    return r.out;
+  }
+};
 
 // curl sends grpc-timeout: 300m on a call the backend would answer after 5 s:
 // the answer is grpc-status 4 well within curl's 4 s bound, and the backend
@@ -429,18 +447,9 @@ TEST_F(UpstreamDeadline, GrpcTimeoutHeaderEndsCall) {
   EchoRequest req;
   req.set_payload("deadline");
   req.set_delay_ms(5000);
-  const auto body = dir_->path() / "delayed.grpc";
-  write_file(body, grpc_frame(req.SerializeAsString()));
-  auto r =
-      run({"/usr/bin/curl", "-k", "-sS", "-i", "--max-time", "4", "--http2", "-X", "POST", "-H",
-           "content-type: application/grpc", "-H", "te: trailers", "-H", "grpc-timeout: 300m",
-           "--data-binary", "@" + body.string(), "https://" + gw_->target() + "/tlsgate.test.Echo/Unary"},
-          dir_->path(), 20s);
-  ASSERT_TRUE(r.status.exited && r.status.code == 0)
-      << "curl (--max-time 4) did not get a complete answer: " << r.status.to_string() << "\n"
-      << r.err << r.out;
-  EXPECT_EQ(r.out.rfind("HTTP/2 200", 0), 0u) << r.out;
-  EXPECT_NE(r.out.find("grpc-status: 4"), std::string::npos) << r.out;
+  const std::string out = curl_with_timeout(req.SerializeAsString());
+  EXPECT_EQ(out.rfind("HTTP/2 200", 0), 0u) << out;
+  EXPECT_NE(out.find("grpc-status: 4"), std::string::npos) << out;
 
   StatsReply st;
   bool cancelled =
@@ -471,18 +480,9 @@ TEST_F(UpstreamDeadline, MaxGrpcTimeoutCapsClientDeadline) {
 TEST_F(UpstreamDeadline, GatewayEndsCallTheBackendNeverAnswers) {
   auto& fb = add_fast({"--hold"});
   ASSERT_TRUE(start_gateway(cluster_toml("backend", {fb.endpoint().address()})));
-  const auto body = dir_->path() / "held.grpc";
-  write_file(body, grpc_frame("held"));
-  auto r =
-      run({"/usr/bin/curl", "-k", "-sS", "-i", "--max-time", "4", "--http2", "-X", "POST", "-H",
-           "content-type: application/grpc", "-H", "te: trailers", "-H", "grpc-timeout: 300m",
-           "--data-binary", "@" + body.string(), "https://" + gw_->target() + "/tlsgate.test.Echo/Unary"},
-          dir_->path(), 20s);
-  ASSERT_TRUE(r.status.exited && r.status.code == 0)
-      << "curl (--max-time 4) did not get a complete answer: " << r.status.to_string() << "\n"
-      << r.err << r.out;
-  EXPECT_NE(r.out.find("grpc-status: 4"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("grpc-message: deadline exceeded at the gateway"), std::string::npos) << r.out;
+  const std::string out = curl_with_timeout("held");
+  EXPECT_NE(out.find("grpc-status: 4"), std::string::npos) << out;
+  EXPECT_NE(out.find("grpc-message: deadline exceeded at the gateway"), std::string::npos) << out;
   gw_->stop();  // the RST_STREAM has been sent by the time the gateway exits
   auto counts = fb.stop_and_count();
   EXPECT_EQ(counts["held"], 1u) << fb.process().describe();
