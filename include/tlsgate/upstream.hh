@@ -72,8 +72,11 @@ class Balancer {
   // p2c: two distinct usable endpoints at random, the one with fewer
   // outstanding streams wins. round_robin: the next usable one in order.
   int pick(const std::vector<EndpointState>& eps, uint64_t now, int avoid, bool panic);
+  // From this many endpoints on, p2c samples instead of scanning them all.
+  static constexpr size_t kSampleFrom = 16;
 
  private:
+  int sample_two(const std::vector<EndpointState>& eps, uint64_t now, int avoid);
   Policy policy_;
   Rng rng_;
   size_t next_ = 0;

@@ -42,7 +42,28 @@ bool EndpointState::on_result(bool failure, uint64_t now, const OutlierPolicy& p
   return true;
 }
 
+int Balancer::sample_two(const std::vector<EndpointState>& eps, uint64_t now, int avoid) {
+  const uint32_t n = static_cast<uint32_t>(eps.size());
+  auto draw = [&](int other) -> int {
+    for (int tries = 0; tries < 8; ++tries) {
+      int i = static_cast<int>(rng_.below(n));
+      if (i != avoid && i != other && eps[static_cast<size_t>(i)].usable(now)) return i;
+    }
+    return -1;
+  };
+  const int a = draw(-1);
+  const int b = a < 0 ? -1 : draw(a);
+  if (b < 0) return -1;
+  return eps[static_cast<size_t>(b)].outstanding < eps[static_cast<size_t>(a)].outstanding ? b : a;
+}
+
 int Balancer::pick(const std::vector<EndpointState>& eps, uint64_t now, int avoid, bool panic) {
+  // Large clusters: two random draws usually find two usable endpoints
+  // without looking at every one; the scan below is the fallback.
+  if (policy_ == Policy::P2c && eps.size() >= kSampleFrom) {
+    int e = sample_two(eps, now, avoid);
+    if (e >= 0) return e;
+  }
   candidates_.clear();
   bool avoid_usable = false;
   for (uint32_t i = 0; i < eps.size(); ++i) {

@@ -38,6 +38,36 @@ TEST(Balancer, P2cSpreadsSequentialStreamsEvenly) {
   }
 }
 
+TEST(Balancer, P2cSamplesLargeClustersEvenlyAndOnlyUsable) {
+  // 100 endpoints, every third unusable in one way or another: p2c samples
+  // (no scan) and must still never pick an unusable one and spread evenly.
+  Balancer b(Policy::P2c, 11);
+  std::vector<EndpointState> eps(100);
+  for (size_t i = 0; i < eps.size(); i += 3) {
+    if (i % 2 == 0) eps[i].healthy = false;
+    else eps[i].ejected_until_ms = 1'000;
+  }
+  std::vector<int> c(eps.size(), 0);
+  for (int i = 0; i < 67'000; ++i) {
+    int e = b.pick(eps, 0, 1, false);
+    ASSERT_GE(e, 0);
+    ++c[static_cast<size_t>(e)];
+  }
+  for (size_t i = 0; i < eps.size(); ++i) {
+    if (i % 3 == 0 || i == 1) {
+      EXPECT_EQ(c[i], 0) << i;  // unusable, or avoided
+    } else {
+      EXPECT_GT(c[i], 700) << i;  // 1,015 expected
+      EXPECT_LT(c[i], 1'350) << i;
+    }
+  }
+  // Only the avoided endpoint usable: sampling fails, the scan finds it.
+  for (size_t i = 0; i < eps.size(); ++i) eps[i].active = i == 1;
+  EXPECT_EQ(b.pick(eps, 0, 1, false), 1);
+  eps[1].active = false;
+  EXPECT_EQ(b.pick(eps, 0, 1, false), -1);
+}
+
 TEST(Balancer, P2cPrefersFewerOutstandingStreams) {
   Balancer b(Policy::P2c, 7);
   std::vector<EndpointState> eps(2);
