@@ -415,6 +415,12 @@ struct Forward {
 
   static void submit_upstream(Context& ctx, Stream* s, int avoid) {
     DownstreamSession& d = *s->down;
+    if (s->attempts > 0 && s->deadline_ms != 0) {
+      // A retry tells the backend the time that is left, not the original timeout.
+      const uint64_t now = ctx.router().now_ms();
+      const uint64_t left = s->deadline_ms > now ? s->deadline_ms - now : 0;
+      s->timeout_text[grpc::format_timeout(left, s->timeout_text)] = 0;
+    }
     const char* why = "no upstream available";
     UpstreamSession* u = ctx.router().pick_upstream(s->cluster, avoid, why);
     if (u == nullptr) {

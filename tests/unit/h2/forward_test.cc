@@ -253,6 +253,8 @@ TEST_F(ForwardTest, RefusedStreamIsRetriedWithItsBody) {
   const int32_t cid = client_->request(grpc_request(), &req);
   ASSERT_TRUE(pump());
   const int32_t first = backend_->last_stream;
+  EXPECT_EQ(value(backend_->streams[first].headers, "grpc-timeout"), "5S");  // as the client sent it
+  router_.now += 1'200;
   backend_->reset(first, NGHTTP2_REFUSED_STREAM);
   ASSERT_TRUE(pump());
   // Sent again, avoiding the endpoint that refused it, with the same body.
@@ -261,6 +263,8 @@ TEST_F(ForwardTest, RefusedStreamIsRetriedWithItsBody) {
   const int32_t second = backend_->last_stream;
   ASSERT_NE(second, first);
   EXPECT_EQ(backend_->streams[second].body, grpc_frame("hello"));
+  // The retry carries what is left of the client's 5 s.
+  EXPECT_EQ(value(backend_->streams[second].headers, "grpc-timeout"), "3800m");
   Body resp{grpc_frame("world"), true, {{"grpc-status", "0"}}};
   backend_->respond(second, grpc_response_headers(), &resp);
   ASSERT_TRUE(pump());
