@@ -193,4 +193,10 @@ SocketAddress parse_address(std::string_view text, bool allow_names);
 using Resolver = SocketAddress (*)(const std::string& host, uint16_t port);
 Resolver set_resolver(Resolver resolver);
 
+// Every IPv4/IPv6 address getaddrinfo gives for `host`, with `port`,
+// deduplicated, in the resolver's order; text is "IP:port" / "[IP]:port".
+// Throws std::invalid_argument("cannot resolve \"host\": <reason>").
+// Blocks on DNS: never call it on a shard.
+std::vector<SocketAddress> resolve_all(const std::string& host, uint16_t port);
+
 }  // namespace tlsgate::config

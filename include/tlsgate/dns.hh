@@ -16,11 +16,6 @@
 
 namespace tlsgate::upstream {
 
-// Every IPv4/IPv6 address of `host` with `port`, deduplicated, in the
-// resolver's order; text is "IP:port". Throws std::invalid_argument with the
-// resolver's reason.
-std::vector<config::SocketAddress> resolve_all(const std::string& host, uint16_t port);
-
 class DnsWatcher {
  public:
   using Resolve = std::function<std::vector<config::SocketAddress>(const std::string& host, uint16_t port)>;
@@ -28,7 +23,7 @@ class DnsWatcher {
   // failed or empty answer keeps the previous set (logged).
   using Publish = std::function<void(uint32_t, uint32_t, std::vector<config::SocketAddress>)>;
 
-  DnsWatcher(const config::Config& cfg, Publish publish, Resolve resolve = resolve_all);
+  DnsWatcher(const config::Config& cfg, Publish publish, Resolve resolve = config::resolve_all);
   ~DnsWatcher();  // stops the thread
   DnsWatcher(const DnsWatcher&) = delete;
   DnsWatcher& operator=(const DnsWatcher&) = delete;

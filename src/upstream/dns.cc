@@ -1,16 +1,8 @@
 #include "tlsgate/dns.hh"
 
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <netinet/in.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
-#include <cstdio>
-#include <cstring>
 #include <stdexcept>
-#include <system_error>
 
 #include "tlsgate/log.hh"
 
@@ -24,45 +16,7 @@ uint64_t mono_ms() {
           .count());
 }
 
-std::string text_of(const sockaddr_storage& ss, uint16_t port) {
-  char ip[INET6_ADDRSTRLEN] = "?";
-  const bool v4 = ss.ss_family == AF_INET;
-  if (v4) inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(ss).sin_addr, ip, sizeof ip);
-  else inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(ss).sin6_addr, ip, sizeof ip);
-  // snprintf rather than string concatenation: GCC 12 at -O3 reports a false
-  // -Wrestrict on the latter.
-  char text[INET6_ADDRSTRLEN + 10];
-  std::snprintf(text, sizeof text, v4 ? "%s:%u" : "[%s]:%u", ip, static_cast<unsigned>(port));
-  return text;
-}
-
 }  // namespace
-
-std::vector<config::SocketAddress> resolve_all(const std::string& host, uint16_t port) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &res);
-  if (rc != 0) {
-    std::string reason = rc == EAI_SYSTEM ? std::generic_category().message(errno) : ::gai_strerror(rc);
-    throw std::invalid_argument("cannot resolve \"" + host + "\": " + reason);
-  }
-  std::vector<config::SocketAddress> out;
-  for (const addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) || ai->ai_addrlen > sizeof(sockaddr_storage)) continue;
-    config::SocketAddress a;
-    std::memcpy(&a.storage, ai->ai_addr, ai->ai_addrlen);
-    a.length = ai->ai_addrlen;
-    if (a.family() == AF_INET) reinterpret_cast<sockaddr_in&>(a.storage).sin_port = htons(port);
-    else reinterpret_cast<sockaddr_in6&>(a.storage).sin6_port = htons(port);
-    a.text = text_of(a.storage, port);
-    if (std::none_of(out.begin(), out.end(), [&](const config::SocketAddress& b) { return b.text == a.text; }))
-      out.push_back(std::move(a));
-  }
-  ::freeaddrinfo(res);
-  return out;
-}
 
 DnsWatcher::DnsWatcher(const config::Config& cfg, Publish publish, Resolve resolve)
     : publish_(std::move(publish)), resolve_(std::move(resolve)) {

@@ -78,6 +78,46 @@ bool eventually(Pred pred, Ms timeout) {
   }
 }
 
+// `n` unary calls started together on `stub` (payload `prefix` + index, the
+// backend waits `delay_ms` before answering so they overlap), each with
+// `deadline`; waits for every completion, at most `deadline` + 10 s. The
+// results are in call order; `*completed` counts the completions seen.
+struct AsyncOutcome {
+  grpc::Status status;
+  EchoReply reply;
+};
+inline std::vector<AsyncOutcome> concurrent_unary(Echo::Stub& stub, int n, const std::string& prefix,
+                                                  uint32_t delay_ms, Ms deadline, int* completed) {
+  struct Call {
+    grpc::ClientContext ctx;
+    AsyncOutcome out;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<EchoReply>> rpc;
+  };
+  grpc::CompletionQueue cq;
+  std::vector<std::unique_ptr<Call>> calls;
+  const auto until = std::chrono::system_clock::now() + deadline;
+  for (int i = 0; i < n; ++i) {
+    auto c = std::make_unique<Call>();
+    c->ctx.set_deadline(until);
+    EchoRequest req;
+    req.set_payload(prefix + std::to_string(i));
+    req.set_delay_ms(delay_ms);
+    c->rpc = stub.AsyncUnary(&c->ctx, req, &cq);
+    c->rpc->Finish(&c->out.reply, &c->out.status, c.get());
+    calls.push_back(std::move(c));
+  }
+  *completed = 0;
+  void* tag = nullptr;
+  bool ok = false;
+  while (*completed < n && cq.AsyncNext(&tag, &ok, until + 10s) == grpc::CompletionQueue::GOT_EVENT) ++*completed;
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  std::vector<AsyncOutcome> out;
+  for (auto& c : calls) out.push_back(std::move(c->out));
+  return out;
+}
+
 // Deterministic bytes so corruption or reordering shows.
 inline std::string pattern(size_t n, unsigned seed = 0) {
   std::string s(n, '\0');

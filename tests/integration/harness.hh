@@ -242,7 +242,7 @@ std::string cluster_toml(const std::string& name, const std::vector<std::string>
                          const std::string& extra = "");
 
 // "" if this process can run a command in a private mount namespace with a
-// file bind-mounted on /etc/hosts, else why not (for GTEST_SKIP).
+// file bind-mounted on /etc/hosts, else why not (a test failure message).
 std::string hosts_namespace_unavailable();
 
 // tlsgate (TLSGATE_BIN) started with a config and its listener port read back.

@@ -111,7 +111,7 @@ TEST(DnsWatcher, StaticOnlyConfigStartsNoThread) {
 
 // localhost comes from /etc/hosts: no DNS server is asked.
 TEST(ResolveAll, LocalhostGivesLoopbackWithPort) {
-  auto a = resolve_all("localhost", 8443);
+  auto a = config::resolve_all("localhost", 8443);
   ASSERT_FALSE(a.empty());
   for (const auto& x : a) {
     EXPECT_TRUE(x.text == "127.0.0.1:8443" || x.text == "[::1]:8443") << x.text;
