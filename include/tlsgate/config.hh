@@ -65,6 +65,7 @@ struct TlsSettings {
   std::vector<std::string> alpn{"h2", "http/1.1"};
   TlsVersion min_version = TlsVersion::Tls12;
   Ktls ktls = Ktls::Auto;
+  uint32_t session_tickets = 1;  // TLS 1.3 tickets per handshake; 0 = no tickets at all
   Origin certificate_origin;
   Origin private_key_origin;
   Origin ktls_origin;

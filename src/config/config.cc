@@ -357,7 +357,7 @@ void read_admin(const Table& root, Config& cfg) {
 }
 
 void read_tls(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
-  t.check_keys({"certificate", "private_key", "alpn", "min_version", "ktls"});
+  t.check_keys({"certificate", "private_key", "alpn", "min_version", "ktls", "session_tickets"});
   Value cert = t.require("certificate");
   Value key = t.require("private_key");
   tls.certificate = t.string(cert);
@@ -393,6 +393,7 @@ void read_tls(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
   } else {
     tls.ktls_origin = Origin{t.file(), join(t.path(), "ktls"), t.pos().line, t.pos().column};
   }
+  if (auto v = t.get("session_tickets")) tls.session_tickets = static_cast<uint32_t>(t.integer(*v, 0, 8));
   files.push_back({tls.certificate, tls.certificate_origin});
   files.push_back({tls.private_key, tls.private_key_origin});
 }

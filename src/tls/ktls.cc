@@ -11,13 +11,13 @@
 #include <netinet/tcp.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/kdf.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdarg>
 #include <cstring>
 #include <string>
 
@@ -184,12 +184,58 @@ bool probe_cipher(KtlsCipher c) {
 
 }  // namespace
 
+namespace {
+
+// The handshake digest libssl reports is a legacy EVP_MD: every use of it
+// fetches the provider implementation again by name. Fetch SHA-256/384 once.
+const EVP_MD* fetched_digest(const EVP_MD* md) {
+  static EVP_MD* sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  static EVP_MD* sha384 = EVP_MD_fetch(nullptr, "SHA384", nullptr);
+  switch (EVP_MD_get_type(md)) {
+    case NID_sha256: return sha256 != nullptr ? sha256 : md;
+    case NID_sha384: return sha384 != nullptr ? sha384 : md;
+    default: return md;
+  }
+}
+
+// HMAC(key, msg) = H((key ^ opad) || H((key ^ ipad) || msg)) for a key no
+// longer than the digest's block (a TLS secret always is). OpenSSL 3's HMAC()
+// fetches the MAC and the digest by name on every call: ~10x the cost of
+// the two digests here, paid four times per connection.
+bool hmac_short_key(const EVP_MD* md, const uint8_t* key, size_t key_len, const uint8_t* msg, size_t msg_len,
+                    uint8_t* out, unsigned* out_len) {
+  constexpr size_t kMaxBlock = 128;
+  const size_t block = static_cast<size_t>(EVP_MD_get_block_size(md));
+  if (block == 0 || block > kMaxBlock || key_len > block || msg_len > kMaxBlock) return false;
+  uint8_t buf[2 * kMaxBlock];  // padded key, then the message or the inner digest (<= 64)
+  auto pad_key = [&](uint8_t pad) {
+    std::memset(buf, pad, block);
+    for (size_t i = 0; i < key_len; ++i) buf[i] = static_cast<uint8_t>(key[i] ^ pad);
+  };
+  uint8_t inner[EVP_MAX_MD_SIZE];
+  unsigned inner_len = 0;
+  pad_key(0x36);
+  std::memcpy(buf + block, msg, msg_len);
+  bool ok = EVP_Digest(buf, block + msg_len, inner, &inner_len, md, nullptr) == 1;
+  if (ok) {
+    pad_key(0x5c);
+    std::memcpy(buf + block, inner, inner_len);
+    ok = EVP_Digest(buf, block + inner_len, out, out_len, md, nullptr) == 1;
+  }
+  OPENSSL_cleanse(buf, sizeof buf);
+  OPENSSL_cleanse(inner, sizeof inner);
+  return ok;
+}
+
+}  // namespace
+
 // HKDF-Expand-Label(secret, label, "", length) for length <= hash size:
 // one HMAC block of HkdfLabel || 0x01 (RFC 8446 7.1).
 bool expand_label(const EVP_MD* md, const uint8_t* secret, size_t secret_len, const char* label, uint8_t* out,
                   size_t length) {
   uint8_t info[64];
   size_t full = 6 + std::strlen(label);
+  if (full + 5 > sizeof info) return false;
   size_t n = 0;
   info[n++] = static_cast<uint8_t>(length >> 8);
   info[n++] = static_cast<uint8_t>(length);
@@ -202,7 +248,7 @@ bool expand_label(const EVP_MD* md, const uint8_t* secret, size_t secret_len, co
   info[n++] = 1;  // block counter
   uint8_t block[EVP_MAX_MD_SIZE];
   unsigned block_len = 0;
-  if (HMAC(md, secret, static_cast<int>(secret_len), info, n, block, &block_len) == nullptr) return false;
+  if (!hmac_short_key(fetched_digest(md), secret, secret_len, info, n, block, &block_len)) return false;
   if (block_len < length) return false;
   std::memcpy(out, block, length);
   OPENSSL_cleanse(block, sizeof block);
@@ -415,3 +461,37 @@ int send_alert(int fd, uint8_t level, uint8_t description) {
 }
 
 }  // namespace tlsgate::tls
+
+// libssl writes each keylog line (five per TLS 1.3 handshake; tlsgate needs
+// two of them for kTLS and its own record layer) one byte at a time with
+// sprintf(p, "%02x", b): 9% of the user-space instructions of a whole new
+// connection went to glibc's printf machinery. The executable's definition
+// of this fortified entry point takes precedence over glibc's for every
+// shared library (symbol interposition; libssl is its only caller here:
+// `nm -D libssl.so.3`). It writes that one format directly and hands every
+// other call to glibc unchanged, checks included.
+extern "C" int __vsprintf_chk(char* __restrict s, int flag, size_t slen, const char* __restrict format,
+                              va_list ap) noexcept;
+
+extern "C" __attribute__((visibility("default"))) int __sprintf_chk(char* __restrict s, int flag, size_t slen,
+                                                                     const char* __restrict format, ...) noexcept {
+  va_list ap;
+  va_start(ap, format);
+  int n = -1;
+  if (slen >= 3 && std::strcmp(format, "%02x") == 0) {
+    va_list peek;
+    va_copy(peek, ap);
+    const unsigned v = va_arg(peek, unsigned);
+    va_end(peek);
+    if (v <= 0xff) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      s[0] = kHex[v >> 4];
+      s[1] = kHex[v & 0xf];
+      s[2] = '\0';
+      n = 2;
+    }
+  }
+  if (n < 0) n = __vsprintf_chk(s, flag, slen, format, ap);
+  va_end(ap);
+  return n;
+}

@@ -343,6 +343,10 @@ const ErrorCase kErrorCases[] = {
      "demo.toml:8:17: listeners[0].tls.min_version: expected one of \"1.2\", \"1.3\", got \"1.1\""},
     {"ktls_value", "@LISTENER@  ktls = \"yes\"\n@CLUSTER@",
      "demo.toml:8:10: listeners[0].tls.ktls: expected one of \"auto\", \"on\", \"off\", got \"yes\""},
+    {"session_tickets_range", "@LISTENER@  session_tickets = 9\n@CLUSTER@",
+     "demo.toml:8:21: listeners[0].tls.session_tickets: expected an integer from 0 to 8, got 9"},
+    {"session_tickets_type", "@LISTENER@  session_tickets = \"1\"\n@CLUSTER@",
+     "demo.toml:8:21: listeners[0].tls.session_tickets: expected an integer from 0 to 8, got a string"},
     // [[clusters]]
     {"clusters_missing", "@LISTENER@", "demo.toml:1:1: clusters: required key is missing"},
     {"clusters_empty", "clusters = []\n@LISTENER@",
@@ -477,6 +481,7 @@ const ValidCase kValidCases[] = {
        EXPECT_EQ(l.tls.alpn, (std::vector<std::string>{"h2", "http/1.1"}));
        EXPECT_EQ(l.tls.min_version, TlsVersion::Tls12);
        EXPECT_EQ(l.tls.ktls, Ktls::Auto);
+       EXPECT_EQ(l.tls.session_tickets, 1u);
        ASSERT_EQ(c.clusters.size(), 1u);
        EXPECT_EQ(c.clusters[0].name, "backend");
        EXPECT_EQ(c.clusters[0].lb, LbPolicy::P2c);
@@ -523,6 +528,7 @@ max_concurrent_streams = 2147483647
   alpn = ["h2"]
   min_version = "1.3"
   ktls = "on"
+  session_tickets = 0
   [[listeners.routes]]
   authority = "API.example.com"
   path_prefix = "/pkg.Svc/"
@@ -583,6 +589,7 @@ endpoints = ["127.0.0.1:1"]
        EXPECT_EQ(l.tls.alpn, std::vector<std::string>{"h2"});
        EXPECT_EQ(l.tls.min_version, TlsVersion::Tls13);
        EXPECT_EQ(l.tls.ktls, Ktls::On);
+       EXPECT_EQ(l.tls.session_tickets, 0u);
        EXPECT_EQ(l.tls.ktls_origin.to_string(), "demo.toml:17:10: listeners[0].tls.ktls");
        EXPECT_EQ(l.tls.certificate_origin.file, "demo.toml");
        EXPECT_EQ(l.tls.certificate_origin.key, "listeners[0].tls.certificate");

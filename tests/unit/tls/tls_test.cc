@@ -8,10 +8,12 @@
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -38,7 +40,13 @@ using Bytes = std::vector<uint8_t>;
 struct ClientOptions {
   int max_version = 0;  // 0 = TLS 1.3
   std::vector<std::string> alpn{"h2", "http/1.1"};
+  int* tickets = nullptr;  // counts the session tickets the client receives
 };
+
+int count_ticket(SSL* ssl, SSL_SESSION*) {
+  ++*static_cast<int*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
+  return 0;  // the client does not keep the session
+}
 
 // An OpenSSL client that verifies the server's chain against the test CA and
 // the name "localhost", as a real client would.
@@ -51,6 +59,11 @@ class Client {
     EXPECT_EQ(SSL_CTX_load_verify_locations(ctx_, cert_path("ca.crt").c_str(), nullptr), 1)
         << openssl_errors();
     SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
+    if (o.tickets != nullptr) {
+      SSL_CTX_set_app_data(ctx_, o.tickets);
+      SSL_CTX_set_session_cache_mode(ctx_, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+      SSL_CTX_sess_set_new_cb(ctx_, count_ticket);
+    }
     ssl_ = SSL_new(ctx_);
     SSL_set_tlsext_host_name(ssl_, "localhost");
     SSL_set1_host(ssl_, "localhost");
@@ -253,6 +266,21 @@ TEST_F(TlsSessionTest, Tls13HandshakeSelectsH2) {
   unsigned len = 0;
   SSL_get0_alpn_selected(client_->ssl(), &p, &len);
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(p), len), "h2");
+}
+
+// session_tickets sets how many TLS 1.3 tickets follow a handshake; 0 = none.
+TEST_F(TlsSessionTest, SendsTheConfiguredNumberOfTickets) {
+  for (uint32_t n : {0u, 1u, 3u}) {
+    int tickets = 0;
+    config::TlsSettings ts = settings();
+    ts.session_tickets = n;
+    connect({.tickets = &tickets}, ts);
+    client_->read_all();  // the tickets are post-handshake messages
+    EXPECT_EQ(tickets, static_cast<int>(n)) << "session_tickets = " << n;
+    session_.reset();
+    client_.reset();
+    out_.clear();
+  }
 }
 
 TEST_F(TlsSessionTest, Tls12HandshakeSelectsH2) {
@@ -617,6 +645,48 @@ TEST(TlsContext, GarbageCertificateFileNamesTheCertificateKey) {
   ASSERT_FALSE(msg.empty()) << "a garbage certificate was accepted";
   EXPECT_NE(msg.find("listeners[0].tls.certificate"), std::string::npos) << msg;
   EXPECT_NE(msg.find("gateway.toml:7"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace tlsgate::tls
+
+// src/tls/ktls.cc replaces glibc's __sprintf_chk (libssl formats its keylog
+// lines with it, one "%02x" per byte). Same output as printf, and any other
+// format still reaches glibc.
+extern "C" int __sprintf_chk(char* __restrict s, int flag, size_t slen, const char* __restrict format, ...) noexcept;
+
+namespace tlsgate::tls {
+namespace {
+
+// What libssl binds to: the global lookup must find the executable's copy,
+// not glibc's (otherwise every handshake formats its keylog with printf).
+TEST(KeylogFormat, LibsslGetsTheExecutablesFormatter) {
+  void* sym = dlsym(RTLD_DEFAULT, "__sprintf_chk");
+  ASSERT_NE(sym, nullptr);
+  Dl_info info{};
+  ASSERT_NE(dladdr(sym, &info), 0);
+  EXPECT_EQ(std::string(info.dli_fname).find("libc.so"), std::string::npos) << info.dli_fname;
+  EXPECT_EQ(sym, reinterpret_cast<void*>(&__sprintf_chk));
+}
+
+TEST(KeylogFormat, ByteAsHexIsWhatPrintfWrites) {
+  char mine[8];
+  char want[8];
+  for (unsigned v = 0; v < 256; ++v) {
+    ASSERT_EQ(__sprintf_chk(mine, 1, sizeof mine, "%02x", v), 2);
+    std::snprintf(want, sizeof want, "%02x", v);
+    ASSERT_STREQ(mine, want);
+  }
+}
+
+TEST(KeylogFormat, OtherCallsReachGlibc) {
+  char buf[32];
+  EXPECT_EQ(__sprintf_chk(buf, 1, sizeof buf, "%02x", 0x1234u), 4);  // more than a byte
+  EXPECT_STREQ(buf, "1234");
+  EXPECT_EQ(__sprintf_chk(buf, 1, sizeof buf, "%d-%s", 42, "x"), 4);
+  EXPECT_STREQ(buf, "42-x");
+  EXPECT_EQ(__sprintf_chk(buf, 1, sizeof buf, "%02X", 0xabu), 2);
+  EXPECT_STREQ(buf, "AB");
 }
 
 TEST(TlsContext, EnumNamesForLogs) {
