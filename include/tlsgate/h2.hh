@@ -39,6 +39,9 @@ class Owner {
  public:
   // The session has frames to send; flush it at the end of this loop turn.
   virtual void wake() = 0;
+  // Nothing moved for Context::kIdleReleaseMs and nothing waits to be sent:
+  // the session gave back what it can; the owner may do the same.
+  virtual void idle() {}
 
  protected:
   ~Owner() = default;
@@ -107,6 +110,7 @@ struct MemoryStats {
   uint64_t bytes_in_use = 0;    // by size class (frame buffers: their full size)
   uint64_t frame_buffers = 0;   // sessions' outbound frame buffers in use
   uint64_t pages_released = 0;  // idle sessions' frame buffers handed back to the kernel
+  uint64_t zero_pages_released = 0;  // idle sessions' all-zero pages (empty stream maps) handed back
 };
 
 // Per-shard HTTP/2 state: stream objects, deadlines, nghttp2's memory, counters.
@@ -212,6 +216,7 @@ class Session {
   bool blocked_ = false;
   void* frame_buffer_ = nullptr;  // nghttp2's outbound frame buffer, from ctx_.memory()
   bool frame_buffer_released_ = false;
+  void* map_page_ = nullptr;  // nghttp2's stream map (one page), if it took one; see Memory::discard_zero_page
   bool listed_ = false;  // in ctx_'s activity list
   uint64_t touched_ms_ = 0;
   Session* active_prev_ = nullptr;

@@ -110,6 +110,12 @@ class Session {
   // OpenSSL objects (about 12 KB of an idle connection's 15) and from then on
   // seals and opens records itself; read/write/shutdown work as before.
   bool detached() const { return records_ != nullptr; }
+  // For a connection that has gone quiet: a detached session frees its two
+  // cipher contexts (~2 KB) until the next record, which makes them again
+  // from the traffic secrets the session keeps. No-op otherwise.
+  void release_idle_memory();
+  // Whether a detached session holds cipher contexts now (for tests and stats).
+  bool holds_cipher_contexts() const;
 
   // Encrypts all of `data` into records appended to `out`.
   Result<void> write(const uint8_t* data, size_t len, ByteQueue& out);

@@ -131,7 +131,8 @@ void* Memory::carve(int c) {
   Class& k = classes_[c];
   const bool frame = c == kFrameClass;
   const size_t size = frame ? kSlot : k.size;
-  const size_t first = frame ? kPage : kHeader;
+  // Whole-page blocks start on a page: the header takes the first page.
+  const size_t first = frame || size % kPage == 0 ? kPage : kHeader;
   const size_t room = frame ? kPage + kSlotsPerSpan * kSlot : kSpan;
   if (k.current == nullptr || first + k.carved + size > room) {
     Span* s = map_span(c);
@@ -148,7 +149,7 @@ void* Memory::carve(int c) {
 // the class (the totals are summed in stats()).
 void* Memory::allocate(size_t n) {
   if (kPassThrough) return std::malloc(n);
-  if (n <= kMaxSmall && n != kFrameBufferSize) [[likely]] {
+  if (n <= kMaxSmall && n != kFrameBufferSize && n != kPage) [[likely]] {
     Class& k = classes_[class_of(n)];
     if (Free* f = k.free) [[likely]] {
       k.free = f->next;
@@ -165,6 +166,11 @@ void* Memory::allocate_big(size_t n) {
   if (n == kFrameBufferSize) {
     void* p = refill(kFrameClass);
     if (p) last_frame_buffer_ = p;
+    return p;
+  }
+  if (n == kPage) {
+    void* p = refill(class_of(kPage));
+    if (p) last_page_ = p;
     return p;
   }
   const size_t len = (kHeader + n + kPage - 1) / kPage * kPage;
@@ -261,6 +267,16 @@ void Memory::release_pages(void* p) {
   if (madvise(p, kSlot, MADV_DONTNEED) == 0) ++stats_.pages_released;
 }
 
+bool Memory::discard_zero_page(void* p) {
+  if (kPassThrough || p == nullptr) return false;
+  const auto* w = static_cast<const uint64_t*>(p);
+  uint64_t any = 0;
+  for (size_t i = 0; i < kPage / sizeof(uint64_t); ++i) any |= w[i];
+  if (any != 0 || madvise(p, kPage, MADV_DONTNEED) != 0) return false;
+  ++stats_.zero_pages_released;
+  return true;
+}
+
 // ---------------------------------------------------------------- idle sessions
 // Kept here rather than in session.cc: how sessions use the shard's memory.
 
@@ -276,6 +292,8 @@ void Context::release_idle_memory(uint64_t now_ms) {
     if (s->frame_buffer_ && !s->frame_buffer_released_ && !s->blocked_ && !s->want_write()) {
       memory_->release_pages(s->frame_buffer_);
       s->frame_buffer_released_ = true;
+      memory_->discard_zero_page(s->map_page_);  // no stream open: nghttp2's stream map is empty
+      s->owner_.idle();
     }
   }
 }
@@ -285,6 +303,7 @@ void Session::adopt_session(void* session) {
   // nghttp2 allocates the frame buffer while it makes the session, and keeps
   // that block for the session's life.
   frame_buffer_ = ctx_.memory().last_frame_buffer();
+  map_page_ = ctx_.memory().last_page();
   touch();
 }
 
@@ -293,6 +312,7 @@ void Session::drop_session() {
   nghttp2_session_del(static_cast<nghttp2_session*>(session_));
   session_ = nullptr;
   frame_buffer_ = nullptr;  // freed: it may belong to another session soon
+  map_page_ = nullptr;
   unlink_active();
 }
 

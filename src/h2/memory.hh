@@ -12,6 +12,11 @@
 //   while its session is idle (Context::release_idle_memory; its contents
 //   are dead then).
 //   A freed slot's pages are handed back at once.
+// - Classes whose size is a whole number of pages (4 KiB, 8 KiB, ...) are
+//   page-aligned (their spans give up the first page to the header), so a
+//   page of such a block belongs to it alone. nghttp2's stream map is one
+//   4 KiB block per session that reads all zero while the session has no
+//   stream; discard_zero_page() hands such a page back while idle.
 // - Anything larger (nghttp2 does not, with header lists bounded to 64 KiB):
 //   its own mapping, unmapped on free.
 //
@@ -54,6 +59,14 @@ class Memory {
   // The address of the last frame buffer handed out (its session's, when
   // read right after nghttp2_session_*_new3), or nullptr.
   void* last_frame_buffer() const { return last_frame_buffer_; }
+  // The last one-page block handed out since forget_last_page(), or nullptr:
+  // read around nghttp2_session_*_new3, the session's stream map.
+  void* last_page() const { return last_page_; }
+  void forget_last_page() { last_page_ = nullptr; }
+  // If the page at `p` (a one-page block from this Memory, live or freed
+  // since) is all zeros, hands it back to the kernel, which reads it back as
+  // zeros: whoever owns it now sees no change. True if it did.
+  bool discard_zero_page(void* p);
   // Hands the pages of frame buffer `p` back to the kernel: they read as
   // zeros afterwards and cost no memory until written again. Only for a
   // buffer whose contents are dead.
@@ -90,6 +103,7 @@ class Memory {
   nghttp2_mem mem_{};
   Class classes_[kClasses + 1];
   void* last_frame_buffer_ = nullptr;
+  void* last_page_ = nullptr;
   Span* spans_ = nullptr;  // every span, to unmap at destruction
   Class large_;  // blocks over 64 KiB: only in_use
   uint64_t large_bytes_ = 0;

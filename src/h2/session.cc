@@ -858,6 +858,7 @@ DownstreamSession::DownstreamSession(Context& ctx, Owner& owner, DownstreamSetti
     : Session(ctx, owner), settings_(std::move(settings)) {
   static nghttp2_option* opt = make_option(true);
   nghttp2_session* s = nullptr;
+  ctx.memory().forget_last_page();  // adopt_session() takes the page new3 allocates
   if (nghttp2_session_server_new3(&s, server_callbacks(), this, opt, ctx.memory().mem()) != 0)
     throw std::bad_alloc();
   adopt_session(s);
@@ -884,6 +885,7 @@ UpstreamSession::UpstreamSession(Context& ctx, Owner& owner, uint32_t cluster, i
     : Session(ctx, owner), cluster_(cluster), endpoint_(endpoint) {
   static nghttp2_option* opt = make_option(false);
   nghttp2_session* s = nullptr;
+  ctx.memory().forget_last_page();  // adopt_session() takes the page new3 allocates
   if (nghttp2_session_client_new3(&s, client_callbacks(), this, opt, ctx.memory().mem()) != 0)
     throw std::bad_alloc();
   adopt_session(s);

@@ -104,6 +104,7 @@ struct Conn : h2::Owner {
   } timer{{}, this};
 
   void wake() override;
+  void idle() override;
 };
 
 enum class KtlsState { Off, Pending, On };
@@ -345,6 +346,13 @@ struct Loop : h2::Router {
         finish_close(c);
       }
     }
+  }
+
+  // A quiet client connection's TLS session lets go of its cipher contexts.
+  void on_idle(Conn* c) {
+    if (!op_is_down(c)) return;
+    auto* d = static_cast<DownConn*>(c);
+    if (d->tls && !d->closing) d->tls->release_idle_memory();
   }
 
   bool op_is_down(Conn* c) const {
@@ -1266,6 +1274,7 @@ struct Loop : h2::Router {
 };
 
 void Conn::wake() { shard->mark_dirty(this); }
+void Conn::idle() { shard->on_idle(this); }
 
 void EndpointRt::probe_done(bool ok, const char* why) { loop->on_probe_done(*this, ok, why); }
 

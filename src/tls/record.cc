@@ -72,6 +72,7 @@ bool RecordLayer::init(const KtlsKeys& tx, const KtlsKeys& rx, const EVP_MD* md,
 uint8_t RecordLayer::open(uint8_t* rec, size_t len, uint8_t** plain, size_t* plain_len) {
   if (len < kHeader + 1 + kTag) return 0;
   const size_t body = len - kHeader - kTag;
+  if (!ensure(dec_, false, rx_secret_)) return 0;
   uint8_t iv[12];
   nonce(rx_iv_, rx_seq_, iv);
   int n = 0;
@@ -93,6 +94,7 @@ uint8_t RecordLayer::open(uint8_t* rec, size_t len, uint8_t** plain, size_t* pla
 }
 
 size_t RecordLayer::seal(uint8_t type, const uint8_t* data, size_t len, uint8_t* out) {
+  if (!ensure(enc_, true, tx_secret_)) return 0;
   const size_t body = len + 1 + kTag;
   out[0] = kApplicationData;
   out[1] = 3;
@@ -117,7 +119,7 @@ size_t RecordLayer::seal(uint8_t type, const uint8_t* data, size_t len, uint8_t*
 
 // RFC 8446 7.2: next secret = HKDF-Expand-Label(secret, "traffic upd", "",
 // Hash.length); key and IV derived from it as at the start; sequence 0.
-bool RecordLayer::rekey(EVP_CIPHER_CTX* ctx, bool encrypt, uint8_t* secret, uint8_t* iv) {
+bool RecordLayer::rekey(EVP_CIPHER_CTX*& ctx, bool encrypt, uint8_t* secret, uint8_t* iv) {
   uint8_t next[64];
   uint8_t key[32];
   const size_t klen = key_length(cipher_);
@@ -125,8 +127,9 @@ bool RecordLayer::rekey(EVP_CIPHER_CTX* ctx, bool encrypt, uint8_t* secret, uint
             expand_label(md_, next, secret_len_, "key", key, klen) && expand_label(md_, next, secret_len_, "iv", iv, 12);
   if (ok) {
     std::memcpy(secret, next, secret_len_);
-    ok = encrypt ? EVP_EncryptInit_ex(ctx, nullptr, nullptr, key, nullptr) == 1
-                 : EVP_DecryptInit_ex(ctx, nullptr, nullptr, key, nullptr) == 1;
+    if (ctx != nullptr)  // else ensure() makes it from the new secret when needed
+      ok = encrypt ? EVP_EncryptInit_ex(ctx, nullptr, nullptr, key, nullptr) == 1
+                   : EVP_DecryptInit_ex(ctx, nullptr, nullptr, key, nullptr) == 1;
   }
   OPENSSL_cleanse(next, sizeof next);
   OPENSSL_cleanse(key, sizeof key);
@@ -141,6 +144,30 @@ bool RecordLayer::update_rx() {
 bool RecordLayer::update_tx() {
   tx_seq_ = 0;
   return rekey(enc_, true, tx_secret_, tx_iv_);
+}
+
+void RecordLayer::release_contexts() {
+  EVP_CIPHER_CTX_free(enc_);
+  EVP_CIPHER_CTX_free(dec_);
+  enc_ = dec_ = nullptr;
+}
+
+bool RecordLayer::ensure(EVP_CIPHER_CTX*& ctx, bool encrypt, const uint8_t* secret) {
+  if (ctx != nullptr) [[likely]]
+    return true;
+  uint8_t key[32];
+  const EVP_CIPHER* cipher = fetch(cipher_);
+  EVP_CIPHER_CTX* c = EVP_CIPHER_CTX_new();
+  bool ok = c != nullptr && cipher != nullptr && expand_label(md_, secret, secret_len_, "key", key, key_length(cipher_)) &&
+            (encrypt ? EVP_EncryptInit_ex(c, cipher, nullptr, key, nullptr) == 1
+                     : EVP_DecryptInit_ex(c, cipher, nullptr, key, nullptr) == 1);
+  OPENSSL_cleanse(key, sizeof key);
+  if (!ok) {
+    EVP_CIPHER_CTX_free(c);
+    return false;
+  }
+  ctx = c;
+  return true;
 }
 
 }  // namespace tlsgate::tls

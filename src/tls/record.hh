@@ -44,8 +44,16 @@ class RecordLayer {
   bool update_rx();
   bool update_tx();
 
+  // Frees both cipher contexts (~1 KB each with their key schedules); the
+  // next open/seal makes its context again from the traffic secret kept
+  // here. For connections that have gone quiet.
+  void release_contexts();
+  bool holds_contexts() const { return enc_ != nullptr || dec_ != nullptr; }
+
  private:
-  bool rekey(EVP_CIPHER_CTX* ctx, bool encrypt, uint8_t* secret, uint8_t* iv);
+  bool rekey(EVP_CIPHER_CTX*& ctx, bool encrypt, uint8_t* secret, uint8_t* iv);
+  // The context for one direction, made from the current secret if it was released.
+  bool ensure(EVP_CIPHER_CTX*& ctx, bool encrypt, const uint8_t* secret);
 
   EVP_CIPHER_CTX* enc_ = nullptr;
   EVP_CIPHER_CTX* dec_ = nullptr;

@@ -397,6 +397,12 @@ void Session::maybe_detach() {
   ssl_ = nullptr;
 }
 
+void Session::release_idle_memory() {
+  if (records_) records_->release_contexts();
+}
+
+bool Session::holds_cipher_contexts() const { return records_ && records_->holds_contexts(); }
+
 Result<void> Session::read_records(std::span<const uint8_t> in, ByteQueue& out, RawSink sink, void* arg) {
   if (broken_ || (!in.empty() && !pending_in_.append(in.data(), in.size()))) {
     broken_ = true;

@@ -99,6 +99,32 @@ TEST(Memory, SteadyStateMapsNothing) {
   EXPECT_EQ(m.stats().spans, spans);
 }
 
+TEST(Memory, WholePageBlocksArePageAlignedAndZeroPagesAreDiscarded) {
+  Memory m;
+  m.forget_last_page();
+  void* p = m.allocate(4096);
+  void* q = m.allocate(4096);
+  EXPECT_EQ(m.last_page(), q);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 4096, 0u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(q) % 4096, 0u);
+  void* r = m.allocate(8192);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(r) % 4096, 0u);
+  std::memset(p, 0, 4096);
+  std::memset(q, 0, 4096);
+  static_cast<uint8_t*>(q)[4095] = 1;  // one byte set: kept
+  EXPECT_TRUE(m.discard_zero_page(p));
+  EXPECT_FALSE(m.discard_zero_page(q));
+  EXPECT_EQ(m.stats().zero_pages_released, 1u);
+  const auto* z = static_cast<const uint8_t*>(p);
+  EXPECT_TRUE(std::all_of(z, z + 4096, [](uint8_t b) { return b == 0; }));
+  EXPECT_EQ(static_cast<uint8_t*>(q)[4095], 1);
+  fill(p, 4096, 7);  // usable again after the discard
+  EXPECT_TRUE(holds(p, 4096, 7));
+  m.release(p);
+  m.release(q);
+  m.release(r);
+}
+
 TEST(Memory, ReleasedFrameBufferReadsZeroAndCanBeWrittenAgain) {
   Memory m;
   void* p = m.allocate(Memory::kFrameBufferSize);
@@ -135,12 +161,16 @@ TEST_F(ForwardTest, IdleSessionsReleaseFrameBuffersAndKeepWorking) {
   start();
   EXPECT_EQ(value(unary("one").trailers, "grpc-status"), "0");
   const uint64_t before = ctx_->memory_stats().pages_released;
+  const uint64_t zero_before = ctx_->memory_stats().zero_pages_released;
   ctx_->release_idle_memory(Context::kIdleReleaseMs - 1);  // not idle long enough
   EXPECT_EQ(ctx_->memory_stats().pages_released, before);
   ctx_->release_idle_memory(Context::kIdleReleaseMs);
   EXPECT_EQ(ctx_->memory_stats().pages_released, before + (kPooled ? 2 : 0)) << "both sessions were idle";
+  // With no stream open, each session's stream map is one page of zeros.
+  EXPECT_EQ(ctx_->memory_stats().zero_pages_released, zero_before + (kPooled ? 2 : 0));
   ctx_->release_idle_memory(3 * Context::kIdleReleaseMs);  // nothing moved since: released once only
   EXPECT_EQ(ctx_->memory_stats().pages_released, before + (kPooled ? 2 : 0));
+  EXPECT_EQ(ctx_->memory_stats().zero_pages_released, zero_before + (kPooled ? 2 : 0));
 
   // Traffic again, with full 16 KiB DATA frames both ways.
   const std::string big = pattern(200 * 1024);
@@ -156,7 +186,10 @@ TEST_F(ForwardTest, IdleSessionsReleaseFrameBuffersAndKeepWorking) {
 
   ctx_->release_idle_memory(5 * Context::kIdleReleaseMs);
   EXPECT_EQ(ctx_->memory_stats().pages_released, before + (kPooled ? 4 : 0));
+  EXPECT_EQ(ctx_->memory_stats().zero_pages_released, zero_before + (kPooled ? 4 : 0));
+  // The maps read as zeros again: new streams go in as into a fresh map.
   EXPECT_EQ(value(unary("three").trailers, "grpc-status"), "0");
+  EXPECT_EQ(value(unary("four").trailers, "grpc-status"), "0");
 }
 
 // A session whose output is held back (its send callback said WOULDBLOCK)

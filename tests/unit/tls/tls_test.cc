@@ -545,6 +545,31 @@ TEST_F(TlsSessionTest, Tls12StaysWithOpenSsl) {
   EXPECT_FALSE(session_->detached());
 }
 
+// A quiet connection's detached session drops its cipher contexts and makes
+// them again from the traffic secrets on the next record, either way round,
+// also when a KeyUpdate arrives while they are released.
+TEST_F(TlsSessionTest, IdleDetachedSessionReleasesCipherContextsAndKeepsWorking) {
+  connect();
+  exchange(*session_, *client_, out_, "1");
+  ASSERT_TRUE(session_->detached());
+  EXPECT_TRUE(session_->holds_cipher_contexts());
+  session_->release_idle_memory();
+  EXPECT_FALSE(session_->holds_cipher_contexts());
+  exchange(*session_, *client_, out_, "2");
+  EXPECT_TRUE(session_->holds_cipher_contexts());
+  session_->release_idle_memory();
+  // Server speaks first this time.
+  const std::string hello = "server first";
+  ASSERT_TRUE(session_->write(reinterpret_cast<const uint8_t*>(hello.data()), hello.size(), out_).has_value());
+  client_->give(out_);
+  EXPECT_EQ(as_string(client_->read_all()), hello);
+  session_->release_idle_memory();
+  ASSERT_EQ(SSL_key_update(client_->ssl(), SSL_KEY_UPDATE_REQUESTED), 1);
+  exchange(*session_, *client_, out_, "after an update while released");
+  session_->release_idle_memory();
+  exchange(*session_, *client_, out_, "and again");
+}
+
 TEST_F(TlsSessionTest, KeyUpdateAfterDetachBothWays) {
   connect();
   exchange(*session_, *client_, out_, "1");
