@@ -102,16 +102,6 @@ Args parse_args(int argc, char** argv) {
   std::exit(kExitConfig);
 }
 
-// Features the configuration may ask for that this build does not have yet
-// are refused, never silently ignored.
-void check_supported(const config::Config& cfg) {
-  for (const config::Listener& l : cfg.listeners) {
-    if (l.proxy_protocol != config::ProxyProtocol::Off)
-      config_error(cfg.path + ": listeners." + l.name +
-                   ".proxy_protocol: the PROXY protocol is not implemented yet; use \"off\"");
-  }
-}
-
 // ktls = "on" refuses to start without kernel TLS; "auto" says what it found.
 tls::KtlsSupport check_ktls(const config::Config& cfg) {
   bool wanted = false;
@@ -318,7 +308,6 @@ int main(int argc, char** argv) {
   } catch (const config::ConfigError& e) {
     config_error(e.what());
   }
-  check_supported(cfg);
   check_tls(cfg);
   tls::KtlsSupport ktls = check_ktls(cfg);
   if (args.check) {

@@ -39,6 +39,8 @@ struct Counters {
   uint64_t upstream_idle_closed = 0;
   uint64_t upstream_keepalive_timeouts = 0;
   uint64_t dns_updates = 0;                  // endpoint sets changed by re-resolution
+  uint64_t proxy_headers = 0;                // PROXY protocol headers accepted (v1 or v2)
+  uint64_t proxy_errors = 0;                 // connections closed for a bad PROXY header
   uint64_t tls_userspace = 0;  // connections whose record crypto stays in userspace
   // kTLS: offloaded connections by [tls 1.2, tls 1.3][aes128gcm, aes256gcm, chacha20].
   uint64_t ktls_offloaded[2][3] = {};

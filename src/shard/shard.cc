@@ -17,8 +17,10 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <utility>
 
 #include "tlsgate/buffer.hh"
+#include "tlsgate/edge.hh"
 #include "tlsgate/h2.hh"
 #include "tlsgate/io.hh"
 #include "tlsgate/log.hh"
@@ -56,9 +58,10 @@ constexpr Op op_of(uint64_t ud) { return static_cast<Op>(ud >> 56); }
 constexpr uint32_t gen_of(uint64_t ud) { return static_cast<uint32_t>(ud >> 32) & 0xffffff; }
 constexpr uint32_t slot_of(uint64_t ud) { return static_cast<uint32_t>(ud); }
 
-enum class DownState { Handshake, H2, Http1, Lingering, Closed };
+enum class DownState { Proxy, Handshake, H2, Http1, Lingering, Closed };
 const char* to_string(DownState s) {
   switch (s) {
+    case DownState::Proxy: return "proxy";
     case DownState::Handshake: return "handshake";
     case DownState::H2: return "h2";
     case DownState::Http1: return "http1";
@@ -116,7 +119,12 @@ struct DownConn : Conn {
   std::unique_ptr<tls::Session> tls;
   std::unique_ptr<h2::DownstreamSession> h2;
   ByteQueue plain;  // nghttp2's output before encryption
+  // The socket's peer, replaced by the PROXY header's source when it has one.
   std::string client_ip;
+  // State Proxy only: the header bytes received so far, when one receive did
+  // not hold the whole header (at most edge::kProxyMaxHeader bytes; a chunk
+  // of the shard's pool, given back when the header is done or on close).
+  Chunk* proxy_buf = nullptr;
 };
 
 struct UpConn : Conn {
@@ -138,7 +146,8 @@ struct ListenerRt {
   uint32_t cluster = 0;
   std::unique_ptr<tls::Context> tls;
   bool ktls = false;  // try kernel TLS on this listener's connections
-  TimerList handshake_timers;
+  edge::ProxyMode proxy = edge::ProxyMode::Off;
+  TimerList handshake_timers;  // PROXY header and TLS handshake, then linger
   TimerList idle_timers;
   bool accepting = false;
 };
@@ -268,6 +277,7 @@ struct Loop : h2::Router {
       l.cluster = static_cast<uint32_t>(l.cfg->cluster_index);
       l.ktls = l.cfg->tls.ktls != config::Ktls::Off && ktls.any();
       l.tls = std::make_unique<tls::Context>(l.cfg->tls, l.ktls);
+      l.proxy = proxy_mode(l.cfg->proxy_protocol);
       l.handshake_timers.set_duration(static_cast<uint64_t>(l.cfg->handshake_timeout.count()));
       l.idle_timers.set_duration(static_cast<uint64_t>(l.cfg->idle_timeout.count()));
     }
@@ -396,7 +406,8 @@ struct Loop : h2::Router {
     d->client_ip = io::peer_ip(d->fd, ip, sizeof ip) ? ip : "unknown";
     d->tls = std::make_unique<tls::Session>(*l.tls, chunks);
     d->ktls = l.ktls ? KtlsState::Pending : KtlsState::Off;
-    l.handshake_timers.arm(d->timer, now);
+    d->state = l.proxy == edge::ProxyMode::Off ? DownState::Handshake : DownState::Proxy;
+    l.handshake_timers.arm(d->timer, now);  // covers the PROXY header too
     arm_down_recv(d);
     if (!l.accepting) arm_accept(l);
   }
@@ -446,12 +457,89 @@ struct Loop : h2::Router {
 
   void on_down_bytes(DownConn* d, std::span<const uint8_t> in) {
     switch (d->state) {
+      case DownState::Proxy: return on_proxy_bytes(d, in);
       case DownState::Handshake: return on_handshake_bytes(d, in);
       case DownState::H2: return on_h2_bytes(d, in);
       case DownState::Http1: return on_http1_bytes(d, in);
       case DownState::Lingering: return;  // discard until the peer closes
       case DownState::Closed: return;
     }
+  }
+
+  static edge::ProxyMode proxy_mode(config::ProxyProtocol p) {
+    switch (p) {
+      case config::ProxyProtocol::Off: return edge::ProxyMode::Off;
+      case config::ProxyProtocol::V1: return edge::ProxyMode::V1;
+      case config::ProxyProtocol::V2: return edge::ProxyMode::V2;
+      case config::ProxyProtocol::Auto: return edge::ProxyMode::Auto;
+    }
+    return edge::ProxyMode::Off;
+  }
+
+  // The PROXY header phase. Usually one receive holds the whole header (and
+  // often the ClientHello after it): it is parsed in place, no copy.
+  // Otherwise the bytes so far wait in one pool chunk and the parser, which
+  // keeps no state, reads them all again with each receive.
+  void on_proxy_bytes(DownConn* d, std::span<const uint8_t> in) {
+    const size_t held = d->proxy_buf != nullptr ? d->proxy_buf->end : 0;
+    std::span<const uint8_t> all = in;
+    if (d->proxy_buf != nullptr) {
+      // The parser decides within kProxyMaxHeader bytes, so more need not be kept.
+      const size_t take = std::min(in.size(), edge::kProxyMaxHeader - held);
+      std::memcpy(d->proxy_buf->data + held, in.data(), take);
+      d->proxy_buf->end += static_cast<uint32_t>(take);
+      all = std::span<const uint8_t>(d->proxy_buf->data, held + take);
+    }
+    edge::ProxyResult r = edge::parse_proxy(d->listener->proxy, all.data(), all.size());
+    if (r.status == edge::ProxyStatus::Incomplete && all.size() < edge::kProxyMaxHeader) {
+      if (d->proxy_buf == nullptr && !hold_proxy_bytes(d, in))
+        close_down(d, "no buffer for the PROXY header");
+      return;
+    }
+    if (r.status != edge::ProxyStatus::Done) {
+      ++counters.proxy_errors;
+      // Incomplete at the cap cannot happen (the parser decides within it);
+      // should it, the connection is refused all the same.
+      const char* why =
+          r.status == edge::ProxyStatus::Error ? edge::to_string(r.error) : "no header within the cap";
+      LOG_DEBUG("shard", "%u: bad PROXY header from %s on %s: %s", id, d->client_ip.c_str(),
+                d->listener->cfg->name.c_str(), why);
+      close_down(d, "bad PROXY header");  // nothing sent: the sender is no TLS client
+      return;
+    }
+    adopt_proxy_source(d, r);
+    d->state = DownState::Handshake;
+    // What follows the header starts the TLS handshake: the rest of the held
+    // bytes (auto mode can decide "no header" after holding a few), then the
+    // rest of this receive.
+    Chunk* buf = std::exchange(d->proxy_buf, nullptr);
+    if (buf != nullptr && r.consumed < held)
+      on_down_bytes(d, std::span<const uint8_t>(buf->data + r.consumed, held - r.consumed));
+    const size_t from_in = r.consumed > held ? r.consumed - held : 0;
+    if (from_in < in.size() && !d->closing && !d->close_after_flush) on_down_bytes(d, in.subspan(from_in));
+    if (buf != nullptr) chunks.put(buf);
+    mark_dirty(d);  // re-arms a one-shot receive (kTLS pending)
+  }
+
+  bool hold_proxy_bytes(DownConn* d, std::span<const uint8_t> in) {
+    d->proxy_buf = chunks.get();
+    if (d->proxy_buf == nullptr) return false;
+    std::memcpy(d->proxy_buf->data, in.data(), in.size());  // in.size() < kProxyMaxHeader
+    d->proxy_buf->begin = 0;
+    d->proxy_buf->end = static_cast<uint32_t>(in.size());
+    return true;
+  }
+
+  // x-forwarded-for and every later log line name the header's source; a
+  // header without one (v1 UNKNOWN, v2 LOCAL/UNSPEC/AF_UNIX, none in auto
+  // mode) keeps the socket's peer.
+  void adopt_proxy_source(DownConn* d, const edge::ProxyResult& r) {
+    if (r.version != 0) ++counters.proxy_headers;
+    char ip[64];
+    if (edge::format_address(r.source, ip, sizeof ip) == 0) return;
+    LOG_DEBUG("shard", "%u: PROXY v%u from %s: client %s port %u", id, r.version, d->client_ip.c_str(), ip,
+              r.source.port);
+    d->client_ip = ip;
   }
 
   void on_handshake_bytes(DownConn* d, std::span<const uint8_t> in) {
@@ -595,7 +683,8 @@ struct Loop : h2::Router {
   // everything else stays in the socket for the kernel to decrypt.
   void arm_down_recv(DownConn* d) {
     if (d->ktls != KtlsState::Pending) return arm_recv(d, Op::DownRecv);
-    if (d->state == DownState::Handshake || d->tls->pending_input() > 0) arm_recv(d, Op::DownRecv, true);
+    if (d->state == DownState::Proxy || d->state == DownState::Handshake || d->tls->pending_input() > 0)
+      arm_recv(d, Op::DownRecv, true);
   }
 
   bool kernel_offers(tls::KtlsCipher c) const {
@@ -678,6 +767,7 @@ struct Loop : h2::Router {
     d->closing = true;
     d->state = DownState::Closed;
     TimerList::disarm(d->timer);
+    if (d->proxy_buf != nullptr) chunks.put(std::exchange(d->proxy_buf, nullptr));
     d->h2.reset();  // cancels the upstream halves of its streams
     d->tls.reset();
     begin_close(d);
@@ -1200,8 +1290,11 @@ struct Loop : h2::Router {
       ListenerRt& l = *lp;
       while (TimerLink* t = l.handshake_timers.pop_expired(now)) {
         auto* d = container_of_down(t);
-        if (d->state == DownState::Handshake) ++counters.handshake_timeouts;
-        close_down(d, d->state == DownState::Handshake ? "handshake timeout" : "linger timeout");
+        const DownState st = d->state;
+        if (st == DownState::Proxy || st == DownState::Handshake) ++counters.handshake_timeouts;
+        close_down(d, st == DownState::Proxy       ? "PROXY header timeout"
+                      : st == DownState::Handshake ? "handshake timeout"
+                                                   : "linger timeout");
       }
       while (TimerLink* t = l.idle_timers.pop_expired(now)) {
         auto* d = container_of_down(t);
@@ -1291,13 +1384,13 @@ std::string Counters::describe() const {
                 "streams_reset_by_client=%lu streams_reset_by_upstream=%lu header_limit_resets=%lu "
                 "deadline_exceeded=%lu retries=%lu circuit_breaker_streams=%lu circuit_breaker_connections=%lu "
                 "no_healthy_endpoint=%lu endpoints_ejected=%lu health_check_failures=%lu upstream_idle_closed=%lu "
-                "upstream_keepalive_timeouts=%lu dns_updates=%lu",
+                "upstream_keepalive_timeouts=%lu dns_updates=%lu proxy_headers=%lu proxy_errors=%lu",
                 accepted, handshakes, handshake_failures, handshake_timeouts, http1_rejected, idle_closed,
                 downstream_protocol_errors, tls_userspace, upstream_connects, upstream_connect_failures, upstream_lost,
                 streams_forwarded, streams_unavailable, streams_reset_by_client, streams_reset_by_upstream,
                 header_limit_resets, deadline_exceeded, retries, circuit_breaker_streams, circuit_breaker_connections,
                 no_healthy_endpoint, endpoints_ejected, health_check_failures, upstream_idle_closed,
-                upstream_keepalive_timeouts, dns_updates);
+                upstream_keepalive_timeouts, dns_updates, proxy_headers, proxy_errors);
   std::string s = buf;
   static const char* versions[2] = {"tls1.2", "tls1.3"};
   for (int v = 0; v < 2; ++v)
@@ -1339,6 +1432,8 @@ void Counters::add(const Counters& o) {
   upstream_idle_closed += o.upstream_idle_closed;
   upstream_keepalive_timeouts += o.upstream_keepalive_timeouts;
   dns_updates += o.dns_updates;
+  proxy_headers += o.proxy_headers;
+  proxy_errors += o.proxy_errors;
   tls_userspace += o.tls_userspace;
   for (int v = 0; v < 2; ++v)
     for (int c = 0; c < 3; ++c) ktls_offloaded[v][c] += o.ktls_offloaded[v][c];
