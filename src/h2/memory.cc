@@ -289,12 +289,13 @@ void Context::release_idle_memory(uint64_t now_ms) {
     s->unlink_active();
     // A session that holds output (blocked) or wants to send is not idle; it
     // is listed again when it next sends.
-    if (s->frame_buffer_ && !s->frame_buffer_released_ && !s->blocked_ && !s->want_write()) {
+    if (s->blocked_ || s->want_write()) continue;
+    if (s->frame_buffer_ && !s->frame_buffer_released_) {
       memory_->release_pages(s->frame_buffer_);
       s->frame_buffer_released_ = true;
-      memory_->discard_zero_page(s->map_page_);  // no stream open: nghttp2's stream map is empty
-      s->owner_.idle();
     }
+    memory_->discard_zero_page(s->map_page_);  // no stream open: nghttp2's stream map is empty
+    s->owner_.idle();
   }
 }
 

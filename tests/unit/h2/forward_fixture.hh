@@ -260,8 +260,10 @@ struct TestOwner final : Owner {
     ++wakes;
     woken = true;
   }
+  void idle() override { ++idles; }
   int wakes = 0;
   bool woken = false;
+  int idles = 0;  // times the session told it was quiet
 };
 
 struct TestRouter final : Router {

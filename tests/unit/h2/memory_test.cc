@@ -164,7 +164,10 @@ TEST_F(ForwardTest, IdleSessionsReleaseFrameBuffersAndKeepWorking) {
   const uint64_t zero_before = ctx_->memory_stats().zero_pages_released;
   ctx_->release_idle_memory(Context::kIdleReleaseMs - 1);  // not idle long enough
   EXPECT_EQ(ctx_->memory_stats().pages_released, before);
+  EXPECT_EQ(down_owner_.idles + up_owner_.idles, 0);
   ctx_->release_idle_memory(Context::kIdleReleaseMs);
+  EXPECT_EQ(down_owner_.idles, 1) << "the owner hears the session went quiet (TLS lets go of its contexts)";
+  EXPECT_EQ(up_owner_.idles, 1);
   EXPECT_EQ(ctx_->memory_stats().pages_released, before + (kPooled ? 2 : 0)) << "both sessions were idle";
   // With no stream open, each session's stream map is one page of zeros.
   EXPECT_EQ(ctx_->memory_stats().zero_pages_released, zero_before + (kPooled ? 2 : 0));
