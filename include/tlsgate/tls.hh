@@ -141,6 +141,8 @@ class Session {
   void begin(std::span<const uint8_t> in, ByteQueue& out);
   void end();
   void maybe_detach();
+  size_t next_record_size() const;
+  Offload derive_keys(KtlsKeys& tx, KtlsKeys& rx, bool queued_ok) const;
   using RawSink = void (*)(void* arg, const uint8_t* data, size_t len);
   Result<void> read_records(std::span<const uint8_t> in, ByteQueue& out, RawSink sink, void* arg);
   Result<void> write_records(uint8_t type, const uint8_t* data, size_t len, ByteQueue& out);
@@ -154,6 +156,12 @@ class Session {
   Alpn alpn_ = Alpn::None;
   bool broken_ = false;  // received bytes were lost (pool exhausted)
   bool detach_allowed_ = false;
+  // After the handshake of a session that may detach, the BIO hands OpenSSL
+  // whole records only: a partial one waits in pending_in_, so OpenSSL is at
+  // a record boundary after every read and the session can leave it even
+  // while the client never pauses.
+  bool whole_records_ = false;
+  uint32_t gate_left_ = 0;  // bytes of the current whole record OpenSSL may still read
   std::unique_ptr<RecordLayer> records_;  // set once detached; ssl_ is null then
   // What the OpenSSL objects answered, kept for after they are freed.
   const char* version_name_ = "";

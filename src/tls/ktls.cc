@@ -366,14 +366,19 @@ bool Session::is_tls13() const {
   return ssl_ == nullptr || SSL_version(static_cast<SSL*>(ssl_)) == TLS1_3_VERSION;  // only TLS 1.3 detaches
 }
 
-Offload Session::derive_ktls(KtlsKeys& tx, KtlsKeys& rx) const {
+Offload Session::derive_ktls(KtlsKeys& tx, KtlsKeys& rx) const { return derive_keys(tx, rx, false); }
+
+// `queued_ok`: bytes of later records may wait in pending_in_ (the session's
+// own record layer reads on from there; the kernel could not).
+Offload Session::derive_keys(KtlsKeys& tx, KtlsKeys& rx, bool queued_ok) const {
   SSL* ssl = static_cast<SSL*>(ssl_);
   if (ssl == nullptr) return Offload::Unsupported;  // detached: the keys live in the RecordLayer
   const KtlsCipher kind = cipher_kind();
   const int version = SSL_version(ssl);
   if (kind == KtlsCipher::Unknown || (version != TLS1_3_VERSION && version != TLS1_2_VERSION))
     return Offload::Unsupported;
-  if (!pending_in_.empty() || !rx_records_.at_boundary() || !tx_records_.at_boundary()) return Offload::Failed;
+  if ((!queued_ok && !pending_in_.empty()) || !rx_records_.at_boundary() || !tx_records_.at_boundary())
+    return Offload::Failed;
   const EVP_MD* md = SSL_CIPHER_get_handshake_digest(SSL_get_current_cipher(ssl));
   const bool tls13 = version == TLS1_3_VERSION;
   tx = KtlsKeys{};

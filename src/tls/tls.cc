@@ -70,6 +70,14 @@ struct BioAccess {
     auto* s = static_cast<Session*>(BIO_get_data(bio));
     BIO_clear_retry_flags(bio);
     size_t want = static_cast<size_t>(outl);
+    if (s->whole_records_) {
+      if (s->gate_left_ == 0) s->gate_left_ = static_cast<uint32_t>(s->next_record_size());
+      if (s->gate_left_ == 0) {  // the next record is not all here yet
+        BIO_set_retry_read(bio);
+        return -1;
+      }
+      want = std::min<size_t>(want, s->gate_left_);
+    }
     size_t got = s->pending_in_.read(out, want);
     if (got < want && !s->in_.empty()) {
       size_t n = std::min(want - got, s->in_.size());
@@ -82,6 +90,7 @@ struct BioAccess {
       return -1;
     }
     s->rx_records_.feed(reinterpret_cast<const uint8_t*>(out), got);
+    if (s->whole_records_) s->gate_left_ -= static_cast<uint32_t>(got);
     return static_cast<int>(got);
   }
   static int write(BIO* bio, const char* data, int len) {
@@ -301,6 +310,7 @@ HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
     unsigned len = 0;
     SSL_get0_alpn_selected(ssl, &proto, &len);
     rx_at_done_ = rx_records_.total;
+    whole_records_ = detach_allowed_;
     if (len == 2 && std::memcmp(proto, "h2", 2) == 0) alpn_ = Alpn::H2;
     else if (len == 8 && std::memcmp(proto, "http/1.1", 8) == 0) alpn_ = Alpn::Http11;
     else alpn_ = Alpn::None;
@@ -375,13 +385,16 @@ void Session::maybe_detach() {
   SSL* ssl = static_cast<SSL*>(ssl_);
   // A quiet point: the handshake is over, OpenSSL holds no partial record and
   // no decrypted bytes, and everything it wrote went out in whole records.
+  // Bytes of a next, partial record may wait in pending_in_: the record
+  // layer reads on from there.
   if (!detach_allowed_ || records_ || broken_ || SSL_version(ssl) != TLS1_3_VERSION || !SSL_is_init_finished(ssl) ||
-      SSL_has_pending(ssl) || (SSL_get_shutdown(ssl) != 0) || pending_input() != 0 || !tx_records_.at_boundary())
+      SSL_has_pending(ssl) || (SSL_get_shutdown(ssl) != 0) || !rx_records_.at_boundary() ||
+      !tx_records_.at_boundary())
     return;
   KtlsKeys tx, rx;
   auto layer = std::make_unique<RecordLayer>();
   const EVP_MD* md = SSL_CIPHER_get_handshake_digest(SSL_get_current_cipher(ssl));
-  bool ok = derive_ktls(tx, rx) == Offload::Done &&
+  bool ok = derive_keys(tx, rx, true) == Offload::Done &&
             layer->init(tx, rx, md, client_secret_, server_secret_, secret_len_);
   OPENSSL_cleanse(&tx, sizeof tx);
   OPENSSL_cleanse(&rx, sizeof rx);
@@ -402,6 +415,19 @@ void Session::maybe_detach() {
 // a burst holds its whole SSL until it goes quiet, and 5,000 idle
 // connections cost 11.7 KiB each instead of 9.7 (the allocator keeps the
 // burst's high-water mark).
+// The size of the next record if all of it has arrived, else 0.
+size_t Session::next_record_size() const {
+  const size_t have = pending_in_.size() + in_.size();
+  if (have < RecordLayer::kHeader) return 0;
+  uint8_t h[RecordLayer::kHeader];
+  const size_t got = pending_in_.peek(h, sizeof h);
+  if (got < sizeof h) std::memcpy(h + got, in_.data(), sizeof h - got);
+  const size_t body = static_cast<size_t>(h[3]) << 8 | h[4];
+  // A length no record may have: OpenSSL may read it all and fail.
+  if (body > RecordLayer::kMaxBody) return have;
+  return have >= RecordLayer::kHeader + body ? RecordLayer::kHeader + body : 0;
+}
+
 void Session::release_idle_memory() {
   if (records_) records_->release_contexts();
 }

@@ -387,6 +387,37 @@ TEST_F(TlsSessionTest, Tls13DetachesAfterTheHandshakeAndKeepsWorking) {
   EXPECT_TRUE(client_->read_all() == payload);
 }
 
+// A client that never pauses: every read ends inside a record. OpenSSL is
+// handed whole records only, so the session still detaches at once, and the
+// partial record it leaves behind is opened by the session's own layer.
+TEST_F(TlsSessionTest, DetachesWhileTheClientNeverPauses) {
+  connect();
+  Bytes sent;
+  for (int i = 0; i < 40; ++i) {
+    const Bytes m = pattern(1000 + static_cast<size_t>(i));
+    client_->write(m.data(), m.size());
+    sent.insert(sent.end(), m.begin(), m.end());
+  }
+  const Bytes wire = client_->take_output();
+  Bytes got;
+  size_t off = 0;
+  bool first = true;
+  while (off < wire.size()) {
+    const size_t n = std::min<size_t>(1500, wire.size() - off);  // never a record boundary
+    Bytes piece(wire.begin() + off, wire.begin() + off + n);
+    off += n;
+    Result<void> r =
+        session_->read(piece, out_, [&](const uint8_t* p, size_t len) { got.insert(got.end(), p, p + len); });
+    ASSERT_TRUE(r.has_value()) << session_->failure();
+    if (first) {
+      EXPECT_TRUE(session_->detached()) << "detached after the first read, mid-record";
+    }
+    first = false;
+  }
+  EXPECT_TRUE(got == sent);
+  exchange(*session_, *client_, out_, "after");
+}
+
 TEST_F(TlsSessionTest, Tls12StaysWithOpenSsl) {
   connect({.max_version = TLS1_2_VERSION});
   exchange(*session_, *client_, out_, "1");
