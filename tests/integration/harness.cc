@@ -544,6 +544,7 @@ Gateway::Gateway(const fs::path& dir, const GatewayConfig& cfg) {
   // unshare execs sh, which execs tlsgate: one pid, so signals reach tlsgate.
   if (!cfg.hosts_file.empty()) o.argv = in_hosts_namespace(cfg.hosts_file, o.argv);
   o.env = gateway_env();
+  for (const auto& [k, v] : cfg.process_env) o.env[k] = v;
   o.output_dir = dir;
   o.name = "tlsgate";
   proc_ = std::make_unique<Process>(std::move(o));

@@ -233,6 +233,8 @@ struct GatewayConfig {
   // listeners.tls.ktls; empty: $TLSGATE_KTLS if set (the VM suite runs every
   // gateway test with "on"), else the default ("auto").
   std::string ktls;
+  // Not TOML: added to tlsgate's environment (e.g. LD_PRELOAD).
+  std::map<std::string, std::string> process_env;
   std::string render() const;
 };
 
