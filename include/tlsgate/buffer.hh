@@ -75,6 +75,8 @@ class ByteQueue {
   size_t read(void* out, size_t len);
   // Copies up to `len` bytes out without consuming.
   size_t peek(void* out, size_t len) const;
+  // Like peek(), from `offset` bytes into the queue.
+  size_t peek_at(size_t offset, void* out, size_t len) const;
   // Drops `len` bytes from the front (len <= size()).
   void consume(size_t len);
   // Fills up to `max` iovecs with the front of the queue; returns count.

@@ -122,6 +122,23 @@ size_t ByteQueue::peek(void* out, size_t len) const {
   return done;
 }
 
+size_t ByteQueue::peek_at(size_t offset, void* out, size_t len) const {
+  auto* dst = static_cast<uint8_t*>(out);
+  size_t done = 0;
+  for (const Chunk* c = head_; c != nullptr && done < len; c = c->next) {
+    size_t avail = c->readable();
+    if (offset >= avail) {
+      offset -= avail;
+      continue;
+    }
+    const size_t n = std::min(len - done, avail - offset);
+    std::memcpy(dst + done, c->data + c->begin + offset, n);
+    done += n;
+    offset = 0;
+  }
+  return done;
+}
+
 size_t ByteQueue::read(void* out, size_t len) {
   size_t n = peek(out, len);
   consume(n);

@@ -310,8 +310,7 @@ struct Forward {
   static ssize_t read_request_body(nghttp2_session*, int32_t, uint8_t* buf, size_t length, uint32_t* flags,
                                    nghttp2_data_source* source, void*) {
     auto* s = static_cast<Stream*>(source->ptr);
-    size_t n = s->req_body.read(buf, length);
-    if (n > 0 && s->replayable) keep_for_retry(s, buf, n);
+    const size_t n = take_request_bytes(s, buf, length);
     if (n > 0 && s->down) {
       // The backend's side took the bytes: now the client may send more.
       size_t give = std::min(n, s->req_unconsumed);
@@ -319,11 +318,34 @@ struct Forward {
       nghttp2_session_consume(ng(s->down->session_), s->down_id, give);
       s->down->owner_.wake();
     }
-    if (s->req_body.empty()) {
+    if (s->req_body.size() == s->req_kept) {  // nothing left to send
       if (s->req_eof) *flags |= NGHTTP2_DATA_FLAG_EOF;
       else if (n == 0) return NGHTTP2_ERR_DEFERRED;
     }
     return static_cast<ssize_t>(n);
+  }
+
+  // Copies the next request bytes into nghttp2's frame. A retryable stream
+  // keeps them in req_body (no copy elsewhere) until the response starts or
+  // they pass the cluster's retry_buffer; then they are dropped and the
+  // stream is no longer retryable.
+  static size_t take_request_bytes(Stream* s, uint8_t* buf, size_t length) {
+    if (!s->replayable) return s->req_body.read(buf, length);
+    const size_t n = s->req_body.peek_at(s->req_kept, buf, length);
+    const ClusterPolicy* p = s->down ? &s->down->ctx_.router().cluster_policy(s->cluster) : nullptr;
+    if (p != nullptr && p->retries > 0 && s->req_kept + n <= p->retry_buffer) {
+      s->req_kept += n;
+    } else {
+      s->req_kept += n;  // these went out too: drop them with the kept ones
+      stop_keeping(s);
+    }
+    return n;
+  }
+
+  static void stop_keeping(Stream* s) {
+    s->req_body.consume(s->req_kept);
+    s->req_kept = 0;
+    s->replayable = false;
   }
 
   static ssize_t read_response_body(nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
@@ -349,17 +371,6 @@ struct Forward {
       }
     }
     return static_cast<ssize_t>(n);
-  }
-
-  // A retry must send the same bytes again: keep what was sent, up to the
-  // cluster's retry_buffer; past it the stream is no longer retryable.
-  static void keep_for_retry(Stream* s, const uint8_t* data, size_t n) {
-    if (s->down == nullptr) return;
-    const ClusterPolicy& p = s->down->ctx_.router().cluster_policy(s->cluster);
-    if (p.retries == 0 || s->req_sent.size() + n > p.retry_buffer || !s->req_sent.append(data, n)) {
-      s->replayable = false;
-      s->req_sent.clear();
-    }
   }
 
   // The cluster for a request: the listener's first matching route, else
@@ -462,8 +473,7 @@ struct Forward {
   static bool try_retry(Context& ctx, Stream* s, int failed_endpoint) {
     if (s->down == nullptr || s->resp_started || !s->replayable) return false;
     if (s->attempts > ctx.router().cluster_policy(s->cluster).retries) return false;
-    s->req_sent.splice(s->req_body);
-    s->req_body.splice(s->req_sent);
+    s->req_kept = 0;  // everything from the first byte again
     ++ctx.counters().retries;
     submit_upstream(ctx, s, failed_endpoint);
     return true;
@@ -524,6 +534,7 @@ struct Forward {
     prd.read_callback = read_response_body;
     s->resp_started = true;
     if (end_stream) s->resp_eof = true;
+    if (s->replayable) stop_keeping(s);  // the backend answers: no retry from here
     nghttp2_submit_response(ng(d->session_), s->down_id, nva, n, end_stream ? nullptr : &prd);
     d->owner_.wake();
   }

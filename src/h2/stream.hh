@@ -76,9 +76,11 @@ struct Stream {
   // Routing, retries, deadline.
   uint32_t cluster = 0;
   uint32_t attempts = 0;      // upstream streams opened for this client stream
-  bool replayable = true;     // everything sent upstream is still in req_sent
+  bool replayable = true;     // everything sent upstream is still in req_body (req_kept)
   bool gateway_cancelled = false;  // the gateway reset the upstream half (deadline)
-  ByteQueue req_sent;         // request body already sent, kept for a retry
+  // The first req_kept bytes of req_body were sent upstream already; they
+  // stay for a retry until the response starts or retry_buffer is passed.
+  size_t req_kept = 0;
   uint64_t deadline_ms = 0;   // 0 = none
   size_t heap_index = kNoDeadline;
   char timeout_text[12] = {0};  // grpc-timeout forwarded when capped
@@ -117,8 +119,7 @@ struct Stream {
     attempts = 0;
     replayable = true;
     gateway_cancelled = false;
-    req_sent.clear();
-    req_sent.set_pool(&pool);
+    req_kept = 0;
     deadline_ms = 0;
     heap_index = kNoDeadline;
     is_probe = false;

@@ -277,6 +277,52 @@ TEST_F(ForwardTest, RefusedStreamIsRetriedWithItsBody) {
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
 }
 
+// The bytes kept for a retry stay in the request queue itself: a body over
+// several pool chunks goes out again whole and in order.
+TEST_F(ForwardTest, RefusedStreamIsRetriedWithABodyOfSeveralChunks) {
+  router_.policy.retries = 1;
+  router_.policy.retry_buffer = 128 * 1024;
+  start();
+  const std::string big = pattern(40 * 1024);
+  Body req{grpc_frame(big)};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t first = backend_->last_stream;
+  EXPECT_EQ(backend_->streams[first].body, grpc_frame(big));
+  backend_->reset(first, NGHTTP2_REFUSED_STREAM);
+  ASSERT_TRUE(pump());
+  const int32_t second = backend_->last_stream;
+  ASSERT_NE(second, first);
+  EXPECT_EQ(backend_->streams[second].body, grpc_frame(big));
+  Body resp{grpc_frame("ok"), true, {{"grpc-status", "0"}}};
+  backend_->respond(second, grpc_response_headers(), &resp);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(client_->streams[cid].body, grpc_frame("ok"));
+  EXPECT_EQ(ctx_->counters().retries, 1u);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+// Past retry_buffer the kept bytes are dropped as the rest is sent: the
+// backend still gets the whole body, and a refusal is not retried. The
+// buffer is passed in the middle of the body, with bytes already kept.
+TEST_F(ForwardTest, BodyOverRetryBufferIsSentWholeAndNotRetried) {
+  router_.policy.retries = 1;
+  router_.policy.retry_buffer = 20 * 1024;
+  start();
+  const std::string big = pattern(60 * 1024);
+  Body req{grpc_frame(big)};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t first = backend_->last_stream;
+  EXPECT_EQ(backend_->streams[first].body, grpc_frame(big));
+  backend_->reset(first, NGHTTP2_REFUSED_STREAM);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(backend_->last_stream, first) << "not sent again";
+  EXPECT_EQ(ctx_->counters().retries, 0u);
+  EXPECT_TRUE(client_->streams[cid].closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
 TEST_F(ForwardTest, DeadlineAnswersStatus4AndCancelsTheBackend) {
   router_.policy.max_grpc_timeout_ms = 500;
   start();
