@@ -75,24 +75,8 @@ TEST_F(BadInput, SilentClientClosedAfterHandshakeTimeout) {
 
 TEST_F(BadInput, OversizeHeaderBlock) {
   auto url = "https://" + gw_->target() + "/tlsgate.test.Echo/Unary";
-  write_file(dir_->path() / "empty.grpc", std::string(5, '\0'));
   write_file(dir_->path() / "big-header", "x-big: " + std::string(200 * 1024, 'a') + "\n");
-  std::vector<std::string> argv = {"/usr/bin/curl",
-                                   "-k",
-                                   "-sS",
-                                   "-i",
-                                   "--max-time",
-                                   "10",
-                                   "--http2-prior-knowledge",
-                                   "-X",
-                                   "POST",
-                                   "-H",
-                                   "content-type: application/grpc",
-                                   "-H",
-                                   "te: trailers",
-                                   "--data-binary",
-                                   "@" + (dir_->path() / "empty.grpc").string()};
-  auto big = argv;
+  std::vector<std::string> big = curl_grpc_argv(dir_->path());
   big.insert(big.end(), {"-H", "@" + (dir_->path() / "big-header").string(), url});
   auto r = run(big, dir_->path(), 20s);
   ASSERT_FALSE(r.status.timed_out) << "curl hung";

@@ -118,6 +118,15 @@ inline std::vector<AsyncOutcome> concurrent_unary(Echo::Stub& stub, int n, const
   return out;
 }
 
+// curl making a gRPC call by hand over TLS + h2: POST of an empty EchoRequest
+// (written into `dir`), gRPC headers, `-i`. Append more options, then the URL.
+inline std::vector<std::string> curl_grpc_argv(const std::filesystem::path& dir) {
+  const std::filesystem::path body = dir / "empty.grpc";
+  write_file(body, std::string(5, '\0'));
+  return {"/usr/bin/curl", "-k", "-sS", "-i", "--max-time", "10", "--http2-prior-knowledge", "-X", "POST", "-H",
+          "content-type: application/grpc", "-H", "te: trailers", "--data-binary", "@" + body.string()};
+}
+
 // Deterministic bytes so corruption or reordering shows.
 inline std::string pattern(size_t n, unsigned seed = 0) {
   std::string s(n, '\0');

@@ -327,22 +327,7 @@ TEST_F(ProxyV1, Tls_GrpcUnary) {
 class ProxyV1Curl : public ProxyV1 {
  protected:
   RunResult curl_grpc_unary(bool haproxy_protocol) {
-    write_file(dir_->path() / "empty.grpc", std::string(5, '\0'));
-    std::vector<std::string> argv = {"/usr/bin/curl",
-                                     "-k",
-                                     "-sS",
-                                     "-i",
-                                     "--max-time",
-                                     "10",
-                                     "--http2-prior-knowledge",
-                                     "-X",
-                                     "POST",
-                                     "-H",
-                                     "content-type: application/grpc",
-                                     "-H",
-                                     "te: trailers",
-                                     "--data-binary",
-                                     "@" + (dir_->path() / "empty.grpc").string()};
+    std::vector<std::string> argv = curl_grpc_argv(dir_->path());
     if (haproxy_protocol) argv.push_back("--haproxy-protocol");
     argv.push_back("https://" + gw_->target() + "/tlsgate.test.Echo/Unary");
     return run(argv, dir_->path(), 20s);

@@ -507,12 +507,9 @@ TEST_F(TlsH2, SessionResumesOnEveryShard) {
 // A gRPC call made by curl (empty EchoRequest), to compare with the oversize
 // header case in BadInput.
 TEST_F(TlsH2, CurlGrpcUnary) {
-  write_file(dir_->path() / "empty.grpc", std::string(5, '\0'));
-  auto r = run(
-      {"/usr/bin/curl", "-k", "-sS", "-i", "--max-time", "10", "--http2-prior-knowledge", "-X", "POST", "-H",
-       "content-type: application/grpc", "-H", "te: trailers", "--data-binary",
-       "@" + (dir_->path() / "empty.grpc").string(), "https://" + gw_->target() + "/tlsgate.test.Echo/Unary"},
-      dir_->path(), 20s);
+  std::vector<std::string> argv = curl_grpc_argv(dir_->path());
+  argv.push_back("https://" + gw_->target() + "/tlsgate.test.Echo/Unary");
+  auto r = run(argv, dir_->path(), 20s);
   ASSERT_TRUE(r.status.exited && r.status.code == 0) << r.status.to_string() << "\n" << r.err;
   EXPECT_EQ(r.out.rfind("HTTP/2 200", 0), 0u) << r.out;
   EXPECT_NE(r.out.find("grpc-status: 0"), std::string::npos) << r.out;

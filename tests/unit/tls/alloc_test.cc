@@ -61,21 +61,9 @@ bool counting_allocator_installed() {
   return CRYPTO_set_mem_functions(counted_malloc, counted_realloc, counted_free) == 1;
 }
 
-class TlsAllocTest : public ::testing::Test {
+class TlsAllocTest : public ConnectedPair {
  protected:
   void SetUp() override { ASSERT_TRUE(counting_allocator_installed()); }
-  void connect(ClientOptions co = {}) {
-    ctx_ = std::make_unique<Context>(settings());
-    session_ = std::make_unique<Session>(*ctx_, pool_);
-    client_ = std::make_unique<Client>(co);
-    Outcome o = run_handshake(*session_, *client_, out_);
-    ASSERT_EQ(o.server, HandshakeState::Done) << session_->failure();
-    ASSERT_EQ(o.client, 1) << client_->last_error();
-  }
-  void TearDown() override {
-    session_.reset();
-    out_.clear();
-  }
 
   // One request and its response through the server session; returns the
   // allocations the session made.
@@ -100,12 +88,6 @@ class TlsAllocTest : public ::testing::Test {
     return made;
   }
   static std::string as_string(const Bytes& b) { return std::string(b.begin(), b.end()); }
-
-  ChunkPool pool_;
-  ByteQueue out_{&pool_};
-  std::unique_ptr<Context> ctx_;
-  std::unique_ptr<Session> session_;
-  std::unique_ptr<Client> client_;
 };
 
 // A gRPC-sized request and response: HEADERS + DATA + trailers' worth.

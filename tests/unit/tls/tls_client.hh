@@ -8,11 +8,13 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "cert_env.hh"
 #include "tlsgate/buffer.hh"
+#include "tlsgate/config.hh"
 #include "tlsgate/tls.hh"
 
 namespace tlsgate::tls::tlstest {
@@ -168,5 +170,28 @@ inline Outcome run_handshake(Session& server, Client& client, ByteQueue& out) {
   }
   return o;
 }
+
+// A server Session and a Client; connect() runs the handshake to the end.
+class ConnectedPair : public ::testing::Test {
+ protected:
+  void connect(ClientOptions co = {}, config::TlsSettings ts = settings()) {
+    ctx_ = std::make_unique<Context>(ts);
+    session_ = std::make_unique<Session>(*ctx_, pool_);
+    client_ = std::make_unique<Client>(co);
+    Outcome o = run_handshake(*session_, *client_, out_);
+    ASSERT_EQ(o.server, HandshakeState::Done) << session_->failure();
+    ASSERT_EQ(o.client, 1) << client_->last_error();
+  }
+  void TearDown() override {
+    session_.reset();
+    out_.clear();
+  }
+
+  ChunkPool pool_;
+  ByteQueue out_{&pool_};
+  std::unique_ptr<Context> ctx_;
+  std::unique_ptr<Session> session_;
+  std::unique_ptr<Client> client_;
+};
 
 }  // namespace tlsgate::tls::tlstest

@@ -76,27 +76,12 @@ Bytes pattern(size_t len) {
 std::string as_string(const Bytes& b) { return std::string(b.begin(), b.end()); }
 
 // A connected pair, handshake done, for the data tests.
-class TlsSessionTest : public ::testing::Test {
+class TlsSessionTest : public ConnectedPair {
  protected:
-  void connect(ClientOptions co = {}, config::TlsSettings ts = settings()) {
-    ctx_ = std::make_unique<Context>(ts);
-    session_ = std::make_unique<Session>(*ctx_, pool_);
-    client_ = std::make_unique<Client>(co);
-    Outcome o = run_handshake(*session_, *client_, out_);
-    ASSERT_EQ(o.server, HandshakeState::Done) << session_->failure();
-    ASSERT_EQ(o.client, 1) << client_->last_error();
-  }
   void TearDown() override {
-    session_.reset();
-    out_.clear();
+    ConnectedPair::TearDown();
     EXPECT_EQ(pool_.in_use(), 0u) << "the session kept pool chunks";
   }
-
-  ChunkPool pool_;
-  ByteQueue out_{&pool_};
-  std::unique_ptr<Context> ctx_;
-  std::unique_ptr<Session> session_;
-  std::unique_ptr<Client> client_;
 };
 
 // ------------------------------------------------------------ handshakes
