@@ -158,7 +158,8 @@ bool RecordLayer::ensure(EVP_CIPHER_CTX*& ctx, bool encrypt, const uint8_t* secr
   uint8_t key[32];
   const EVP_CIPHER* cipher = fetch(cipher_);
   EVP_CIPHER_CTX* c = EVP_CIPHER_CTX_new();
-  bool ok = c != nullptr && cipher != nullptr && expand_label(md_, secret, secret_len_, "key", key, key_length(cipher_)) &&
+  bool ok = c != nullptr && cipher != nullptr &&
+            expand_label(md_, secret, secret_len_, "key", key, key_length(cipher_)) &&
             (encrypt ? EVP_EncryptInit_ex(c, cipher, nullptr, key, nullptr) == 1
                      : EVP_DecryptInit_ex(c, cipher, nullptr, key, nullptr) == 1);
   OPENSSL_cleanse(key, sizeof key);

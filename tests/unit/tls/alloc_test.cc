@@ -74,10 +74,10 @@ class TlsAllocTest : public ConnectedPair {
     got.reserve(request.size());  // the test's own buffer, made before counting
     const size_t before = g_allocations;
     g_counting = true;
-    Result<void> r = session_->read(wire, out_, [&](const uint8_t* p, size_t n) {
-      got.append(reinterpret_cast<const char*>(p), n);
-    });
-    Result<void> w = session_->write(reinterpret_cast<const uint8_t*>(response.data()), response.size(), out_);
+    Result<void> r = session_->read(
+        wire, out_, [&](const uint8_t* p, size_t n) { got.append(reinterpret_cast<const char*>(p), n); });
+    Result<void> w =
+        session_->write(reinterpret_cast<const uint8_t*>(response.data()), response.size(), out_);
     g_counting = false;
     const size_t made = g_allocations - before;
     EXPECT_TRUE(r.has_value()) << session_->failure();

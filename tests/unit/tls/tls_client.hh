@@ -140,7 +140,6 @@ class Client {
   std::string last_error_;
 };
 
-
 struct Outcome {
   HandshakeState server = HandshakeState::InProgress;
   int client = 0;  // as Client::step()
