@@ -4,40 +4,8 @@
 // is counted; nghttp2 allocates from the shard's Memory (src/h2/memory.hh),
 // whose spans are counted instead. After a warm-up (stream objects, pool
 // slabs, spans), more unary calls must add zero of either.
-#include <cstdlib>
-#include <new>
-
+#include "../counting_new.hh"
 #include "forward_fixture.hh"
-
-namespace {
-thread_local bool g_counting = false;
-thread_local size_t g_allocations = 0;
-}  // namespace
-
-// Replacing the global allocation functions with malloc/free is the point
-// here; GCC cannot see that new and delete are replaced together.
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-
-void* operator new(size_t n) {
-  if (g_counting) ++g_allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new(size_t n, std::align_val_t a) {
-  if (g_counting) ++g_allocations;
-  size_t align = static_cast<size_t>(a);
-  if (void* p = std::aligned_alloc(align, (n + align - 1) / align * align)) return p;
-  throw std::bad_alloc();
-}
-void* operator new(size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  if (g_counting) ++g_allocations;
-  size_t align = static_cast<size_t>(a);
-  return std::aligned_alloc(align, (n + align - 1) / align * align);
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, size_t, std::align_val_t) noexcept { std::free(p); }
 
 namespace tlsgate::h2 {
 namespace {

@@ -15,12 +15,11 @@
 #include <new>
 #include <string>
 
+#include "../counting_new.hh"
 #include "tls_client.hh"
 
 namespace {
-thread_local bool g_counting = false;
-thread_local size_t g_allocations = 0;
-
+// OpenSSL's allocator, counting into the same per-thread tally as operator new.
 void* counted_malloc(size_t n, const char*, int) {
   if (g_counting) ++g_allocations;
   return std::malloc(n);
@@ -31,18 +30,6 @@ void* counted_realloc(void* p, size_t n, const char*, int) {
 }
 void counted_free(void* p, const char*, int) { std::free(p); }
 }  // namespace
-
-// Replacing the global allocation functions with malloc/free is the point
-// here; GCC cannot see that new and delete are replaced together.
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-
-void* operator new(size_t n) {
-  if (g_counting) ++g_allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, size_t) noexcept { std::free(p); }
 
 namespace tlsgate::tls {
 namespace {
