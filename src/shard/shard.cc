@@ -137,6 +137,10 @@ struct UpConn : Conn {
   uint64_t last_recv_ms = 0;   // keepalive: any received byte proves the peer alive
   uint64_t ping_sent_ms = 0;   // 0 = no PING outstanding
   uint64_t idle_since_ms = 0;  // 0 = has streams
+  // A send failed: nothing more is sent, what the backend sent before it
+  // reset the connection (a GOAWAY) is still read, then the connection closes.
+  int send_errno = 0;
+  uint64_t send_failed_ms = 0;
 };
 
 struct ListenerRt {
@@ -874,7 +878,7 @@ struct Loop : h2::Router {
     EndpointRt& ep = *c.endpoints[e];
     UpConn* best = nullptr;
     for (UpConn* u : ep.conns) {
-      if (u->closing || !u->h2 || !u->h2->can_take_stream()) continue;
+      if (u->closing || u->send_errno != 0 || !u->h2 || !u->h2->can_take_stream()) continue;
       if (best == nullptr || u->h2->active_streams() < best->h2->active_streams()) best = u;
     }
     if (best != nullptr) return best;
@@ -1027,8 +1031,12 @@ struct Loop : h2::Router {
       }
       ++counters.upstream_lost;
       char why[160];
-      std::snprintf(why, sizeof why, "upstream %s: connection %s", endpoint_of(u).addr.text.c_str(),
-                    c.res == 0 ? "closed by the backend" : std::strerror(-c.res));
+      if (u->send_errno != 0)
+        std::snprintf(why, sizeof why, "upstream %s: send failed: %s", endpoint_of(u).addr.text.c_str(),
+                      std::strerror(u->send_errno));
+      else
+        std::snprintf(why, sizeof why, "upstream %s: connection %s", endpoint_of(u).addr.text.c_str(),
+                      c.res == 0 ? "closed by the backend" : std::strerror(-c.res));
       close_up(u, why);
       return;
     }
@@ -1047,6 +1055,10 @@ struct Loop : h2::Router {
   }
 
   void flush_up(UpConn* u) {
+    if (u->send_errno != 0) {
+      arm_recv(u, Op::UpRecv);
+      return;
+    }
     if (u->state == UpState::Handshake) {
       start_send(u, Op::UpSend);
       arm_recv(u, Op::UpRecv);
@@ -1144,7 +1156,15 @@ struct Loop : h2::Router {
     // which may grow ups.items.
     for (size_t i = 0; i < ups.items.size(); ++i) {
       UpConn* u = ups.items[i].get();
-      if (u->fd < 0 || u->closing || u->state != UpState::Ready || !u->h2) continue;
+      if (u->fd < 0 || u->closing) continue;
+      if (u->send_errno != 0) {
+        if (now - u->send_failed_ms >= 1000) {
+          ++counters.upstream_lost;
+          close_up(u, "upstream send failed and the connection did not end");
+        }
+        continue;
+      }
+      if (u->state != UpState::Ready || !u->h2) continue;
       const config::Cluster& cfg = *clusters[u->cluster]->cfg;
       if (!clusters[u->cluster]->states[u->endpoint].active && u->h2->active_streams() == 0) {
         close_up(u, "endpoint removed from DNS");  // drained
@@ -1248,13 +1268,24 @@ struct Loop : h2::Router {
       if (down) {
         close_down(static_cast<DownConn*>(c), std::strerror(-cqe.res));
       } else {
-        ++counters.upstream_lost;
-        close_up(static_cast<UpConn*>(c), "upstream send failed");
+        on_up_send_failed(static_cast<UpConn*>(c), -cqe.res);
       }
       return;
     }
     c->out.consume(static_cast<size_t>(cqe.res));
     mark_dirty(c);
+  }
+
+  // A backend that sends GOAWAY and closes resets the connection when our next
+  // request arrives; the send fails, possibly before the GOAWAY is read. Streams
+  // above its last-stream-id were never processed and can be retried, so read
+  // to the end first: the receive then fails too and closes the connection
+  // (upstream_tick closes it if that does not come within a second).
+  void on_up_send_failed(UpConn* u, int err) {
+    u->send_errno = err;
+    u->send_failed_ms = now;
+    u->out.clear();
+    arm_recv(u, Op::UpRecv);
   }
 
   // Cancel what is in flight; the object is freed once nothing refers to it.
