@@ -27,6 +27,11 @@ class RecordLayer;
 // Process-wide OpenSSL set-up: routes OpenSSL's allocations to mimalloc (when
 // built with it). Call once, first thing in main(), before any other thread.
 void init_library();
+// Algorithm fetches answered from this thread's cache (fetch_cache.cc).
+uint64_t fetch_cache_hits();
+// Empty: init_library() calls it so that every program using this module
+// links fetch_cache.cc, whose only other contents are interposers.
+void link_fetch_cache();
 
 enum class Alpn { None, H2, Http11 };
 const char* to_string(Alpn a);

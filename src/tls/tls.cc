@@ -126,6 +126,7 @@ BIO_METHOD* bio_method() { return g_bio_method; }
 }  // namespace
 
 void init_library() {
+  link_fetch_cache();
 #ifdef TLSGATE_MIMALLOC
   // Before OpenSSL allocates anything: every OpenSSL allocation goes to
   // mimalloc's thread-local heaps instead of glibc's arenas.

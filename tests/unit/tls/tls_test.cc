@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/kdf.h>
 #include <openssl/ssl.h>
 #include <dlfcn.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 #include <fstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tlsgate/buffer.hh"
@@ -576,6 +578,131 @@ TEST(KeylogFormat, OtherCallsReachGlibc) {
   EXPECT_STREQ(buf, "42-x");
   EXPECT_EQ(__sprintf_chk(buf, 1, sizeof buf, "%02X", 0xabu), 2);
   EXPECT_STREQ(buf, "AB");
+}
+
+// ------------------------------------------------------------ fetch cache
+
+// Runs `fn` on a new thread: its fetch cache starts empty.
+template <class F>
+void on_fresh_thread(F fn) {
+  std::thread t(fn);
+  t.join();
+}
+
+// src/tls/fetch_cache.cc defines the fetch functions; libssl's and
+// libcrypto's own calls must bind to them, not to libcrypto's.
+TEST(FetchCache, OpensslBindsToTheExecutablesFetch) {
+  for (const char* name : {"EVP_MD_fetch", "EVP_KDF_fetch", "EVP_MAC_fetch", "EVP_CIPHER_fetch"}) {
+    void* sym = dlsym(RTLD_DEFAULT, name);
+    ASSERT_NE(sym, nullptr) << name;
+    Dl_info info{};
+    ASSERT_NE(dladdr(sym, &info), 0) << name;
+    EXPECT_EQ(std::string(info.dli_fname).find("libcrypto"), std::string::npos) << name << " " << info.dli_fname;
+  }
+}
+
+TEST(FetchCache, SameQuerySameMethodOtherQueriesTheirOwn) {
+  on_fresh_thread([] {
+    const uint64_t h0 = fetch_cache_hits();
+    EVP_MD* a = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    ASSERT_NE(a, nullptr);
+    EXPECT_EQ(fetch_cache_hits(), h0) << "the first fetch is a miss";
+    EVP_MD* b = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    EXPECT_EQ(a, b);
+    EXPECT_EQ(fetch_cache_hits(), h0 + 1);
+    // Another name, or the same name with properties: looked up for itself.
+    EVP_MD* c = EVP_MD_fetch(nullptr, "SHA384", nullptr);
+    ASSERT_NE(c, nullptr);
+    EXPECT_TRUE(EVP_MD_is_a(c, "SHA2-384"));
+    EVP_MD* d = EVP_MD_fetch(nullptr, "SHA256", "provider=default");
+    ASSERT_NE(d, nullptr);
+    EXPECT_TRUE(EVP_MD_is_a(d, "SHA2-256"));
+    EXPECT_EQ(fetch_cache_hits(), h0 + 1);
+    for (EVP_MD* m : {a, b, c, d}) EVP_MD_free(m);
+    // The cache holds its own reference: the method outlives the callers'.
+    EVP_MD* e = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    ASSERT_NE(e, nullptr);
+    uint8_t digest[32];
+    unsigned len = 0;
+    ASSERT_EQ(EVP_Digest("abc", 3, digest, &len, e, nullptr), 1);
+    EXPECT_EQ(len, 32u);
+    EXPECT_EQ(digest[0], 0xba);  // SHA-256("abc") = ba7816bf...
+    EVP_MD_free(e);
+  });
+}
+
+TEST(FetchCache, FailuresAndLongQueriesGoToOpenssl) {
+  on_fresh_thread([] {
+    ERR_clear_error();
+    EXPECT_EQ(EVP_MD_fetch(nullptr, "NO-SUCH-DIGEST", nullptr), nullptr);
+    EXPECT_NE(ERR_peek_error(), 0u) << "OpenSSL's error queue says why";
+    ERR_clear_error();
+    EXPECT_EQ(EVP_MD_fetch(nullptr, "NO-SUCH-DIGEST", nullptr), nullptr);
+    EXPECT_NE(ERR_peek_error(), 0u) << "the second failure reached OpenSSL too";
+    ERR_clear_error();
+    EXPECT_EQ(EVP_MD_fetch(nullptr, "SHA256", "provider=no-such-provider"), nullptr);
+    ERR_clear_error();
+    // Longer than the cache keeps: straight to OpenSSL.
+    EXPECT_EQ(EVP_CIPHER_fetch(nullptr, "A-NAME-LONGER-THAN-FORTY-CHARACTERS-XXXXXXXX", nullptr), nullptr);
+    ERR_clear_error();
+    const char* long_props = "provider=default,provider=default,provider=default";
+    const uint64_t h0 = fetch_cache_hits();
+    for (int i = 0; i < 2; ++i) {
+      EVP_MD* m = EVP_MD_fetch(nullptr, "SHA256", long_props);
+      ASSERT_NE(m, nullptr);
+      EXPECT_TRUE(EVP_MD_is_a(m, "SHA2-256"));
+      EVP_MD_free(m);
+    }
+    EXPECT_EQ(fetch_cache_hits(), h0) << "long properties are not cached";
+  });
+}
+
+TEST(FetchCache, EachKindHasItsOwnEntries) {
+  on_fresh_thread([] {
+    EVP_KDF* k1 = EVP_KDF_fetch(nullptr, "TLS13-KDF", nullptr);
+    EVP_KDF* k2 = EVP_KDF_fetch(nullptr, "TLS13-KDF", nullptr);
+    EVP_MAC* m1 = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+    EVP_MAC* m2 = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+    EVP_CIPHER* c1 = EVP_CIPHER_fetch(nullptr, "AES-128-GCM", nullptr);
+    EVP_CIPHER* c2 = EVP_CIPHER_fetch(nullptr, "AES-128-GCM", nullptr);
+    ASSERT_NE(k1, nullptr);
+    ASSERT_NE(m1, nullptr);
+    ASSERT_NE(c1, nullptr);
+    EXPECT_EQ(k1, k2);
+    EXPECT_EQ(m1, m2);
+    EXPECT_EQ(c1, c2);
+    EXPECT_TRUE(EVP_KDF_is_a(k1, "TLS13-KDF"));
+    EXPECT_TRUE(EVP_MAC_is_a(m1, "HMAC"));
+    EXPECT_EQ(EVP_CIPHER_get_key_length(c1), 16);
+    EXPECT_EQ(fetch_cache_hits(), 3u);
+    EVP_KDF_free(k1);
+    EVP_KDF_free(k2);
+    EVP_MAC_free(m1);
+    EVP_MAC_free(m2);
+    EVP_CIPHER_free(c1);
+    EVP_CIPHER_free(c2);
+  });
+}
+
+// What the cache is for: a handshake's fetches (libssl's key schedule, the
+// providers' digests and MACs) are answered from it after the first one.
+TEST(FetchCache, HandshakesFetchFromTheCache) {
+  on_fresh_thread([] {
+    ChunkPool pool;
+    Context ctx(settings());
+    auto handshake = [&] {
+      ByteQueue out(&pool);
+      Session s(ctx, pool);
+      Client c(ClientOptions{});
+      Outcome o = run_handshake(s, c, out);
+      EXPECT_EQ(o.server, HandshakeState::Done) << s.failure();
+      EXPECT_EQ(o.client, 1) << c.last_error();
+    };
+    handshake();
+    const uint64_t before = fetch_cache_hits();
+    handshake();
+    EXPECT_GT(fetch_cache_hits() - before, 50u) << "a TLS 1.3 handshake (both sides) fetches ~200 times";
+  });
 }
 
 TEST(TlsContext, EnumNamesForLogs) {
