@@ -29,6 +29,8 @@ class RecordLayer;
 void init_library();
 // Algorithm fetches answered from this thread's cache (fetch_cache.cc).
 uint64_t fetch_cache_hits();
+// Key manager name lists answered from this thread's cache (fetch_cache.cc).
+uint64_t names_cache_hits();
 // Empty: init_library() calls it so that every program using this module
 // links fetch_cache.cc, whose only other contents are interposers.
 void link_fetch_cache();

@@ -103,14 +103,84 @@ const FetchKind<EVP_KDF> kKdf{"EVP_KDF_fetch", EVP_KDF_up_ref, EVP_KDF_free};
 const FetchKind<EVP_MAC> kMac{"EVP_MAC_fetch", EVP_MAC_up_ref, EVP_MAC_free};
 const FetchKind<EVP_CIPHER> kCipher{"EVP_CIPHER_fetch", EVP_CIPHER_up_ref, EVP_CIPHER_free};
 
+// EVP_KEYMGMT_names_do_all: OpenSSL calls it whenever it makes a key or a
+// key context (eight times per new connection) to find a key type's legacy
+// id, and each call walks the library's whole name map under its lock to
+// collect the few names of one key manager. Those names never change (the
+// map only grows, its strings live as long as the library), so they are
+// collected once per key manager, which the cache keeps a reference to.
+class NamesCache {
+ public:
+  using Fn = void (*)(const char*, void*);
+  NamesCache() = default;
+  NamesCache(const NamesCache&) = delete;
+  NamesCache& operator=(const NamesCache&) = delete;
+  ~NamesCache() {
+    for (unsigned i = 0; i < count_; ++i) EVP_KEYMGMT_free(entries_[i].keymgmt);
+  }
+
+  int names_do_all(const EVP_KEYMGMT* km, Fn fn, void* data) {
+    for (unsigned i = 0; i < count_; ++i) {
+      const Entry& e = entries_[i];
+      if (e.keymgmt != km) continue;
+      ++hits_;
+      for (unsigned n = 0; n < e.count; ++n) fn(e.names[n], data);
+      return 1;
+    }
+    if (km == nullptr || count_ == kEntries) return real()(km, fn, data);
+    Entry& e = entries_[count_];
+    e.count = 0;
+    e.overflow = false;
+    if (real()(km, collect, &e) != 1 || e.overflow || EVP_KEYMGMT_up_ref(const_cast<EVP_KEYMGMT*>(km)) != 1)
+      return real()(km, fn, data);
+    e.keymgmt = const_cast<EVP_KEYMGMT*>(km);
+    ++count_;
+    for (unsigned n = 0; n < e.count; ++n) fn(e.names[n], data);
+    return 1;
+  }
+
+  uint64_t hits() const { return hits_; }
+
+ private:
+  static constexpr unsigned kEntries = 16;
+  static constexpr unsigned kNames = 16;
+  struct Entry {
+    EVP_KEYMGMT* keymgmt;
+    const char* names[kNames];
+    unsigned count;
+    bool overflow;
+  };
+
+  static void collect(const char* name, void* arg) {
+    auto* e = static_cast<Entry*>(arg);
+    if (e->count == kNames)
+      e->overflow = true;
+    else
+      e->names[e->count++] = name;
+  }
+
+  using Real = int (*)(const EVP_KEYMGMT*, Fn, void*);
+  static Real real() {
+    static const auto fn = reinterpret_cast<Real>(dlsym(RTLD_NEXT, "EVP_KEYMGMT_names_do_all"));
+    if (fn == nullptr) std::abort();  // cannot happen while libcrypto is linked
+    return fn;
+  }
+
+  Entry entries_[kEntries];
+  unsigned count_ = 0;
+  uint64_t hits_ = 0;
+};
+
 thread_local FetchCache<EVP_MD> t_md(kMd);
 thread_local FetchCache<EVP_KDF> t_kdf(kKdf);
 thread_local FetchCache<EVP_MAC> t_mac(kMac);
 thread_local FetchCache<EVP_CIPHER> t_cipher(kCipher);
+thread_local NamesCache t_names;
 
 }  // namespace
 
 uint64_t fetch_cache_hits() { return t_md.hits() + t_kdf.hits() + t_mac.hits() + t_cipher.hits(); }
+uint64_t names_cache_hits() { return t_names.hits(); }
 
 void link_fetch_cache() {}
 
@@ -120,6 +190,7 @@ using tlsgate::tls::t_cipher;
 using tlsgate::tls::t_kdf;
 using tlsgate::tls::t_mac;
 using tlsgate::tls::t_md;
+using tlsgate::tls::t_names;
 
 extern "C" {
 EVP_MD* EVP_MD_fetch(OSSL_LIB_CTX* ctx, const char* name, const char* props) {
@@ -133,5 +204,8 @@ EVP_MAC* EVP_MAC_fetch(OSSL_LIB_CTX* ctx, const char* name, const char* props) {
 }
 EVP_CIPHER* EVP_CIPHER_fetch(OSSL_LIB_CTX* ctx, const char* name, const char* props) {
   return t_cipher.fetch(ctx, name, props);
+}
+int EVP_KEYMGMT_names_do_all(const EVP_KEYMGMT* km, void (*fn)(const char*, void*), void* data) {
+  return t_names.names_do_all(km, fn, data);
 }
 }

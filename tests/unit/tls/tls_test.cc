@@ -592,7 +592,8 @@ void on_fresh_thread(F fn) {
 // src/tls/fetch_cache.cc defines the fetch functions; libssl's and
 // libcrypto's own calls must bind to them, not to libcrypto's.
 TEST(FetchCache, OpensslBindsToTheExecutablesFetch) {
-  for (const char* name : {"EVP_MD_fetch", "EVP_KDF_fetch", "EVP_MAC_fetch", "EVP_CIPHER_fetch"}) {
+  for (const char* name :
+       {"EVP_MD_fetch", "EVP_KDF_fetch", "EVP_MAC_fetch", "EVP_CIPHER_fetch", "EVP_KEYMGMT_names_do_all"}) {
     void* sym = dlsym(RTLD_DEFAULT, name);
     ASSERT_NE(sym, nullptr) << name;
     Dl_info info{};
@@ -684,6 +685,35 @@ TEST(FetchCache, EachKindHasItsOwnEntries) {
   });
 }
 
+std::vector<std::string> keymgmt_names(const EVP_KEYMGMT* km,
+                                       int (*do_all)(const EVP_KEYMGMT*, void (*)(const char*, void*), void*)) {
+  std::vector<std::string> names;
+  EXPECT_EQ(do_all(
+                km, [](const char* n, void* v) { static_cast<std::vector<std::string>*>(v)->push_back(n); }, &names),
+            1);
+  return names;
+}
+
+// The cached name list is libcrypto's, in libcrypto's order, every time.
+TEST(FetchCache, KeyManagerNamesAreLibcryptos) {
+  on_fresh_thread([] {
+    using DoAll = int (*)(const EVP_KEYMGMT*, void (*)(const char*, void*), void*);
+    auto real = reinterpret_cast<DoAll>(dlsym(RTLD_NEXT, "EVP_KEYMGMT_names_do_all"));
+    ASSERT_NE(real, nullptr);
+    for (const char* alg : {"EC", "X25519", "RSA"}) {
+      EVP_KEYMGMT* km = EVP_KEYMGMT_fetch(nullptr, alg, nullptr);
+      ASSERT_NE(km, nullptr) << alg;
+      const std::vector<std::string> want = keymgmt_names(km, real);
+      ASSERT_FALSE(want.empty()) << alg;
+      const uint64_t h0 = names_cache_hits();
+      EXPECT_EQ(keymgmt_names(km, EVP_KEYMGMT_names_do_all), want) << alg << ", first call";
+      EXPECT_EQ(keymgmt_names(km, EVP_KEYMGMT_names_do_all), want) << alg << ", from the cache";
+      EXPECT_EQ(names_cache_hits(), h0 + 1) << alg;
+      EVP_KEYMGMT_free(km);
+    }
+  });
+}
+
 // What the cache is for: a handshake's fetches (libssl's key schedule, the
 // providers' digests and MACs) are answered from it after the first one.
 TEST(FetchCache, HandshakesFetchFromTheCache) {
@@ -700,8 +730,10 @@ TEST(FetchCache, HandshakesFetchFromTheCache) {
     };
     handshake();
     const uint64_t before = fetch_cache_hits();
+    const uint64_t names_before = names_cache_hits();
     handshake();
     EXPECT_GT(fetch_cache_hits() - before, 50u) << "a TLS 1.3 handshake (both sides) fetches ~200 times";
+    EXPECT_GT(names_cache_hits() - names_before, 4u) << "and asks for key manager names ~16 times";
   });
 }
 
