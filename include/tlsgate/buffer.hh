@@ -71,6 +71,18 @@ class ByteQueue {
   // Appends all of `data`; returns false (having appended nothing) when the
   // pool is exhausted.
   bool append(const void* data, size_t len);
+  // Writable bytes left in the last chunk (appended without a new chunk).
+  size_t tail_room() const { return tail_ ? tail_->writable() : 0; }
+  // `len` (<= Chunk::kCapacity) contiguous writable bytes at the back, in a
+  // new last chunk if the current one has less room; nullptr when the pool
+  // is exhausted. Nothing is part of the queue until commit(); an unused new
+  // chunk stays at the back, empty, for the next append.
+  uint8_t* reserve(size_t len);
+  // Appends `len` bytes written at the pointer reserve() returned.
+  void commit(size_t len) {
+    tail_->end += static_cast<uint32_t>(len);
+    size_ += len;
+  }
   // Copies up to `len` bytes out and consumes them; returns bytes copied.
   size_t read(void* out, size_t len);
   // Copies up to `len` bytes out without consuming.

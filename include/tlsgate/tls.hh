@@ -152,6 +152,7 @@ class Session {
   Offload derive_keys(KtlsKeys& tx, KtlsKeys& rx, bool queued_ok) const;
   using RawSink = void (*)(void* arg, const uint8_t* data, size_t len);
   Result<void> read_records(std::span<const uint8_t> in, ByteQueue& out, RawSink sink, void* arg);
+  Result<void> take_record(const uint8_t* rec, size_t len, uint8_t* body, ByteQueue& out, RawSink sink, void* arg);
   Result<void> write_records(uint8_t type, const uint8_t* data, size_t len, ByteQueue& out);
 
   friend struct BioAccess;

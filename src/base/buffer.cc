@@ -111,6 +111,16 @@ bool ByteQueue::append(const void* data, size_t len) {
   return true;
 }
 
+uint8_t* ByteQueue::reserve(size_t len) {
+  if (tail_ != nullptr && tail_->writable() >= len) return tail_->data + tail_->end;
+  if (len > Chunk::kCapacity) return nullptr;
+  Chunk* c = pool_->get();
+  if (c == nullptr) return nullptr;
+  if (tail_) tail_->next = c; else head_ = c;
+  tail_ = c;
+  return c->data;
+}
+
 size_t ByteQueue::peek(void* out, size_t len) const {
   auto* o = static_cast<uint8_t*>(out);
   size_t done = 0;

@@ -69,18 +69,20 @@ bool RecordLayer::init(const KtlsKeys& tx, const KtlsKeys& rx, const EVP_MD* md,
   return true;
 }
 
-uint8_t RecordLayer::open(uint8_t* rec, size_t len, uint8_t** plain, size_t* plain_len) {
+uint8_t RecordLayer::open_into(const uint8_t* rec, size_t len, uint8_t* p, uint8_t** plain,
+                               size_t* plain_len) {
   if (len < kHeader + 1 + kTag) return 0;
   const size_t body = len - kHeader - kTag;
   if (!ensure(dec_, false, rx_secret_)) return 0;
   uint8_t iv[12];
   nonce(rx_iv_, rx_seq_, iv);
   int n = 0;
-  uint8_t* p = rec + kHeader;
+  uint8_t tag[kTag];
+  std::memcpy(tag, rec + kHeader + body, kTag);  // OpenSSL wants it writable
   if (EVP_DecryptInit_ex(dec_, nullptr, nullptr, nullptr, iv) != 1 ||
       EVP_DecryptUpdate(dec_, nullptr, &n, rec, static_cast<int>(kHeader)) != 1 ||  // AAD: the header
-      EVP_DecryptUpdate(dec_, p, &n, p, static_cast<int>(body)) != 1 ||
-      EVP_CIPHER_CTX_ctrl(dec_, EVP_CTRL_AEAD_SET_TAG, static_cast<int>(kTag), p + body) != 1 ||
+      EVP_DecryptUpdate(dec_, p, &n, rec + kHeader, static_cast<int>(body)) != 1 ||
+      EVP_CIPHER_CTX_ctrl(dec_, EVP_CTRL_AEAD_SET_TAG, static_cast<int>(kTag), tag) != 1 ||
       EVP_DecryptFinal_ex(dec_, p + body, &n) != 1)
     return 0;
   ++rx_seq_;
@@ -102,14 +104,14 @@ size_t RecordLayer::seal(uint8_t type, const uint8_t* data, size_t len, uint8_t*
   out[3] = static_cast<uint8_t>(body >> 8);
   out[4] = static_cast<uint8_t>(body);
   uint8_t* p = out + kHeader;
-  if (len > 0) std::memmove(p, data, len);
-  p[len] = type;
   uint8_t iv[12];
   nonce(tx_iv_, tx_seq_, iv);
   int n = 0;
+  // Content and type in two updates, straight from `data`: no copy first.
   if (EVP_EncryptInit_ex(enc_, nullptr, nullptr, nullptr, iv) != 1 ||
       EVP_EncryptUpdate(enc_, nullptr, &n, out, static_cast<int>(kHeader)) != 1 ||
-      EVP_EncryptUpdate(enc_, p, &n, p, static_cast<int>(len + 1)) != 1 ||
+      (len > 0 && EVP_EncryptUpdate(enc_, p, &n, data, static_cast<int>(len)) != 1) ||
+      EVP_EncryptUpdate(enc_, p + len, &n, &type, 1) != 1 ||
       EVP_EncryptFinal_ex(enc_, p + len + 1, &n) != 1 ||
       EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, static_cast<int>(kTag), p + len + 1) != 1)
     return 0;

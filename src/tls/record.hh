@@ -35,9 +35,15 @@ class RecordLayer {
 
   // Opens the record `rec` (header + body, `len` bytes), in place. Returns its
   // inner content type and the plaintext, or 0 when it does not open.
-  uint8_t open(uint8_t* rec, size_t len, uint8_t** plain, size_t* plain_len);
+  uint8_t open(uint8_t* rec, size_t len, uint8_t** plain, size_t* plain_len) {
+    return open_into(rec, len, rec + kHeader, plain, plain_len);
+  }
+  // Like open(), decrypting into `body` (room for len - kHeader bytes; either
+  // rec + kHeader or memory that does not overlap the record).
+  uint8_t open_into(const uint8_t* rec, size_t len, uint8_t* body, uint8_t** plain, size_t* plain_len);
   // Seals `len` (<= kMaxPlain) bytes of content `type` into `out`, which has
-  // room for kHeader + len + 1 + kTag bytes. Returns the record's length.
+  // room for kHeader + len + 1 + kTag bytes and does not overlap `data`.
+  // Returns the record's length.
   size_t seal(uint8_t type, const uint8_t* data, size_t len, uint8_t* out);
 
   // KeyUpdate: the next receive (or send) traffic secret and its key and IV.

@@ -435,72 +435,110 @@ void Session::release_idle_memory() {
 
 bool Session::holds_cipher_contexts() const { return records_ && records_->holds_contexts(); }
 
+// A record's header as the detached record layer accepts it: application
+// data, legacy version 3.x, a body that fits. Returns the body length, or -1.
+static long record_body(const uint8_t* h) {
+  const size_t body = static_cast<size_t>(h[3]) << 8 | h[4];
+  if (h[0] != kApplicationDataType || h[1] != 3 || body > RecordLayer::kMaxBody) return -1;
+  return static_cast<long>(body);
+}
+
 Result<void> Session::read_records(std::span<const uint8_t> in, ByteQueue& out, RawSink sink, void* arg) {
-  if (broken_ || (!in.empty() && !pending_in_.append(in.data(), in.size()))) {
+  if (broken_) return Unexpected(Error::Resource);
+  uint8_t buf[RecordLayer::kHeader + RecordLayer::kMaxBody];
+  // Whole records straight from the receive buffer, decrypted into `buf`;
+  // only a record split across receives waits in pending_in_.
+  while (pending_in_.empty() && in.size() >= RecordLayer::kHeader) {
+    const long body = record_body(in.data());
+    if (body < 0) {
+      failure_ = "unexpected record after the handshake";
+      return Unexpected(Error::Protocol);
+    }
+    const size_t len = RecordLayer::kHeader + static_cast<size_t>(body);
+    if (in.size() < len) break;
+    Result<void> r = take_record(in.data(), len, buf + RecordLayer::kHeader, out, sink, arg);
+    if (!r) return r;
+    in = in.subspan(len);
+  }
+  if (!in.empty() && !pending_in_.append(in.data(), in.size())) {
     broken_ = true;
     failure_ = "out of buffer memory";
     return Unexpected(Error::Resource);
   }
-  uint8_t rec[RecordLayer::kHeader + RecordLayer::kMaxBody];
   for (;;) {
     if (pending_in_.size() < RecordLayer::kHeader) return {};
-    pending_in_.peek(rec, RecordLayer::kHeader);
-    const size_t body = static_cast<size_t>(rec[3]) << 8 | rec[4];
-    if (rec[0] != kApplicationDataType || rec[1] != 3 || body > RecordLayer::kMaxBody) {
+    pending_in_.peek(buf, RecordLayer::kHeader);
+    const long body = record_body(buf);
+    if (body < 0) {
       failure_ = "unexpected record after the handshake";
       return Unexpected(Error::Protocol);
     }
-    if (pending_in_.size() < RecordLayer::kHeader + body) return {};
-    pending_in_.read(rec, RecordLayer::kHeader + body);
-    uint8_t* plain = nullptr;
-    size_t len = 0;
-    switch (records_->open(rec, RecordLayer::kHeader + body, &plain, &len)) {
-      case kApplicationDataType:
-        if (len > 0) sink(arg, plain, len);
-        break;
-      case kAlertType:
-        if (len == 2 && plain[1] == 0) return Unexpected(Error::Closed);  // close_notify
-        failure_ = len == 2 ? "alert " + std::to_string(plain[1]) + " from the peer" : "malformed alert";
-        return Unexpected(Error::Protocol);
-      case kHandshakeType:
-        // KeyUpdate (RFC 8446 4.6.3): the peer's next records use its next
-        // secret; if it asks, ours change too, announced by our KeyUpdate.
-        if (len == 5 && plain[0] == kKeyUpdate && plain[1] == 0 && plain[2] == 0 && plain[3] == 1 && plain[4] <= 1) {
-          const bool requested = plain[4] == 1;
-          if (!records_->update_rx()) return Unexpected(Error::Resource);
-          if (requested) {
-            static const uint8_t key_update[5] = {kKeyUpdate, 0, 0, 1, 0};  // update_not_requested
-            Result<void> w = write_records(kHandshakeType, key_update, sizeof key_update, out);
-            if (!w) return w;
-            if (!records_->update_tx()) return Unexpected(Error::Resource);
-          }
-          break;
-        }
-        failure_ = "unexpected handshake message after the handshake";
-        return Unexpected(Error::Protocol);
-      case 0:
-        failure_ = "record does not decrypt (bad_record_mac)";
-        return Unexpected(Error::Protocol);
-      default:
-        failure_ = "unexpected content type";
-        return Unexpected(Error::Protocol);
-    }
+    const size_t len = RecordLayer::kHeader + static_cast<size_t>(body);
+    if (pending_in_.size() < len) return {};
+    pending_in_.read(buf, len);
+    Result<void> r = take_record(buf, len, buf + RecordLayer::kHeader, out, sink, arg);
+    if (!r) return r;
   }
 }
 
+// Opens one whole record into `body` and acts on its content.
+Result<void> Session::take_record(const uint8_t* rec, size_t len, uint8_t* body, ByteQueue& out, RawSink sink,
+                                  void* arg) {
+  uint8_t* plain = nullptr;
+  size_t n = 0;
+  switch (records_->open_into(rec, len, body, &plain, &n)) {
+    case kApplicationDataType:
+      if (n > 0) sink(arg, plain, n);
+      return {};
+    case kAlertType:
+      if (n == 2 && plain[1] == 0) return Unexpected(Error::Closed);  // close_notify
+      failure_ = n == 2 ? "alert " + std::to_string(plain[1]) + " from the peer" : "malformed alert";
+      return Unexpected(Error::Protocol);
+    case kHandshakeType:
+      // KeyUpdate (RFC 8446 4.6.3): the peer's next records use its next
+      // secret; if it asks, ours change too, announced by our KeyUpdate.
+      if (n == 5 && plain[0] == kKeyUpdate && plain[1] == 0 && plain[2] == 0 && plain[3] == 1 && plain[4] <= 1) {
+        const bool requested = plain[4] == 1;
+        if (!records_->update_rx()) return Unexpected(Error::Resource);
+        if (requested) {
+          static const uint8_t key_update[5] = {kKeyUpdate, 0, 0, 1, 0};  // update_not_requested
+          Result<void> w = write_records(kHandshakeType, key_update, sizeof key_update, out);
+          if (!w) return w;
+          if (!records_->update_tx()) return Unexpected(Error::Resource);
+        }
+        return {};
+      }
+      failure_ = "unexpected handshake message after the handshake";
+      return Unexpected(Error::Protocol);
+    case 0:
+      failure_ = "record does not decrypt (bad_record_mac)";
+      return Unexpected(Error::Protocol);
+    default:
+      failure_ = "unexpected content type";
+      return Unexpected(Error::Protocol);
+  }
+}
+
+// Records are sealed straight into the output queue's last chunk (or a new
+// one), sized to the room there: no copy of the plaintext or the record.
 Result<void> Session::write_records(uint8_t type, const uint8_t* data, size_t len, ByteQueue& out) {
-  uint8_t rec[RecordLayer::kHeader + RecordLayer::kMaxPlain + 1 + RecordLayer::kTag];
+  constexpr size_t kOverhead = RecordLayer::kHeader + 1 + RecordLayer::kTag;
+  constexpr size_t kWorthFilling = 256;  // a smaller remainder starts a new chunk
   while (len > 0) {
-    const size_t n = std::min(len, RecordLayer::kMaxPlain);
-    const size_t m = records_->seal(type, data, n, rec);
+    size_t room = out.tail_room();
+    if (room < kOverhead + std::min(len, kWorthFilling)) room = Chunk::kCapacity;
+    const size_t n = std::min({len, RecordLayer::kMaxPlain, room - kOverhead});
+    uint8_t* dst = out.reserve(kOverhead + n);
+    if (dst == nullptr) {
+      failure_ = "out of buffer memory";
+      return Unexpected(Error::Resource);
+    }
+    const size_t m = records_->seal(type, data, n, dst);
     if (m == 0) {
       failure_ = "record encryption failed";
       return Unexpected(Error::Resource);
     }
-    if (!out.append(rec, m)) {
-      failure_ = "out of buffer memory";
-      return Unexpected(Error::Resource);
-    }
+    out.commit(m);
     data += n;
     len -= n;
   }

@@ -137,6 +137,70 @@ TEST(ByteQueue, AppendAndReadAcrossChunkBoundaries) {
   EXPECT_EQ(pool.in_use(), 0u);
 }
 
+// reserve/commit: writing in place at the back (TLS records are sealed so).
+TEST(ByteQueue, ReserveWritesInPlaceInTheLastChunkOrANewOne) {
+  ChunkPool pool(8);
+  ByteQueue q(&pool);
+  EXPECT_EQ(q.tail_room(), 0u);
+  std::vector<uint8_t> expect = pattern(100, 1);
+  ASSERT_TRUE(q.append(expect.data(), expect.size()));
+  EXPECT_EQ(q.tail_room(), kCap - 100);
+  // Fits in the last chunk: written right after what is there.
+  std::vector<uint8_t> a = pattern(kCap - 200, 2);
+  uint8_t* p = q.reserve(a.size());
+  ASSERT_NE(p, nullptr);
+  std::copy(a.begin(), a.end(), p);
+  EXPECT_EQ(q.size(), 100u) << "nothing is appended before commit";
+  q.commit(a.size());
+  expect.insert(expect.end(), a.begin(), a.end());
+  EXPECT_EQ(pool.in_use(), 1u);
+  EXPECT_EQ(q.tail_room(), 100u);
+  // Does not fit: a new chunk, the old one's last 100 bytes left unused.
+  std::vector<uint8_t> b = pattern(300, 3);
+  p = q.reserve(b.size());
+  ASSERT_NE(p, nullptr);
+  std::copy(b.begin(), b.end(), p);
+  q.commit(b.size());
+  expect.insert(expect.end(), b.begin(), b.end());
+  EXPECT_EQ(pool.in_use(), 2u);
+  EXPECT_EQ(q.size(), expect.size());
+  iovec iov[4];
+  const int n = q.iovecs(iov, 4);
+  EXPECT_EQ(n, 2);
+  EXPECT_EQ(gather(iov, n), expect);
+  EXPECT_EQ(drain(q), expect);
+  EXPECT_EQ(pool.in_use(), 0u);
+}
+
+TEST(ByteQueue, ReserveRefusesMoreThanAChunkAndAnExhaustedPool) {
+  ChunkPool pool(1, 1);
+  ByteQueue q(&pool);
+  EXPECT_EQ(q.reserve(kCap + 1), nullptr);
+  EXPECT_EQ(pool.in_use(), 0u);
+  uint8_t* p = q.reserve(kCap);
+  ASSERT_NE(p, nullptr);
+  q.commit(kCap);
+  EXPECT_EQ(q.reserve(1), nullptr) << "the pool's only chunk is full";
+  EXPECT_EQ(q.size(), kCap);
+  q.clear();
+  EXPECT_EQ(pool.in_use(), 0u);
+}
+
+// A reserved, never committed new chunk holds nothing and is used next.
+TEST(ByteQueue, UncommittedReserveIsFilledByTheNextAppend) {
+  ChunkPool pool(8);
+  ByteQueue q(&pool);
+  ASSERT_NE(q.reserve(64), nullptr);
+  EXPECT_TRUE(q.empty());
+  iovec iov[2];
+  EXPECT_EQ(q.iovecs(iov, 2), 0);
+  std::vector<uint8_t> a = pattern(10, 4);
+  ASSERT_TRUE(q.append(a.data(), a.size()));
+  EXPECT_EQ(pool.in_use(), 1u);
+  EXPECT_EQ(drain(q), a);
+  EXPECT_EQ(pool.in_use(), 0u);
+}
+
 TEST(ByteQueue, ReadMoreThanAvailableReturnsWhatThereIs) {
   ChunkPool pool;
   ByteQueue q(&pool);
