@@ -5,8 +5,8 @@
 // for every secret, and the KDF, HMAC and signature providers fetch their
 // digest and MAC again each time they are set up: about 115 fetches per new
 // connection, each a name-map lookup under a read lock, a property-query
-// parse and a method-store lookup under another lock (7% of a handshake's
-// user-space instructions, measured with callgrind: bench/README.md).
+// parse and a method-store lookup under another lock (4.4% of a new
+// connection's user-space instructions, callgrind; bench/README.md).
 //
 // The executable defines the fetch functions, so the dynamic linker binds
 // libssl's and libcrypto's own calls to these (the same interposition as
