@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "internal.hh"
 #include "tlsgate/tls.hh"
 
 namespace tlsgate::tls {
@@ -197,6 +198,10 @@ EVP_MD* EVP_MD_fetch(OSSL_LIB_CTX* ctx, const char* name, const char* props) {
   return t_md.fetch(ctx, name, props);
 }
 EVP_KDF* EVP_KDF_fetch(OSSL_LIB_CTX* ctx, const char* name, const char* props) {
+  // libssl's key schedule gets tlsgate's TLS13-KDF (kdf.cc).
+  if (ctx == nullptr && props == nullptr && name != nullptr && std::strcmp(name, "TLS13-KDF") == 0 &&
+      tlsgate::tls::kdf_provider_loaded())
+    props = "provider=tlsgate";
   return t_kdf.fetch(ctx, name, props);
 }
 EVP_MAC* EVP_MAC_fetch(OSSL_LIB_CTX* ctx, const char* name, const char* props) {

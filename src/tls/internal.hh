@@ -12,6 +12,29 @@ namespace tlsgate::tls {
 // (kTLS needs them; OpenSSL 3.0 has no other public way to get them).
 void install_keylog(SSL_CTX* ctx);
 
+struct HmacPart {
+  const uint8_t* data;
+  size_t len;
+};
+// HMAC(key, parts[0] || ... || parts[n_parts-1]) into `out` (the digest's
+// size), with `md` already fetched.
+bool hmac(const EVP_MD* md, const uint8_t* key, size_t key_len, const HmacPart* parts, size_t n_parts,
+          uint8_t* out);
+
+// While one exists on this thread, hmac() keeps the pad states of the keys it
+// sees and uses them again; its destructor forgets them (and the keys).
+class HmacKeyScope {
+ public:
+  HmacKeyScope();
+  ~HmacKeyScope();
+  HmacKeyScope(const HmacKeyScope&) = delete;
+  HmacKeyScope& operator=(const HmacKeyScope&) = delete;
+};
+
+// tlsgate's TLS13-KDF provider (kdf.cc): loaded with the default provider.
+bool load_kdf_provider();
+bool kdf_provider_loaded();
+
 // HKDF-Expand-Label(secret, label, "", length), length <= the hash's size
 // (RFC 8446 7.1).
 bool expand_label(const EVP_MD* md, const uint8_t* secret, size_t secret_len, const char* label, uint8_t* out,

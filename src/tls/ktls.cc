@@ -198,36 +198,127 @@ const EVP_MD* fetched_digest(const EVP_MD* md) {
   }
 }
 
-// HMAC(key, msg) = H((key ^ opad) || H((key ^ ipad) || msg)) for a key no
-// longer than the digest's block (a TLS secret always is). OpenSSL 3's HMAC()
-// fetches the MAC and the digest by name on every call: ~10x the cost of
-// the two digests here, paid four times per connection.
-bool hmac_short_key(const EVP_MD* md, const uint8_t* key, size_t key_len, const uint8_t* msg, size_t msg_len,
-                    uint8_t* out, unsigned* out_len) {
-  constexpr size_t kMaxBlock = 128;
-  const size_t block = static_cast<size_t>(EVP_MD_get_block_size(md));
-  if (block == 0 || block > kMaxBlock || key_len > block || msg_len > kMaxBlock) return false;
-  uint8_t buf[2 * kMaxBlock];  // padded key, then the message or the inner digest (<= 64)
-  auto pad_key = [&](uint8_t pad) {
-    std::memset(buf, pad, block);
-    for (size_t i = 0; i < key_len; ++i) buf[i] = static_cast<uint8_t>(key[i] ^ pad);
+// One digest context per thread for the HMACs below: no allocation per call.
+struct DigestCtx {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  ~DigestCtx() { EVP_MD_CTX_free(ctx); }
+};
+
+// Within one handshake step the key schedule keys several HMACs with the
+// same secret (a traffic secret gives its key, IV and finished key): the
+// digest states after the inner and the outer pad are kept for the few
+// secrets of the step and forgotten when it ends (HmacKeyScope), so no
+// secret outlives the step in here.
+class PadCache {
+ public:
+  static constexpr size_t kEntries = 6;
+  static constexpr size_t kMaxKey = 64;
+
+  ~PadCache() {
+    forget();
+    for (Entry& e : entries_) {
+      EVP_MD_CTX_free(e.inner);
+      EVP_MD_CTX_free(e.outer);
+    }
+  }
+  bool on = false;
+
+  struct Entry {
+    EVP_MD_CTX* inner = nullptr;  // the digest after (key ^ ipad)
+    EVP_MD_CTX* outer = nullptr;  // the digest after (key ^ opad)
+    const EVP_MD* md = nullptr;
+    size_t key_len = 0;
+    uint8_t key[kMaxKey];
   };
+
+  // The entry for (md, key), or nullptr.
+  const Entry* find(const EVP_MD* md, const uint8_t* key, size_t len) const {
+    for (const Entry& e : entries_)
+      if (e.md == md && e.key_len == len && std::memcmp(e.key, key, len) == 0) return &e;
+    return nullptr;
+  }
+  // Keeps the pad states of (md, key), replacing the oldest entry.
+  void keep(const EVP_MD* md, const uint8_t* key, size_t len, const EVP_MD_CTX* inner, const EVP_MD_CTX* outer) {
+    if (len > kMaxKey) return;
+    Entry& e = entries_[next_];
+    next_ = (next_ + 1) % kEntries;
+    if ((e.inner == nullptr && (e.inner = EVP_MD_CTX_new()) == nullptr) ||
+        (e.outer == nullptr && (e.outer = EVP_MD_CTX_new()) == nullptr) || EVP_MD_CTX_copy_ex(e.inner, inner) != 1 ||
+        EVP_MD_CTX_copy_ex(e.outer, outer) != 1) {
+      e.md = nullptr;
+      return;
+    }
+    e.md = md;
+    e.key_len = len;
+    std::memcpy(e.key, key, len);
+  }
+  void forget() {
+    for (Entry& e : entries_) {
+      if (e.md == nullptr) continue;
+      e.md = nullptr;
+      OPENSSL_cleanse(e.key, sizeof e.key);
+      EVP_MD_CTX_reset(e.inner);  // frees the digest state, which the pads determine
+      EVP_MD_CTX_reset(e.outer);
+    }
+    next_ = 0;
+  }
+
+ private:
+  Entry entries_[kEntries];
+  size_t next_ = 0;
+};
+
+thread_local PadCache t_pads;
+
+}  // namespace
+
+// HMAC(key, msg) = H((key ^ opad) || H((key ^ ipad) || msg)) with the digest
+// given, already fetched. OpenSSL 3's HMAC() and HMAC_CTX fetch the MAC and
+// the digest by name on every use: ~10x the cost of the two digests here.
+bool hmac(const EVP_MD* md, const uint8_t* key, size_t key_len, const HmacPart* parts, size_t n_parts,
+          uint8_t* out) {
+  constexpr size_t kMaxBlock = 128;
+  thread_local DigestCtx d;
+  thread_local DigestCtx outer;
+  const size_t block = static_cast<size_t>(EVP_MD_get_block_size(md));
+  if (d.ctx == nullptr || outer.ctx == nullptr || block == 0 || block > kMaxBlock) return false;
   uint8_t inner[EVP_MAX_MD_SIZE];
   unsigned inner_len = 0;
-  pad_key(0x36);
-  std::memcpy(buf + block, msg, msg_len);
-  bool ok = EVP_Digest(buf, block + msg_len, inner, &inner_len, md, nullptr) == 1;
-  if (ok) {
-    pad_key(0x5c);
-    std::memcpy(buf + block, inner, inner_len);
-    ok = EVP_Digest(buf, block + inner_len, out, out_len, md, nullptr) == 1;
+  bool ok = true;
+  const PadCache::Entry* cached = t_pads.on ? t_pads.find(md, key, key_len) : nullptr;
+  if (cached != nullptr) {
+    ok = EVP_MD_CTX_copy_ex(d.ctx, cached->inner) == 1 && EVP_MD_CTX_copy_ex(outer.ctx, cached->outer) == 1;
+  } else {
+    uint8_t k[kMaxBlock] = {};
+    uint8_t pad[kMaxBlock];
+    if (key_len > block) {  // RFC 2104: a long key is hashed first
+      unsigned kl = 0;
+      ok = EVP_Digest(key, key_len, k, &kl, md, nullptr) == 1;
+    } else if (key_len > 0) {
+      std::memcpy(k, key, key_len);
+    }
+    for (size_t i = 0; i < block; ++i) pad[i] = static_cast<uint8_t>(k[i] ^ 0x36);
+    ok = ok && EVP_DigestInit_ex(d.ctx, md, nullptr) == 1 && EVP_DigestUpdate(d.ctx, pad, block) == 1;
+    for (size_t i = 0; i < block; ++i) pad[i] = static_cast<uint8_t>(k[i] ^ 0x5c);
+    ok = ok && EVP_DigestInit_ex(outer.ctx, md, nullptr) == 1 && EVP_DigestUpdate(outer.ctx, pad, block) == 1;
+    OPENSSL_cleanse(k, sizeof k);
+    OPENSSL_cleanse(pad, sizeof pad);
+    if (ok && t_pads.on) t_pads.keep(md, key, key_len, d.ctx, outer.ctx);
   }
-  OPENSSL_cleanse(buf, sizeof buf);
+  for (size_t i = 0; ok && i < n_parts; ++i)
+    if (parts[i].len > 0) ok = EVP_DigestUpdate(d.ctx, parts[i].data, parts[i].len) == 1;
+  ok = ok && EVP_DigestFinal_ex(d.ctx, inner, &inner_len) == 1;
+  unsigned out_len = 0;
+  ok = ok && EVP_DigestUpdate(outer.ctx, inner, inner_len) == 1 && EVP_DigestFinal_ex(outer.ctx, out, &out_len) == 1;
   OPENSSL_cleanse(inner, sizeof inner);
   return ok;
 }
 
-}  // namespace
+HmacKeyScope::HmacKeyScope() { t_pads.on = true; }
+HmacKeyScope::~HmacKeyScope() {
+  t_pads.forget();
+  t_pads.on = false;
+}
 
 // HKDF-Expand-Label(secret, label, "", length) for length <= hash size:
 // one HMAC block of HkdfLabel || 0x01 (RFC 8446 7.1).
@@ -246,10 +337,11 @@ bool expand_label(const EVP_MD* md, const uint8_t* secret, size_t secret_len, co
   n += full - 6;
   info[n++] = 0;  // empty context
   info[n++] = 1;  // block counter
+  const EVP_MD* fetched = fetched_digest(md);
   uint8_t block[EVP_MAX_MD_SIZE];
-  unsigned block_len = 0;
-  if (!hmac_short_key(fetched_digest(md), secret, secret_len, info, n, block, &block_len)) return false;
-  if (block_len < length) return false;
+  const HmacPart part{info, n};
+  if (static_cast<size_t>(EVP_MD_get_size(fetched)) < length || !hmac(fetched, secret, secret_len, &part, 1, block))
+    return false;
   std::memcpy(out, block, length);
   OPENSSL_cleanse(block, sizeof block);
   return true;

@@ -133,6 +133,7 @@ void init_library() {
   CRYPTO_set_mem_functions(mi_crypto_malloc, mi_crypto_realloc, mi_crypto_free);
 #endif
   OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, nullptr);
+  if (!load_kdf_provider()) throw std::runtime_error("cannot load OpenSSL's default provider and tlsgate's TLS13-KDF");
   if (RAND_bytes(g_ticket_keys, sizeof g_ticket_keys) != 1)
     throw std::runtime_error("RAND_bytes for session ticket keys failed");
   g_bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tlsgate");
@@ -294,7 +295,11 @@ HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
   begin(in, out);
   SSL* ssl = static_cast<SSL*>(ssl_);
   tx_at_final_call_ = tx_records_.total;
-  int rc = SSL_do_handshake(ssl);
+  int rc;
+  {
+    HmacKeyScope keys;  // the key schedule's secrets, for this step only
+    rc = SSL_do_handshake(ssl);
+  }
   HandshakeState st = HandshakeState::Done;
   if (rc != 1) {
     int err = SSL_get_error(ssl, rc);

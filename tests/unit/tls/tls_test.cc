@@ -7,7 +7,11 @@
 #include <gtest/gtest.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/core_names.h>
 #include <openssl/kdf.h>
+#include <openssl/params.h>
+#include <openssl/provider.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <dlfcn.h>
 #include <stdlib.h>
@@ -735,6 +739,107 @@ TEST(FetchCache, HandshakesFetchFromTheCache) {
     EXPECT_GT(fetch_cache_hits() - before, 50u) << "a TLS 1.3 handshake (both sides) fetches ~200 times";
     EXPECT_GT(names_cache_hits() - names_before, 4u) << "and asks for key manager names ~16 times";
   });
+}
+
+// ------------------------------------------------------------ TLS13-KDF
+
+// One TLS13-KDF derivation with the given provider's implementation.
+std::vector<uint8_t> tls13_kdf(const char* provider, int mode, const char* digest, const std::vector<uint8_t>* key,
+                               const std::vector<uint8_t>* salt, const std::string& label,
+                               const std::vector<uint8_t>* data, size_t out_len) {
+  const std::string props = std::string("provider=") + provider;
+  EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "TLS13-KDF", props.c_str());
+  EXPECT_NE(kdf, nullptr) << provider;
+  if (kdf == nullptr) return {};
+  EVP_KDF_CTX* ctx = EVP_KDF_CTX_new(kdf);
+  EVP_KDF_free(kdf);
+  static const char prefix[] = "tls13 ";
+  OSSL_PARAM params[8];
+  OSSL_PARAM* p = params;
+  *p++ = OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode);
+  *p++ = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(digest), 0);
+  if (key) *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<uint8_t*>(key->data()), key->size());
+  if (salt)
+    *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, const_cast<uint8_t*>(salt->data()), salt->size());
+  *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PREFIX, const_cast<char*>(prefix), sizeof prefix - 1);
+  *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_LABEL, const_cast<char*>(label.data()), label.size());
+  if (data) *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_DATA, const_cast<uint8_t*>(data->data()), data->size());
+  *p = OSSL_PARAM_construct_end();
+  std::vector<uint8_t> out(out_len);
+  const int rc = EVP_KDF_derive(ctx, out.data(), out.size(), params);
+  EVP_KDF_CTX_free(ctx);
+  if (rc <= 0) out.clear();
+  ERR_clear_error();
+  return out;
+}
+
+std::vector<uint8_t> random_bytes(size_t n) {
+  std::vector<uint8_t> v(n);
+  if (n > 0) {
+    EXPECT_EQ(RAND_bytes(v.data(), static_cast<int>(n)), 1);
+  }
+  return v;
+}
+
+// tlsgate's TLS13-KDF (src/tls/kdf.cc) gives OpenSSL's answers: both modes,
+// both digests of the TLS 1.3 suites, every optional input present or not,
+// output lengths from an IV's to several hash blocks.
+TEST(Tls13Kdf, SameAsOpensslOnRandomInputs) {
+  for (const char* digest : {"SHA2-256", "SHA2-384"}) {
+    const size_t hlen = std::string(digest) == "SHA2-256" ? 32 : 48;
+    for (int round = 0; round < 20; ++round) {
+      const std::vector<uint8_t> secret = random_bytes(hlen);
+      const std::vector<uint8_t> data = random_bytes(1 + static_cast<size_t>(round) * 3 % 64);
+      const std::string label = std::string("label-") + std::to_string(round) + std::string(static_cast<size_t>(round), 'x');
+      for (size_t len : {size_t{12}, size_t{16}, size_t{32}, hlen, 2 * hlen + 5}) {
+        const auto want = tls13_kdf("default", EVP_KDF_HKDF_MODE_EXPAND_ONLY, digest, &secret, nullptr, label, &data, len);
+        ASSERT_EQ(want.size(), len);
+        EXPECT_EQ(tls13_kdf("tlsgate", EVP_KDF_HKDF_MODE_EXPAND_ONLY, digest, &secret, nullptr, label, &data, len), want)
+            << digest << " expand " << len;
+        const auto no_data =
+            tls13_kdf("default", EVP_KDF_HKDF_MODE_EXPAND_ONLY, digest, &secret, nullptr, label, nullptr, len);
+        EXPECT_EQ(tls13_kdf("tlsgate", EVP_KDF_HKDF_MODE_EXPAND_ONLY, digest, &secret, nullptr, label, nullptr, len),
+                  no_data);
+      }
+      // Extract: with and without a previous secret and an input (an
+      // (EC)DHE secret, 32 to 256 bytes, or none: zeros).
+      const std::vector<uint8_t> input = random_bytes(std::vector<size_t>{32, 48, 56, 256}[round % 4]);
+      for (const std::vector<uint8_t>* prev : {static_cast<const std::vector<uint8_t>*>(nullptr), &secret}) {
+        for (const std::vector<uint8_t>* in : {static_cast<const std::vector<uint8_t>*>(nullptr), &input}) {
+          const auto want = tls13_kdf("default", EVP_KDF_HKDF_MODE_EXTRACT_ONLY, digest, in, prev, "derived", nullptr, hlen);
+          ASSERT_EQ(want.size(), hlen);
+          EXPECT_EQ(tls13_kdf("tlsgate", EVP_KDF_HKDF_MODE_EXTRACT_ONLY, digest, in, prev, "derived", nullptr, hlen), want)
+              << digest << " extract, prev " << (prev != nullptr) << ", input " << (in != nullptr);
+        }
+      }
+    }
+  }
+}
+
+TEST(Tls13Kdf, RefusesWhatOpensslRefuses) {
+  const std::vector<uint8_t> secret = random_bytes(32);
+  // Expand without a key; extract to a length other than the hash's; an
+  // extract-and-expand mode TLS13-KDF does not have.
+  for (const char* provider : {"default", "tlsgate"}) {
+    EXPECT_TRUE(tls13_kdf(provider, EVP_KDF_HKDF_MODE_EXPAND_ONLY, "SHA2-256", nullptr, nullptr, "key", nullptr, 16)
+                    .empty())
+        << provider;
+    EXPECT_TRUE(
+        tls13_kdf(provider, EVP_KDF_HKDF_MODE_EXTRACT_ONLY, "SHA2-256", &secret, nullptr, "derived", nullptr, 16).empty())
+        << provider;
+    EXPECT_TRUE(
+        tls13_kdf(provider, EVP_KDF_HKDF_MODE_EXTRACT_AND_EXPAND, "SHA2-256", &secret, nullptr, "x", nullptr, 32)
+            .empty())
+        << provider;
+  }
+}
+
+// libssl's key schedule runs on it (fetch_cache.cc routes the fetch).
+TEST(Tls13Kdf, LibsslFetchGetsTlsgatesImplementation) {
+  EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "TLS13-KDF", nullptr);
+  ASSERT_NE(kdf, nullptr);
+  EXPECT_STREQ(OSSL_PROVIDER_get0_name(EVP_KDF_get0_provider(kdf)), "tlsgate");
+  EVP_KDF_free(kdf);
 }
 
 TEST(TlsContext, EnumNamesForLogs) {
