@@ -277,23 +277,37 @@ TEST_F(ForwardTest, RefusedStreamIsRetriedWithItsBody) {
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
 }
 
+// One retry allowed; a request whose body spans several pool chunks.
+class ForwardRetryTest : public ForwardTest {
+ protected:
+  // Sends a request with a `body_bytes` message, checks the backend got it
+  // whole, then refuses that stream. The client's stream id.
+  int32_t send_and_refuse(size_t body_bytes, uint32_t retry_buffer) {
+    router_.policy.retries = 1;
+    router_.policy.retry_buffer = retry_buffer;
+    start();
+    big_ = pattern(body_bytes);
+    Body req{grpc_frame(big_)};
+    const int32_t cid = client_->request(grpc_request(), &req);
+    EXPECT_TRUE(pump());
+    first_ = backend_->last_stream;
+    EXPECT_EQ(backend_->streams[first_].body, grpc_frame(big_));
+    backend_->reset(first_, NGHTTP2_REFUSED_STREAM);
+    EXPECT_TRUE(pump());
+    return cid;
+  }
+
+  std::string big_;
+  int32_t first_ = 0;  // the backend's stream that was refused
+};
+
 // The bytes kept for a retry stay in the request queue itself: a body over
 // several pool chunks goes out again whole and in order.
-TEST_F(ForwardTest, RefusedStreamIsRetriedWithABodyOfSeveralChunks) {
-  router_.policy.retries = 1;
-  router_.policy.retry_buffer = 128 * 1024;
-  start();
-  const std::string big = pattern(40 * 1024);
-  Body req{grpc_frame(big)};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
-  const int32_t first = backend_->last_stream;
-  EXPECT_EQ(backend_->streams[first].body, grpc_frame(big));
-  backend_->reset(first, NGHTTP2_REFUSED_STREAM);
-  ASSERT_TRUE(pump());
+TEST_F(ForwardRetryTest, RefusedStreamIsRetriedWithABodyOfSeveralChunks) {
+  const int32_t cid = send_and_refuse(40 * 1024, 128 * 1024);
   const int32_t second = backend_->last_stream;
-  ASSERT_NE(second, first);
-  EXPECT_EQ(backend_->streams[second].body, grpc_frame(big));
+  ASSERT_NE(second, first_);
+  EXPECT_EQ(backend_->streams[second].body, grpc_frame(big_));
   Body resp{grpc_frame("ok"), true, {{"grpc-status", "0"}}};
   backend_->respond(second, grpc_response_headers(), &resp);
   ASSERT_TRUE(pump());
@@ -305,19 +319,9 @@ TEST_F(ForwardTest, RefusedStreamIsRetriedWithABodyOfSeveralChunks) {
 // Past retry_buffer the kept bytes are dropped as the rest is sent: the
 // backend still gets the whole body, and a refusal is not retried. The
 // buffer is passed in the middle of the body, with bytes already kept.
-TEST_F(ForwardTest, BodyOverRetryBufferIsSentWholeAndNotRetried) {
-  router_.policy.retries = 1;
-  router_.policy.retry_buffer = 20 * 1024;
-  start();
-  const std::string big = pattern(60 * 1024);
-  Body req{grpc_frame(big)};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
-  const int32_t first = backend_->last_stream;
-  EXPECT_EQ(backend_->streams[first].body, grpc_frame(big));
-  backend_->reset(first, NGHTTP2_REFUSED_STREAM);
-  ASSERT_TRUE(pump());
-  EXPECT_EQ(backend_->last_stream, first) << "not sent again";
+TEST_F(ForwardRetryTest, BodyOverRetryBufferIsSentWholeAndNotRetried) {
+  const int32_t cid = send_and_refuse(60 * 1024, 20 * 1024);
+  EXPECT_EQ(backend_->last_stream, first_) << "not sent again";
   EXPECT_EQ(ctx_->counters().retries, 0u);
   EXPECT_TRUE(client_->streams[cid].closed);
   EXPECT_EQ(ctx_->streams_in_use(), 0u);

@@ -30,6 +30,7 @@
 #include "tlsgate/ktls.hh"
 #include "tlsgate/tls.hh"
 #include "cert_env.hh"
+#include "tls_client.hh"
 
 #ifndef TLSGATE_SOURCE_ROOT
 #error "TLSGATE_SOURCE_ROOT must name the source tree (for tools/gen-cert)"
@@ -38,8 +39,6 @@
 namespace tlsgate::tls {
 namespace {
 using namespace tlsgate::tls::tlstest;
-
-using Bytes = std::vector<uint8_t>;
 
 constexpr uint8_t kApplicationData = 23;
 constexpr size_t kTag = 16;
@@ -62,7 +61,7 @@ std::string as_string(const Bytes& b) { return std::string(b.begin(), b.end()); 
 // Client-side SSL_CTX shared by the connections of one test (resumption).
 // Counts, per connection, the sessions the server handed out: in TLS 1.3 one
 // per NewSessionTicket message, in TLS 1.2 one per handshake.
-struct ClientOptions {
+struct KtlsClientOptions {
   int max_version = 0;           // 0 = TLS 1.3
   std::string ciphersuites;      // TLS 1.3 (SSL_CTX_set_ciphersuites)
   std::string cipher_list;       // TLS 1.2 (SSL_CTX_set_cipher_list)
@@ -84,7 +83,7 @@ int new_session_cb(SSL* ssl, SSL_SESSION* sess) {
 
 class ClientContext {
  public:
-  explicit ClientContext(const ClientOptions& o) {
+  explicit ClientContext(const KtlsClientOptions& o) {
     ctx_ = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
     if (o.max_version != 0) SSL_CTX_set_max_proto_version(ctx_, o.max_version);
@@ -108,35 +107,24 @@ class ClientContext {
   SSL_CTX* ctx_ = nullptr;
 };
 
-class Client {
+// A client on a shared context (resumption across connections) that keeps
+// the sessions the server hands it.
+class KtlsClient : public MemoryBioClient {
  public:
-  Client(ClientContext& cc, SSL_SESSION* resume = nullptr) {
-    ssl_ = SSL_new(cc.get());
-    SSL_set_app_data(ssl_, &state_);
-    SSL_set_tlsext_host_name(ssl_, "localhost");
-    SSL_set1_host(ssl_, "localhost");
+  explicit KtlsClient(ClientContext& cc, SSL_SESSION* resume = nullptr) {
+    SSL* ssl = SSL_new(cc.get());
+    SSL_set_app_data(ssl, &state_);
     static const unsigned char alpn[] = "\x02h2";
-    EXPECT_EQ(SSL_set_alpn_protos(ssl_, alpn, 3), 0);
+    EXPECT_EQ(SSL_set_alpn_protos(ssl, alpn, 3), 0);
     if (resume != nullptr) {
-      EXPECT_EQ(SSL_set_session(ssl_, resume), 1) << openssl_errors();
+      EXPECT_EQ(SSL_set_session(ssl, resume), 1) << openssl_errors();
     }
-    net_in_ = BIO_new(BIO_s_mem());
-    net_out_ = BIO_new(BIO_s_mem());
-    BIO_set_mem_eof_return(net_in_, -1);  // empty = "would block", not EOF
-    SSL_set_bio(ssl_, net_in_, net_out_);
-    SSL_set_connect_state(ssl_);
+    attach(ssl);
   }
-  ~Client() {
-    // No close_notify was exchanged: without this OpenSSL marks the session
-    // not resumable when the SSL goes away.
-    SSL_set_shutdown(ssl_, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
-    SSL_free(ssl_);
+  ~KtlsClient() override {
     if (state_.last != nullptr) SSL_SESSION_free(state_.last);
   }
-  Client(const Client&) = delete;
-  Client& operator=(const Client&) = delete;
 
-  SSL* ssl() { return ssl_; }
   int sessions_received() const { return state_.sessions; }
   // The latest session the server handed out (new reference), or nullptr.
   SSL_SESSION* take_session() {
@@ -145,95 +133,9 @@ class Client {
     return s;
   }
 
-  // 1 = done, 0 = wants more, -1 = failed (errors in last_error()).
-  int step() {
-    int rc = SSL_do_handshake(ssl_);
-    if (rc == 1) return 1;
-    int err = SSL_get_error(ssl_, rc);
-    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return 0;
-    last_error_ = openssl_errors();
-    return -1;
-  }
-  const std::string& last_error() const { return last_error_; }
-
-  Bytes take_output() {
-    Bytes out(static_cast<size_t>(BIO_ctrl_pending(net_out_)));
-    if (!out.empty()) {
-      int n = BIO_read(net_out_, out.data(), static_cast<int>(out.size()));
-      out.resize(n > 0 ? static_cast<size_t>(n) : 0);
-    }
-    return out;
-  }
-  void give(ByteQueue& q) {
-    uint8_t buf[4096];
-    while (size_t n = q.read(buf, sizeof buf)) ASSERT_EQ(BIO_write(net_in_, buf, static_cast<int>(n)), int(n));
-  }
-  void give(const Bytes& b) {
-    if (!b.empty()) {
-      ASSERT_EQ(BIO_write(net_in_, b.data(), static_cast<int>(b.size())), int(b.size()));
-    }
-  }
-  size_t unread_input() const { return static_cast<size_t>(BIO_ctrl_pending(net_in_)); }
-
-  // One SSL_write: one application data record for a small buffer.
-  void write(const Bytes& b) {
-    size_t n = 0;
-    ASSERT_EQ(SSL_write_ex(ssl_, b.data(), b.size(), &n), 1) << openssl_errors();
-    ASSERT_EQ(n, b.size());
-  }
-  // Everything readable now. `status` gets SSL_get_error of the last call,
-  // `error` the OpenSSL error queue when that is SSL_ERROR_SSL.
-  Bytes read_all(int* status = nullptr, std::string* error = nullptr) {
-    Bytes out;
-    uint8_t buf[16384];
-    for (;;) {
-      size_t n = 0;
-      if (SSL_read_ex(ssl_, buf, sizeof buf, &n) == 1) {
-        out.insert(out.end(), buf, buf + n);
-        continue;
-      }
-      if (status) *status = SSL_get_error(ssl_, 0);
-      std::string e = openssl_errors();
-      if (error) *error = e;
-      return out;
-    }
-  }
-
  private:
-  SSL* ssl_ = nullptr;
-  BIO* net_in_ = nullptr;
-  BIO* net_out_ = nullptr;
   ClientConnState state_;
-  std::string last_error_;
 };
-
-// ------------------------------------------------------------ harness
-
-struct Outcome {
-  HandshakeState server = HandshakeState::InProgress;
-  int client = 0;
-};
-
-// Carries bytes both ways until both sides finish, one fails, or nothing
-// moves. Everything the server wrote is handed to the client.
-Outcome run_handshake(Session& server, Client& client, ByteQueue& out) {
-  Outcome o;
-  for (int round = 0; round < 20; ++round) {
-    if (o.client == 0) o.client = client.step();
-    Bytes in = client.take_output();
-    if (o.server == HandshakeState::InProgress) {
-      o.server = server.handshake(in, out);
-    } else {
-      EXPECT_TRUE(in.empty()) << "client sent " << in.size() << " bytes after the server finished";
-    }
-    const bool server_sent = !out.empty();
-    client.give(out);
-    if (o.server == HandshakeState::Failed || o.client == -1) return o;
-    if (o.server == HandshakeState::Done && o.client == 1) return o;
-    if (in.empty() && !server_sent && round > 0) break;
-  }
-  return o;
-}
 
 Bytes read_plain(Session& s, const Bytes& in, ByteQueue& out) {
   Bytes got;
@@ -439,7 +341,7 @@ std::string describe(const KtlsKeys& k) {
 
 // The client writes a message; it must be one record that opens with rx at
 // `seq`.
-void check_rx_record(Client& client, const KtlsKeys& rx, uint64_t seq, const std::string& msg) {
+void check_rx_record(KtlsClient& client, const KtlsKeys& rx, uint64_t seq, const std::string& msg) {
   client.write(bytes(msg));
   std::vector<Record> recs;
   ASSERT_TRUE(split_records(client.take_output(), recs));
@@ -452,13 +354,13 @@ void check_rx_record(Client& client, const KtlsKeys& rx, uint64_t seq, const std
   EXPECT_EQ(as_string(plain), msg);
 }
 
-void check_rx(Client& client, const KtlsKeys& rx) {
+void check_rx(KtlsClient& client, const KtlsKeys& rx) {
   check_rx_record(client, rx, rx.seq, "first record under the kernel's RX key");
   check_rx_record(client, rx, rx.seq + 1, "second record, next sequence number");
 }
 
 // The test encrypts records with tx; the client must read them.
-void check_tx(Client& client, const KtlsKeys& tx) {
+void check_tx(KtlsClient& client, const KtlsKeys& tx) {
   const std::string m1 = "first record from the kernel's TX key";
   const std::string m2 = "second record, padded in TLS 1.3";
   client.give(seal_record(tx, tx.seq, bytes(m1)));
@@ -495,8 +397,8 @@ struct KtlsCase {
 
 void PrintTo(const KtlsCase& c, std::ostream* os) { *os << c.name; }
 
-ClientOptions client_options(const KtlsCase& c) {
-  ClientOptions o;
+KtlsClientOptions client_options(const KtlsCase& c) {
+  KtlsClientOptions o;
   if (c.tls13) {
     o.ciphersuites = c.suite;
   } else {
@@ -518,7 +420,7 @@ class KtlsTest : public ::testing::Test {
     EXPECT_EQ(pool_.in_use(), 0u) << "the session kept pool chunks";
   }
 
-  void make_contexts(const ClientOptions& co, bool ktls = true) {
+  void make_contexts(const KtlsClientOptions& co, bool ktls = true) {
     ctx_ = std::make_unique<Context>(settings(), ktls);
     cctx_ = std::make_unique<ClientContext>(co);
   }
@@ -530,7 +432,7 @@ class KtlsTest : public ::testing::Test {
     session_.reset();
     out_.clear();
     session_ = std::make_unique<Session>(*ctx_, pool_);
-    client_ = std::make_unique<Client>(*cctx_, resume ? resume_ : nullptr);
+    client_ = std::make_unique<KtlsClient>(*cctx_, resume ? resume_ : nullptr);
     Outcome o = run_handshake(*session_, *client_, out_);
     ASSERT_EQ(o.server, HandshakeState::Done) << session_->failure();
     ASSERT_EQ(o.client, 1) << client_->last_error();
@@ -571,7 +473,7 @@ class KtlsTest : public ::testing::Test {
   std::unique_ptr<Context> ctx_;
   std::unique_ptr<ClientContext> cctx_;
   std::unique_ptr<Session> session_;
-  std::unique_ptr<Client> client_;
+  std::unique_ptr<KtlsClient> client_;
   SSL_SESSION* resume_ = nullptr;
 };
 
@@ -672,8 +574,8 @@ INSTANTIATE_TEST_SUITE_P(PerCipher, KtlsOffByOne,
 
 // ------------------------------------------------------------ refusals
 
-ClientOptions version_options(bool tls13) {
-  ClientOptions o;
+KtlsClientOptions version_options(bool tls13) {
+  KtlsClientOptions o;
   if (!tls13) o.max_version = TLS1_2_VERSION;
   return o;
 }
@@ -737,7 +639,7 @@ TEST_P(KtlsPartial, DataBehindFinishedFailsUntilRead) {
   client_.reset();
   session_.reset();
   session_ = std::make_unique<Session>(*ctx_, pool_);
-  client_ = std::make_unique<Client>(*cctx_, tls13 ? nullptr : resume_);
+  client_ = std::make_unique<KtlsClient>(*cctx_, tls13 ? nullptr : resume_);
   HandshakeState st = HandshakeState::InProgress;
   int cst = 0;
   for (int round = 0; round < 10 && cst != 1; ++round) {

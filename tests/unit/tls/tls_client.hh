@@ -34,47 +34,18 @@ inline int count_ticket(SSL* ssl, SSL_SESSION*) {
   return 0;  // the client does not keep the session
 }
 
-// An OpenSSL client that verifies the server's chain against the test CA and
-// the name "localhost", as a real client would.
-class Client {
+// The transport every test client shares: an SSL in client mode over two
+// memory BIOs, driven by hand. A derived class makes and configures the SSL.
+class MemoryBioClient {
  public:
-  explicit Client(const ClientOptions& o = {}) {
-    ctx_ = SSL_CTX_new(TLS_client_method());
-    SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
-    if (o.max_version != 0) SSL_CTX_set_max_proto_version(ctx_, o.max_version);
-    EXPECT_EQ(SSL_CTX_load_verify_locations(ctx_, cert_path("ca.crt").c_str(), nullptr), 1)
-        << openssl_errors();
-    SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
-    if (o.tickets != nullptr) {
-      SSL_CTX_set_app_data(ctx_, o.tickets);
-      SSL_CTX_set_session_cache_mode(ctx_, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
-      SSL_CTX_sess_set_new_cb(ctx_, count_ticket);
-    }
-    ssl_ = SSL_new(ctx_);
-    SSL_set_tlsext_host_name(ssl_, "localhost");
-    SSL_set1_host(ssl_, "localhost");
-    if (!o.alpn.empty()) {
-      std::string wire;
-      for (const std::string& p : o.alpn) {
-        wire.push_back(static_cast<char>(p.size()));
-        wire += p;
-      }
-      EXPECT_EQ(SSL_set_alpn_protos(ssl_, reinterpret_cast<const unsigned char*>(wire.data()),
-                                    static_cast<unsigned>(wire.size())),
-                0);
-    }
-    net_in_ = BIO_new(BIO_s_mem());
-    net_out_ = BIO_new(BIO_s_mem());
-    BIO_set_mem_eof_return(net_in_, -1);  // empty = "would block", not EOF
-    SSL_set_bio(ssl_, net_in_, net_out_);
-    SSL_set_connect_state(ssl_);
-  }
-  ~Client() {
+  MemoryBioClient(const MemoryBioClient&) = delete;
+  MemoryBioClient& operator=(const MemoryBioClient&) = delete;
+  virtual ~MemoryBioClient() {
+    // No close_notify was exchanged: without this OpenSSL marks the session
+    // not resumable when the SSL goes away.
+    if (ssl_) SSL_set_shutdown(ssl_, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
     SSL_free(ssl_);
-    SSL_CTX_free(ctx_);
   }
-  Client(const Client&) = delete;
-  Client& operator=(const Client&) = delete;
 
   SSL* ssl() { return ssl_; }
 
@@ -103,9 +74,20 @@ class Client {
   // Ciphertext from the server.
   void give(ByteQueue& q) {
     uint8_t buf[4096];
-    while (size_t n = q.read(buf, sizeof buf)) BIO_write(net_in_, buf, static_cast<int>(n));
+    while (size_t n = q.read(buf, sizeof buf))
+      ASSERT_EQ(BIO_write(net_in_, buf, static_cast<int>(n)), int(n));
   }
+  void give(const Bytes& b) {
+    if (!b.empty()) {
+      ASSERT_EQ(BIO_write(net_in_, b.data(), static_cast<int>(b.size())), int(b.size()));
+    }
+  }
+  // Ciphertext given but not read by OpenSSL yet.
+  size_t unread_input() const { return static_cast<size_t>(BIO_ctrl_pending(net_in_)); }
 
+  // One SSL_write per call while it takes everything: one application data
+  // record for a small buffer.
+  void write(const Bytes& b) { write(b.data(), b.size()); }
   void write(const std::string& s) { write(reinterpret_cast<const uint8_t*>(s.data()), s.size()); }
   void write(const uint8_t* p, size_t len) {
     while (len > 0) {
@@ -115,8 +97,9 @@ class Client {
       len -= n;
     }
   }
-  // Everything readable now. `status` gets SSL_get_error of the last call.
-  Bytes read_all(int* status = nullptr) {
+  // Everything readable now. `status` gets SSL_get_error of the last call,
+  // `error` the OpenSSL error queue then (empty unless SSL_ERROR_SSL).
+  Bytes read_all(int* status = nullptr, std::string* error = nullptr) {
     Bytes out;
     uint8_t buf[16384];
     for (;;) {
@@ -126,18 +109,67 @@ class Client {
         continue;
       }
       if (status) *status = SSL_get_error(ssl_, 0);
-      ERR_clear_error();
+      std::string e = openssl_errors();
+      if (error) *error = e;
       return out;
     }
   }
 
+ protected:
+  MemoryBioClient() = default;
+  // Takes `ssl`, configured by the derived class, and connects it to the BIOs.
+  void attach(SSL* ssl) {
+    ssl_ = ssl;
+    SSL_set_tlsext_host_name(ssl_, "localhost");
+    SSL_set1_host(ssl_, "localhost");
+    net_in_ = BIO_new(BIO_s_mem());
+    net_out_ = BIO_new(BIO_s_mem());
+    BIO_set_mem_eof_return(net_in_, -1);  // empty = "would block", not EOF
+    SSL_set_bio(ssl_, net_in_, net_out_);
+    SSL_set_connect_state(ssl_);
+  }
+
  private:
-  SSL_CTX* ctx_ = nullptr;
   SSL* ssl_ = nullptr;
   BIO* net_in_ = nullptr;
   BIO* net_out_ = nullptr;
   int failed_reason_ = 0;
   std::string last_error_;
+};
+
+// An OpenSSL client with a context of its own that verifies the server's
+// chain against the test CA and the name "localhost", as a real client would.
+class Client : public MemoryBioClient {
+ public:
+  explicit Client(const ClientOptions& o = {}) {
+    ctx_ = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
+    if (o.max_version != 0) SSL_CTX_set_max_proto_version(ctx_, o.max_version);
+    EXPECT_EQ(SSL_CTX_load_verify_locations(ctx_, cert_path("ca.crt").c_str(), nullptr), 1)
+        << openssl_errors();
+    SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
+    if (o.tickets != nullptr) {
+      SSL_CTX_set_app_data(ctx_, o.tickets);
+      SSL_CTX_set_session_cache_mode(ctx_, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+      SSL_CTX_sess_set_new_cb(ctx_, count_ticket);
+    }
+    SSL* ssl = SSL_new(ctx_);
+    if (!o.alpn.empty()) {
+      std::string wire;
+      for (const std::string& p : o.alpn) {
+        wire.push_back(static_cast<char>(p.size()));
+        wire += p;
+      }
+      EXPECT_EQ(SSL_set_alpn_protos(ssl, reinterpret_cast<const unsigned char*>(wire.data()),
+                                    static_cast<unsigned>(wire.size())),
+                0);
+    }
+    attach(ssl);
+  }
+  ~Client() override { SSL_CTX_free(ctx_); }
+
+ private:
+  SSL_CTX* ctx_ = nullptr;
 };
 
 struct Outcome {
@@ -146,7 +178,7 @@ struct Outcome {
 };
 
 // Carries bytes both ways until both sides finish, one fails, or nothing moves.
-inline Outcome run_handshake(Session& server, Client& client, ByteQueue& out) {
+inline Outcome run_handshake(Session& server, MemoryBioClient& client, ByteQueue& out) {
   Outcome o;
   for (int round = 0; round < 20; ++round) {
     if (o.client == 0) o.client = client.step();
