@@ -333,12 +333,8 @@ struct Forward {
     if (!s->replayable) return s->req_body.read(buf, length);
     const size_t n = s->req_body.peek_at(s->req_kept, buf, length);
     const ClusterPolicy* p = s->down ? &s->down->ctx_.router().cluster_policy(s->cluster) : nullptr;
-    if (p != nullptr && p->retries > 0 && s->req_kept + n <= p->retry_buffer) {
-      s->req_kept += n;
-    } else {
-      s->req_kept += n;  // these went out too: drop them with the kept ones
-      stop_keeping(s);
-    }
+    s->req_kept += n;
+    if (p == nullptr || p->retries == 0 || s->req_kept > p->retry_buffer) stop_keeping(s);  // these went too
     return n;
   }
 
