@@ -211,6 +211,10 @@ class Session {
   void* session_ = nullptr;  // nghttp2_session*
   size_t active_streams_ = 0;
   Stream* streams_ = nullptr;  // intrusive list of this session's streams
+  // The stream of the header block being received, found once at its begin
+  // callback rather than in nghttp2's stream map for every field.
+  int32_t block_id_ = 0;
+  Stream* block_stream_ = nullptr;
   // nghttp2 keeps bytes in its frame buffer between calls only after our send
   // callback said WOULDBLOCK; otherwise the buffer's contents are dead.
   bool blocked_ = false;

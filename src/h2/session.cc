@@ -23,10 +23,19 @@ constexpr uint32_t kMaxHeaderListSize = HeaderList::kMaxBytes;
 
 nghttp2_session* ng(void* p) { return static_cast<nghttp2_session*>(p); }
 
+// `name` is a lower-case string literal: nghttp2 neither copies nor
+// lower-cases it (NO_COPY_NAME); the value is copied.
 nghttp2_nv make_nv(const char* name, const char* value, size_t value_len) {
   return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name)),
                     reinterpret_cast<uint8_t*>(const_cast<char*>(value)), std::strlen(name), value_len,
-                    NGHTTP2_NV_FLAG_NONE};
+                    NGHTTP2_NV_FLAG_NO_COPY_NAME};
+}
+
+// Name and value both string literals: nothing is copied.
+nghttp2_nv literal_nv(const char* name, const char* value) {
+  nghttp2_nv nv = make_nv(name, value, std::strlen(value));
+  nv.flags |= NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+  return nv;
 }
 
 bool is(const nghttp2_vec& v, std::string_view want) {
@@ -136,8 +145,14 @@ void HeaderList::clear() {
 size_t HeaderList::to_nv(nghttp2_nv* nva) const {
   for (uint32_t i = 0; i < count_; ++i) {
     const Field& f = fields_[i];
-    nva[i] = nghttp2_nv{const_cast<uint8_t*>(f.name), const_cast<uint8_t*>(f.value), f.name_len, f.value_len,
-                        NGHTTP2_NV_FLAG_NONE};
+    // A submitted frame may wait in nghttp2's queue after this list is
+    // cleared, so nghttp2 copies the fields, except what lives for ever:
+    // add_static()'s literal names and HPACK static-table strings (lower
+    // case, as NO_COPY_NAME requires). The copy lower-cased every name.
+    uint8_t flags = NGHTTP2_NV_FLAG_NONE;
+    if (f.name_rc == nullptr || nghttp2_rcbuf_is_static(f.name_rc)) flags |= NGHTTP2_NV_FLAG_NO_COPY_NAME;
+    if (f.value_rc != nullptr && nghttp2_rcbuf_is_static(f.value_rc)) flags |= NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    nva[i] = nghttp2_nv{const_cast<uint8_t*>(f.name), const_cast<uint8_t*>(f.value), f.name_len, f.value_len, flags};
   }
   return count_;
 }
@@ -274,7 +289,7 @@ struct Forward {
     percent_encode(why, s->message, sizeof s->message);
     const size_t code_len = std::strlen(code);
     if (!s->resp_started) {
-      nghttp2_nv nva[4] = {make_nv(":status", "200", 3), make_nv("content-type", "application/grpc", 16),
+      nghttp2_nv nva[4] = {literal_nv(":status", "200"), literal_nv("content-type", "application/grpc"),
                            make_nv("grpc-status", code, code_len),
                            make_nv("grpc-message", s->message, std::strlen(s->message))};
       s->resp_started = true;
@@ -441,13 +456,15 @@ struct Forward {
       if (nva[i].namelen == 7 && std::memcmp(nva[i].name, ":scheme", 7) == 0) {
         nva[i].value = reinterpret_cast<uint8_t*>(const_cast<char*>("http"));
         nva[i].valuelen = 4;
+        nva[i].flags |= NGHTTP2_NV_FLAG_NO_COPY_VALUE;
       } else if (s->timeout_text[0] != 0 && nva[i].namelen == 12 && std::memcmp(nva[i].name, "grpc-timeout", 12) == 0) {
         nva[i].value = reinterpret_cast<uint8_t*>(s->timeout_text);
         nva[i].valuelen = std::strlen(s->timeout_text);
+        nva[i].flags &= static_cast<uint8_t>(~NGHTTP2_NV_FLAG_NO_COPY_VALUE);
       }
     }
     nva[n++] = make_nv("x-forwarded-for", d.settings_.client_ip.data(), d.settings_.client_ip.size());
-    nva[n++] = make_nv("x-forwarded-proto", "https", 5);
+    nva[n++] = literal_nv("x-forwarded-proto", "https");
     nghttp2_data_provider prd{};
     prd.source.ptr = s;
     prd.read_callback = read_request_body;
@@ -611,14 +628,22 @@ struct Callbacks {
     s->down_id = frame->hd.stream_id;
     Forward::link_down(*d, s);
     nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
+    d->block_id_ = frame->hd.stream_id;
+    d->block_stream_ = s;
     return 0;
   }
 
-  static int d_header(nghttp2_session* session, const nghttp2_frame* frame, nghttp2_rcbuf* name,
+  // Only header callbacks follow a begin callback before the block ends, and
+  // they neither free nor move streams, so the pointer stays valid for them.
+  static Stream* block_stream(Session& self, const nghttp2_frame* frame) {
+    return self.block_id_ == frame->hd.stream_id ? self.block_stream_ : nullptr;
+  }
+
+  static int d_header(nghttp2_session*, const nghttp2_frame* frame, nghttp2_rcbuf* name,
                       nghttp2_rcbuf* value, uint8_t, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
-    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    Stream* s = block_stream(*d, frame);
     if (s == nullptr) return 0;
     if (dropped_request_field(name)) return 0;
     if (!s->req_headers.add_rc(name, value)) {
@@ -630,6 +655,7 @@ struct Callbacks {
 
   static int d_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
+    d->block_id_ = 0;
     if (frame->hd.stream_id == 0) return 0;
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
     if (s == nullptr) return 0;
@@ -665,6 +691,7 @@ struct Callbacks {
 
   static int d_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
+    if (d->block_id_ == stream_id) d->block_id_ = 0;
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
     if (s == nullptr) return 0;
     nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
@@ -673,11 +700,18 @@ struct Callbacks {
   }
 
   // ---- upstream (client) side
-  static int u_header(nghttp2_session* session, const nghttp2_frame* frame, nghttp2_rcbuf* name,
+  static int u_begin_headers(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
+    auto* u = static_cast<UpstreamSession*>(user);
+    u->block_id_ = frame->hd.stream_id;
+    u->block_stream_ = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    return 0;
+  }
+
+  static int u_header(nghttp2_session*, const nghttp2_frame* frame, nghttp2_rcbuf* name,
                       nghttp2_rcbuf* value, uint8_t, void* user) {
     auto* u = static_cast<UpstreamSession*>(user);
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
-    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    Stream* s = block_stream(*u, frame);
     if (s == nullptr) return 0;
     if (dropped_response_field(name)) return 0;
     HeaderList& list = frame->headers.cat == NGHTTP2_HCAT_RESPONSE ? s->resp_headers : s->resp_trailers;
@@ -690,6 +724,7 @@ struct Callbacks {
 
   static int u_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
     auto* u = static_cast<UpstreamSession*>(user);
+    u->block_id_ = 0;
     if (frame->hd.type == NGHTTP2_GOAWAY) {
       u->going_away_ = true;
       u->goaway_last_id_ = std::min(u->goaway_last_id_, frame->goaway.last_stream_id);
@@ -740,6 +775,7 @@ struct Callbacks {
 
   static int u_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void* user) {
     auto* u = static_cast<UpstreamSession*>(user);
+    if (u->block_id_ == stream_id) u->block_id_ = 0;
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
     if (s == nullptr || s->up != u || s->up_id != stream_id) return 0;
     Forward::release_up(u->ctx_, s, error_code, true);
@@ -777,6 +813,7 @@ struct Callbacks {
       nghttp2_session_callbacks_set_on_stream_close_callback(cb, d_stream_close);
       nghttp2_session_callbacks_set_send_callback(cb, d_send);
     } else {
+      nghttp2_session_callbacks_set_on_begin_headers_callback(cb, u_begin_headers);
       nghttp2_session_callbacks_set_on_header_callback2(cb, u_header);
       nghttp2_session_callbacks_set_on_frame_recv_callback(cb, u_frame_recv);
       nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, u_data_chunk);
@@ -874,6 +911,7 @@ DownstreamSession::DownstreamSession(Context& ctx, Owner& owner, DownstreamSetti
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, kMaxHeaderListSize},
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
   };
   nghttp2_submit_settings(s, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
   nghttp2_session_set_local_window_size(s, NGHTTP2_FLAG_NONE, 0, kDownstreamConnectionWindow);
@@ -899,6 +937,7 @@ UpstreamSession::UpstreamSession(Context& ctx, Owner& owner, uint32_t cluster, i
   nghttp2_settings_entry iv[] = {
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)},
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
   };
   nghttp2_submit_settings(s, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
   nghttp2_session_set_local_window_size(s, NGHTTP2_FLAG_NONE, 0, kUpstreamConnectionWindow);
@@ -951,12 +990,12 @@ void* UpstreamSession::submit_probe(const std::string& service, const std::strin
     return nullptr;
   }
   nghttp2_nv nva[] = {
-      make_nv(":method", "POST", 4),
-      make_nv(":scheme", "http", 4),
-      make_nv(":path", "/grpc.health.v1.Health/Check", 28),
+      literal_nv(":method", "POST"),
+      literal_nv(":scheme", "http"),
+      literal_nv(":path", "/grpc.health.v1.Health/Check"),
       make_nv(":authority", authority.data(), authority.size()),
-      make_nv("content-type", "application/grpc", 16),
-      make_nv("te", "trailers", 8),
+      literal_nv("content-type", "application/grpc"),
+      literal_nv("te", "trailers"),
   };
   nghttp2_data_provider prd{};
   prd.source.ptr = s;
