@@ -34,6 +34,12 @@ uint64_t names_cache_hits();
 // Empty: init_library() calls it so that every program using this module
 // links fetch_cache.cc, whose only other contents are interposers.
 void link_fetch_cache();
+// X25519 key pairs made by tlsgate's key generation (x25519.cc) in this process.
+uint64_t x25519_fast_keys();
+// RFC 7748's X25519(private_key, 9): the public key of a private key, as
+// x25519.cc computes it for new key shares. False if its table failed its
+// self-check at start-up (init_library() throws then).
+bool x25519_public_key(uint8_t out[32], const uint8_t private_key[32]);
 
 enum class Alpn { None, H2, Http11 };
 const char* to_string(Alpn a);

@@ -31,6 +31,10 @@ class HmacKeyScope {
   HmacKeyScope& operator=(const HmacKeyScope&) = delete;
 };
 
+// Builds x25519.cc's table of base-point multiples and checks the base point;
+// being called also links x25519.cc's EVP_PKEY_keygen into the program.
+bool link_x25519();
+
 // tlsgate's TLS13-KDF provider (kdf.cc): loaded with the default provider.
 bool load_kdf_provider();
 bool kdf_provider_loaded();

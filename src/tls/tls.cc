@@ -134,6 +134,7 @@ void init_library() {
 #endif
   OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, nullptr);
   if (!load_kdf_provider()) throw std::runtime_error("cannot load OpenSSL's default provider and tlsgate's TLS13-KDF");
+  if (!link_x25519()) throw std::runtime_error("x25519: the base point fails the curve equation (build fault)");
   if (RAND_bytes(g_ticket_keys, sizeof g_ticket_keys) != 1)
     throw std::runtime_error("RAND_bytes for session ticket keys failed");
   g_bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tlsgate");

@@ -842,6 +842,114 @@ TEST(Tls13Kdf, LibsslFetchGetsTlsgatesImplementation) {
   EVP_KDF_free(kdf);
 }
 
+// ------------------------------------------------------------ X25519 key generation
+
+// OpenSSL's public key for `priv` (EVP_PKEY_new_raw_private_key computes it
+// with its own code, not through EVP_PKEY_keygen).
+std::vector<uint8_t> openssl_x25519_public(const std::vector<uint8_t>& priv) {
+  EVP_PKEY* k = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, nullptr, priv.data(), priv.size());
+  EXPECT_NE(k, nullptr);
+  std::vector<uint8_t> pub(32);
+  size_t len = pub.size();
+  EXPECT_EQ(EVP_PKEY_get_raw_public_key(k, pub.data(), &len), 1);
+  EVP_PKEY_free(k);
+  return pub;
+}
+
+std::vector<uint8_t> tlsgate_x25519_public(const std::vector<uint8_t>& priv) {
+  std::vector<uint8_t> pub(32);
+  EXPECT_TRUE(x25519_public_key(pub.data(), priv.data()));
+  return pub;
+}
+
+std::vector<uint8_t> from_hex(const std::string& hex) {
+  std::vector<uint8_t> v;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) v.push_back(static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  return v;
+}
+
+// RFC 7748 6.1: Alice's and Bob's key pairs.
+TEST(X25519, PublicKeysOfRfc7748) {
+  EXPECT_EQ(tlsgate_x25519_public(from_hex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")),
+            from_hex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));
+  EXPECT_EQ(tlsgate_x25519_public(from_hex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")),
+            from_hex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"));
+}
+
+// The same public key as OpenSSL's for random private keys and for the
+// extremes of the clamped scalar (every digit of the comb at its ends).
+TEST(X25519, SameAsOpensslOnRandomAndExtremeKeys) {
+  std::vector<std::vector<uint8_t>> keys;
+  for (uint8_t fill : {0x00, 0xff, 0x01, 0x80, 0x7f, 0x88, 0x77, 0x08}) keys.push_back(std::vector<uint8_t>(32, fill));
+  for (int i = 0; i < 3000; ++i) keys.push_back(random_bytes(32));
+  for (const auto& k : keys) ASSERT_EQ(tlsgate_x25519_public(k), openssl_x25519_public(k)) << "first byte " << int(k[0]);
+}
+
+// Through the EVP API as libssl calls it: an X25519 key pair whose public
+// half belongs to its private half, agreeing on a shared secret with a key
+// OpenSSL made; other key types are OpenSSL's.
+TEST(X25519, KeygenMakesWorkingOpensslKeys) {
+  const uint64_t before = x25519_fast_keys();
+  EVP_PKEY_CTX* g = EVP_PKEY_CTX_new_from_name(nullptr, "X25519", nullptr);
+  ASSERT_NE(g, nullptr);
+  ASSERT_EQ(EVP_PKEY_keygen_init(g), 1);
+  EVP_PKEY* mine = nullptr;
+  ASSERT_EQ(EVP_PKEY_keygen(g, &mine), 1);
+  EVP_PKEY_CTX_free(g);
+  EXPECT_EQ(x25519_fast_keys(), before + 1);
+  std::vector<uint8_t> priv(32), pub(32);
+  size_t len = 32;
+  ASSERT_EQ(EVP_PKEY_get_raw_private_key(mine, priv.data(), &len), 1);
+  len = 32;
+  ASSERT_EQ(EVP_PKEY_get_raw_public_key(mine, pub.data(), &len), 1);
+  EXPECT_EQ(pub, openssl_x25519_public(priv));
+  EXPECT_EQ(priv[0] & 7, 0) << "stored clamped, as OpenSSL's key manager does";
+  EXPECT_EQ(priv[31] & 0xc0, 0x40);
+
+  const std::vector<uint8_t> other_priv = random_bytes(32);
+  EVP_PKEY* other = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, nullptr, other_priv.data(), 32);
+  ASSERT_NE(other, nullptr);
+  auto derive = [](EVP_PKEY* a, EVP_PKEY* b) {
+    EVP_PKEY_CTX* d = EVP_PKEY_CTX_new(a, nullptr);
+    std::vector<uint8_t> secret(32);
+    size_t n = secret.size();
+    EXPECT_EQ(EVP_PKEY_derive_init(d), 1);
+    EXPECT_EQ(EVP_PKEY_derive_set_peer(d, b), 1);
+    EXPECT_EQ(EVP_PKEY_derive(d, secret.data(), &n), 1);
+    EVP_PKEY_CTX_free(d);
+    return secret;
+  };
+  EXPECT_EQ(derive(mine, other), derive(other, mine));
+  EXPECT_NE(derive(mine, other), std::vector<uint8_t>(32, 0));
+  EVP_PKEY_free(other);
+  EVP_PKEY_free(mine);
+
+  EVP_PKEY_CTX* ec = EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr);
+  ASSERT_EQ(EVP_PKEY_keygen_init(ec), 1);
+  ASSERT_EQ(EVP_PKEY_CTX_set_group_name(ec, "P-256"), 1);
+  EVP_PKEY* p256 = nullptr;
+  EXPECT_EQ(EVP_PKEY_keygen(ec, &p256), 1);
+  EXPECT_NE(p256, nullptr);
+  EXPECT_EQ(x25519_fast_keys(), before + 1) << "a P-256 key is OpenSSL's";
+  EVP_PKEY_free(p256);
+  EVP_PKEY_CTX_free(ec);
+}
+
+// A TLS 1.3 handshake's key shares (the server's and the test client's, both
+// in this process) come from it.
+TEST(X25519, HandshakeKeySharesComeFromIt) {
+  ChunkPool pool;
+  Context ctx(settings());
+  const uint64_t before = x25519_fast_keys();
+  ByteQueue out(&pool);
+  Session s(ctx, pool);
+  Client c(ClientOptions{});
+  Outcome o = run_handshake(s, c, out);
+  EXPECT_EQ(o.server, HandshakeState::Done) << s.failure();
+  EXPECT_EQ(o.client, 1) << c.last_error();
+  EXPECT_EQ(x25519_fast_keys() - before, 2u);
+}
+
 TEST(TlsContext, EnumNamesForLogs) {
   EXPECT_STREQ(to_string(Alpn::H2), "h2");
   EXPECT_STREQ(to_string(Alpn::Http11), "http/1.1");
