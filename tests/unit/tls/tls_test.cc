@@ -584,6 +584,32 @@ TEST(KeylogFormat, OtherCallsReachGlibc) {
   EXPECT_STREQ(buf, "AB");
 }
 
+// ------------------------------------------------------------ OPENSSL_cleanse
+
+// src/tls/tls.cc defines it; libcrypto's and libssl's calls bind to it.
+TEST(Cleanse, OpensslBindsToTheExecutablesCleanse) {
+  void* sym = dlsym(RTLD_DEFAULT, "OPENSSL_cleanse");
+  ASSERT_NE(sym, nullptr);
+  Dl_info info{};
+  ASSERT_NE(dladdr(sym, &info), 0);
+  EXPECT_EQ(std::string(info.dli_fname).find("libcrypto"), std::string::npos) << info.dli_fname;
+}
+
+// Every byte of the range, at every alignment and length around a vector's,
+// and nothing outside it.
+TEST(Cleanse, ZeroesExactlyTheRange) {
+  std::vector<uint8_t> buf(200);
+  for (size_t off = 0; off < 9; ++off) {
+    for (size_t len : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{15}, size_t{31}, size_t{32}, size_t{33},
+                       size_t{100}, size_t{180}}) {
+      std::fill(buf.begin(), buf.end(), 0xa5);
+      OPENSSL_cleanse(buf.data() + off, len);
+      for (size_t i = 0; i < buf.size(); ++i)
+        ASSERT_EQ(buf[i], (i >= off && i < off + len) ? 0 : 0xa5) << "offset " << off << " length " << len << " at " << i;
+    }
+  }
+}
+
 // ------------------------------------------------------------ fetch cache
 
 // Runs `fn` on a new thread: its fetch cache starts empty.
