@@ -4,10 +4,11 @@
 // A new TLS 1.3 connection makes one X25519 key pair (the server's share)
 // and one X25519 shared secret. OpenSSL 3.0 derives the shared secret with a
 // fast 64-bit ladder, but computes the public key of a fresh private key with
-// an Edwards-curve comb in 25.5-bit limbs: ~56 µs per key on the benchmark
-// machine, more than the shared secret (~45 µs) and ~9% of a whole new
+// an Edwards-curve comb in 25.5-bit limbs: 53-71 µs per key on the benchmark
+// machine, more than the shared secret (~45 µs) and ~8% of a whole new
 // connection's proxy CPU (bench/README.md, fifth round). The same comb in
-// 51-bit limbs with 128-bit products is about four times faster.
+// 51-bit limbs with 128-bit products takes ~27 µs per key, EVP calls
+// included.
 //
 // What it computes: public = u([k]B), k the clamped private key, B the
 // Ed25519 base point (birationally equivalent to Curve25519's u = 9), with
