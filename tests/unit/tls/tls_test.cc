@@ -553,15 +553,22 @@ extern "C" int __sprintf_chk(char* __restrict s, int flag, size_t slen, const ch
 namespace tlsgate::tls {
 namespace {
 
+// The object in which the global lookup, which libssl's and libcrypto's
+// calls bind to, finds `symbol`; empty if none.
+std::string defined_in(const char* symbol) {
+  void* sym = dlsym(RTLD_DEFAULT, symbol);
+  Dl_info info{};
+  if (sym == nullptr || dladdr(sym, &info) == 0 || info.dli_fname == nullptr) return {};
+  return info.dli_fname;
+}
+
 // What libssl binds to: the global lookup must find the executable's copy,
 // not glibc's (otherwise every handshake formats its keylog with printf).
 TEST(KeylogFormat, LibsslGetsTheExecutablesFormatter) {
-  void* sym = dlsym(RTLD_DEFAULT, "__sprintf_chk");
-  ASSERT_NE(sym, nullptr);
-  Dl_info info{};
-  ASSERT_NE(dladdr(sym, &info), 0);
-  EXPECT_EQ(std::string(info.dli_fname).find("libc.so"), std::string::npos) << info.dli_fname;
-  EXPECT_EQ(sym, reinterpret_cast<void*>(&__sprintf_chk));
+  const std::string where = defined_in("__sprintf_chk");
+  ASSERT_FALSE(where.empty());
+  EXPECT_EQ(where.find("libc.so"), std::string::npos) << where;
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "__sprintf_chk"), reinterpret_cast<void*>(&__sprintf_chk));
 }
 
 TEST(KeylogFormat, ByteAsHexIsWhatPrintfWrites) {
@@ -585,15 +592,6 @@ TEST(KeylogFormat, OtherCallsReachGlibc) {
 }
 
 // ------------------------------------------------------------ OPENSSL_cleanse
-
-// src/tls/tls.cc defines it; libcrypto's and libssl's calls bind to it.
-TEST(Cleanse, OpensslBindsToTheExecutablesCleanse) {
-  void* sym = dlsym(RTLD_DEFAULT, "OPENSSL_cleanse");
-  ASSERT_NE(sym, nullptr);
-  Dl_info info{};
-  ASSERT_NE(dladdr(sym, &info), 0);
-  EXPECT_EQ(std::string(info.dli_fname).find("libcrypto"), std::string::npos) << info.dli_fname;
-}
 
 // Every byte of the range, at every alignment and length around a vector's,
 // and nothing outside it.
@@ -619,16 +617,15 @@ void on_fresh_thread(F fn) {
   t.join();
 }
 
-// src/tls/fetch_cache.cc defines the fetch functions; libssl's and
-// libcrypto's own calls must bind to them, not to libcrypto's.
-TEST(FetchCache, OpensslBindsToTheExecutablesFetch) {
-  for (const char* name :
-       {"EVP_MD_fetch", "EVP_KDF_fetch", "EVP_MAC_fetch", "EVP_CIPHER_fetch", "EVP_KEYMGMT_names_do_all"}) {
-    void* sym = dlsym(RTLD_DEFAULT, name);
-    ASSERT_NE(sym, nullptr) << name;
-    Dl_info info{};
-    ASSERT_NE(dladdr(sym, &info), 0) << name;
-    EXPECT_EQ(std::string(info.dli_fname).find("libcrypto"), std::string::npos) << name << " " << info.dli_fname;
+// The executable defines these libcrypto functions (fetch_cache.cc: the
+// fetches and key manager names; x25519.cc: EVP_PKEY_keygen; tls.cc:
+// OPENSSL_cleanse); libssl's and libcrypto's own calls must bind to them.
+TEST(Interposers, OpensslBindsToTheExecutablesDefinitions) {
+  for (const char* name : {"EVP_MD_fetch", "EVP_KDF_fetch", "EVP_MAC_fetch", "EVP_CIPHER_fetch",
+                           "EVP_KEYMGMT_names_do_all", "EVP_PKEY_keygen", "OPENSSL_cleanse"}) {
+    const std::string where = defined_in(name);
+    ASSERT_FALSE(where.empty()) << name;
+    EXPECT_EQ(where.find("libcrypto"), std::string::npos) << name << " " << where;
   }
 }
 
