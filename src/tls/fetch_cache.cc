@@ -15,11 +15,9 @@
 // method in its store; a miss, a failure or an unusual name goes to the real
 // function. Providers are loaded once at start-up, before the shards run, so
 // a (library context, name, properties) triple always yields the same method.
-#include <dlfcn.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 
-#include <cstdlib>
 #include <cstring>
 
 #include "internal.hh"
@@ -87,9 +85,7 @@ class FetchCache {
   };
 
   typename FetchKind<M>::Fetch real() const {
-    // The next definition after the executable's: libcrypto's.
-    static const auto fn = reinterpret_cast<typename FetchKind<M>::Fetch>(dlsym(RTLD_NEXT, kind_.symbol));
-    if (fn == nullptr) std::abort();  // cannot happen while libcrypto is linked
+    static const auto fn = next_definition<typename FetchKind<M>::Fetch>(kind_.symbol);
     return fn;
   }
 
@@ -162,8 +158,7 @@ class NamesCache {
 
   using Real = int (*)(const EVP_KEYMGMT*, Fn, void*);
   static Real real() {
-    static const auto fn = reinterpret_cast<Real>(dlsym(RTLD_NEXT, "EVP_KEYMGMT_names_do_all"));
-    if (fn == nullptr) std::abort();  // cannot happen while libcrypto is linked
+    static const auto fn = next_definition<Real>("EVP_KEYMGMT_names_do_all");
     return fn;
   }
 

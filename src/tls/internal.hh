@@ -1,12 +1,23 @@
 // Private to src/tls/.
 #pragma once
 
+#include <dlfcn.h>
 #include <openssl/ssl.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 
 namespace tlsgate::tls {
+
+// libcrypto's definition of a function the executable defines too (the
+// interposers in fetch_cache.cc and x25519.cc): the next one in lookup order.
+template <class Fn>
+Fn next_definition(const char* symbol) {
+  const auto fn = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, symbol));
+  if (fn == nullptr) std::abort();  // cannot happen while libcrypto is linked
+  return fn;
+}
 
 // Records the TLS 1.3 application traffic secrets of every session of `ctx`
 // (kTLS needs them; OpenSSL 3.0 has no other public way to get them).

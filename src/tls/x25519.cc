@@ -27,7 +27,6 @@
 // context), clamps it as that key manager does, computes the public key here
 // and hands both to OpenSSL's own key manager with EVP_PKEY_fromdata, so the
 // key is the one OpenSSL would have made. Everything else goes to OpenSSL.
-#include <dlfcn.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -338,7 +337,7 @@ namespace {
 using KeygenFn = int (*)(EVP_PKEY_CTX*, EVP_PKEY**);
 
 KeygenFn real_keygen() {
-  static const KeygenFn fn = reinterpret_cast<KeygenFn>(dlsym(RTLD_NEXT, "EVP_PKEY_keygen"));
+  static const KeygenFn fn = next_definition<KeygenFn>("EVP_PKEY_keygen");
   return fn;
 }
 
@@ -397,6 +396,5 @@ extern "C" int EVP_PKEY_keygen(EVP_PKEY_CTX* ctx, EVP_PKEY** ppkey) {
   if (ctx != nullptr && ppkey != nullptr && *ppkey == nullptr && EVP_PKEY_CTX_get0_propq(ctx) == nullptr &&
       EVP_PKEY_CTX_is_a(ctx, "X25519") && tlsgate::tls::fast_keygen(ctx, ppkey))
     return 1;
-  const auto real = tlsgate::tls::real_keygen();
-  return real != nullptr ? real(ctx, ppkey) : -2;
+  return tlsgate::tls::real_keygen()(ctx, ppkey);
 }
