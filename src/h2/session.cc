@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string_view>
@@ -113,38 +114,59 @@ bool authority_matches(const std::string& route, const uint8_t* a, size_t len) {
 
 // ---------------------------------------------------------------- HeaderList
 
+HeaderList::~HeaderList() {
+  clear();
+  std::free(spill_);
+}
+
+HeaderList::Field* HeaderList::next_slot(size_t bytes) {
+  if (count_ == kMaxFields || bytes_ + bytes > kMaxBytes) return nullptr;
+  if (count_ == kInlineFields && !spilled_) {
+    // Once per recycled stream at most: the storage stays for its next uses.
+    if (spill_ == nullptr) spill_ = static_cast<Field*>(std::malloc(sizeof(Field) * kMaxFields));
+    if (spill_ == nullptr) return nullptr;
+    std::memcpy(spill_, inline_, sizeof(inline_));
+    spilled_ = true;
+  }
+  bytes_ += bytes;
+  return (spilled_ ? spill_ : inline_) + count_++;
+}
+
 bool HeaderList::add_rc(nghttp2_rcbuf* name, nghttp2_rcbuf* value) {
   nghttp2_vec n = nghttp2_rcbuf_get_buf(name);
   nghttp2_vec v = nghttp2_rcbuf_get_buf(value);
-  if (count_ == kMaxFields || bytes_ + n.len + v.len + 32 > kMaxBytes) return false;
+  Field* f = next_slot(n.len + v.len + 32);
+  if (f == nullptr) return false;
   nghttp2_rcbuf_incref(name);
   nghttp2_rcbuf_incref(value);
-  fields_[count_++] = Field{name, value, n.base, n.len, v.base, v.len};
-  bytes_ += n.len + v.len + 32;
+  *f = Field{name, value, n.base, n.len, v.base, v.len};
   return true;
 }
 
 bool HeaderList::add_static(const char* name, const char* value, size_t value_len) {
   size_t nl = std::strlen(name);
-  if (count_ == kMaxFields || bytes_ + nl + value_len + 32 > kMaxBytes) return false;
-  fields_[count_++] = Field{nullptr, nullptr, reinterpret_cast<const uint8_t*>(name), nl,
-                            reinterpret_cast<const uint8_t*>(value), value_len};
-  bytes_ += nl + value_len + 32;
+  Field* f = next_slot(nl + value_len + 32);
+  if (f == nullptr) return false;
+  *f = Field{nullptr, nullptr, reinterpret_cast<const uint8_t*>(name), nl,
+             reinterpret_cast<const uint8_t*>(value), value_len};
   return true;
 }
 
 void HeaderList::clear() {
+  const Field* f = fields();
   for (uint32_t i = 0; i < count_; ++i) {
-    if (fields_[i].name_rc) nghttp2_rcbuf_decref(fields_[i].name_rc);
-    if (fields_[i].value_rc) nghttp2_rcbuf_decref(fields_[i].value_rc);
+    if (f[i].name_rc) nghttp2_rcbuf_decref(f[i].name_rc);
+    if (f[i].value_rc) nghttp2_rcbuf_decref(f[i].value_rc);
   }
   count_ = 0;
+  spilled_ = false;
   bytes_ = 0;
 }
 
 size_t HeaderList::to_nv(nghttp2_nv* nva) const {
+  const Field* fs = fields();
   for (uint32_t i = 0; i < count_; ++i) {
-    const Field& f = fields_[i];
+    const Field& f = fs[i];
     // A submitted frame may wait in nghttp2's queue after this list is
     // cleared, so nghttp2 copies the fields, except what lives for ever:
     // add_static()'s literal names and HPACK static-table strings (lower
@@ -159,10 +181,11 @@ size_t HeaderList::to_nv(nghttp2_nv* nva) const {
 
 bool HeaderList::find(const char* name, const uint8_t** value, size_t* len) const {
   size_t nl = std::strlen(name);
+  const Field* f = fields();
   for (uint32_t i = 0; i < count_; ++i) {
-    if (fields_[i].name_len == nl && std::memcmp(fields_[i].name, name, nl) == 0) {
-      *value = fields_[i].value;
-      *len = fields_[i].value_len;
+    if (f[i].name_len == nl && std::memcmp(f[i].name, name, nl) == 0) {
+      *value = f[i].value;
+      *len = f[i].value_len;
       return true;
     }
   }
@@ -182,11 +205,13 @@ Stream* Context::new_stream() {
   Stream* s;
   if (free_streams_.empty()) {
     s = new Stream;  // warm-up only: streams are recycled afterwards
+    s->reset(chunks_);
   } else {
+    // free_stream() reset it already; a second pass would only reload a
+    // stream that has gone cold in the cache since.
     s = free_streams_.back();
     free_streams_.pop_back();
   }
-  s->reset(chunks_);
   ++streams_in_use_;
   return s;
 }

@@ -467,6 +467,47 @@ TEST_F(ForwardTest, SixtyFourHeaderFieldsAreForwarded) {
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
 }
 
+// A stream whose lists outgrew their inline fields (HeaderList::kInlineFields)
+// forwards every field, and the recycled stream then carries exactly the
+// next call's fields: nothing of the big call is left behind.
+TEST_F(ForwardTest, BigHeaderListsThenSmallOnTheRecycledStream) {
+  start();
+  Headers req = grpc_request();
+  for (int i = 0; req.size() < 40; ++i) req.emplace_back(std::string("x-req-").append(std::to_string(i)), "r");
+  Headers resp = grpc_response_headers();
+  for (int i = 0; resp.size() < 30; ++i) resp.emplace_back(std::string("x-resp-").append(std::to_string(i)), "s");
+  Headers trailers{{"grpc-status", "0"}};
+  for (int i = 0; trailers.size() < 20; ++i)
+    trailers.emplace_back(std::string("x-trailer-").append(std::to_string(i)), "t");
+  Body body{grpc_frame("big")};
+  const int32_t cid = client_->request(req, &body);
+  ASSERT_TRUE(pump());
+  ASSERT_EQ(backend_->streams.size(), 1u);
+  const PeerStream& b = backend_->streams[backend_->last_stream];
+  EXPECT_EQ(b.headers.size(), 40u + 2u);  // plus x-forwarded-for / -proto
+  EXPECT_EQ(value(b.headers, "x-req-32"), "r");
+  Body answer{grpc_frame("re: big"), true, trailers};
+  backend_->respond(backend_->last_stream, resp, &answer);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  ASSERT_TRUE(c.closed);
+  EXPECT_EQ(c.headers.size(), 30u);
+  EXPECT_EQ(value(c.headers, "x-resp-26"), "s");
+  EXPECT_EQ(c.trailers.size(), 20u);
+  EXPECT_EQ(value(c.trailers, "x-trailer-18"), "t");
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+
+  const PeerStream& next = unary("small");
+  EXPECT_EQ(next.body, grpc_frame("re: small"));
+  EXPECT_EQ(next.headers.size(), grpc_response_headers().size());
+  EXPECT_TRUE(values(next.headers, "x-resp-0").empty());
+  EXPECT_EQ(next.trailers, (Headers{{"grpc-status", "0"}}));
+  const PeerStream& nb = backend_->streams[backend_->last_stream];
+  EXPECT_EQ(nb.headers.size(), grpc_request().size() + 2u);
+  EXPECT_TRUE(values(nb.headers, "x-req-0").empty());
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
 TEST_F(ForwardTest, HugeHeaderValueResetsOnlyThatStream) {
   start();
   Headers h = grpc_request();
