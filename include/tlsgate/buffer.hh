@@ -47,7 +47,11 @@ class ChunkPool {
   bool grow();
 
   std::vector<Chunk*> slabs_;
-  Chunk* free_ = nullptr;
+  // Free chunks as a stack of pointers (capacity reserved in grow(), so put()
+  // never allocates) rather than a list through the chunks: get() then reads
+  // nothing from a chunk that may have gone cold in the cache since it was
+  // freed, and only writes to it.
+  std::vector<Chunk*> free_;
   size_t free_count_ = 0;
   size_t allocated_ = 0;
   size_t slab_chunks_;

@@ -20,23 +20,25 @@ bool ChunkPool::grow() {
     if (allocated_ >= max_chunks_) return false;
     n = std::min(n, max_chunks_ - allocated_);
   }
+  try {
+    free_.reserve(allocated_ + n);
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
   auto* slab = static_cast<Chunk*>(::operator new(sizeof(Chunk) * n, std::align_val_t{64}, std::nothrow));
   if (slab == nullptr) return false;
   slabs_.push_back(slab);
-  for (size_t i = 0; i < n; ++i) {
-    Chunk* c = new (&slab[i]) Chunk;
-    c->next = free_;
-    free_ = c;
-  }
+  // Pushed last first, so that get() hands them out in address order.
+  for (size_t i = n; i-- > 0;) free_.push_back(new (&slab[i]) Chunk);
   free_count_ += n;
   allocated_ += n;
   return true;
 }
 
 Chunk* ChunkPool::get() {
-  if (free_ == nullptr && !grow()) return nullptr;
-  Chunk* c = free_;
-  free_ = c->next;
+  if (free_.empty() && !grow()) return nullptr;
+  Chunk* c = free_.back();
+  free_.pop_back();
   --free_count_;
   c->next = nullptr;
   c->begin = c->end = 0;
@@ -44,8 +46,7 @@ Chunk* ChunkPool::get() {
 }
 
 void ChunkPool::put(Chunk* c) {
-  c->next = free_;
-  free_ = c;
+  free_.push_back(c);
   ++free_count_;
 }
 

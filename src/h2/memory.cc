@@ -78,6 +78,7 @@ Memory::Memory() {
 }
 
 Memory::~Memory() {
+  for (Class& k : classes_) std::free(k.stack);
   while (spans_) {
     Span* s = spans_;
     spans_ = s->next;
@@ -127,6 +128,19 @@ Memory::Span* Memory::map_span(int c) {
   return s;
 }
 
+// Room on the class's free stack for one more block than it has carved, so
+// that release() can always push. Grows with the pool, at warm-up.
+bool Memory::make_room(Class& k) {
+  const size_t blocks = k.in_use + k.top + 1;
+  if (blocks <= k.capacity) return true;
+  const size_t cap = std::max<size_t>(64, 2 * k.capacity);
+  void* grown = std::realloc(k.stack, cap * sizeof(void*));
+  if (grown == nullptr) return false;
+  k.stack = static_cast<void**>(grown);
+  k.capacity = cap;
+  return true;
+}
+
 void* Memory::carve(int c) {
   Class& k = classes_[c];
   const bool frame = c == kFrameClass;
@@ -140,6 +154,7 @@ void* Memory::carve(int c) {
     k.current = s;
     k.carved = 0;
   }
+  if (!frame && !make_room(k)) return nullptr;
   void* p = reinterpret_cast<uint8_t*>(k.current) + first + k.carved;
   k.carved += size;
   return p;
@@ -151,11 +166,10 @@ void* Memory::allocate(size_t n) {
   if (kPassThrough) return std::malloc(n);
   if (n <= kMaxSmall && n != kFrameBufferSize && n != kPage) [[likely]] {
     Class& k = classes_[class_of(n)];
-    if (Free* f = k.free) [[likely]] {
-      k.free = f->next;
+    if (k.top != 0) [[likely]] {
       ++k.in_use;
       ++k.allocations;
-      return f;
+      return k.stack[--k.top];
     }
     return refill(class_of(n));
   }
@@ -186,9 +200,12 @@ void* Memory::allocate_big(size_t n) {
 
 void* Memory::refill(int c) {
   Class& k = classes_[c];
-  void* p = k.free;
-  if (p) {
+  void* p = nullptr;
+  if (c == kFrameClass && k.free != nullptr) {
+    p = k.free;
     k.free = k.free->next;
+  } else if (c != kFrameClass && k.top != 0) {
+    p = k.stack[--k.top];
   } else {
     p = carve(c);
     if (p == nullptr) return nullptr;
@@ -205,9 +222,7 @@ void Memory::release(void* p) {
   if (cls < kFrameClass) [[likely]] {
     Class& k = classes_[cls];
     --k.in_use;
-    auto* f = static_cast<Free*>(p);
-    f->next = k.free;
-    k.free = f;
+    k.stack[k.top++] = p;
     return;
   }
   release_big(p, cls);

@@ -80,6 +80,13 @@ class Memory {
     Free* next;
   };
   struct Class {
+    // Small classes keep their free blocks as a stack of pointers (grown as
+    // blocks are carved, so release() never allocates): allocate() then
+    // reads nothing from a block that may have gone cold in the cache since
+    // it was freed. The frame-buffer class links its free slots through them.
+    void** stack = nullptr;
+    size_t top = 0;       // free blocks on the stack
+    size_t capacity = 0;  // >= blocks ever carved for the class
     Free* free = nullptr;
     uint64_t in_use = 0;
     uint64_t allocations = 0;
@@ -98,6 +105,7 @@ class Memory {
   [[gnu::noinline]] void* allocate_big(size_t n);
   [[gnu::noinline]] void release_big(void* p, uint32_t cls);
   void* carve(int c);
+  bool make_room(Class& k);
   Span* map_span(int c);
 
   nghttp2_mem mem_{};
