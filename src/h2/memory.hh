@@ -1,7 +1,8 @@
 // Per-shard memory for nghttp2 (an nghttp2_mem). Private to src/h2/.
 //
 // Blocks come from 256 KiB spans mapped at start-up and warm-up; afterwards
-// every nghttp2 allocation is a free-list pop, every free a push, and nothing
+// every nghttp2 allocation is a pop from its class's stack of free blocks,
+// every free a push (the stacks grow with the spans), and nothing
 // goes back to the system (STYLE: "pools at runtime, malloc only at boot").
 //
 // - Blocks up to 64 KiB: size classes, 8 per doubling (at most 12.5%
