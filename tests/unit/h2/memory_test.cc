@@ -84,6 +84,42 @@ TEST(Memory, SizeClassesFitTightly) {
   }
 }
 
+// Free blocks are kept on a stack per class that grows with the pool: across
+// many spans and interleaved frees, no block is handed out twice while live,
+// and a freed block is the next one handed out (still warm in the cache).
+TEST(Memory, FreeStacksNeverHandOutALiveBlock) {
+  Memory m;
+  std::vector<void*> live;
+  for (size_t i = 0; i < 20000; ++i) {  // 48-byte class: several 256 KiB spans
+    live.push_back(m.allocate(48));
+    ASSERT_NE(live.back(), nullptr);
+    fill(live.back(), 48, static_cast<uint8_t>(i));
+  }
+  for (size_t i = 0; i < live.size(); i += 3) {  // free every third
+    m.release(live[i]);
+    live[i] = nullptr;
+  }
+  std::vector<void*> again;
+  for (size_t i = 0; i < 10000; ++i) {
+    again.push_back(m.allocate(48));
+    ASSERT_NE(again.back(), nullptr);
+    fill(again.back(), 48, static_cast<uint8_t>(i + 101));
+  }
+  for (size_t i = 0; i < live.size(); ++i) {
+    if (live[i] != nullptr) {
+      ASSERT_TRUE(holds(live[i], 48, static_cast<uint8_t>(i))) << "block " << i << " was handed out again";
+    }
+  }
+  for (size_t i = 0; i < again.size(); ++i) ASSERT_TRUE(holds(again[i], 48, static_cast<uint8_t>(i + 101)));
+  void* last = again.back();
+  m.release(last);
+  EXPECT_EQ(m.allocate(48), last) << "the last freed block comes back first";
+  for (void* p : live)
+    if (p) m.release(p);
+  for (void* p : again) m.release(p);
+  EXPECT_EQ(m.stats().blocks_in_use, 0u);
+}
+
 TEST(Memory, SteadyStateMapsNothing) {
   Memory m;
   std::vector<void*> v;
