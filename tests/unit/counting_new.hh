@@ -17,23 +17,52 @@ thread_local size_t g_allocations = 0;
 // here; GCC cannot see that new and delete are replaced together.
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 
-void* operator new(size_t n) {
+// Every variant is replaced, so that every one counts and every pair is
+// malloc/free: a variant left to the sanitizer runtime (which defines them
+// all) would neither count nor match the replaced delete.
+namespace counting_new {
+inline void* plain(size_t n) noexcept {
   if (g_counting) ++g_allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
+  return std::malloc(n ? n : 1);
 }
-void* operator new(size_t n, std::align_val_t a) {
+inline void* aligned(size_t n, std::align_val_t a) noexcept {
   if (g_counting) ++g_allocations;
-  size_t align = static_cast<size_t>(a);
-  if (void* p = std::aligned_alloc(align, (n + align - 1) / align * align)) return p;
-  throw std::bad_alloc();
-}
-void* operator new(size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  if (g_counting) ++g_allocations;
-  size_t align = static_cast<size_t>(a);
+  const size_t align = static_cast<size_t>(a);
   return std::aligned_alloc(align, (n + align - 1) / align * align);
 }
+}  // namespace counting_new
+
+void* operator new(size_t n) {
+  if (void* p = counting_new::plain(n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](size_t n) {
+  if (void* p = counting_new::plain(n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(size_t n, const std::nothrow_t&) noexcept { return counting_new::plain(n); }
+void* operator new[](size_t n, const std::nothrow_t&) noexcept { return counting_new::plain(n); }
+void* operator new(size_t n, std::align_val_t a) {
+  if (void* p = counting_new::aligned(n, a)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](size_t n, std::align_val_t a) {
+  if (void* p = counting_new::aligned(n, a)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(size_t n, std::align_val_t a, const std::nothrow_t&) noexcept { return counting_new::aligned(n, a); }
+void* operator new[](size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+  return counting_new::aligned(n, a);
+}
 void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete[](void* p, size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete(void* p, size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }

@@ -11,6 +11,43 @@ namespace tlsgate::h2 {
 namespace {
 using namespace tlsgate::h2::fwdtest;
 
+// The counter itself: every form of new counts once, and each pairs with its
+// delete (under AddressSanitizer a form left to the runtime would report an
+// alloc-dealloc mismatch against the replaced delete). The pointers escape
+// through a volatile so that the compiler cannot drop a new/delete pair.
+void* volatile g_escape = nullptr;
+struct alignas(64) Wide {
+  int x = 0;
+};
+
+TEST(CountingNew, EveryFormCountsOnceAndPairsWithItsDelete) {
+  const size_t before = g_allocations;
+  g_counting = true;
+  int* a = new int(1);
+  g_escape = a;
+  delete a;
+  int* b = new (std::nothrow) int(2);
+  g_escape = b;
+  delete b;
+  int* c = new int[4];
+  g_escape = c;
+  delete[] c;
+  int* d = new (std::nothrow) int[3];
+  g_escape = d;
+  delete[] d;
+  Wide* e = new Wide;
+  g_escape = e;
+  delete e;
+  Wide* f = new Wide[2];
+  g_escape = f;
+  delete[] f;
+  Wide* g = new (std::nothrow) Wide;
+  g_escape = g;
+  delete g;
+  g_counting = false;
+  EXPECT_EQ(g_allocations - before, 7u);
+}
+
 // The fixture, with the gateway's calls wrapped in the counter.
 class AllocTest : public ForwardTest {
  protected:
