@@ -39,7 +39,7 @@ class ChunkPool {
   void put(Chunk* c);
 
   size_t allocated() const { return allocated_; }
-  size_t in_use() const { return allocated_ - free_count_; }
+  size_t in_use() const { return allocated_ - free_.size(); }
   // Number of times a slab was allocated: stays flat in steady state.
   size_t slab_allocations() const { return slabs_.size(); }
 
@@ -52,7 +52,6 @@ class ChunkPool {
   // nothing from a chunk that may have gone cold in the cache since it was
   // freed, and only writes to it.
   std::vector<Chunk*> free_;
-  size_t free_count_ = 0;
   size_t allocated_ = 0;
   size_t slab_chunks_;
   size_t max_chunks_;

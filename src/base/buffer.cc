@@ -30,7 +30,6 @@ bool ChunkPool::grow() {
   slabs_.push_back(slab);
   // Pushed last first, so that get() hands them out in address order.
   for (size_t i = n; i-- > 0;) free_.push_back(new (&slab[i]) Chunk);
-  free_count_ += n;
   allocated_ += n;
   return true;
 }
@@ -39,7 +38,6 @@ Chunk* ChunkPool::get() {
   if (free_.empty() && !grow()) return nullptr;
   Chunk* c = free_.back();
   free_.pop_back();
-  --free_count_;
   c->next = nullptr;
   c->begin = c->end = 0;
   return c;
@@ -47,7 +45,6 @@ Chunk* ChunkPool::get() {
 
 void ChunkPool::put(Chunk* c) {
   free_.push_back(c);
-  ++free_count_;
 }
 
 ByteQueue::ByteQueue(ByteQueue&& o) noexcept

@@ -154,13 +154,13 @@ void* Memory::carve(int c) {
     k.current = s;
     k.carved = 0;
   }
-  if (!frame && !make_room(k)) return nullptr;
+  if (!make_room(k)) return nullptr;
   void* p = reinterpret_cast<uint8_t*>(k.current) + first + k.carved;
   k.carved += size;
   return p;
 }
 
-// The hot path: a class lookup, a free-list pop or push and one counter in
+// The hot path: a class lookup, a pop or push on the free stack and one counter in
 // the class (the totals are summed in stats()).
 void* Memory::allocate(size_t n) {
   if (kPassThrough) return std::malloc(n);
@@ -200,16 +200,8 @@ void* Memory::allocate_big(size_t n) {
 
 void* Memory::refill(int c) {
   Class& k = classes_[c];
-  void* p = nullptr;
-  if (c == kFrameClass && k.free != nullptr) {
-    p = k.free;
-    k.free = k.free->next;
-  } else if (c != kFrameClass && k.top != 0) {
-    p = k.stack[--k.top];
-  } else {
-    p = carve(c);
-    if (p == nullptr) return nullptr;
-  }
+  void* p = k.top != 0 ? k.stack[--k.top] : carve(c);
+  if (p == nullptr) return nullptr;
   ++k.in_use;
   ++k.allocations;
   return p;
@@ -237,14 +229,12 @@ void Memory::release_big(void* p, uint32_t cls) {
     return;
   }
   if (last_frame_buffer_ == p) last_frame_buffer_ = nullptr;
-  // A closed connection's buffer costs one page in the pool (the one the
-  // free-list link below is written to), not five.
+  // A closed connection's buffer keeps one page in the pool, not five: the
+  // first, where the next session's first frames go without a page fault.
   madvise(static_cast<uint8_t*>(p) + kPage, kSlot - kPage, MADV_DONTNEED);
   Class& k = classes_[kFrameClass];
   --k.in_use;
-  auto* f = static_cast<Free*>(p);
-  f->next = k.free;
-  k.free = f;
+  k.stack[k.top++] = p;
 }
 
 MemoryStats Memory::stats() const {

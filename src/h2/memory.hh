@@ -77,18 +77,13 @@ class Memory {
 
  private:
   struct Span;
-  struct Free {
-    Free* next;
-  };
   struct Class {
-    // Small classes keep their free blocks as a stack of pointers (grown as
-    // blocks are carved, so release() never allocates): allocate() then
-    // reads nothing from a block that may have gone cold in the cache since
-    // it was freed. The frame-buffer class links its free slots through them.
+    // Free blocks as a stack of pointers (grown as blocks are carved, so
+    // release() never allocates): allocate() then reads nothing from a block
+    // that may have gone cold in the cache since it was freed.
     void** stack = nullptr;
     size_t top = 0;       // free blocks on the stack
     size_t capacity = 0;  // >= blocks ever carved for the class
-    Free* free = nullptr;
     uint64_t in_use = 0;
     uint64_t allocations = 0;
     uint32_t size = 0;

@@ -121,15 +121,16 @@ HeaderList::~HeaderList() {
 
 HeaderList::Field* HeaderList::next_slot(size_t bytes) {
   if (count_ == kMaxFields || bytes_ + bytes > kMaxBytes) return nullptr;
-  if (count_ == kInlineFields && !spilled_) {
+  if (count_ == kInlineFields) {
     // Once per recycled stream at most: the storage stays for its next uses.
     if (spill_ == nullptr) spill_ = static_cast<Field*>(std::malloc(sizeof(Field) * kMaxFields));
     if (spill_ == nullptr) return nullptr;
     std::memcpy(spill_, inline_, sizeof(inline_));
-    spilled_ = true;
   }
   bytes_ += bytes;
-  return (spilled_ ? spill_ : inline_) + count_++;
+  Field* f = (count_ >= kInlineFields ? spill_ : inline_) + count_;
+  ++count_;
+  return f;
 }
 
 bool HeaderList::add_rc(nghttp2_rcbuf* name, nghttp2_rcbuf* value) {
@@ -159,7 +160,6 @@ void HeaderList::clear() {
     if (f[i].value_rc) nghttp2_rcbuf_decref(f[i].value_rc);
   }
   count_ = 0;
-  spilled_ = false;
   bytes_ = 0;
 }
 

@@ -45,8 +45,6 @@ class HeaderList {
   size_t to_nv(nghttp2_nv* nva) const;
   // Value of the first field named `name`, or empty.
   bool find(const char* name, const uint8_t** value, size_t* len) const;
-  // Whether spill storage was ever allocated (tests).
-  bool has_spill() const { return spill_ != nullptr; }
 
  private:
   struct Field {
@@ -59,10 +57,10 @@ class HeaderList {
   };
   // Room for one more field within the limits, or nullptr.
   Field* next_slot(size_t bytes);
-  const Field* fields() const { return spilled_ ? spill_ : inline_; }
+  // Past kInlineFields the fields are in spill_ (moved there by next_slot).
+  const Field* fields() const { return count_ > kInlineFields ? spill_ : inline_; }
 
   uint32_t count_ = 0;
-  bool spilled_ = false;  // the fields are in spill_
   size_t bytes_ = 0;
   Field* spill_ = nullptr;
   Field inline_[kInlineFields];
