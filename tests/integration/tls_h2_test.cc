@@ -1,11 +1,17 @@
 // gRPC over TLS + HTTP/2 through a real tlsgate to a real grpc++ backend.
+#include <unistd.h>
+
+#include <algorithm>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include "fixtures.hh"
 
 namespace tlsgate::itest {
 namespace {
+
+namespace fs = std::filesystem;
 
 class TlsH2 : public GatewayTest {};
 
@@ -15,21 +21,85 @@ std::string md_value(const std::multimap<grpc::string_ref, grpc::string_ref>& md
   return std::string(it->second.data(), it->second.size());
 }
 
-// Established server-side TCP connections on 127.0.0.1:port (from /proc/net/tcp).
-int established_on(int port) {
-  std::ifstream in("/proc/net/tcp");
-  std::string line;
-  std::getline(in, line);  // header
-  int n = 0;
+// An ESTABLISHED connection accepted on the gateway's port, as /proc/net/tcp
+// and /proc/*/fd show it.
+struct Accepted {
+  std::string text;       // "local <- remote held by comm[pid], peer held by comm[pid]"
+  bool peer_is_this_test;  // the client end is a socket of this process
+};
+
+// socket inode -> "comm[pid]" of the process holding it, for every process.
+std::map<std::string, std::string> socket_owners() {
+  std::map<std::string, std::string> owners;
+  for (const auto& p : fs::directory_iterator("/proc")) {
+    const std::string pid = p.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;  // "self", "sys", ...
+    std::ifstream comm(p.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    std::error_code ec;
+    for (const auto& fd : fs::directory_iterator(p.path() / "fd", ec)) {
+      std::string link = fs::read_symlink(fd.path(), ec).string();
+      if (link.starts_with("socket:[")) owners[link.substr(8, link.size() - 9)] = name + "[" + pid + "]";
+    }
+  }
+  return owners;
+}
+
+// Every connection established on 127.0.0.1:port, so a test can count its own
+// client's connections — another test process's stray connection to a port the
+// kernel has since handed to this gateway is not this client's doing — and a
+// failure can say whose each one was.
+std::vector<Accepted> accepted_on(int port) {
+  struct Row {
+    std::string local, remote, inode;
+  };
+  // A gRPC client's socket is AF_INET6 connected to ::ffff:127.0.0.1, so its
+  // end is in tcp6 under the v4-mapped address: written here the v4 way.
+  auto v4 = [](std::string a) {
+    const std::string mapped = "0000000000000000FFFF0000";
+    return a.starts_with(mapped) ? a.substr(mapped.size()) : a;
+  };
+  std::vector<Row> rows;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(table);
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::istringstream s(line);
+      std::string sl, local, remote, state, queues, timer, retr, uid, timeout, inode;
+      s >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
+      if (state == "01") rows.push_back({v4(local), v4(remote), inode});
+    }
+  }
+  const auto owners = socket_owners();
+  auto owner = [&](const std::string& inode) {
+    auto it = owners.find(inode);
+    return it == owners.end() ? std::string("?") : it->second;
+  };
+  const std::string self = std::to_string(::getpid());
   char want[16];
   std::snprintf(want, sizeof want, ":%04X", port);
-  while (std::getline(in, line)) {
-    std::istringstream s(line);
-    std::string sl, local, remote, state;
-    s >> sl >> local >> remote >> state;
-    if (state == "01" && local.size() > 5 && local.substr(local.size() - 5) == want) ++n;
+  std::vector<Accepted> out;
+  for (const auto& r : rows) {
+    if (r.local.size() <= 5 || r.local.substr(r.local.size() - 5) != want) continue;
+    std::string peer = "?";
+    for (const auto& c : rows)
+      if (c.local == r.remote && c.remote == r.local) peer = owner(c.inode);
+    out.push_back({r.local + " <- " + r.remote + " held by " + owner(r.inode) + ", peer held by " + peer,
+                   peer.ends_with("[" + self + "]")});
   }
-  return n;
+  return out;
+}
+
+int from_this_test(const std::vector<Accepted>& conns) {
+  return static_cast<int>(std::count_if(conns.begin(), conns.end(), [](const Accepted& c) { return c.peer_is_this_test; }));
+}
+
+std::string describe(const std::vector<Accepted>& conns) {
+  std::string s = "established on the gateway's port:\n";
+  for (const auto& c : conns) s += "  " + c.text + "\n";
+  return s;
 }
 
 TEST_F(TlsH2, GrpcUnary) {
@@ -206,7 +276,8 @@ TEST_F(TlsH2, Grpc1000ConcurrentStreamsOneConnection) {
     }
   }
   EXPECT_EQ(failed, 0) << "first: " << first_failure;
-  EXPECT_LE(established_on(gw_->endpoint().port), 1) << "expected one client connection";
+  auto conns = accepted_on(gw_->endpoint().port);
+  EXPECT_EQ(from_this_test(conns), 1) << "expected one client connection; " << describe(conns);
   StatsReply st;
   ASSERT_TRUE(echo_->stats(&st).ok());
   EXPECT_EQ(calls_of(st, "Unary"), static_cast<uint64_t>(kCalls));
@@ -264,7 +335,8 @@ TEST_F(TlsH2, Grpc100ClientConnections) {
     }
     if (round == 0) {
       // The channels really are separate connections, all open at once.
-      EXPECT_GE(established_on(gw_->endpoint().port), kConns);
+      auto conns = accepted_on(gw_->endpoint().port);
+      EXPECT_EQ(from_this_test(conns), kConns) << describe(conns);
     }
   }
   StatsReply st;
