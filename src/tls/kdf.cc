@@ -63,43 +63,70 @@ bool take_octets(const OSSL_PARAM* p, uint8_t* dst, size_t cap, size_t* len) {
   return true;
 }
 
+enum class Param { Mode, Digest, Key, Salt, Prefix, Label, Data, Other };
+
+// libssl passes six or seven parameters to each of ~15 derives per
+// handshake: the first letter picks the one name to compare, where a chain
+// of strcmp compared up to seven.
+Param param_of(const char* name) {
+  auto is = [name](const char* want, Param p) { return std::strcmp(name, want) == 0 ? p : Param::Other; };
+  switch (name[0]) {
+    case 'm': return is(OSSL_KDF_PARAM_MODE, Param::Mode);
+    case 'd': return name[1] == 'i' ? is(OSSL_KDF_PARAM_DIGEST, Param::Digest) : is(OSSL_KDF_PARAM_DATA, Param::Data);
+    case 'k': return is(OSSL_KDF_PARAM_KEY, Param::Key);
+    case 's': return is(OSSL_KDF_PARAM_SALT, Param::Salt);
+    case 'p': return is(OSSL_KDF_PARAM_PREFIX, Param::Prefix);
+    case 'l': return is(OSSL_KDF_PARAM_LABEL, Param::Label);
+    default: return Param::Other;
+  }
+}
+
 int set_params(void* vctx, const OSSL_PARAM params[]) {
   auto* k = static_cast<Tls13Kdf*>(vctx);
   for (const OSSL_PARAM* p = params; p != nullptr && p->key != nullptr; ++p) {
-    const char* name = p->key;
-    if (std::strcmp(name, OSSL_KDF_PARAM_MODE) == 0) {
-      if (p->data_type == OSSL_PARAM_UTF8_STRING) {
-        const char* v = static_cast<const char*>(p->data);
-        if (std::strcmp(v, "EXTRACT_ONLY") == 0)
-          k->mode = EVP_KDF_HKDF_MODE_EXTRACT_ONLY;
-        else if (std::strcmp(v, "EXPAND_ONLY") == 0)
-          k->mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
-        else
+    switch (param_of(p->key)) {
+      case Param::Mode:
+        if (p->data_type == OSSL_PARAM_UTF8_STRING) {
+          const char* v = static_cast<const char*>(p->data);
+          if (std::strcmp(v, "EXTRACT_ONLY") == 0)
+            k->mode = EVP_KDF_HKDF_MODE_EXTRACT_ONLY;
+          else if (std::strcmp(v, "EXPAND_ONLY") == 0)
+            k->mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+          else
+            return 0;
+        } else if (!OSSL_PARAM_get_int(p, &k->mode)) {
           return 0;
-      } else if (!OSSL_PARAM_get_int(p, &k->mode)) {
-        return 0;
+        }
+        break;
+      case Param::Digest: {
+        const char* v = nullptr;
+        if (!OSSL_PARAM_get_utf8_string_ptr(p, &v)) return 0;
+        EVP_MD* md = EVP_MD_fetch(nullptr, v, nullptr);
+        if (md == nullptr) return 0;
+        EVP_MD_free(k->md);
+        k->md = md;
+        break;
       }
-    } else if (std::strcmp(name, OSSL_KDF_PARAM_DIGEST) == 0) {
-      const char* v = nullptr;
-      if (!OSSL_PARAM_get_utf8_string_ptr(p, &v)) return 0;
-      EVP_MD* md = EVP_MD_fetch(nullptr, v, nullptr);
-      if (md == nullptr) return 0;
-      EVP_MD_free(k->md);
-      k->md = md;
-    } else if (std::strcmp(name, OSSL_KDF_PARAM_KEY) == 0) {
-      if (!take_octets(p, k->key, sizeof k->key, &k->key_len)) return 0;
-      k->has_key = true;
-    } else if (std::strcmp(name, OSSL_KDF_PARAM_SALT) == 0) {
-      if (!take_octets(p, k->salt, sizeof k->salt, &k->salt_len)) return 0;
-      k->has_salt = true;
-    } else if (std::strcmp(name, OSSL_KDF_PARAM_PREFIX) == 0) {
-      if (!take_octets(p, k->prefix, sizeof k->prefix, &k->prefix_len)) return 0;
-    } else if (std::strcmp(name, OSSL_KDF_PARAM_LABEL) == 0) {
-      if (!take_octets(p, k->label, sizeof k->label, &k->label_len)) return 0;
-    } else if (std::strcmp(name, OSSL_KDF_PARAM_DATA) == 0) {
-      if (!take_octets(p, k->data, sizeof k->data, &k->data_len)) return 0;
+      case Param::Key:
+        if (!take_octets(p, k->key, sizeof k->key, &k->key_len)) return 0;
+        k->has_key = true;
+        break;
+      case Param::Salt:
+        if (!take_octets(p, k->salt, sizeof k->salt, &k->salt_len)) return 0;
+        k->has_salt = true;
+        break;
+      case Param::Prefix:
+        if (!take_octets(p, k->prefix, sizeof k->prefix, &k->prefix_len)) return 0;
+        break;
+      case Param::Label:
+        if (!take_octets(p, k->label, sizeof k->label, &k->label_len)) return 0;
+        break;
+      case Param::Data:
+        if (!take_octets(p, k->data, sizeof k->data, &k->data_len)) return 0;
+        break;
+      case Param::Other:  // "properties", unknown names: ignored, as OpenSSL's does
+        break;
     }
-    // Anything else ("properties", unknown names): ignored, as OpenSSL's does.
   }
   return 1;
 }
