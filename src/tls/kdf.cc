@@ -165,6 +165,34 @@ bool expand(const EVP_MD* md, const uint8_t* prk, size_t prk_len, const uint8_t*
   return true;
 }
 
+// Hash("") of the digest, which every extract after the first needs: made
+// once per thread and digest (SHA-256 and SHA-384 in practice) instead of a
+// compression per extract.
+bool hash_of_nothing(const EVP_MD* md, const uint8_t** out, unsigned* len) {
+  struct Entry {
+    int type = NID_undef;  // the digest's NID: an EVP_MD's address may be reused
+    unsigned len = 0;
+    uint8_t hash[EVP_MAX_MD_SIZE];
+  };
+  thread_local Entry cache[4];
+  const int type = EVP_MD_get_type(md);
+  for (const Entry& e : cache) {
+    if (type != NID_undef && e.type == type) {
+      *out = e.hash;
+      *len = e.len;
+      return true;
+    }
+  }
+  thread_local unsigned next = 0;
+  Entry& e = cache[next++ % 4];
+  e.type = NID_undef;
+  if (EVP_Digest(nullptr, 0, e.hash, &e.len, md, nullptr) != 1) return false;
+  e.type = type;
+  *out = e.hash;
+  *len = e.len;
+  return true;
+}
+
 // Extract with TLS 1.3's salt: HKDF-Extract(Derive-Secret(prev, "derived", ""),
 // input); no previous secret means an empty salt, no input means zeros.
 bool extract(const Tls13Kdf& k, uint8_t* out, size_t length) {
@@ -176,9 +204,9 @@ bool extract(const Tls13Kdf& k, uint8_t* out, size_t length) {
   uint8_t salt[EVP_MAX_MD_SIZE];
   size_t salt_len = 0;
   if (k.has_salt) {
-    uint8_t empty_hash[EVP_MAX_MD_SIZE];
+    const uint8_t* empty_hash = nullptr;
     unsigned eh_len = 0;
-    if (EVP_Digest(nullptr, 0, empty_hash, &eh_len, k.md, nullptr) != 1 ||
+    if (!hash_of_nothing(k.md, &empty_hash, &eh_len) ||
         !expand(k.md, k.salt, k.salt_len, k.prefix, k.prefix_len, k.label, k.label_len, empty_hash, eh_len,
                 salt, hlen))
       return false;
