@@ -721,16 +721,26 @@ bool wait_peer_close(int fd, Ms timeout, Ms* elapsed, std::string* received) {
   return false;
 }
 
+// The socket stays bound, never listening, until the process ends: a port
+// that was merely bound and closed is free for the kernel to hand to the next
+// listener on port 0 — another test process's gateway, which then received
+// this test's "refused" connections (and that test counted strangers).
 int closed_port() {
+  static std::vector<int> held;
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw std::runtime_error(std::string("closed_port: socket: ") + std::strerror(errno));
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = 0;
   inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
   socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw std::runtime_error(std::string("closed_port: bind: ") + std::strerror(err));
+  }
+  held.push_back(fd);
   return ntohs(a.sin_port);
 }
 

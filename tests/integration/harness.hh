@@ -310,7 +310,8 @@ int tcp_connect(const std::string& host, int port, Ms timeout);
 // ECONNRESET) within the timeout; `elapsed` is the time it took.
 bool wait_peer_close(int fd, Ms timeout, Ms* elapsed, std::string* received = nullptr);
 bool send_all(int fd, const std::string& data);
-// A port on 127.0.0.1 with nothing listening (bound, then closed).
+// A port on 127.0.0.1 where connections are refused for the rest of the
+// process's life (bound, never listening, so no other socket gets it).
 int closed_port();
 
 // A real TLS ClientHello record (as sent by `openssl s_client`, SNI localhost,
