@@ -133,14 +133,19 @@ HeaderList::Field* HeaderList::next_slot(size_t bytes) {
   return f;
 }
 
+nghttp2_vec HeaderList::bytes_of(const void* p, uint32_t len) {
+  if (len & kLiteral) return nghttp2_vec{static_cast<uint8_t*>(const_cast<void*>(p)), len & ~kLiteral};
+  return nghttp2_rcbuf_get_buf(static_cast<nghttp2_rcbuf*>(const_cast<void*>(p)));
+}
+
 bool HeaderList::add_rc(nghttp2_rcbuf* name, nghttp2_rcbuf* value) {
   nghttp2_vec n = nghttp2_rcbuf_get_buf(name);
   nghttp2_vec v = nghttp2_rcbuf_get_buf(value);
-  Field* f = next_slot(n.len + v.len + 32);
+  Field* f = next_slot(n.len + v.len + 32);  // the byte limit keeps both lengths below kLiteral
   if (f == nullptr) return false;
   nghttp2_rcbuf_incref(name);
   nghttp2_rcbuf_incref(value);
-  *f = Field{name, value, n.base, n.len, v.base, v.len};
+  *f = Field{name, value, static_cast<uint32_t>(n.len), static_cast<uint32_t>(v.len)};
   return true;
 }
 
@@ -148,16 +153,16 @@ bool HeaderList::add_static(const char* name, const char* value, size_t value_le
   size_t nl = std::strlen(name);
   Field* f = next_slot(nl + value_len + 32);
   if (f == nullptr) return false;
-  *f = Field{nullptr, nullptr, reinterpret_cast<const uint8_t*>(name), nl,
-             reinterpret_cast<const uint8_t*>(value), value_len};
+  *f = Field{name, value, static_cast<uint32_t>(nl) | kLiteral, static_cast<uint32_t>(value_len) | kLiteral};
   return true;
 }
 
 void HeaderList::clear() {
   const Field* f = fields();
   for (uint32_t i = 0; i < count_; ++i) {
-    if (f[i].name_rc) nghttp2_rcbuf_decref(f[i].name_rc);
-    if (f[i].value_rc) nghttp2_rcbuf_decref(f[i].value_rc);
+    if (!(f[i].name_len & kLiteral)) nghttp2_rcbuf_decref(static_cast<nghttp2_rcbuf*>(const_cast<void*>(f[i].name)));
+    if (!(f[i].value_len & kLiteral))
+      nghttp2_rcbuf_decref(static_cast<nghttp2_rcbuf*>(const_cast<void*>(f[i].value)));
   }
   count_ = 0;
   bytes_ = 0;
@@ -171,23 +176,30 @@ size_t HeaderList::to_nv(nghttp2_nv* nva) const {
     // cleared, so nghttp2 copies the fields, except what lives for ever:
     // add_static()'s literal names and HPACK static-table strings (lower
     // case, as NO_COPY_NAME requires). The copy lower-cased every name.
+    const bool literal_name = f.name_len & kLiteral;
+    const bool literal_value = f.value_len & kLiteral;
     uint8_t flags = NGHTTP2_NV_FLAG_NONE;
-    if (f.name_rc == nullptr || nghttp2_rcbuf_is_static(f.name_rc)) flags |= NGHTTP2_NV_FLAG_NO_COPY_NAME;
-    if (f.value_rc != nullptr && nghttp2_rcbuf_is_static(f.value_rc)) flags |= NGHTTP2_NV_FLAG_NO_COPY_VALUE;
-    nva[i] = nghttp2_nv{const_cast<uint8_t*>(f.name), const_cast<uint8_t*>(f.value), f.name_len, f.value_len, flags};
+    if (literal_name || nghttp2_rcbuf_is_static(static_cast<const nghttp2_rcbuf*>(f.name)))
+      flags |= NGHTTP2_NV_FLAG_NO_COPY_NAME;
+    if (!literal_value && nghttp2_rcbuf_is_static(static_cast<const nghttp2_rcbuf*>(f.value)))
+      flags |= NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    const nghttp2_vec n = bytes_of(f.name, f.name_len);
+    const nghttp2_vec v = bytes_of(f.value, f.value_len);
+    nva[i] = nghttp2_nv{n.base, v.base, n.len, v.len, flags};
   }
   return count_;
 }
 
 bool HeaderList::find(const char* name, const uint8_t** value, size_t* len) const {
-  size_t nl = std::strlen(name);
+  const size_t nl = std::strlen(name);
   const Field* f = fields();
   for (uint32_t i = 0; i < count_; ++i) {
-    if (f[i].name_len == nl && std::memcmp(f[i].name, name, nl) == 0) {
-      *value = f[i].value;
-      *len = f[i].value_len;
-      return true;
-    }
+    if ((f[i].name_len & ~kLiteral) != nl) continue;
+    if (std::memcmp(bytes_of(f[i].name, f[i].name_len).base, name, nl) != 0) continue;
+    const nghttp2_vec v = bytes_of(f[i].value, f[i].value_len);
+    *value = v.base;
+    *len = v.len;
+    return true;
   }
   return false;
 }

@@ -47,14 +47,18 @@ class HeaderList {
   bool find(const char* name, const uint8_t** value, size_t* len) const;
 
  private:
+  // 24 bytes, so that clearing a list reads half the cache lines a field of
+  // pointers and lengths for both forms took: an nghttp2 buffer's bytes are
+  // found through the buffer (its header shares a line with them), a literal
+  // (add_static) is marked by kLiteral in its length.
   struct Field {
-    nghttp2_rcbuf* name_rc;
-    nghttp2_rcbuf* value_rc;
-    const uint8_t* name;
-    size_t name_len;
-    const uint8_t* value;
-    size_t value_len;
+    const void* name;   // nghttp2_rcbuf*, or the bytes if name_len has kLiteral
+    const void* value;  // likewise
+    uint32_t name_len;
+    uint32_t value_len;
   };
+  static constexpr uint32_t kLiteral = 1u << 31;
+  static nghttp2_vec bytes_of(const void* p, uint32_t len);
   // Room for one more field within the limits, or nullptr.
   Field* next_slot(size_t bytes);
   // Past kInlineFields the fields are in spill_ (moved there by next_slot).
