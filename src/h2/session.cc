@@ -135,7 +135,7 @@ HeaderList::Field* HeaderList::next_slot(size_t bytes) {
 
 nghttp2_vec HeaderList::bytes_of(const void* p, uint32_t len) {
   if (len & kLiteral) return nghttp2_vec{static_cast<uint8_t*>(const_cast<void*>(p)), len & ~kLiteral};
-  return nghttp2_rcbuf_get_buf(static_cast<nghttp2_rcbuf*>(const_cast<void*>(p)));
+  return nghttp2_rcbuf_get_buf(buffer(p));
 }
 
 bool HeaderList::add_rc(nghttp2_rcbuf* name, nghttp2_rcbuf* value) {
@@ -160,9 +160,8 @@ bool HeaderList::add_static(const char* name, const char* value, size_t value_le
 void HeaderList::clear() {
   const Field* f = fields();
   for (uint32_t i = 0; i < count_; ++i) {
-    if (!(f[i].name_len & kLiteral)) nghttp2_rcbuf_decref(static_cast<nghttp2_rcbuf*>(const_cast<void*>(f[i].name)));
-    if (!(f[i].value_len & kLiteral))
-      nghttp2_rcbuf_decref(static_cast<nghttp2_rcbuf*>(const_cast<void*>(f[i].value)));
+    if (!(f[i].name_len & kLiteral)) nghttp2_rcbuf_decref(buffer(f[i].name));
+    if (!(f[i].value_len & kLiteral)) nghttp2_rcbuf_decref(buffer(f[i].value));
   }
   count_ = 0;
   bytes_ = 0;
@@ -176,13 +175,9 @@ size_t HeaderList::to_nv(nghttp2_nv* nva) const {
     // cleared, so nghttp2 copies the fields, except what lives for ever:
     // add_static()'s literal names and HPACK static-table strings (lower
     // case, as NO_COPY_NAME requires). The copy lower-cased every name.
-    const bool literal_name = f.name_len & kLiteral;
-    const bool literal_value = f.value_len & kLiteral;
     uint8_t flags = NGHTTP2_NV_FLAG_NONE;
-    if (literal_name || nghttp2_rcbuf_is_static(static_cast<const nghttp2_rcbuf*>(f.name)))
-      flags |= NGHTTP2_NV_FLAG_NO_COPY_NAME;
-    if (!literal_value && nghttp2_rcbuf_is_static(static_cast<const nghttp2_rcbuf*>(f.value)))
-      flags |= NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    if ((f.name_len & kLiteral) || nghttp2_rcbuf_is_static(buffer(f.name))) flags |= NGHTTP2_NV_FLAG_NO_COPY_NAME;
+    if (!(f.value_len & kLiteral) && nghttp2_rcbuf_is_static(buffer(f.value))) flags |= NGHTTP2_NV_FLAG_NO_COPY_VALUE;
     const nghttp2_vec n = bytes_of(f.name, f.name_len);
     const nghttp2_vec v = bytes_of(f.value, f.value_len);
     nva[i] = nghttp2_nv{n.base, v.base, n.len, v.len, flags};

@@ -59,6 +59,7 @@ class HeaderList {
   };
   static constexpr uint32_t kLiteral = 1u << 31;
   static nghttp2_vec bytes_of(const void* p, uint32_t len);
+  static nghttp2_rcbuf* buffer(const void* p) { return static_cast<nghttp2_rcbuf*>(const_cast<void*>(p)); }
   // Room for one more field within the limits, or nullptr.
   Field* next_slot(size_t bytes);
   // Past kInlineFields the fields are in spill_ (moved there by next_slot).

@@ -481,6 +481,7 @@ Offload Session::derive_keys(KtlsKeys& tx, KtlsKeys& rx, bool queued_ok) const {
   if (tls13) {
     if (secret_len_ == 0) return Offload::Failed;  // keylog not installed
     tx.iv_len = rx.iv_len = 12;
+    HmacKeyScope keys;  // key and iv come from the same secret: its pads hashed once
     if (!expand_label(md, server_secret_, secret_len_, "key", tx.key, tx.key_len) ||
         !expand_label(md, server_secret_, secret_len_, "iv", tx.iv, 12) ||
         !expand_label(md, client_secret_, secret_len_, "key", rx.key, rx.key_len) ||

@@ -418,12 +418,8 @@ void Session::maybe_detach() {
   KtlsKeys tx, rx;
   auto layer = std::make_unique<RecordLayer>();
   const EVP_MD* md = SSL_CIPHER_get_handshake_digest(SSL_get_current_cipher(ssl));
-  bool ok;
-  {
-    HmacKeyScope keys;  // key and iv come from the same secret: its pads hashed once
-    ok = derive_keys(tx, rx, true) == Offload::Done &&
-         layer->init(tx, rx, md, client_secret_, server_secret_, secret_len_);
-  }
+  bool ok = derive_keys(tx, rx, true) == Offload::Done &&
+            layer->init(tx, rx, md, client_secret_, server_secret_, secret_len_);
   OPENSSL_cleanse(&tx, sizeof tx);
   OPENSSL_cleanse(&rx, sizeof rx);
   OPENSSL_cleanse(client_secret_, sizeof client_secret_);
