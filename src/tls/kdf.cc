@@ -1,4 +1,5 @@
-// TLS13-KDF, the TLS 1.3 key schedule's HKDF, in a provider of tlsgate's own.
+// TLS13-KDF, the TLS 1.3 key schedule's HKDF, in a provider of tlsgate's own;
+// and the Finished MAC libssl asks EVP_Q_mac for (at the end).
 //
 // libssl runs every step of the key schedule through the "TLS13-KDF" of the
 // library's providers: ~15 operations per new connection, each a fresh
@@ -348,4 +349,56 @@ bool load_kdf_provider() {
 
 bool kdf_provider_loaded() { return g_loaded; }
 
+// ---------------------------------------------------------------- Finished MAC
+//
+// libssl computes each TLS 1.3 Finished (RFC 8446 4.4.4: HMAC of the
+// transcript hash under the finished key) with EVP_Q_mac, which makes a MAC
+// context, fetches HMAC and sets its digest by name, hashes the key's pads
+// and frees it all again: ~18k instructions for four hash blocks of work,
+// twice per handshake (bench/README.md, eighth round). The executable's
+// EVP_Q_mac (below) computes exactly that call, an HMAC with a named digest,
+// no parameters, into the caller's buffer, with hmac(); any other call, and
+// any failure, goes to libcrypto's, which then reports it as it would.
+namespace {
+thread_local uint64_t t_q_macs = 0;
+
+unsigned char* q_hmac(OSSL_LIB_CTX* libctx, const char* name, const char* propq, const char* subalg,
+                      const OSSL_PARAM* params, const void* key, size_t keylen, const unsigned char* data,
+                      size_t datalen, unsigned char* out, size_t outsize, size_t* outlen) {
+  if (libctx != nullptr || propq != nullptr || name == nullptr || std::strcmp(name, "HMAC") != 0 ||
+      subalg == nullptr || (params != nullptr && params->key != nullptr) || key == nullptr || out == nullptr ||
+      (data == nullptr && datalen > 0))
+    return nullptr;
+  EVP_MD* md = EVP_MD_fetch(nullptr, subalg, nullptr);  // fetch_cache.cc: a reference, no lookup
+  if (md == nullptr) return nullptr;
+  const int size = EVP_MD_get_size(md);
+  uint8_t mac[EVP_MAX_MD_SIZE];
+  const HmacPart part{data, datalen};
+  const bool ok = size > 0 && static_cast<size_t>(size) <= outsize && (EVP_MD_get_flags(md) & EVP_MD_FLAG_XOF) == 0 &&
+                  hmac(md, static_cast<const uint8_t*>(key), keylen, &part, 1, mac);
+  EVP_MD_free(md);
+  if (!ok) return nullptr;
+  std::memcpy(out, mac, static_cast<size_t>(size));
+  OPENSSL_cleanse(mac, sizeof mac);
+  if (outlen != nullptr) *outlen = static_cast<size_t>(size);
+  ++t_q_macs;
+  return out;
+}
+}  // namespace
+
+uint64_t finished_macs_computed() { return t_q_macs; }
+
 }  // namespace tlsgate::tls
+
+extern "C" unsigned char* EVP_Q_mac(OSSL_LIB_CTX* libctx, const char* name, const char* propq, const char* subalg,
+                                    const OSSL_PARAM* params, const void* key, size_t keylen,
+                                    const unsigned char* data, size_t datalen, unsigned char* out, size_t outsize,
+                                    size_t* outlen) {
+  using Real = unsigned char* (*)(OSSL_LIB_CTX*, const char*, const char*, const char*, const OSSL_PARAM*,
+                                  const void*, size_t, const unsigned char*, size_t, unsigned char*, size_t, size_t*);
+  unsigned char* r = tlsgate::tls::q_hmac(libctx, name, propq, subalg, params, key, keylen, data, datalen, out,
+                                          outsize, outlen);
+  if (r != nullptr) return r;
+  static const Real real = tlsgate::tls::next_definition<Real>("EVP_Q_mac");
+  return real(libctx, name, propq, subalg, params, key, keylen, data, datalen, out, outsize, outlen);
+}

@@ -868,6 +868,102 @@ TEST(Tls13Kdf, LibsslFetchGetsTlsgatesImplementation) {
   EVP_KDF_free(kdf);
 }
 
+// ------------------------------------------------------------ Finished MAC (EVP_Q_mac)
+
+// libcrypto's own EVP_Q_mac, which the executable's (kdf.cc) stands in front of.
+using QMac = unsigned char* (*)(OSSL_LIB_CTX*, const char*, const char*, const char*, const OSSL_PARAM*, const void*,
+                                size_t, const unsigned char*, size_t, unsigned char*, size_t, size_t*);
+QMac libcrypto_q_mac() {
+  auto fn = reinterpret_cast<QMac>(dlsym(RTLD_NEXT, "EVP_Q_mac"));
+  EXPECT_NE(fn, nullptr);
+  return fn;
+}
+
+// The call libssl makes for a Finished (tls13_final_finish_mac), through
+// `fn`: {} if it failed.
+std::vector<uint8_t> finished_mac(QMac fn, const char* digest, const std::vector<uint8_t>& key,
+                                  const std::vector<uint8_t>& data, size_t outsize = 2 * EVP_MAX_MD_SIZE,
+                                  const OSSL_PARAM* params = nullptr) {
+  OSSL_PARAM none[] = {OSSL_PARAM_END};
+  static const uint8_t empty = 0;  // a zero-length key or transcript, but not a null one
+  std::vector<uint8_t> out(outsize);
+  size_t len = 12345;
+  if (fn(nullptr, "HMAC", nullptr, digest, params ? params : none, key.empty() ? &empty : key.data(), key.size(),
+         data.empty() ? &empty : data.data(), data.size(), out.data(), out.size(), &len) != out.data())
+    return {};
+  EXPECT_LE(len, out.size());
+  out.resize(len);
+  return out;
+}
+
+TEST(FinishedMac, SameAsLibcryptoOnRandomInputs) {
+  const QMac real = libcrypto_q_mac();
+  ASSERT_NE(real, nullptr);
+  for (const char* digest : {"SHA256", "SHA2-384", "SHA512", "SHA1"}) {
+    for (size_t key_len : {size_t{0}, size_t{32}, size_t{48}, size_t{128}, size_t{129}, size_t{300}}) {
+      for (size_t data_len : {size_t{0}, size_t{32}, size_t{48}, size_t{111}, size_t{112}, size_t{1000}}) {
+        const auto key = random_bytes(key_len);
+        const auto data = random_bytes(data_len);
+        const auto want = finished_mac(real, digest, key, data);
+        ASSERT_FALSE(want.empty()) << digest;
+        const uint64_t computed = finished_macs_computed();
+        EXPECT_EQ(finished_mac(EVP_Q_mac, digest, key, data), want)
+            << digest << " key " << key_len << " data " << data_len;
+        EXPECT_EQ(finished_macs_computed(), computed + 1) << "computed by tlsgate, not handed on";
+      }
+    }
+  }
+}
+
+// What tlsgate does not compute itself still gets libcrypto's answer: a
+// parameter (properties), an output too small, output allocated by it, an
+// unknown digest, another MAC.
+TEST(FinishedMac, OtherCallsGetLibcryptosAnswer) {
+  const auto key = random_bytes(48);
+  const auto data = random_bytes(48);
+  const auto want = finished_mac(libcrypto_q_mac(), "SHA2-384", key, data);
+  ASSERT_EQ(want.size(), 48u);
+  const uint64_t computed = finished_macs_computed();
+  OSSL_PARAM props[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_PROPERTIES, const_cast<char*>("provider=default"), 0),
+                        OSSL_PARAM_END};
+  EXPECT_EQ(finished_mac(EVP_Q_mac, "SHA2-384", key, data, 2 * EVP_MAX_MD_SIZE, props), want);
+  EXPECT_TRUE(finished_mac(EVP_Q_mac, "SHA2-384", key, data, 47).empty());
+  EXPECT_TRUE(finished_mac(EVP_Q_mac, "no-such-digest", key, data).empty());
+  ERR_clear_error();
+
+  size_t len = 0;
+  unsigned char* allocated = EVP_Q_mac(nullptr, "HMAC", nullptr, "SHA2-384", nullptr, key.data(), key.size(),
+                                       data.data(), data.size(), nullptr, 0, &len);
+  ASSERT_NE(allocated, nullptr);
+  EXPECT_EQ(std::vector<uint8_t>(allocated, allocated + len), want);
+  OPENSSL_free(allocated);
+
+  // No key at all: libcrypto's fails (no key for HMAC), and so does this.
+  std::vector<uint8_t> out(64);
+  EXPECT_EQ(EVP_Q_mac(nullptr, "HMAC", nullptr, "SHA2-384", nullptr, nullptr, 0, data.data(), data.size(), out.data(),
+                      out.size(), &len),
+            libcrypto_q_mac()(nullptr, "HMAC", nullptr, "SHA2-384", nullptr, nullptr, 0, data.data(), data.size(),
+                              out.data(), out.size(), &len));
+  ERR_clear_error();
+
+  // KMAC-128 takes no digest: libcrypto refuses the call, and so does the stand-in.
+  EXPECT_EQ(EVP_Q_mac(nullptr, "KMAC-128", nullptr, "SHA2-384", nullptr, key.data(), key.size(), data.data(),
+                      data.size(), std::vector<uint8_t>(64).data(), 64, &len),
+            nullptr);
+  ERR_clear_error();
+  EXPECT_EQ(finished_macs_computed(), computed) << "every one of these went to libcrypto";
+}
+
+// A handshake's Finished MACs are tlsgate's, and right: each end checks the
+// other's. Both ends run in this process, so four: each end computes its own
+// and the one it expects from the other.
+TEST_F(TlsSessionTest, FinishedMacsOfAHandshakeAreComputedByTlsgate) {
+  const uint64_t before = finished_macs_computed();
+  connect();
+  EXPECT_TRUE(session_->failure().empty());
+  EXPECT_EQ(finished_macs_computed(), before + 4);
+}
+
 // ------------------------------------------------------------ X25519 key generation
 
 // OpenSSL's public key for `priv` (EVP_PKEY_new_raw_private_key computes it
