@@ -215,6 +215,12 @@ class Session {
   // callback rather than in nghttp2's stream map for every field.
   int32_t block_id_ = 0;
   Stream* block_stream_ = nullptr;
+  // The stream the callbacks looked up last: a call's frames come in runs
+  // for one stream, and each lookup in nghttp2's stream map was a cache miss
+  // more. Valid while that stream is linked to this session (unlink_down/_up
+  // forget it), so it never names a freed or reused Stream.
+  int32_t recent_id_ = 0;
+  Stream* recent_ = nullptr;
   // nghttp2 keeps bytes in its frame buffer between calls only after our send
   // callback said WOULDBLOCK; otherwise the buffer's contents are dead.
   bool blocked_ = false;

@@ -1,6 +1,7 @@
 #include <nghttp2/nghttp2.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -224,6 +225,9 @@ Stream* Context::new_stream() {
 }
 
 void Context::free_stream(Stream* s) {
+  // Unlinked from both sessions first, which is where they forget it as their
+  // recent stream (Session::recent_).
+  assert(s->down == nullptr && s->up == nullptr);
   remove_deadline(s);
   s->reset(chunks_);
   --streams_in_use_;
@@ -277,6 +281,11 @@ void Context::sift_down(size_t i) {
 // What happens to a forwarded stream when one side moves.
 
 struct Forward {
+  template <class SessionT>  // Downstream or Upstream: Forward is their friend
+  static void forget_recent(SessionT& session) {
+    session.recent_id_ = 0;
+    session.recent_ = nullptr;
+  }
   static void link_down(DownstreamSession& d, Stream* s) {
     s->down = &d;
     s->down_prev = nullptr;
@@ -291,6 +300,7 @@ struct Forward {
     if (s->down_next) s->down_next->down_prev = s->down_prev;
     s->down_prev = s->down_next = nullptr;
     --d.active_streams_;
+    if (d.recent_ == s) forget_recent(d);
     s->down = nullptr;
   }
   static void link_up(UpstreamSession& u, Stream* s) {
@@ -308,6 +318,7 @@ struct Forward {
     if (s->up_next) s->up_next->up_prev = s->up_prev;
     s->up_prev = s->up_next = nullptr;
     --u.active_streams_;
+    if (u.recent_ == s) forget_recent(u);
     s->up = nullptr;
     s->up_id = -1;
     if (!s->is_probe) u.ctx_.router().stream_finished(u, outcome);
@@ -652,6 +663,27 @@ struct Forward {
 // ---------------------------------------------------------------- Callbacks
 
 struct Callbacks {
+  // The Stream nghttp2 holds for `id` (see Session::recent_): the one
+  // remembered, or nghttp2's, remembered if it is this session's stream `id`.
+  static Stream* down_stream(DownstreamSession& d, nghttp2_session* session, int32_t id) {
+    if (id == d.recent_id_ && id != 0) return d.recent_;
+    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, id));
+    if (s != nullptr && s->down == &d && s->down_id == id) {
+      d.recent_id_ = id;
+      d.recent_ = s;
+    }
+    return s;
+  }
+  static Stream* up_stream(UpstreamSession& u, nghttp2_session* session, int32_t id) {
+    if (id == u.recent_id_ && id != 0) return u.recent_;
+    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, id));
+    if (s != nullptr && s->up == &u && s->up_id == id) {
+      u.recent_id_ = id;
+      u.recent_ = s;
+    }
+    return s;
+  }
+
   // ---- downstream (server) side
   static int d_begin_headers(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
@@ -662,6 +694,8 @@ struct Callbacks {
     nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
     d->block_id_ = frame->hd.stream_id;
     d->block_stream_ = s;
+    d->recent_id_ = frame->hd.stream_id;
+    d->recent_ = s;
     return 0;
   }
 
@@ -689,7 +723,7 @@ struct Callbacks {
     auto* d = static_cast<DownstreamSession*>(user);
     d->block_id_ = 0;
     if (frame->hd.stream_id == 0) return 0;
-    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    Stream* s = down_stream(*d, session, frame->hd.stream_id);
     if (s == nullptr) return 0;
     const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
@@ -708,8 +742,8 @@ struct Callbacks {
   }
 
   static int d_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data, size_t len,
-                          void*) {
-    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+                          void* user) {
+    Stream* s = down_stream(*static_cast<DownstreamSession*>(user), session, stream_id);
     if (s == nullptr || s->up == nullptr || !s->req_body.append(data, len)) {
       // Nobody will forward these bytes: give the window back at once.
       nghttp2_session_consume(session, stream_id, len);
@@ -724,7 +758,7 @@ struct Callbacks {
   static int d_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
     if (d->block_id_ == stream_id) d->block_id_ = 0;
-    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+    Stream* s = down_stream(*d, session, stream_id);
     if (s == nullptr) return 0;
     nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
     Forward::release_down(d->ctx_, s, error_code, true);
@@ -735,7 +769,7 @@ struct Callbacks {
   static int u_begin_headers(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
     auto* u = static_cast<UpstreamSession*>(user);
     u->block_id_ = frame->hd.stream_id;
-    u->block_stream_ = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    u->block_stream_ = up_stream(*u, session, frame->hd.stream_id);
     return 0;
   }
 
@@ -763,7 +797,7 @@ struct Callbacks {
       return 0;
     }
     if (frame->hd.stream_id == 0) return 0;
-    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    Stream* s = up_stream(*u, session, frame->hd.stream_id);
     if (s == nullptr) return 0;
     const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
@@ -787,8 +821,8 @@ struct Callbacks {
   }
 
   static int u_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data, size_t len,
-                          void*) {
-    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+                          void* user) {
+    Stream* s = up_stream(*static_cast<UpstreamSession*>(user), session, stream_id);
     if (s != nullptr && s->is_probe) {
       // A health answer is a few bytes; a larger one fails the check.
       if (s->resp_body.size() + len > 512 || !s->resp_body.append(data, len)) s->probe_oversize = true;
@@ -808,7 +842,7 @@ struct Callbacks {
   static int u_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void* user) {
     auto* u = static_cast<UpstreamSession*>(user);
     if (u->block_id_ == stream_id) u->block_id_ = 0;
-    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+    Stream* s = up_stream(*u, session, stream_id);
     if (s == nullptr || s->up != u || s->up_id != stream_id) return 0;
     Forward::release_up(u->ctx_, s, error_code, true);
     return 0;
