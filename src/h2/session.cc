@@ -281,6 +281,18 @@ void Context::sift_down(size_t i) {
 // What happens to a forwarded stream when one side moves.
 
 struct Forward {
+  // More body bytes (or the end) for a data source that may be waiting.
+  static void resume_request(Stream* s) {
+    if (!s->req_deferred || s->up == nullptr) return;
+    s->req_deferred = false;
+    nghttp2_session_resume_data(ng(s->up->session_), s->up_id);
+  }
+  static void resume_response(Stream* s) {
+    if (!s->resp_deferred || s->down == nullptr) return;
+    s->resp_deferred = false;
+    nghttp2_session_resume_data(ng(s->down->session_), s->down_id);
+  }
+
   template <class SessionT>  // Downstream or Upstream: Forward is their friend
   static void forget_recent(SessionT& session) {
     session.recent_id_ = 0;
@@ -343,7 +355,7 @@ struct Forward {
       s->resp_trailers.add_static("grpc-status", code, code_len);
       s->resp_trailers.add_static("grpc-message", s->message, std::strlen(s->message));
       s->resp_eof = true;
-      nghttp2_session_resume_data(ng(d->session_), s->down_id);
+      resume_response(s);
     }
     d->owner_.wake();
   }
@@ -377,8 +389,12 @@ struct Forward {
       s->down->owner_.wake();
     }
     if (s->req_body.size() == s->req_kept) {  // nothing left to send
-      if (s->req_eof) *flags |= NGHTTP2_DATA_FLAG_EOF;
-      else if (n == 0) return NGHTTP2_ERR_DEFERRED;
+      if (s->req_eof) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+      } else if (n == 0) {
+        s->req_deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+      }
     }
     return static_cast<ssize_t>(n);
   }
@@ -421,6 +437,7 @@ struct Forward {
           if (nghttp2_submit_trailer(session, stream_id, nva, count) == 0) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         }
       } else if (n == 0) {
+        s->resp_deferred = true;
         return NGHTTP2_ERR_DEFERRED;
       }
     }
@@ -518,6 +535,7 @@ struct Forward {
       return;
     }
     s->up_id = id;
+    s->req_deferred = false;  // a new data source (a retry's earlier one is gone)
     ++s->attempts;
     link_up(*u, s);
     ++ctx.counters().streams_forwarded;
@@ -653,7 +671,7 @@ struct Forward {
         return;
       } else {
         s->resp_eof = true;
-        nghttp2_session_resume_data(ng(s->down->session_), s->down_id);
+        resume_response(s);
       }
       s->down->owner_.wake();
     }
@@ -734,7 +752,7 @@ struct Callbacks {
     if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) && end_stream) {
       s->req_eof = true;
       if (s->up) {
-        nghttp2_session_resume_data(ng(s->up->session_), s->up_id);
+        Forward::resume_request(s);
         s->up->owner_.wake();
       }
     }
@@ -750,7 +768,7 @@ struct Callbacks {
       return 0;
     }
     s->req_unconsumed += len;
-    nghttp2_session_resume_data(ng(s->up->session_), s->up_id);
+    Forward::resume_request(s);
     s->up->owner_.wake();
     return 0;
   }
@@ -813,7 +831,7 @@ struct Callbacks {
     if (end_stream && (frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS)) {
       s->resp_eof = true;
       if (s->down) {
-        nghttp2_session_resume_data(ng(s->down->session_), s->down_id);
+        Forward::resume_response(s);
         s->down->owner_.wake();
       }
     }
@@ -834,7 +852,7 @@ struct Callbacks {
       return 0;
     }
     s->resp_unconsumed += len;
-    nghttp2_session_resume_data(ng(s->down->session_), s->down_id);
+    Forward::resume_response(s);
     s->down->owner_.wake();
     return 0;
   }

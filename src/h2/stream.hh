@@ -89,6 +89,11 @@ struct Stream {
   bool resp_started = false;  // response HEADERS submitted downstream
   bool resp_eof = false;      // nothing more will be appended to resp_body
   size_t resp_unconsumed = 0;
+  // The body's data source last answered NGHTTP2_ERR_DEFERRED and was not
+  // resumed since: only then does nghttp2_session_resume_data do anything
+  // (each call is a look-up in nghttp2's stream map).
+  bool req_deferred = false;   // request body, on the upstream session
+  bool resp_deferred = false;  // response body, on the downstream session
 
   char message[160] = {0};  // grpc-message of a gateway-made status
   char status_text[4] = {0};
@@ -140,6 +145,8 @@ struct Stream {
     resp_started = false;
     resp_eof = false;
     resp_unconsumed = 0;
+    req_deferred = false;
+    resp_deferred = false;
     message[0] = 0;
     cluster = 0;
     attempts = 0;

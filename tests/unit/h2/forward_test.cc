@@ -92,6 +92,71 @@ TEST_F(ForwardTest, ResponseHeadersDataAndTrailersReachClientUnchanged) {
   EXPECT_EQ(down_errors_ + up_errors_, 0);
 }
 
+// A request body that arrives in pieces: the gateway's upstream data source
+// runs dry and waits (NGHTTP2_ERR_DEFERRED) between them, and each piece,
+// then the end, must start it again.
+TEST_F(ForwardTest, RequestBodyInPiecesReachesBackendAsItArrives) {
+  start();
+  Body req{grpc_frame("first"), false};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t bid = backend_->last_stream;
+  ASSERT_GT(bid, 0);
+  EXPECT_EQ(backend_->streams[bid].body, grpc_frame("first"));
+  EXPECT_FALSE(backend_->streams[bid].end_stream);
+
+  for (const char* piece : {"second", "third"}) {
+    req.data += grpc_frame(piece);
+    client_->resume(cid);
+    ASSERT_TRUE(pump());
+    EXPECT_EQ(backend_->streams[bid].body, req.data) << "after " << piece;
+    EXPECT_FALSE(backend_->streams[bid].end_stream);
+  }
+  req.complete = true;
+  client_->resume(cid);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(backend_->streams[bid].end_stream) << "the end of the request must reach the backend";
+
+  backend_->respond(bid, {{":status", "200"}, {"grpc-status", "0"}}, nullptr);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  EXPECT_EQ(down_errors_ + up_errors_, 0);
+}
+
+// The same for a response body (server streaming): each message reaches the
+// client as the backend sends it, then the trailers.
+TEST_F(ForwardTest, ResponseBodyInPiecesReachesClientAsItArrives) {
+  start();
+  Body req{grpc_frame("subscribe")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t bid = backend_->last_stream;
+  ASSERT_GT(bid, 0);
+  Body resp{grpc_frame("update 1"), false, {{"grpc-status", "0"}}};
+  backend_->respond(bid, grpc_response_headers(), &resp);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(client_->streams[cid].body, grpc_frame("update 1"));
+  EXPECT_FALSE(client_->streams[cid].end_stream);
+
+  for (const char* piece : {"update 2", "update 3"}) {
+    resp.data += grpc_frame(piece);
+    backend_->resume(bid);
+    ASSERT_TRUE(pump());
+    EXPECT_EQ(client_->streams[cid].body, resp.data) << "after " << piece;
+    EXPECT_FALSE(client_->streams[cid].end_stream);
+  }
+  resp.complete = true;
+  backend_->resume(bid);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_EQ(c.trailers, (Headers{{"grpc-status", "0"}}));
+  EXPECT_TRUE(c.end_stream);
+  EXPECT_TRUE(c.closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  EXPECT_EQ(down_errors_ + up_errors_, 0);
+}
+
 TEST_F(ForwardTest, TrailersOnlyResponseReachesClient) {
   start();
   Body req{grpc_frame("missing")};
