@@ -682,24 +682,23 @@ struct Forward {
 
 struct Callbacks {
   // The Stream nghttp2 holds for `id` (see Session::recent_): the one
-  // remembered, or nghttp2's, remembered if it is this session's stream `id`.
-  static Stream* down_stream(DownstreamSession& d, nghttp2_session* session, int32_t id) {
-    if (id == d.recent_id_ && id != 0) return d.recent_;
+  // remembered, or nghttp2's, remembered if it is this session's stream `id`
+  // (its `Side` half is linked to `self` under that id).
+  template <class SessionT, SessionT* Stream::*Side, int32_t Stream::*Id>
+  static Stream* stream_of(SessionT& self, nghttp2_session* session, int32_t id) {
+    if (id == self.recent_id_ && id != 0) return self.recent_;
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, id));
-    if (s != nullptr && s->down == &d && s->down_id == id) {
-      d.recent_id_ = id;
-      d.recent_ = s;
+    if (s != nullptr && s->*Side == &self && s->*Id == id) {
+      self.recent_id_ = id;
+      self.recent_ = s;
     }
     return s;
   }
+  static Stream* down_stream(DownstreamSession& d, nghttp2_session* session, int32_t id) {
+    return stream_of<DownstreamSession, &Stream::down, &Stream::down_id>(d, session, id);
+  }
   static Stream* up_stream(UpstreamSession& u, nghttp2_session* session, int32_t id) {
-    if (id == u.recent_id_ && id != 0) return u.recent_;
-    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, id));
-    if (s != nullptr && s->up == &u && s->up_id == id) {
-      u.recent_id_ = id;
-      u.recent_ = s;
-    }
-    return s;
+    return stream_of<UpstreamSession, &Stream::up, &Stream::up_id>(u, session, id);
   }
 
   // ---- downstream (server) side

@@ -231,6 +231,7 @@ bool hmac_evp(const EVP_MD* md, const uint8_t* key, size_t key_len, const HmacPa
 // ~10x the cost of the two digests here.
 bool hmac(const EVP_MD* md, const uint8_t* key, size_t key_len, const HmacPart* parts, size_t n_parts,
           uint8_t* out) {
+  if (md == nullptr) return false;
   const int nid = EVP_MD_get_type(md);
   if (Sha2::handles(nid)) return hmac_sha2(nid, key, key_len, parts, n_parts, out);
   return hmac_evp(md, key, key_len, parts, n_parts, out);
