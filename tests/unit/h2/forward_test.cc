@@ -92,6 +92,23 @@ TEST_F(ForwardTest, ResponseHeadersDataAndTrailersReachClientUnchanged) {
   EXPECT_EQ(down_errors_ + up_errors_, 0);
 }
 
+// Sends `pieces` one at a time on `from`'s stream `id`, whose `body` waits
+// between them, and checks after each that `far()` (the stream at the other
+// end) holds everything sent so far and has not ended; then ends the body.
+template <class Pump, class Far>
+void send_pieces(Peer& from, int32_t id, Body& body, std::initializer_list<const char*> pieces, Pump pump, Far far) {
+  for (const char* piece : pieces) {
+    body.data += grpc_frame(piece);
+    from.resume(id);
+    ASSERT_TRUE(pump());
+    EXPECT_EQ(far().body, body.data) << "after " << piece;
+    EXPECT_FALSE(far().end_stream) << "after " << piece;
+  }
+  body.complete = true;
+  from.resume(id);
+  ASSERT_TRUE(pump());
+}
+
 // A request body that arrives in pieces: the gateway's upstream data source
 // runs dry and waits (NGHTTP2_ERR_DEFERRED) between them, and each piece,
 // then the end, must start it again.
@@ -105,16 +122,8 @@ TEST_F(ForwardTest, RequestBodyInPiecesReachesBackendAsItArrives) {
   EXPECT_EQ(backend_->streams[bid].body, grpc_frame("first"));
   EXPECT_FALSE(backend_->streams[bid].end_stream);
 
-  for (const char* piece : {"second", "third"}) {
-    req.data += grpc_frame(piece);
-    client_->resume(cid);
-    ASSERT_TRUE(pump());
-    EXPECT_EQ(backend_->streams[bid].body, req.data) << "after " << piece;
-    EXPECT_FALSE(backend_->streams[bid].end_stream);
-  }
-  req.complete = true;
-  client_->resume(cid);
-  ASSERT_TRUE(pump());
+  send_pieces(*client_, cid, req, {"second", "third"}, [this] { return pump(); },
+              [&]() -> const PeerStream& { return backend_->streams[bid]; });
   EXPECT_TRUE(backend_->streams[bid].end_stream) << "the end of the request must reach the backend";
 
   backend_->respond(bid, {{":status", "200"}, {"grpc-status", "0"}}, nullptr);
@@ -139,16 +148,8 @@ TEST_F(ForwardTest, ResponseBodyInPiecesReachesClientAsItArrives) {
   EXPECT_EQ(client_->streams[cid].body, grpc_frame("update 1"));
   EXPECT_FALSE(client_->streams[cid].end_stream);
 
-  for (const char* piece : {"update 2", "update 3"}) {
-    resp.data += grpc_frame(piece);
-    backend_->resume(bid);
-    ASSERT_TRUE(pump());
-    EXPECT_EQ(client_->streams[cid].body, resp.data) << "after " << piece;
-    EXPECT_FALSE(client_->streams[cid].end_stream);
-  }
-  resp.complete = true;
-  backend_->resume(bid);
-  ASSERT_TRUE(pump());
+  send_pieces(*backend_, bid, resp, {"update 2", "update 3"}, [this] { return pump(); },
+              [&]() -> const PeerStream& { return client_->streams[cid]; });
   const PeerStream& c = client_->streams[cid];
   EXPECT_EQ(c.trailers, (Headers{{"grpc-status", "0"}}));
   EXPECT_TRUE(c.end_stream);
