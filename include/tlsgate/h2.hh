@@ -211,13 +211,10 @@ class Session {
   void* session_ = nullptr;  // nghttp2_session*
   size_t active_streams_ = 0;
   Stream* streams_ = nullptr;  // intrusive list of this session's streams
-  // The stream of the header block being received, found once at its begin
-  // callback rather than in nghttp2's stream map for every field.
-  int32_t block_id_ = 0;
-  Stream* block_stream_ = nullptr;
   // The stream the callbacks looked up last: a call's frames come in runs
   // for one stream, and each lookup in nghttp2's stream map was a cache miss
-  // more. Valid while that stream is linked to this session (unlink_down/_up
+  // more; a header block's fields find their stream here without a lookup.
+  // Valid while that stream is linked to this session (unlink_down/_up
   // forget it), so it never names a freed or reused Stream.
   int32_t recent_id_ = 0;
   Stream* recent_ = nullptr;

@@ -709,17 +709,16 @@ struct Callbacks {
     s->down_id = frame->hd.stream_id;
     Forward::link_down(*d, s);
     nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
-    d->block_id_ = frame->hd.stream_id;
-    d->block_stream_ = s;
     d->recent_id_ = frame->hd.stream_id;
     d->recent_ = s;
     return 0;
   }
 
-  // Only header callbacks follow a begin callback before the block ends, and
-  // they neither free nor move streams, so the pointer stays valid for them.
+  // The header block's stream: its begin callback made it the session's
+  // recent stream (if it is one of ours), and only header callbacks follow
+  // before the block ends, which neither look up nor unlink streams.
   static Stream* block_stream(Session& self, const nghttp2_frame* frame) {
-    return self.block_id_ == frame->hd.stream_id ? self.block_stream_ : nullptr;
+    return self.recent_id_ == frame->hd.stream_id ? self.recent_ : nullptr;
   }
 
   static int d_header(nghttp2_session*, const nghttp2_frame* frame, nghttp2_rcbuf* name,
@@ -738,7 +737,6 @@ struct Callbacks {
 
   static int d_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
-    d->block_id_ = 0;
     if (frame->hd.stream_id == 0) return 0;
     Stream* s = down_stream(*d, session, frame->hd.stream_id);
     if (s == nullptr) return 0;
@@ -774,7 +772,6 @@ struct Callbacks {
 
   static int d_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
-    if (d->block_id_ == stream_id) d->block_id_ = 0;
     Stream* s = down_stream(*d, session, stream_id);
     if (s == nullptr) return 0;
     nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
@@ -785,8 +782,7 @@ struct Callbacks {
   // ---- upstream (client) side
   static int u_begin_headers(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
     auto* u = static_cast<UpstreamSession*>(user);
-    u->block_id_ = frame->hd.stream_id;
-    u->block_stream_ = up_stream(*u, session, frame->hd.stream_id);
+    up_stream(*u, session, frame->hd.stream_id);  // becomes the recent stream: block_stream()
     return 0;
   }
 
@@ -807,7 +803,6 @@ struct Callbacks {
 
   static int u_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
     auto* u = static_cast<UpstreamSession*>(user);
-    u->block_id_ = 0;
     if (frame->hd.type == NGHTTP2_GOAWAY) {
       u->going_away_ = true;
       u->goaway_last_id_ = std::min(u->goaway_last_id_, frame->goaway.last_stream_id);
@@ -858,7 +853,6 @@ struct Callbacks {
 
   static int u_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void* user) {
     auto* u = static_cast<UpstreamSession*>(user);
-    if (u->block_id_ == stream_id) u->block_id_ = 0;
     Stream* s = up_stream(*u, session, stream_id);
     if (s == nullptr || s->up != u || s->up_id != stream_id) return 0;
     Forward::release_up(u->ctx_, s, error_code, true);
