@@ -451,6 +451,8 @@ class Bench:
         self.env = env
         self.m = mode
         self.res = {}          # (figure, proxy) -> list of values
+        self.rounds = {}       # (figure, proxy) -> round of each value in res (same length)
+        self.round = 0         # the round being measured: its values are compared with each other
         self.anomalies = []    # text lines: what went wrong in the proxies
         self.harness = []      # text lines: what went wrong around them
         self.inst = {}         # (proxy, kind) -> running instance
@@ -458,6 +460,33 @@ class Bench:
 
     def add(self, fig, proxy, value):
         self.res.setdefault((fig, proxy), []).append(value)
+        self.rounds.setdefault((fig, proxy), []).append(self.round)
+
+    def drop_since(self, snap):
+        """Forgets the values added since snap ({key: count}): a rerun replaces them."""
+        for k in list(self.res):
+            del self.res[k][snap.get(k, 0):]
+            del self.rounds[k][snap.get(k, 0):]
+
+    def paired(self, fig, higher, against=None):
+        """tlsgate's value ÷ the best peer's (or `against`'s) in the same round,
+        for each round where both were measured. Rounds are minutes apart and this host's
+        speed drifts over minutes, so comparing within a round removes the
+        drift that a ratio of medians over all rounds keeps."""
+        out = []
+        mine = dict(zip(self.rounds.get((fig, "tlsgate"), []), self.res.get((fig, "tlsgate"), [])))
+        for rnd, v in sorted(mine.items()):
+            peers = []
+            for proxy in PROXIES:
+                if (proxy != against) if against else (proxy in NOT_PEERS):
+                    continue
+                got = dict(zip(self.rounds.get((fig, proxy), []), self.res.get((fig, proxy), [])))
+                if got.get(rnd) is not None and got[rnd] == got[rnd]:
+                    peers.append(got[rnd])
+            if peers and v == v and v:
+                best = max(peers) if higher else min(peers)
+                out.append(v / best if best else float("nan"))
+        return out
 
     def med(self, fig, proxy):
         v = self.res.get((fig, proxy))
@@ -479,8 +508,7 @@ class Bench:
             except ProxyDied as e:
                 # A crash is the most important thing a run can find: report it
                 # in full, start that instance again, and go on.
-                for k in list(self.res):
-                    del self.res[k][snap.get(k, 0):]
+                self.drop_since(snap)
                 self.anomaly(f"CRASH: {e}".replace("\n", "\n  "))
                 for key, q in self.inst.items():
                     if q is e.proc:
@@ -500,8 +528,7 @@ class Bench:
             self.harness.append(f"the backend stopped during {what} (exit {self.env.backend.returncode}; "
                                 f"its last words: {cause!r}); that measurement was discarded and rerun")
             print(f"  ! harness: {self.harness[-1]}", file=sys.stderr)
-            for k in list(self.res):
-                del self.res[k][snap.get(k, 0):]
+            self.drop_since(snap)
             del self.anomalies[n_anom:]
             self.env.procs.stop(self.env.backend)
             self.env.start_backend()
@@ -768,6 +795,11 @@ def backend_ceiling(env, secs):
 
 # ---------------------------------------------------------------- report
 
+def rotated(seq, k):
+    k %= len(seq)
+    return list(seq[k:]) + list(seq[:k])
+
+
 def fmt(v, digits=0):
     if v is None:
         return "n/m"
@@ -797,6 +829,17 @@ ROWS = [
 ]
 
 
+def same_round(bench, key, higher, against=None):
+    """The per-round ratios of one figure: median (min–max)."""
+    if key == "tput_core":  # derived from the µs per call, lower is better
+        rounds = [1 / r for r in bench.paired("tput_us", False, against) if r == r and r]
+    else:
+        rounds = [r for r in bench.paired(key, higher, against) if r == r]
+    if len(rounds) > 1:
+        return f"{statistics.median(rounds):.2f} ({min(rounds):.2f}–{max(rounds):.2f})"
+    return f"{rounds[0]:.2f}" if rounds else "n/m"
+
+
 def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started, machine, versions):
     m = bench.m
     # derived
@@ -820,7 +863,8 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
                  f"(load-generator bound; backend core {ceil_backend['util'] * 100:.0f}% busy) = "
                  f"**{fmt(ceil_backend['core'])} calls per backend core-second**.")
     lines.append("")
-    head = ["Figure"] + [LABEL[p] for p in PROXIES] + ["tlsgate ÷ best peer"]
+    head = ["Figure"] + [LABEL[p] for p in PROXIES] + ["tlsgate ÷ best peer",
+                                                       "same round: median (min–max)"]
     if "baseline" in PROXIES:
         head.append("tlsgate ÷ baseline")
     lines.append("| " + " | ".join(head) + " |")
@@ -850,8 +894,10 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
             better = r >= 1 if higher else r <= 1
             return f"{r:.2f} ({'better' if better else 'worse'})"
         ratios = [ratio_to((max(peers) if higher else min(peers)) if peers else None)]
+        ratios.append(same_round(bench, key, higher))
         if "baseline" in PROXIES:
-            ratios.append(ratio_to(bench.med(key, "baseline")))
+            ratios.append(ratio_to(bench.med(key, "baseline")) + "; same round " +
+                          same_round(bench, key, higher, "baseline"))
         lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
     lines.append("")
     la = bench.info.get("loadavg")
@@ -865,7 +911,11 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
         lines.append("")
     lines.append("Ratio: tlsgate's figure divided by the best peer's (highest rate, lowest cost); "
                  "for rates above 1 is better, for latency, memory and instructions below 1 is better. "
-                 "n/m = not measured.")
+                 "n/m = not measured. \"tlsgate ÷ best peer\" divides the medians over all rounds; "
+                 "\"same round\" divides tlsgate's value by the best peer's in the same round (one round "
+                 "measures a figure for every proxy back to back, in an order that rotates), then gives "
+                 "the median and range of those per-round ratios: the host's speed drifts over minutes, "
+                 "and within a round it has had less time to.")
     lines.append("")
     # spread
     lines.append("Spread of the runs behind each median, (max − min) / median:")
@@ -1056,15 +1106,23 @@ def main():
                 bench.verify(proxy, inst[(proxy, kind)], kind)
         log("all proxies answer gRPC calls with grpc-status 0")
 
-        for rep in range(mode["reps"] if only & {"conn", "tput"} else 0):
-            for proxy in PROXIES:
-                log(f"run {rep + 1}/{mode['reps']} {proxy}: {' and '.join(sorted(only & {'conn', 'tput'}))}")
-                if "conn" in only:
-                    bench.guarded(f"{proxy} ECDSA connections", bench.conn_burst, proxy, "ecdsa", mode["burst"])
-                    bench.guarded(f"{proxy} RSA connections", bench.conn_burst, proxy, "rsa", mode["burst_rsa"])
-                    bench.guarded(f"{proxy} resumed connections", bench.conn_resumed, proxy, mode["resumed"])
-                if "tput" in only:
-                    bench.guarded(f"{proxy} throughput", bench.throughput, proxy)
+        # One round measures one figure for every proxy back to back, so the
+        # values compared with each other are seconds apart, not minutes; the
+        # order rotates each round so no proxy always goes first.
+        tests = []
+        if "conn" in only:
+            tests += [("ECDSA connections", bench.conn_burst, ("ecdsa", mode["burst"])),
+                      ("RSA connections", bench.conn_burst, ("rsa", mode["burst_rsa"])),
+                      ("resumed connections", bench.conn_resumed, (mode["resumed"],))]
+        if "tput" in only:
+            tests.append(("throughput", bench.throughput, ()))
+        for rep in range(mode["reps"] if tests else 0):
+            bench.round = rep
+            order = rotated(PROXIES, rep)
+            for what, fn, extra in tests:
+                log(f"run {rep + 1}/{mode['reps']} {what}: {', '.join(order)}")
+                for proxy in order:
+                    bench.guarded(f"{proxy} {what}", fn, proxy, *extra)
 
         rate = args.rate
         if not rate:
@@ -1074,7 +1132,8 @@ def main():
             low = min(lows) * 0.4 if lows else 1000
             rate = max(800, int(low // 800) * 800)  # a multiple of 8 clients x 100/s
         for rep in range(mode["reps"] if "latency" in only else 0):
-            for proxy in PROXIES:
+            bench.round = rep
+            for proxy in rotated(PROXIES, rep):
                 log(f"run {rep + 1}/{mode['reps']} {proxy}: latency at {rate} calls/s")
                 bench.guarded(f"{proxy} latency", bench.latency, proxy, rate)
 
@@ -1082,12 +1141,14 @@ def main():
             check_alive(p, "the run")
             procs.stop(p)
         for rep in range(mode["mem_reps"] if "memory" in only else 0):
-            for proxy in PROXIES:
+            bench.round = rep
+            for proxy in rotated(PROXIES, rep):
                 log(f"run {rep + 1}/{mode['mem_reps']} {proxy}: memory, {mode['idle']} idle connections "
                     f"(fresh proxy)")
                 bench.guarded(f"{proxy} memory", bench.memory, proxy, mode["idle"])
 
         if mode["cg_calls"]:
+            bench.round = 0
             for proxy in PROXIES:
                 log(f"{proxy}: instructions per call (callgrind)")
                 try:
@@ -1107,6 +1168,7 @@ def main():
                "machine": machine_line(), "rate": rate, "crypto": ceil_crypto, "backend": ceil_backend,
                "loadavg_min_median_max": bench.info["loadavg"],
                "runs": {f"{fig}/{proxy}": vals for (fig, proxy), vals in sorted(bench.res.items())},
+               "rounds": {f"{fig}/{proxy}": r for (fig, proxy), r in sorted(bench.rounds.items())},
                "anomalies": bench.anomalies, "harness": bench.harness}
         out.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
         log(f"done in {time.time() - t_start:.0f} s; table written to {out}")
