@@ -84,7 +84,8 @@ class Ring {
 namespace tlsgate::io {
 
 // Control-plane socket helpers. They return -errno on failure.
-// A listening socket with SO_REUSEPORT (one per shard share a port).
+// A listening socket with SO_REUSEPORT (one per shard share a port) and
+// TCP_NODELAY, which the sockets it accepts inherit.
 int listen_socket(const sockaddr* addr, socklen_t len, int backlog);
 // A non-blocking TCP socket for an upstream connection.
 int tcp_socket(int family);

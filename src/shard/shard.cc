@@ -405,7 +405,7 @@ struct Loop : h2::Router {
     d->listener = &l;
     d->out.set_pool(&chunks);
     d->plain.set_pool(&chunks);
-    io::set_nodelay(d->fd);
+    // TCP_NODELAY comes from the listening socket (io::listen_socket).
     char ip[64];
     d->client_ip = io::peer_ip(d->fd, ip, sizeof ip) ? ip : "unknown";
     d->tls = std::make_unique<tls::Session>(*l.tls, chunks);

@@ -8,6 +8,8 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -198,6 +200,24 @@ TEST(Sockets, ListenOnPortZeroReportsTheBoundPort) {
   EXPECT_EQ(local_port(b.get()), port);
   // The listening socket is non-blocking (the ring does the waiting).
   EXPECT_NE(::fcntl(a.get(), F_GETFL) & O_NONBLOCK, 0);
+}
+
+TEST(Sockets, AcceptedConnectionsHaveNoDelay) {
+  // The shard sets no option on an accepted socket: Nagle must already be off,
+  // or a small response waits for the client's delayed ACK (up to 40 ms).
+  FdCloser l(listen_loopback());
+  ASSERT_GE(l.get(), 0) << std::strerror(-l.get());
+  sockaddr_in a = loopback(local_port(l.get()));
+  FdCloser c(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_EQ(::connect(c.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  pollfd pfd{l.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 5000), 1);
+  FdCloser s(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_GE(s.get(), 0) << std::strerror(errno);
+  int v = 0;
+  socklen_t len = sizeof v;
+  ASSERT_EQ(::getsockopt(s.get(), IPPROTO_TCP, TCP_NODELAY, &v, &len), 0);
+  EXPECT_EQ(v, 1);
 }
 
 TEST(Sockets, ListenFailureReturnsNegativeErrno) {
