@@ -49,7 +49,7 @@ CIPHER = "TLS_AES_256_GCM_SHA384"  # the one TLS 1.3 suite every client offers
 GRPC_PATH = "/bench.Echo/Unary"
 PROXIES = ["tlsgate", "nginx", "haproxy", "nghttpx"]
 LABEL = {"tlsgate": "tlsgate", "baseline": "tlsgate baseline", "nginx": "nginx", "haproxy": "HAProxy",
-         "nghttpx": "nghttpx"}
+         "nghttpx": "nghttpx", "direct": "no proxy (h2c straight at the backend)"}
 # Not a peer: another tlsgate binary (--baseline) measured in the same run.
 NOT_PEERS = ("tlsgate", "baseline")
 
@@ -634,17 +634,21 @@ class Bench:
 
     # -- 3. latency at a fixed rate -------------------------------------------
     def latency(self, proxy, rate):
+        """proxy "direct": h2load h2c straight at the backend, no proxy and no
+        TLS: the latency this host gives at that rate with nothing between."""
         env = self.env
-        p = self.inst[(proxy, "ecdsa")]
+        p = None if proxy == "direct" else self.inst[(proxy, "ecdsa")]
         secs = self.m["lat_secs"]
         log = env.work / f"latency-{proxy}.log"
         if log.exists():
             log.unlink()
+        target = ([f"http://127.0.0.1:{env.backend_port}{GRPC_PATH}"] if p is None
+                  else ["--tls13-ciphers", CIPHER, self.url(p.bench_port)])
         out, _ = run_load(env.procs, "h2load-latency",
                           ["h2load", "-D", secs, "-c", 8, "-m", 32, "--rps", max(1, rate // 8),
-                           f"--log-file={log}", "--tls13-ciphers", CIPHER, *H2LOAD_GRPC, "-d", env.msg,
-                           self.url(p.bench_port)], secs + 60)
-        check_alive(p, "latency test")
+                           f"--log-file={log}", *H2LOAD_GRPC, "-d", env.msg, *target], secs + 60)
+        if p is not None:
+            check_alive(p, "latency test")
         r = parse_h2load(out)
         lat = []
         bad = 0
@@ -946,6 +950,13 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
     ctx.append(f"- Resumed: share of handshakes that were resumptions: {per('resumed_frac', '{:.0f}%', 100)}.")
     ctx.append(f"- Latency test: h2load -c 8 -m 32 --rps {rate // 8} for {m['lat_secs']} s "
                f"(achieved {per('lat_rate', '{:,.0f}/s')}).")
+    if bench.med("lat_p99", "direct") is not None:
+        p99s = [v for v in bench.res[("lat_p99", "direct")]]
+        ctx.append(f"- The host's own latency at that rate, in the same rounds: h2load h2c straight at the "
+                   f"backend (no proxy, no TLS) mean {bench.med('lat_mean', 'direct'):.2f} ms, p99 "
+                   f"{bench.med('lat_p99', 'direct'):.2f} ms (p99 of single rounds {min(p99s):.2f}–"
+                   f"{max(p99s):.2f} ms). With four proxies whose tails were alike, any one of them would "
+                   f"have a p99 at or below the best of the other three in one run out of four.")
     if m["cg_calls"] == 0:
         ctx.append("- Instructions per call: not measured in this run (--quick skips callgrind). "
                    "`perf stat -e instructions` is not supported on this machine (no hardware counters "
@@ -1133,7 +1144,7 @@ def main():
             rate = max(800, int(low // 800) * 800)  # a multiple of 8 clients x 100/s
         for rep in range(mode["reps"] if "latency" in only else 0):
             bench.round = rep
-            for proxy in rotated(PROXIES, rep):
+            for proxy in rotated(PROXIES + ["direct"], rep):
                 log(f"run {rep + 1}/{mode['reps']} {proxy}: latency at {rate} calls/s")
                 bench.guarded(f"{proxy} latency", bench.latency, proxy, rate)
 
