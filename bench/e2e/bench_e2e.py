@@ -951,7 +951,7 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
     ctx.append(f"- Latency test: h2load -c 8 -m 32 --rps {rate // 8} for {m['lat_secs']} s "
                f"(achieved {per('lat_rate', '{:,.0f}/s')}).")
     if bench.med("lat_p99", "direct") is not None:
-        p99s = [v for v in bench.res[("lat_p99", "direct")]]
+        p99s = bench.res[("lat_p99", "direct")]
         ctx.append(f"- The host's own latency at that rate, in the same rounds: h2load h2c straight at the "
                    f"backend (no proxy, no TLS) mean {bench.med('lat_mean', 'direct'):.2f} ms, p99 "
                    f"{bench.med('lat_p99', 'direct'):.2f} ms (p99 of single rounds {min(p99s):.2f}–"

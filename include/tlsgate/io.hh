@@ -87,9 +87,8 @@ namespace tlsgate::io {
 // A listening socket with SO_REUSEPORT (one per shard share a port) and
 // TCP_NODELAY, which the sockets it accepts inherit.
 int listen_socket(const sockaddr* addr, socklen_t len, int backlog);
-// A non-blocking TCP socket for an upstream connection.
+// A non-blocking TCP socket for an upstream connection, with TCP_NODELAY.
 int tcp_socket(int family);
-void set_nodelay(int fd);
 // The port a socket is bound to (after binding port 0), or 0.
 uint16_t local_port(int fd);
 // "1.2.3.4" / "::1" of a connected peer; false if unknown.

@@ -36,13 +36,9 @@ int listen_socket(const sockaddr* addr, socklen_t len, int backlog) {
 int tcp_socket(int family) {
   int fd = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
-  set_nodelay(fd);
-  return fd;
-}
-
-void set_nodelay(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
 }
 
 uint16_t local_port(int fd) {

@@ -948,7 +948,6 @@ struct Loop : h2::Router {
       connect_failed(u, what);
       return;
     }
-    io::set_nodelay(u->fd);
     u->last_recv_ms = now;
     ClusterRt& cl = *clusters[u->cluster];
     if (cl.tls) {
