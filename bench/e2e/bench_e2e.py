@@ -473,16 +473,12 @@ class Bench:
         for each round where both were measured. Rounds are minutes apart and this host's
         speed drifts over minutes, so comparing within a round removes the
         drift that a ratio of medians over all rounds keeps."""
+        def by_round(proxy):
+            return dict(zip(self.rounds.get((fig, proxy), []), self.res.get((fig, proxy), [])))
+        others = [by_round(p) for p in PROXIES if ((p == against) if against else (p not in NOT_PEERS))]
         out = []
-        mine = dict(zip(self.rounds.get((fig, "tlsgate"), []), self.res.get((fig, "tlsgate"), [])))
-        for rnd, v in sorted(mine.items()):
-            peers = []
-            for proxy in PROXIES:
-                if (proxy != against) if against else (proxy in NOT_PEERS):
-                    continue
-                got = dict(zip(self.rounds.get((fig, proxy), []), self.res.get((fig, proxy), [])))
-                if got.get(rnd) is not None and got[rnd] == got[rnd]:
-                    peers.append(got[rnd])
+        for rnd, v in sorted(by_round("tlsgate").items()):
+            peers = [o[rnd] for o in others if o.get(rnd) is not None and o[rnd] == o[rnd]]
             if peers and v == v and v:
                 best = max(peers) if higher else min(peers)
                 out.append(v / best if best else float("nan"))
