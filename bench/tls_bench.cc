@@ -122,34 +122,6 @@ void BM_Tls13FullRsa2048(benchmark::State& s) { run(s, "rsa-server.crt", "rsa-se
 void BM_Tls12FullEcdsaP256(benchmark::State& s) { run(s, "server.crt", "server.key", TLS1_2_VERSION, false); }
 void BM_Tls13ResumedEcdsaP256(benchmark::State& s) { run(s, "server.crt", "server.key", TLS1_3_VERSION, true); }
 
-// The server's X25519 key share: tlsgate's key generation (x25519.cc, what
-// EVP_PKEY_keygen reaches in this program) beside OpenSSL's computation of
-// the same public key (EVP_PKEY_new_raw_private_key runs OpenSSL's own).
-void BM_X25519KeygenTlsgate(benchmark::State& state) {
-  init_once();
-  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(nullptr, "X25519", nullptr);
-  if (ctx == nullptr || EVP_PKEY_keygen_init(ctx) != 1) throw std::runtime_error("X25519 context");
-  for (auto _ : state) {
-    EVP_PKEY* k = nullptr;
-    if (EVP_PKEY_keygen(ctx, &k) != 1) throw std::runtime_error("keygen");
-    EVP_PKEY_free(k);
-  }
-  EVP_PKEY_CTX_free(ctx);
-}
-
-void BM_X25519KeygenOpenssl(benchmark::State& state) {
-  init_once();
-  unsigned char priv[32];
-  for (auto _ : state) {
-    if (RAND_priv_bytes(priv, sizeof priv) != 1) throw std::runtime_error("RAND_priv_bytes");
-    EVP_PKEY* k = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, nullptr, priv, sizeof priv);
-    if (k == nullptr) throw std::runtime_error("raw key");
-    EVP_PKEY_free(k);
-  }
-}
-
-BENCHMARK(BM_X25519KeygenTlsgate)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_X25519KeygenOpenssl)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Tls13FullEcdsaP256)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Tls13FullRsa2048)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Tls12FullEcdsaP256)->Unit(benchmark::kMicrosecond);

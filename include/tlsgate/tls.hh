@@ -27,21 +27,21 @@ class RecordLayer;
 // Process-wide OpenSSL set-up: routes OpenSSL's allocations to mimalloc (when
 // built with it). Call once, first thing in main(), before any other thread.
 void init_library();
-// Algorithm fetches answered from this thread's cache (fetch_cache.cc).
+// The OpenSSL 3.0 workarounds (meson option openssl_3_0_workarounds, off by
+// default): whether they are compiled in, whether they answer calls in this
+// process, and if not, why.
+struct WorkaroundState {
+  bool compiled = false;
+  bool active = false;
+  std::string inactive_reason;
+};
+WorkaroundState workaround_state();
+#ifdef TLSGATE_OPENSSL_WORKAROUNDS
+// Algorithm fetches answered from this thread's cache (workarounds.cc).
 uint64_t fetch_cache_hits();
-// Key manager name lists answered from this thread's cache (fetch_cache.cc).
+// Key manager name lists answered from this thread's cache (workarounds.cc).
 uint64_t names_cache_hits();
-// HMACs libssl asked EVP_Q_mac for that tlsgate computed itself (kdf.cc).
-uint64_t finished_macs_computed();
-// Empty: init_library() calls it so that every program using this module
-// links fetch_cache.cc, whose only other contents are interposers.
-void link_fetch_cache();
-// X25519 key pairs made by tlsgate's key generation (x25519.cc) in this process.
-uint64_t x25519_fast_keys();
-// RFC 7748's X25519(private_key, 9): the public key of a private key, as
-// x25519.cc computes it for new key shares. False if its table failed its
-// self-check at start-up (init_library() throws then).
-bool x25519_public_key(uint8_t out[32], const uint8_t private_key[32]);
+#endif
 
 enum class Alpn { None, H2, Http11 };
 const char* to_string(Alpn a);

@@ -17,7 +17,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdarg>
 #include <cstring>
 #include <string>
 
@@ -184,49 +183,6 @@ bool probe_cipher(KtlsCipher c) {
 
 }  // namespace
 
-namespace {
-
-// The handshake digest libssl reports is a legacy EVP_MD: every use of it
-// fetches the provider implementation again by name. Fetch SHA-256/384 once.
-const EVP_MD* fetched_digest(const EVP_MD* md) {
-  static EVP_MD* sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
-  static EVP_MD* sha384 = EVP_MD_fetch(nullptr, "SHA384", nullptr);
-  switch (EVP_MD_get_type(md)) {
-    case NID_sha256: return sha256 != nullptr ? sha256 : md;
-    case NID_sha384: return sha384 != nullptr ? sha384 : md;
-    default: return md;
-  }
-}
-
-}  // namespace
-
-// HKDF-Expand-Label(secret, label, "", length) for length <= hash size:
-// one HMAC block of HkdfLabel || 0x01 (RFC 8446 7.1).
-bool expand_label(const EVP_MD* md, const uint8_t* secret, size_t secret_len, const char* label, uint8_t* out,
-                  size_t length) {
-  uint8_t info[64];
-  size_t full = 6 + std::strlen(label);
-  if (full + 5 > sizeof info) return false;
-  size_t n = 0;
-  info[n++] = static_cast<uint8_t>(length >> 8);
-  info[n++] = static_cast<uint8_t>(length);
-  info[n++] = static_cast<uint8_t>(full);
-  std::memcpy(info + n, "tls13 ", 6);
-  n += 6;
-  std::memcpy(info + n, label, full - 6);
-  n += full - 6;
-  info[n++] = 0;  // empty context
-  info[n++] = 1;  // block counter
-  const EVP_MD* fetched = fetched_digest(md);
-  uint8_t block[EVP_MAX_MD_SIZE];
-  const HmacPart part{info, n};
-  if (static_cast<size_t>(EVP_MD_get_size(fetched)) < length || !hmac(fetched, secret, secret_len, &part, 1, block))
-    return false;
-  std::memcpy(out, block, length);
-  OPENSSL_cleanse(block, sizeof block);
-  return true;
-}
-
 struct KeyLog {
   static void record(const SSL* ssl, const char* line) {
     auto* s = static_cast<Session*>(SSL_get_app_data(ssl));
@@ -361,7 +317,6 @@ Offload Session::derive_keys(KtlsKeys& tx, KtlsKeys& rx, bool queued_ok) const {
   if (tls13) {
     if (secret_len_ == 0) return Offload::Failed;  // keylog not installed
     tx.iv_len = rx.iv_len = 12;
-    HmacKeyScope keys;  // key and iv come from the same secret: its pads hashed once
     if (!expand_label(md, server_secret_, secret_len_, "key", tx.key, tx.key_len) ||
         !expand_label(md, server_secret_, secret_len_, "iv", tx.iv, 12) ||
         !expand_label(md, client_secret_, secret_len_, "key", rx.key, rx.key_len) ||
@@ -439,42 +394,3 @@ int send_alert(int fd, uint8_t level, uint8_t description) {
 }
 
 }  // namespace tlsgate::tls
-
-// libssl writes each keylog line (five per TLS 1.3 handshake; tlsgate needs
-// two of them for kTLS and its own record layer) one byte at a time with
-// sprintf(p, "%02x", b): 9% of the user-space instructions of a whole new
-// connection went to glibc's printf machinery. The executable's definition
-// of this fortified entry point takes precedence over glibc's for every
-// shared library (symbol interposition; libssl is its only caller here:
-// `nm -D libssl.so.3`). It writes that one format directly and hands every
-// other call to glibc unchanged, checks included.
-extern "C" int __vsprintf_chk(char* __restrict s, int flag, size_t slen, const char* __restrict format,
-                              va_list ap) noexcept;
-
-namespace {
-// The format libssl's keylog writer uses, tested without a call to strcmp:
-// this runs 400 times per new connection.
-bool is_byte_as_hex(const char* f) { return f[0] == '%' && f[1] == '0' && f[2] == '2' && f[3] == 'x' && f[4] == '\0'; }
-}  // namespace
-
-extern "C" __attribute__((visibility("default"))) int __sprintf_chk(char* __restrict s, int flag, size_t slen,
-                                                                     const char* __restrict format, ...) noexcept {
-  va_list ap;
-  va_start(ap, format);
-  if (slen >= 3 && is_byte_as_hex(format)) {
-    const unsigned v = va_arg(ap, unsigned);
-    if (v <= 0xff) {
-      va_end(ap);
-      static constexpr char kHex[] = "0123456789abcdef";
-      s[0] = kHex[v >> 4];
-      s[1] = kHex[v & 0xf];
-      s[2] = '\0';
-      return 2;
-    }
-    va_end(ap);  // more than a byte: glibc formats it, from the first argument again
-    va_start(ap, format);
-  }
-  const int n = __vsprintf_chk(s, flag, slen, format, ap);
-  va_end(ap);
-  return n;
-}

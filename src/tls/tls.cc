@@ -128,30 +128,22 @@ BIO_METHOD* bio_method() { return g_bio_method; }
 
 }  // namespace tlsgate::tls
 
-// OpenSSL zeroes what may have held a secret before freeing it with
-// OPENSSL_cleanse, whose x86-64 assembly stores 8 bytes per loop turn: the
-// 16 KiB handshake buffer, cipher and digest contexts, key schedule secrets,
-// ~60,000 instructions and ~2% of a new connection's CPU (perf). The
-// executable's definition takes precedence for libcrypto's and libssl's own
-// calls (they go through the PLT, as for __sprintf_chk); glibc's
-// explicit_bzero stores with vector registers and, like OPENSSL_cleanse, is
-// never optimised away.
-extern "C" __attribute__((visibility("default"))) void OPENSSL_cleanse(void* ptr, size_t len) {
-  explicit_bzero(ptr, len);
-}
-
 namespace tlsgate::tls {
 
+#ifndef TLSGATE_OPENSSL_WORKAROUNDS
+WorkaroundState workaround_state() { return WorkaroundState{false, false, "not built (-Dopenssl_3_0_workarounds=false)"}; }
+#endif
+
 void init_library() {
-  link_fetch_cache();
 #ifdef TLSGATE_MIMALLOC
   // Before OpenSSL allocates anything: every OpenSSL allocation goes to
   // mimalloc's thread-local heaps instead of glibc's arenas.
   CRYPTO_set_mem_functions(mi_crypto_malloc, mi_crypto_realloc, mi_crypto_free);
 #endif
   OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, nullptr);
-  if (!load_kdf_provider()) throw std::runtime_error("cannot load OpenSSL's default provider and tlsgate's TLS13-KDF");
-  if (!link_x25519()) throw std::runtime_error("x25519: the base point fails the curve equation (build fault)");
+#ifdef TLSGATE_OPENSSL_WORKAROUNDS
+  activate_workarounds();  // after OpenSSL loaded its configuration and providers
+#endif
   if (RAND_bytes(g_ticket_keys, sizeof g_ticket_keys) != 1)
     throw std::runtime_error("RAND_bytes for session ticket keys failed");
   g_bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tlsgate");
@@ -313,11 +305,7 @@ HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
   begin(in, out);
   SSL* ssl = static_cast<SSL*>(ssl_);
   tx_at_final_call_ = tx_records_.total;
-  int rc;
-  {
-    HmacKeyScope keys;  // the key schedule's secrets, for this step only
-    rc = SSL_do_handshake(ssl);
-  }
+  const int rc = SSL_do_handshake(ssl);
   HandshakeState st = HandshakeState::Done;
   if (rc != 1) {
     int err = SSL_get_error(ssl, rc);

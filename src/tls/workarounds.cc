@@ -1,30 +1,61 @@
-// Per-thread cache in front of OpenSSL 3's algorithm fetches.
+// OpenSSL 3.0 workarounds, built only with -Dopenssl_3_0_workarounds=true
+// (meson refuses the option for any other OpenSSL). Nothing here computes a
+// cryptographic value: it caches lookups and formats text.
 //
-// OpenSSL 3.0 fetches algorithm implementations by name over and over while
-// it runs a handshake: libssl's TLS 1.3 key schedule fetches the TLS13-KDF
-// for every secret, and the KDF, HMAC and signature providers fetch their
-// digest and MAC again each time they are set up: about 115 fetches per new
-// connection, each a name-map lookup under a read lock, a property-query
-// parse and a method-store lookup under another lock (4.4% of a new
-// connection's user-space instructions, callgrind; bench/README.md).
+// 1. A per-thread cache in front of OpenSSL 3.0's algorithm fetches.
+//    OpenSSL 3.0 fetches algorithm implementations by name over and over
+//    while it runs a handshake: libssl's TLS 1.3 key schedule fetches the
+//    TLS13-KDF for every secret, and the KDF, HMAC and signature providers
+//    fetch their digest and MAC again each time they are set up: about 115
+//    fetches per new connection, each a name-map lookup under a read lock, a
+//    property-query parse and a method-store lookup under another lock. The
+//    executable defines the fetch functions, so the dynamic linker binds
+//    libssl's and libcrypto's own calls to these. A hit returns the method
+//    the real fetch returned before, with one more reference, which is what
+//    the real fetch does for a method in its store; a miss, a failure or an
+//    unusual name goes to the real function.
+//    Only the default library context (NULL) is cached: it lives as long as
+//    the process, so a cached method can never belong to a context that was
+//    freed and whose address a new one reuses. Providers are loaded before
+//    the shards start, so a (name, properties) pair always yields the same
+//    method there.
+// 2. libssl writes each keylog line one byte at a time with
+//    sprintf(p, "%02x", b); the executable's __sprintf_chk writes that one
+//    format directly and hands every other call to glibc unchanged.
 //
-// The executable defines the fetch functions, so the dynamic linker binds
-// libssl's and libcrypto's own calls to these (the same interposition as
-// __sprintf_chk in ktls.cc). A hit returns the method the real fetch returned
-// before, with one more reference, which is what the real fetch does for a
-// method in its store; a miss, a failure or an unusual name goes to the real
-// function. Providers are loaded once at start-up, before the shards run, so
-// a (library context, name, properties) triple always yields the same method.
+// Both are inactive (every call goes straight to the library's function)
+// unless activate_workarounds() found OpenSSL 3.0.x at run time, no FIPS
+// provider, FIPS mode off, and the default provider answering fetches with
+// no properties (so no configured default properties steer them elsewhere).
+#include <dlfcn.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
+#include <openssl/provider.h>
 
+#include <cstdarg>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "internal.hh"
 #include "tlsgate/tls.hh"
 
 namespace tlsgate::tls {
 namespace {
+
+// Set once by activate_workarounds(), before any shard thread exists.
+bool g_active = false;
+std::string g_inactive_reason = "not activated";
+
+// libcrypto's (or glibc's) definition of a function the executable defines
+// too: the next one in lookup order.
+template <class Fn>
+Fn next_definition(const char* symbol) {
+  const auto fn = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, symbol));
+  if (fn == nullptr) std::abort();  // cannot happen while libcrypto is linked
+  return fn;
+}
 
 constexpr size_t kNameMax = 40;
 constexpr unsigned kEntries = 24;
@@ -50,6 +81,7 @@ class FetchCache {
   }
 
   M* fetch(OSSL_LIB_CTX* ctx, const char* name, const char* props) {
+    if (!g_active || ctx != nullptr) return real()(ctx, name, props);
     const size_t nl = name ? std::strlen(name) : kNameMax;
     const size_t pl = props ? std::strlen(props) : 0;
     if (nl >= kNameMax || pl >= kNameMax) return real()(ctx, name, props);
@@ -117,6 +149,7 @@ class NamesCache {
   }
 
   int names_do_all(const EVP_KEYMGMT* km, Fn fn, void* data) {
+    if (!g_active) return real()(km, fn, data);
     for (unsigned i = 0; i < count_; ++i) {
       const Entry& e = entries_[i];
       if (e.keymgmt != km) continue;
@@ -173,12 +206,39 @@ thread_local FetchCache<EVP_MAC> t_mac(kMac);
 thread_local FetchCache<EVP_CIPHER> t_cipher(kCipher);
 thread_local NamesCache t_names;
 
+// Where a method the real fetch returns with no properties comes from.
+const char* provider_of(const char* digest) {
+  using Real = EVP_MD* (*)(OSSL_LIB_CTX*, const char*, const char*);
+  static const Real real = next_definition<Real>("EVP_MD_fetch");
+  EVP_MD* md = real(nullptr, digest, nullptr);
+  const char* name = md != nullptr ? OSSL_PROVIDER_get0_name(EVP_MD_get0_provider(md)) : nullptr;
+  EVP_MD_free(md);  // the provider outlives it: providers stay loaded
+  return name != nullptr ? name : "";
+}
+
 }  // namespace
+
+void activate_workarounds() {
+  g_active = false;
+  const unsigned long v = OpenSSL_version_num();
+  if ((v >> 20) != 0x300) {
+    g_inactive_reason = std::string("OpenSSL at run time is ") + OpenSSL_version(OPENSSL_VERSION) + ", not 3.0.x";
+  } else if (EVP_default_properties_is_fips_enabled(nullptr) || OSSL_PROVIDER_available(nullptr, "fips")) {
+    g_inactive_reason = "a FIPS provider is configured";
+  } else if (std::strcmp(provider_of("SHA256"), "default") != 0) {
+    g_inactive_reason = "fetches without properties do not reach the default provider (configured properties?)";
+  } else {
+    g_active = true;
+    g_inactive_reason.clear();
+  }
+}
+
+WorkaroundState workaround_state() {
+  return WorkaroundState{true, g_active, g_active ? "" : g_inactive_reason};
+}
 
 uint64_t fetch_cache_hits() { return t_md.hits() + t_kdf.hits() + t_mac.hits() + t_cipher.hits(); }
 uint64_t names_cache_hits() { return t_names.hits(); }
-
-void link_fetch_cache() {}
 
 }  // namespace tlsgate::tls
 
@@ -193,10 +253,6 @@ EVP_MD* EVP_MD_fetch(OSSL_LIB_CTX* ctx, const char* name, const char* props) {
   return t_md.fetch(ctx, name, props);
 }
 EVP_KDF* EVP_KDF_fetch(OSSL_LIB_CTX* ctx, const char* name, const char* props) {
-  // libssl's key schedule gets tlsgate's TLS13-KDF (kdf.cc).
-  if (ctx == nullptr && props == nullptr && name != nullptr && std::strcmp(name, "TLS13-KDF") == 0 &&
-      tlsgate::tls::kdf_provider_loaded())
-    props = "provider=tlsgate";
   return t_kdf.fetch(ctx, name, props);
 }
 EVP_MAC* EVP_MAC_fetch(OSSL_LIB_CTX* ctx, const char* name, const char* props) {
@@ -208,4 +264,35 @@ EVP_CIPHER* EVP_CIPHER_fetch(OSSL_LIB_CTX* ctx, const char* name, const char* pr
 int EVP_KEYMGMT_names_do_all(const EVP_KEYMGMT* km, void (*fn)(const char*, void*), void* data) {
   return t_names.names_do_all(km, fn, data);
 }
+}
+
+extern "C" int __vsprintf_chk(char* __restrict s, int flag, size_t slen, const char* __restrict format,
+                              va_list ap) noexcept;
+
+namespace {
+// The format libssl's keylog writer uses, tested without a call to strcmp:
+// this runs 400 times per new connection.
+bool is_byte_as_hex(const char* f) { return f[0] == '%' && f[1] == '0' && f[2] == '2' && f[3] == 'x' && f[4] == '\0'; }
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) int __sprintf_chk(char* __restrict s, int flag, size_t slen,
+                                                                     const char* __restrict format, ...) noexcept {
+  va_list ap;
+  va_start(ap, format);
+  if (tlsgate::tls::g_active && slen >= 3 && is_byte_as_hex(format)) {
+    const unsigned v = va_arg(ap, unsigned);
+    if (v <= 0xff) {
+      va_end(ap);
+      static constexpr char kHex[] = "0123456789abcdef";
+      s[0] = kHex[v >> 4];
+      s[1] = kHex[v & 0xf];
+      s[2] = '\0';
+      return 2;
+    }
+    va_end(ap);  // more than a byte: glibc formats it, from the first argument again
+    va_start(ap, format);
+  }
+  const int n = __vsprintf_chk(s, flag, slen, format, ap);
+  va_end(ap);
+  return n;
 }
