@@ -72,6 +72,25 @@ class Context {
 
 enum class HandshakeState { InProgress, Done, Failed };
 
+// Why tlsgate's own record layer (a detached TLS 1.3 session) ended a
+// connection; each is counted by the shard. The first five are the peer's
+// protocol errors, answered with the RFC 8446 alert of the same name; the
+// next three are limits, answered with close_notify.
+enum class TlsViolation : uint8_t {
+  None,
+  BadRecordMac,       // a record does not authenticate (bad tag, replayed, too short)
+  DecodeError,        // a malformed alert or KeyUpdate
+  UnexpectedMessage,  // a record or message not allowed after the handshake
+  RecordOverflow,     // a record longer than TLS allows
+  IllegalParameter,   // a KeyUpdate request other than 0 or 1
+  KeyUpdateFlood,     // more KeyUpdates per second than kMaxKeyUpdatesPerSecond
+  EmptyRecordFlood,   // more consecutive empty records than kMaxEmptyRecords
+  AeadLimit,          // the peer's key protected more records than RFC 8446 5.5 allows
+  PeerAlert,          // the peer sent a fatal alert (nothing is sent back)
+  Count,
+};
+const char* to_string(TlsViolation v);
+
 // Counts whole TLS records in a byte stream (header + body), for the record
 // sequence numbers kernel TLS must start from.
 struct RecordCounter {
@@ -113,6 +132,12 @@ class Session {
   const char* cipher() const;
   // Why the handshake failed, for the log (OpenSSL's reason string).
   const std::string& failure() const { return failure_; }
+  // Why the detached record layer ended the session (None otherwise).
+  TlsViolation violation() const { return violation_; }
+
+  // Limits of the detached record layer on what a peer may make it do.
+  static constexpr uint32_t kMaxKeyUpdatesPerSecond = 8;
+  static constexpr uint32_t kMaxEmptyRecords = 32;  // in a row, as OpenSSL's limit
 
   // Decrypts: feeds `in` (may be empty) and calls `sink(data, len)` for every
   // plaintext piece. Returns Closed on close_notify, Protocol on a bad record.
@@ -131,6 +156,9 @@ class Session {
   void release_idle_memory();
   // Whether a detached session holds cipher contexts now (for tests and stats).
   bool holds_cipher_contexts() const;
+  // For tests of the AEAD limits: sets a detached session's next send and
+  // receive record sequence numbers. False if the session is not detached.
+  bool advance_sequence_for_test(uint64_t tx, uint64_t rx);
 
   // Encrypts all of `data` into records appended to `out`.
   Result<void> write(const uint8_t* data, size_t len, ByteQueue& out);
@@ -162,6 +190,15 @@ class Session {
   Result<void> read_records(std::span<const uint8_t> in, ByteQueue& out, RawSink sink, void* arg);
   Result<void> take_record(const uint8_t* rec, size_t len, uint8_t* body, ByteQueue& out, RawSink sink, void* arg);
   Result<void> write_records(uint8_t type, const uint8_t* data, size_t len, ByteQueue& out);
+  Result<void> check_header(const uint8_t* h, size_t* len, ByteQueue& out);
+  Result<void> take_handshake_bytes(const uint8_t* p, size_t n, ByteQueue& out);
+  Result<void> take_key_update(uint8_t request, ByteQueue& out);
+  Result<void> send_key_update(bool request, ByteQueue& out);
+  Result<void> after_records(ByteQueue& out);
+  // Ends the session for `v`: sends the alert RFC 8446 names for it (fatal)
+  // or close_notify for a limit, none for the peer's own alert. Returns the
+  // error read() reports.
+  Unexpected<Error> fail(TlsViolation v, const char* why, ByteQueue& out);
 
   friend struct BioAccess;
   friend struct KeyLog;
@@ -191,6 +228,18 @@ class Session {
   uint8_t client_secret_[64] = {};
   uint8_t server_secret_[64] = {};
   uint8_t secret_len_ = 0;
+  // Detached record layer: a post-handshake handshake message arriving in
+  // pieces (only KeyUpdate, 5 bytes, is accepted), and what the peer did.
+  uint8_t hs_msg_[5] = {};
+  uint8_t hs_len_ = 0;
+  bool owe_key_update_ = false;    // the peer asked; answered once after this batch of records
+  bool asked_key_update_ = false;  // we asked (AEAD limit), until the peer's KeyUpdate arrives
+  bool failed_ = false;            // an alert was sent or received: no more records either way
+  bool peer_closed_ = false;       // close_notify received: later records are ignored
+  uint32_t empty_records_ = 0;     // empty application-data records in a row
+  uint32_t key_updates_ = 0;       // received in the window that began at key_update_window_ms_
+  uint64_t key_update_window_ms_ = 0;
+  TlsViolation violation_ = TlsViolation::None;
   std::string failure_;
 };
 

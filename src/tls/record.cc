@@ -69,11 +69,12 @@ bool RecordLayer::init(const KtlsKeys& tx, const KtlsKeys& rx, const EVP_MD* md,
   return true;
 }
 
-uint8_t RecordLayer::open_into(const uint8_t* rec, size_t len, uint8_t* p, uint8_t** plain,
-                               size_t* plain_len) {
-  if (len < kHeader + 1 + kTag) return 0;
+RecordLayer::Open RecordLayer::open_into(const uint8_t* rec, size_t len, uint8_t* p, uint8_t* type, uint8_t** plain,
+                                         size_t* plain_len) {
+  if (len < kHeader + 1 + kTag) return Open::BadRecordMac;  // no room for a tag and a content type
+  if (rx_seq_ == kSeqLast) return Open::Exhausted;
   const size_t body = len - kHeader - kTag;
-  if (!ensure(dec_, false, rx_secret_)) return 0;
+  if (!ensure(dec_, false, rx_secret_)) return Open::BadRecordMac;
   uint8_t iv[12];
   nonce(rx_iv_, rx_seq_, iv);
   int n = 0;
@@ -84,19 +85,21 @@ uint8_t RecordLayer::open_into(const uint8_t* rec, size_t len, uint8_t* p, uint8
       EVP_DecryptUpdate(dec_, p, &n, rec + kHeader, static_cast<int>(body)) != 1 ||
       EVP_CIPHER_CTX_ctrl(dec_, EVP_CTRL_AEAD_SET_TAG, static_cast<int>(kTag), tag) != 1 ||
       EVP_DecryptFinal_ex(dec_, p + body, &n) != 1)
-    return 0;
+    return Open::BadRecordMac;
   ++rx_seq_;
   // TLSInnerPlaintext: content, content type, zero padding.
   size_t end = body;
   while (end > 0 && p[end - 1] == 0) --end;
-  if (end == 0) return 0;
+  if (end == 0) return Open::NoContentType;
+  if (end > kMaxInner) return Open::Overflow;
+  *type = p[end - 1];
   *plain = p;
   *plain_len = end - 1;
-  return p[end - 1];
+  return Open::Ok;
 }
 
 size_t RecordLayer::seal(uint8_t type, const uint8_t* data, size_t len, uint8_t* out) {
-  if (!ensure(enc_, true, tx_secret_)) return 0;
+  if (tx_seq_ == kSeqLast || !ensure(enc_, true, tx_secret_)) return 0;
   const size_t body = len + 1 + kTag;
   out[0] = kApplicationData;
   out[1] = 3;

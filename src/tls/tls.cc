@@ -9,6 +9,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <string.h>
+#include <time.h>
 
 #include <algorithm>
 #include <cstring>
@@ -44,6 +45,9 @@ constexpr uint8_t kAlertType = 21;
 constexpr uint8_t kHandshakeType = 22;
 constexpr uint8_t kApplicationDataType = 23;
 constexpr uint8_t kKeyUpdate = 24;  // handshake message type
+constexpr uint8_t kAlertFatal = 2;
+constexpr uint8_t kAlertWarning = 1;
+constexpr uint8_t kCloseNotify = 0;
 
 // Session ticket keys (name 16 + HMAC 32 + AES 32), made once per process so
 // that a client resumes on whichever shard its next connection lands on.
@@ -278,7 +282,15 @@ Session::Session(Context& ctx, ChunkPool& pool, const Peer& peer) : pending_in_(
   ssl_ = owner.release();
 }
 
-Session::~Session() { SSL_free(static_cast<SSL*>(ssl_)); }
+// Every path ends here (detached, offloaded to the kernel, TLS 1.2, never
+// left OpenSSL): the traffic secrets the keylog gave us are wiped. OpenSSL
+// wipes its own in SSL_free; the RecordLayer in its destructor.
+Session::~Session() {
+  SSL_free(static_cast<SSL*>(ssl_));
+  OPENSSL_cleanse(client_secret_, sizeof client_secret_);
+  OPENSSL_cleanse(server_secret_, sizeof server_secret_);
+  OPENSSL_cleanse(hs_msg_, sizeof hs_msg_);
+}
 
 void Session::begin(std::span<const uint8_t> in, ByteQueue& out) {
   in_ = in;
@@ -362,7 +374,13 @@ Result<size_t> Session::read_some(uint8_t* buf, size_t cap) {
 }
 
 Result<void> Session::write(const uint8_t* data, size_t len, ByteQueue& out) {
-  if (records_) return write_records(kApplicationDataType, data, len, out);
+  if (failed_) return Unexpected(Error::Protocol);  // nothing follows an alert
+  if (records_) {
+    // RFC 8446 5.5: a key retires before it protects too many records.
+    if (records_->tx_wants_update())
+      if (Result<void> u = send_key_update(false, out); !u) return u;
+    return write_records(kApplicationDataType, data, len, out);
+  }
   begin({}, out);
   SSL* ssl = static_cast<SSL*>(ssl_);
   while (len > 0) {
@@ -380,9 +398,11 @@ Result<void> Session::write(const uint8_t* data, size_t len, ByteQueue& out) {
 }
 
 void Session::shutdown(ByteQueue& out) {
+  if (failed_) return;
   if (records_) {
-    static const uint8_t close_notify[2] = {1, 0};  // warning, close_notify
+    static const uint8_t close_notify[2] = {kAlertWarning, kCloseNotify};
     (void)write_records(kAlertType, close_notify, sizeof close_notify, out);
+    failed_ = true;  // nothing is sent after close_notify
     return;
   }
   begin({}, out);
@@ -446,29 +466,89 @@ void Session::release_idle_memory() {
 
 bool Session::holds_cipher_contexts() const { return records_ && records_->holds_contexts(); }
 
-// A record's header as the detached record layer accepts it: application
-// data, legacy version 3.x, a body that fits. Returns the body length, or -1.
-static long record_body(const uint8_t* h) {
+namespace {
+
+// The alert RFC 8446 names for each violation; 0 for those answered with
+// close_notify (limits) and for the peer's own alert (answered with nothing).
+uint8_t alert_for(TlsViolation v) {
+  switch (v) {
+    case TlsViolation::BadRecordMac: return 20;
+    case TlsViolation::RecordOverflow: return 22;
+    case TlsViolation::DecodeError: return 50;
+    case TlsViolation::UnexpectedMessage: return 10;
+    case TlsViolation::IllegalParameter: return 47;
+    default: return 0;
+  }
+}
+
+uint64_t coarse_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+}
+
+}  // namespace
+
+const char* to_string(TlsViolation v) {
+  switch (v) {
+    case TlsViolation::None: return "none";
+    case TlsViolation::BadRecordMac: return "bad_record_mac";
+    case TlsViolation::DecodeError: return "decode_error";
+    case TlsViolation::UnexpectedMessage: return "unexpected_message";
+    case TlsViolation::RecordOverflow: return "record_overflow";
+    case TlsViolation::IllegalParameter: return "illegal_parameter";
+    case TlsViolation::KeyUpdateFlood: return "key_update_flood";
+    case TlsViolation::EmptyRecordFlood: return "empty_record_flood";
+    case TlsViolation::AeadLimit: return "aead_limit";
+    case TlsViolation::PeerAlert: return "peer_alert";
+    case TlsViolation::Count: break;
+  }
+  return "?";
+}
+
+Unexpected<Error> Session::fail(TlsViolation v, const char* why, ByteQueue& out) {
+  violation_ = v;
+  failure_ = why;
+  if (!failed_ && v != TlsViolation::PeerAlert) {
+    const uint8_t desc = alert_for(v);
+    const uint8_t alert[2] = {desc != 0 ? kAlertFatal : kAlertWarning, desc};  // desc 0: close_notify
+    (void)write_records(kAlertType, alert, sizeof alert, out);  // best effort: the connection ends either way
+  }
+  failed_ = true;
+  return Unexpected(Error::Protocol);
+}
+
+bool Session::advance_sequence_for_test(uint64_t tx, uint64_t rx) {
+  if (!records_) return false;
+  records_->set_sequence_for_test(tx, rx);
+  return true;
+}
+
+// The checks on a record's header before its body is read: only
+// application_data (every record after the handshake is encrypted; a
+// plaintext change_cipher_spec is allowed only before the peer's Finished,
+// RFC 8446 5), no longer than 2^14 + 256 bytes (5.2). legacy_record_version
+// is ignored, as 5.1 requires. Sets `*len` to the whole record's length.
+Result<void> Session::check_header(const uint8_t* h, size_t* len, ByteQueue& out) {
   const size_t body = static_cast<size_t>(h[3]) << 8 | h[4];
-  if (h[0] != kApplicationDataType || h[1] != 3 || body > RecordLayer::kMaxBody) return -1;
-  return static_cast<long>(body);
+  if (h[0] != kApplicationDataType) return fail(TlsViolation::UnexpectedMessage, "unencrypted record after the handshake", out);
+  if (body > RecordLayer::kMaxBody) return fail(TlsViolation::RecordOverflow, "record longer than 2^14 + 256 bytes", out);
+  *len = RecordLayer::kHeader + body;
+  return {};
 }
 
 Result<void> Session::read_records(std::span<const uint8_t> in, ByteQueue& out, RawSink sink, void* arg) {
+  if (peer_closed_) return Unexpected(Error::Closed);  // data after close_notify is ignored (RFC 8446 6.1)
+  if (failed_) return Unexpected(Error::Protocol);
   if (broken_) return Unexpected(Error::Resource);
   uint8_t buf[RecordLayer::kHeader + RecordLayer::kMaxBody];
+  size_t len = 0;
   // Whole records straight from the receive buffer, decrypted into `buf`;
   // only a record split across receives waits in pending_in_.
   while (pending_in_.empty() && in.size() >= RecordLayer::kHeader) {
-    const long body = record_body(in.data());
-    if (body < 0) {
-      failure_ = "unexpected record after the handshake";
-      return Unexpected(Error::Protocol);
-    }
-    const size_t len = RecordLayer::kHeader + static_cast<size_t>(body);
+    if (Result<void> h = check_header(in.data(), &len, out); !h) return h;
     if (in.size() < len) break;
-    Result<void> r = take_record(in.data(), len, buf + RecordLayer::kHeader, out, sink, arg);
-    if (!r) return r;
+    if (Result<void> r = take_record(in.data(), len, buf + RecordLayer::kHeader, out, sink, arg); !r) return r;
     in = in.subspan(len);
   }
   if (!in.empty() && !pending_in_.append(in.data(), in.size())) {
@@ -476,58 +556,134 @@ Result<void> Session::read_records(std::span<const uint8_t> in, ByteQueue& out, 
     failure_ = "out of buffer memory";
     return Unexpected(Error::Resource);
   }
-  for (;;) {
-    if (pending_in_.size() < RecordLayer::kHeader) return {};
+  while (pending_in_.size() >= RecordLayer::kHeader) {
     pending_in_.peek(buf, RecordLayer::kHeader);
-    const long body = record_body(buf);
-    if (body < 0) {
-      failure_ = "unexpected record after the handshake";
-      return Unexpected(Error::Protocol);
-    }
-    const size_t len = RecordLayer::kHeader + static_cast<size_t>(body);
-    if (pending_in_.size() < len) return {};
+    if (Result<void> h = check_header(buf, &len, out); !h) return h;
+    if (pending_in_.size() < len) break;
     pending_in_.read(buf, len);
-    Result<void> r = take_record(buf, len, buf + RecordLayer::kHeader, out, sink, arg);
-    if (!r) return r;
+    if (Result<void> r = take_record(buf, len, buf + RecordLayer::kHeader, out, sink, arg); !r) return r;
   }
+  return after_records(out);
 }
 
 // Opens one whole record into `body` and acts on its content.
 Result<void> Session::take_record(const uint8_t* rec, size_t len, uint8_t* body, ByteQueue& out, RawSink sink,
                                   void* arg) {
+  uint8_t type = 0;
   uint8_t* plain = nullptr;
   size_t n = 0;
-  switch (records_->open_into(rec, len, body, &plain, &n)) {
-    case kApplicationDataType:
-      if (n > 0) sink(arg, plain, n);
-      return {};
-    case kAlertType:
-      if (n == 2 && plain[1] == 0) return Unexpected(Error::Closed);  // close_notify
-      failure_ = n == 2 ? "alert " + std::to_string(plain[1]) + " from the peer" : "malformed alert";
-      return Unexpected(Error::Protocol);
-    case kHandshakeType:
-      // KeyUpdate (RFC 8446 4.6.3): the peer's next records use its next
-      // secret; if it asks, ours change too, announced by our KeyUpdate.
-      if (n == 5 && plain[0] == kKeyUpdate && plain[1] == 0 && plain[2] == 0 && plain[3] == 1 && plain[4] <= 1) {
-        const bool requested = plain[4] == 1;
-        if (!records_->update_rx()) return Unexpected(Error::Resource);
-        if (requested) {
-          static const uint8_t key_update[5] = {kKeyUpdate, 0, 0, 1, 0};  // update_not_requested
-          Result<void> w = write_records(kHandshakeType, key_update, sizeof key_update, out);
-          if (!w) return w;
-          if (!records_->update_tx()) return Unexpected(Error::Resource);
-        }
-        return {};
-      }
-      failure_ = "unexpected handshake message after the handshake";
-      return Unexpected(Error::Protocol);
-    case 0:
-      failure_ = "record does not decrypt (bad_record_mac)";
-      return Unexpected(Error::Protocol);
-    default:
-      failure_ = "unexpected content type";
-      return Unexpected(Error::Protocol);
+  switch (records_->open_into(rec, len, body, &type, &plain, &n)) {
+    case RecordLayer::Open::Ok: break;
+    case RecordLayer::Open::BadRecordMac:
+      return fail(TlsViolation::BadRecordMac, "record does not authenticate (bad_record_mac)", out);
+    case RecordLayer::Open::NoContentType:
+      return fail(TlsViolation::UnexpectedMessage, "record of padding only (no content type)", out);
+    case RecordLayer::Open::Overflow:
+      return fail(TlsViolation::RecordOverflow, "record plaintext longer than 2^14 bytes", out);
+    case RecordLayer::Open::Exhausted:
+      return fail(TlsViolation::AeadLimit, "receive sequence number exhausted", out);
   }
+  // A handshake message may span records, but nothing may come between its
+  // pieces (RFC 8446 5.1).
+  if (hs_len_ > 0 && type != kHandshakeType)
+    return fail(TlsViolation::UnexpectedMessage, "handshake message interleaved with another record type", out);
+  switch (type) {
+    case kApplicationDataType:
+      if (n > 0) {
+        empty_records_ = 0;
+        sink(arg, plain, n);
+      } else if (++empty_records_ > kMaxEmptyRecords) {
+        return fail(TlsViolation::EmptyRecordFlood, "too many empty records in a row", out);
+      }
+      break;
+    case kAlertType:
+      if (n != 2) return fail(TlsViolation::DecodeError, "malformed alert", out);
+      if (plain[1] == kCloseNotify) {
+        peer_closed_ = true;
+        return Unexpected(Error::Closed);  // the caller answers with shutdown()
+      }
+      {
+        const std::string why = "alert " + std::to_string(plain[1]) + " from the peer";
+        return fail(TlsViolation::PeerAlert, why.c_str(), out);
+      }
+    case kHandshakeType:
+      if (n == 0) return fail(TlsViolation::UnexpectedMessage, "empty handshake record", out);
+      if (Result<void> r = take_handshake_bytes(plain, n, out); !r) return r;
+      break;
+    default:
+      return fail(TlsViolation::UnexpectedMessage, "unknown content type after the handshake", out);
+  }
+  if (records_->rx_exhausted())
+    return fail(TlsViolation::AeadLimit, "the peer's key protected more records than RFC 8446 5.5 allows", out);
+  return {};
+}
+
+// Post-handshake handshake messages from a client: only KeyUpdate (4.6.3),
+// 5 bytes, possibly split across records; it must end its record, since the
+// peer's key changes after it (5.1).
+Result<void> Session::take_handshake_bytes(const uint8_t* p, size_t n, ByteQueue& out) {
+  while (n > 0) {
+    if (hs_len_ == 0 && p[0] != kKeyUpdate)
+      return fail(TlsViolation::UnexpectedMessage, "handshake message other than KeyUpdate after the handshake", out);
+    const size_t take = std::min<size_t>(n, sizeof hs_msg_ - hs_len_);
+    std::memcpy(hs_msg_ + hs_len_, p, take);
+    hs_len_ = static_cast<uint8_t>(hs_len_ + take);
+    p += take;
+    n -= take;
+    if (hs_len_ >= 4 && (hs_msg_[1] != 0 || hs_msg_[2] != 0 || hs_msg_[3] != 1))
+      return fail(TlsViolation::DecodeError, "KeyUpdate whose length is not 1", out);
+    if (hs_len_ < sizeof hs_msg_) continue;
+    hs_len_ = 0;
+    if (n > 0) return fail(TlsViolation::UnexpectedMessage, "bytes after a KeyUpdate in its record", out);
+    return take_key_update(hs_msg_[4], out);
+  }
+  return {};
+}
+
+Result<void> Session::take_key_update(uint8_t request, ByteQueue& out) {
+  if (request > 1) return fail(TlsViolation::IllegalParameter, "KeyUpdate request neither 0 nor 1", out);
+  const uint64_t now = coarse_ms();
+  if (now - key_update_window_ms_ >= 1000) {
+    key_update_window_ms_ = now;
+    key_updates_ = 0;
+  }
+  if (++key_updates_ > kMaxKeyUpdatesPerSecond)
+    return fail(TlsViolation::KeyUpdateFlood, "more KeyUpdates per second than allowed", out);
+  if (!records_->update_rx()) {
+    failure_ = "KeyUpdate: deriving the next key failed";
+    failed_ = true;
+    return Unexpected(Error::Resource);
+  }
+  asked_key_update_ = false;
+  // Several requests while we are silent get one answer (4.6.3).
+  if (request == 1) owe_key_update_ = true;
+  return {};
+}
+
+Result<void> Session::send_key_update(bool request, ByteQueue& out) {
+  const uint8_t key_update[5] = {kKeyUpdate, 0, 0, 1, static_cast<uint8_t>(request ? 1 : 0)};
+  if (Result<void> w = write_records(kHandshakeType, key_update, sizeof key_update, out); !w) return w;
+  if (!records_->update_tx()) {
+    failure_ = "KeyUpdate: deriving our next key failed";
+    failed_ = true;
+    return Unexpected(Error::Resource);
+  }
+  return {};
+}
+
+// After a batch of records: the KeyUpdate the peer asked for, or ours when
+// its key nears the AEAD limit (asking for its update too).
+Result<void> Session::after_records(ByteQueue& out) {
+  if (records_->rx_wants_update() && !asked_key_update_) {
+    asked_key_update_ = true;
+    owe_key_update_ = false;  // any KeyUpdate of ours answers a request
+    return send_key_update(true, out);
+  }
+  if (owe_key_update_) {
+    owe_key_update_ = false;
+    return send_key_update(false, out);
+  }
+  return {};
 }
 
 // Records are sealed straight into the output queue's last chunk (or a new

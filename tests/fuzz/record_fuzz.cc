@@ -62,7 +62,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::memcpy(rec.data(), data, n);
     uint8_t* plain = nullptr;
     size_t len = 0;
-    if (server.open(rec.data(), n, &plain, &len) != 0 && (plain < rec.data() || plain + len > rec.data() + n))
+    uint8_t got = 0;
+    if (server.open(rec.data(), n, &got, &plain, &len) == RecordLayer::Open::Ok &&
+        (plain < rec.data() || plain + len > rec.data() + n || len > RecordLayer::kMaxPlain))
       __builtin_trap();
     return 0;
   }
@@ -71,12 +73,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (sealed != RecordLayer::kHeader + n + 1 + RecordLayer::kTag) __builtin_trap();
   uint8_t* plain = nullptr;
   size_t len = 0;
-  const uint8_t got = server.open(rec.data(), sealed, &plain, &len);
+  uint8_t got = 0;
+  const RecordLayer::Open r = server.open(rec.data(), sealed, &got, &plain, &len);
   // Trailing zero bytes are padding by definition (RFC 8446 5.4): a zero
-  // content type means the content ends at the last non-zero byte.
+  // content type means the content ends at the last non-zero byte, and a
+  // record of zeros only has no content type at all.
   if (type != 0) {
-    if (got != type || len != n || std::memcmp(plain, data, n) != 0) __builtin_trap();
-  } else if (got != 0 && (len >= n || plain + len + 1 > rec.data() + sealed)) {
+    if (r != RecordLayer::Open::Ok || got != type || len != n || std::memcmp(plain, data, n) != 0) __builtin_trap();
+  } else if (r == RecordLayer::Open::Ok && (len >= n || plain + len + 1 > rec.data() + sealed)) {
+    __builtin_trap();
+  } else if (r != RecordLayer::Open::Ok && r != RecordLayer::Open::NoContentType) {
     __builtin_trap();
   }
   return 0;
