@@ -212,7 +212,13 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
     else
       LOG_INFO("tls", "listener %s: ktls = %s: %s%s", l.name.c_str(), config::to_string(l.tls.ktls),
                ktls.describe().c_str(), ktls.any() ? "" : "; record crypto in userspace");
+    LOG_INFO("tls", "listener %s: record_layer = %s (TLS 1.3 records not given to the kernel)", l.name.c_str(),
+             config::to_string(l.tls.record_layer));
   }
+  const tls::WorkaroundState wa = tls::workaround_state();
+  if (wa.compiled)
+    LOG_INFO("tls", "OpenSSL 3.0 workarounds compiled in: %s%s", wa.active ? "active" : "inactive: ",
+             wa.inactive_reason.c_str());
   if (cfg.admin.enabled)
     LOG_WARN("admin", "[admin] listen = %s: the admin listener is not implemented yet; not listening",
              cfg.admin.listen.text.c_str());

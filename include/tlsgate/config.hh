@@ -49,12 +49,17 @@ struct SocketAddress {
 
 enum class ProxyProtocol { Off, V1, V2, Auto };
 enum class Ktls { Auto, On, Off };
+// Who protects TLS 1.3 records after the handshake when kTLS does not:
+// tlsgate's own record layer (frees OpenSSL's objects, ~12 KB per idle
+// connection) or OpenSSL's, the escape hatch.
+enum class RecordLayer { Tlsgate, Openssl };
 enum class TlsVersion { Tls12, Tls13 };
 enum class LbPolicy { RoundRobin, P2c };
 enum class AllUnhealthy { Fail, Panic };
 
 const char* to_string(ProxyProtocol v);
 const char* to_string(Ktls v);
+const char* to_string(RecordLayer v);
 const char* to_string(TlsVersion v);
 const char* to_string(LbPolicy v);
 const char* to_string(AllUnhealthy v);
@@ -65,6 +70,7 @@ struct TlsSettings {
   std::vector<std::string> alpn{"h2", "http/1.1"};
   TlsVersion min_version = TlsVersion::Tls12;
   Ktls ktls = Ktls::Auto;
+  RecordLayer record_layer = RecordLayer::Tlsgate;
   uint32_t session_tickets = 1;  // TLS 1.3 tickets per handshake; 0 = no tickets at all
   Origin certificate_origin;
   Origin private_key_origin;

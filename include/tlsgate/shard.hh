@@ -10,6 +10,7 @@
 
 #include "tlsgate/config.hh"
 #include "tlsgate/ktls.hh"
+#include "tlsgate/tls.hh"
 
 namespace tlsgate::shard {
 
@@ -49,7 +50,10 @@ struct Counters {
   uint64_t ktls_close_notify = 0;        // clean closes seen as control records
   uint64_t ktls_alerts = 0;              // other alerts received
   uint64_t ktls_key_update_closed = 0;   // KeyUpdate: the kernel cannot rekey; closed cleanly
-  uint64_t ktls_other_records = 0;       // other non-data records (ignored)
+  uint64_t ktls_unexpected_records = 0;  // other handshake or change_cipher_spec records: unexpected_message, closed
+  // tlsgate's record layer ended a connection, by tls::TlsViolation; [None]:
+  // a record error found by OpenSSL's record layer (TLS 1.2, record_layer = "openssl").
+  uint64_t tls_violations[static_cast<int>(tls::TlsViolation::Count)] = {};
   std::string describe() const;
   void add(const Counters& o);
 };

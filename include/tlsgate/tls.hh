@@ -74,8 +74,9 @@ enum class HandshakeState { InProgress, Done, Failed };
 
 // Why tlsgate's own record layer (a detached TLS 1.3 session) ended a
 // connection; each is counted by the shard. The first five are the peer's
-// protocol errors, answered with the RFC 8446 alert of the same name; the
-// next three are limits, answered with close_notify.
+// protocol errors, answered with the RFC 8446 alert of the same name; an
+// empty-record flood gets unexpected_message (as from OpenSSL); KeyUpdate
+// floods and the AEAD limit get close_notify.
 enum class TlsViolation : uint8_t {
   None,
   BadRecordMac,       // a record does not authenticate (bad tag, replayed, too short)

@@ -357,7 +357,7 @@ void read_admin(const Table& root, Config& cfg) {
 }
 
 void read_tls(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
-  t.check_keys({"certificate", "private_key", "alpn", "min_version", "ktls", "session_tickets"});
+  t.check_keys({"certificate", "private_key", "alpn", "min_version", "ktls", "record_layer", "session_tickets"});
   Value cert = t.require("certificate");
   Value key = t.require("private_key");
   tls.certificate = t.string(cert);
@@ -392,6 +392,10 @@ void read_tls(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
     tls.ktls_origin = t.origin(*v);
   } else {
     tls.ktls_origin = Origin{t.file(), join(t.path(), "ktls"), t.pos().line, t.pos().column};
+  }
+  if (auto v = t.get("record_layer")) {
+    tls.record_layer =
+        t.choice<RecordLayer>(*v, {{"tlsgate", RecordLayer::Tlsgate}, {"openssl", RecordLayer::Openssl}});
   }
   if (auto v = t.get("session_tickets")) tls.session_tickets = static_cast<uint32_t>(t.integer(*v, 0, 8));
   files.push_back({tls.certificate, tls.certificate_origin});
@@ -730,6 +734,14 @@ const char* to_string(ProxyProtocol v) {
     case ProxyProtocol::V1: return "v1";
     case ProxyProtocol::V2: return "v2";
     case ProxyProtocol::Auto: return "auto";
+  }
+  return "?";
+}
+
+const char* to_string(RecordLayer v) {
+  switch (v) {
+    case RecordLayer::Tlsgate: return "tlsgate";
+    case RecordLayer::Openssl: return "openssl";
   }
   return "?";
 }

@@ -608,8 +608,10 @@ struct Loop : h2::Router {
       return;
     }
     if (!r) {
-      if (r.error() == Error::Protocol)
+      if (r.error() == Error::Protocol) {
+        ++counters.tls_violations[static_cast<int>(d->tls->violation())];
         LOG_DEBUG("tls", "%u: bad record from %s: %s", id, d->client_ip.c_str(), d->tls->failure().c_str());
+      }
       if (r.error() == Error::Closed) d->tls->shutdown(d->out);
       d->close_after_flush = true;
     }
@@ -760,9 +762,14 @@ struct Loop : h2::Router {
       mark_dirty(d);
       return;
     }
-    ++counters.ktls_other_records;
-    LOG_DEBUG("tls", "%u: ignored record type %u from %s", id, rec.type, d->client_ip.c_str());
-    mark_dirty(d);  // re-arms the receive
+    // Nothing else may come after the handshake: a change_cipher_spec, a
+    // client's NewSessionTicket or Finished, a TLS 1.2 renegotiation. The
+    // kernel decrypted it; answer as RFC 8446 (and OpenSSL) would.
+    ++counters.ktls_unexpected_records;
+    LOG_DEBUG("tls", "%u: unexpected record type %u from %s: closing", id, rec.type, d->client_ip.c_str());
+    tls::send_alert(d->fd, 2, 10);  // fatal, unexpected_message
+    if (d->h2) d->h2->shutdown();
+    close_down(d, "unexpected record after the handshake");
   }
 
   void close_down(DownConn* d, const char* why) {
@@ -1430,10 +1437,16 @@ std::string Counters::describe() const {
              std::to_string(ktls_offloaded[v][c]);
   std::snprintf(buf, sizeof buf,
                 " ktls_unsupported_cipher=%lu ktls_failed=%lu ktls_close_notify=%lu ktls_alerts=%lu "
-                "ktls_key_update_closed=%lu ktls_other_records=%lu",
+                "ktls_key_update_closed=%lu ktls_unexpected_records=%lu",
                 ktls_unsupported_cipher, ktls_failed, ktls_close_notify, ktls_alerts, ktls_key_update_closed,
-                ktls_other_records);
-  return s + buf;
+                ktls_unexpected_records);
+  s += buf;
+  // Index 0 (none): protocol errors OpenSSL's own record layer found.
+  s += " tls_openssl_record_errors=" + std::to_string(tls_violations[0]);
+  for (int v = 1; v < static_cast<int>(tls::TlsViolation::Count); ++v)
+    s += std::string(" tls_violation_") + tls::to_string(static_cast<tls::TlsViolation>(v)) + "=" +
+         std::to_string(tls_violations[v]);
+  return s;
 }
 
 void Counters::add(const Counters& o) {
@@ -1472,7 +1485,8 @@ void Counters::add(const Counters& o) {
   ktls_close_notify += o.ktls_close_notify;
   ktls_alerts += o.ktls_alerts;
   ktls_key_update_closed += o.ktls_key_update_closed;
-  ktls_other_records += o.ktls_other_records;
+  ktls_unexpected_records += o.ktls_unexpected_records;
+  for (int v = 0; v < static_cast<int>(tls::TlsViolation::Count); ++v) tls_violations[v] += o.tls_violations[v];
 }
 
 Shard::Shard(unsigned id, const config::Config& config, std::vector<int> listen_fds, const tls::KtlsSupport& ktls)

@@ -74,6 +74,9 @@ RecordLayer::Open RecordLayer::open_into(const uint8_t* rec, size_t len, uint8_t
   if (len < kHeader + 1 + kTag) return Open::BadRecordMac;  // no room for a tag and a content type
   if (rx_seq_ == kSeqLast) return Open::Exhausted;
   const size_t body = len - kHeader - kTag;
+  // The whole TLSInnerPlaintext, padding included, is limited (5.4); known
+  // from the length alone, so nothing of it is decrypted.
+  if (body > kMaxInner) return Open::Overflow;
   if (!ensure(dec_, false, rx_secret_)) return Open::BadRecordMac;
   uint8_t iv[12];
   nonce(rx_iv_, rx_seq_, iv);
@@ -91,7 +94,6 @@ RecordLayer::Open RecordLayer::open_into(const uint8_t* rec, size_t len, uint8_t
   size_t end = body;
   while (end > 0 && p[end - 1] == 0) --end;
   if (end == 0) return Open::NoContentType;
-  if (end > kMaxInner) return Open::Overflow;
   *type = p[end - 1];
   *plain = p;
   *plain_len = end - 1;

@@ -26,12 +26,12 @@ class RecordLayer {
   static constexpr size_t kMaxBody = kMaxPlain + 256;
   static constexpr size_t kHeader = 5;
   // RFC 8446 5.4: TLSInnerPlaintext is content || type || zeros, at most
-  // 2^14 + 1 bytes without the padding.
+  // 2^14 + 1 bytes, padding included.
   static constexpr size_t kMaxInner = kMaxPlain + 1;
 
   // RFC 8446 5.5: AES-GCM keys protect at most 2^24.5 full-size records
   // (with the safety margin the RFC gives). A key that reaches kRekeyAt
-  // records is replaced by a KeyUpdate; a peer that sends kRxLimit records
+  // records (the last of them our KeyUpdate) is replaced; a peer that sends kRxLimit records
   // under one key without updating it is closed. ChaCha20-Poly1305 has no
   // practical limit: only the 64-bit sequence number bounds it.
   static constexpr uint64_t kGcmRekeyAt = uint64_t{1} << 24;
@@ -69,9 +69,9 @@ class RecordLayer {
   // would wrap, or OpenSSL failed).
   size_t seal(uint8_t type, const uint8_t* data, size_t len, uint8_t* out);
 
-  // Whether the send key has protected as many records as it should
-  // (Session sends a KeyUpdate before the next record).
-  bool tx_wants_update() const { return tx_seq_ >= rekey_at(); }
+  // Whether the send key has protected as many records as it should: the
+  // next one is the KeyUpdate that retires it (Session sends it first).
+  bool tx_wants_update() const { return tx_seq_ >= rekey_at() - 1; }
   // Whether the peer's key has reached the point where we ask it to update.
   bool rx_wants_update() const { return rx_seq_ >= rekey_at(); }
   // Whether the peer's key has protected more records than it may.

@@ -214,7 +214,7 @@ Context::Context(const config::TlsSettings& settings, bool ktls) {
   // The traffic secrets are needed either way: for kernel TLS, or for the
   // session's own record layer once it detaches from OpenSSL.
   install_keylog(ctx);
-  detach_ = !ktls;
+  detach_ = !ktls && settings.record_layer == config::RecordLayer::Tlsgate;
   ctx_ = owner.release();
 }
 
@@ -375,12 +375,7 @@ Result<size_t> Session::read_some(uint8_t* buf, size_t cap) {
 
 Result<void> Session::write(const uint8_t* data, size_t len, ByteQueue& out) {
   if (failed_) return Unexpected(Error::Protocol);  // nothing follows an alert
-  if (records_) {
-    // RFC 8446 5.5: a key retires before it protects too many records.
-    if (records_->tx_wants_update())
-      if (Result<void> u = send_key_update(false, out); !u) return u;
-    return write_records(kApplicationDataType, data, len, out);
-  }
+  if (records_) return write_records(kApplicationDataType, data, len, out);
   begin({}, out);
   SSL* ssl = static_cast<SSL*>(ssl_);
   while (len > 0) {
@@ -475,7 +470,8 @@ uint8_t alert_for(TlsViolation v) {
     case TlsViolation::BadRecordMac: return 20;
     case TlsViolation::RecordOverflow: return 22;
     case TlsViolation::DecodeError: return 50;
-    case TlsViolation::UnexpectedMessage: return 10;
+    case TlsViolation::UnexpectedMessage:
+    case TlsViolation::EmptyRecordFlood: return 10;  // as OpenSSL answers too many empty records
     case TlsViolation::IllegalParameter: return 47;
     default: return 0;
   }
@@ -692,6 +688,9 @@ Result<void> Session::write_records(uint8_t type, const uint8_t* data, size_t le
   constexpr size_t kOverhead = RecordLayer::kHeader + 1 + RecordLayer::kTag;
   constexpr size_t kWorthFilling = 256;  // a smaller remainder starts a new chunk
   while (len > 0) {
+    // RFC 8446 5.5: a key retires before it protects too many records.
+    if (type == kApplicationDataType && records_->tx_wants_update())
+      if (Result<void> u = send_key_update(false, out); !u) return u;
     size_t room = out.tail_room();
     if (room < kOverhead + std::min(len, kWorthFilling)) room = Chunk::kCapacity;
     const size_t n = std::min({len, RecordLayer::kMaxPlain, room - kOverhead});
