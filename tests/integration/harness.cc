@@ -482,6 +482,9 @@ std::string GatewayConfig::render() const {
     << "  min_version = \"1.2\"\n";
   const std::string mode = ktls.empty() ? env("TLSGATE_KTLS") : ktls;
   if (!mode.empty()) s << "  ktls = \"" << mode << "\"\n";
+  // The integration suite runs with each record layer (tests/integration/meson.build).
+  if (const std::string layer = env("TLSGATE_RECORD_LAYER"); !layer.empty())
+    s << "  record_layer = \"" << layer << "\"\n";
   s << listener_tail << "\n";
   s << (clusters.empty() ? cluster_toml("backend", endpoints) : clusters);
   return s.str();

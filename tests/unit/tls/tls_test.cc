@@ -378,6 +378,21 @@ TEST_F(TlsSessionTest, Tls13DetachesAfterTheHandshakeAndKeepsWorking) {
   EXPECT_TRUE(client_->read_all() == payload);
 }
 
+// record_layer = "openssl": the escape hatch keeps the session in OpenSSL's
+// record layer, and it works as before (KeyUpdate included).
+TEST_F(TlsSessionTest, RecordLayerOpensslKeepsTheSessionInOpenssl) {
+  config::TlsSettings ts = settings();
+  ts.record_layer = config::RecordLayer::Openssl;
+  connect({}, ts);
+  exchange(*session_, *client_, out_, "1");
+  EXPECT_FALSE(session_->detached());
+  ASSERT_EQ(SSL_key_update(client_->ssl(), SSL_KEY_UPDATE_REQUESTED), 1);
+  exchange(*session_, *client_, out_, "2");
+  exchange(*session_, *client_, out_, "3");
+  EXPECT_FALSE(session_->detached());
+  EXPECT_STREQ(session_->version(), "TLSv1.3");
+}
+
 // A client that never pauses: every read ends inside a record. OpenSSL is
 // handed whole records only, so the session still detaches at once, and the
 // partial record it leaves behind is opened by the session's own layer.
