@@ -866,7 +866,7 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
     head = ["Figure"] + [LABEL[p] for p in PROXIES] + ["tlsgate ÷ best peer",
                                                        "same round: median (min–max)"]
     if "baseline" in PROXIES:
-        head.append("tlsgate ÷ baseline")
+        head.append("tlsgate ÷ " + LABEL["baseline"])
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
     for key, label, higher, digits, extra in ROWS:
@@ -1035,6 +1035,7 @@ def main():
     ap.add_argument("--proxies", default=",".join(PROXIES), help="comma-separated subset (tlsgate always)")
     ap.add_argument("--baseline", help="another tlsgate binary (e.g. a build of the previous commit), "
                     "measured in the same run as the proxy 'tlsgate baseline'")
+    ap.add_argument("--baseline-label", help="the baseline column's name in the table (default: tlsgate baseline)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "e2e" / "results-latest.md"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     ap.add_argument("--only", default=",".join(TESTS), help="comma-separated subset of the tests "
@@ -1058,6 +1059,8 @@ def main():
     PROXIES = [p for p in ["tlsgate", "nginx", "haproxy", "nghttpx"] if p in chosen or p == "tlsgate"]
     if args.baseline:
         PROXIES.insert(1, "baseline")
+        if args.baseline_label:
+            LABEL["baseline"] = args.baseline_label
 
     if os.cpu_count() < 2:
         raise BenchError("needs 2 CPUs (proxies on CPU 0, load on CPU 1)")
