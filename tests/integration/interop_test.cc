@@ -6,6 +6,8 @@
 // Each client is a program in tests/integration/interop/ (see its header):
 //   gnutls_cli.py     GnuTLS (gnutls-cli), HTTP/2 built by hand (h2raw.py):
 //                     the only one that can send a KeyUpdate
+//   pyssl.py          CPython's ssl module, HTTP/2 by h2raw.py
+//   grpcio_client.py  grpcio, gRPC core's own HTTP/2 and TLS wrapper
 // It makes echo calls through the gateway and prints what a user would check
 // as facts, "name value" lines; the tests below assert them, and the
 // gateway's own counters once it has stopped.
@@ -34,6 +36,7 @@ struct ListenerVariant {
 const ListenerVariant kVariants[] = {{"TlsgateRecordLayer", ""}};
 void PrintTo(const ListenerVariant& v, std::ostream* os) { *os << v.name; }
 
+const ListenerVariant& variant_of(const ListenerVariant& v) { return v; }
 template <class... T>
 const ListenerVariant& variant_of(const std::tuple<ListenerVariant, T...>& p) {
   return std::get<0>(p);
@@ -235,6 +238,68 @@ INSTANTIATE_TEST_SUITE_P(Listener, InteropGnutls,
                                             ::testing::Values("AES-128-GCM", "AES-256-GCM",
                                                               "CHACHA20-POLY1305")),
                          gnutls_name);
+
+std::string variant_name(const ::testing::TestParamInfo<ListenerVariant>& info) { return info.param.name; }
+
+// ---------------------------------------------------------------- Python ssl
+
+class InteropPythonSsl : public InteropTest<ListenerVariant> {
+ protected:
+  ClientRun pyssl(const std::string& scenario) {
+    return run_python("pyssl.py", {"--port", port(), "--ca", ca(), "--scenario", scenario});
+  }
+};
+
+TEST_P(InteropPythonSsl, Transfer1MiBEachWay) {
+  auto c = pyssl("transfer");
+  ASSERT_TRUE(c.ok()) << c.describe();
+  EXPECT_EQ(c["conn1.version"], "TLSv1.3");
+  EXPECT_EQ(c["conn1.alpn"], "h2");
+  EXPECT_EQ(c["conn1.resumed"], "no");
+  expect_echo(c, "call1", kMiB);
+  expect_echo(c, "call2", 1000);
+  expect_clean_gateway(stop_gateway(), 1);
+}
+
+// The first connection's session (with the ticket read after the handshake)
+// offered on the second: SSLSocket.session_reused.
+TEST_P(InteropPythonSsl, Resumes) {
+  auto c = pyssl("resume");
+  ASSERT_TRUE(c.ok()) << c.describe();
+  EXPECT_EQ(c["conn1.resumed"], "no");
+  EXPECT_EQ(c["conn1.ticket"], "yes");
+  EXPECT_EQ(c["conn2.version"], "TLSv1.3");
+  EXPECT_EQ(c["conn2.alpn"], "h2");
+  EXPECT_EQ(c["conn2.resumed"], "yes");
+  expect_echo(c, "call1", 64 << 10);
+  expect_echo(c, "call2", 64 << 10);
+  expect_clean_gateway(stop_gateway(), 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Listener, InteropPythonSsl, ::testing::ValuesIn(kVariants), variant_name);
+
+// ---------------------------------------------------------------- grpcio
+
+class InteropGrpcio : public InteropTest<ListenerVariant> {};
+
+// One secure channel: 4 calls of 1 MiB each way one after the other, then 200
+// small calls in flight together; every reply the request's payload, and
+// the backend counted every call.
+TEST_P(InteropGrpcio, ManyCallsOneChannel) {
+  auto c = run_python("grpcio_client.py", {"--port", port(), "--ca", ca(), "--big", "4", "--small", "200"});
+  ASSERT_TRUE(c.ok()) << c.describe();
+  EXPECT_EQ(c["channel"], "ready");
+  EXPECT_EQ(c["big.calls"], "4");
+  EXPECT_EQ(c["big.echo.intact"], "4") << c.describe();
+  EXPECT_EQ(c["small.calls"], "200");
+  EXPECT_EQ(c["small.echo.intact"], "200") << c.describe();
+  StatsReply s;
+  ASSERT_TRUE(echo_->stats(&s).ok());
+  EXPECT_EQ(calls_of(s, "Unary"), 204u);
+  expect_clean_gateway(stop_gateway(), 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Listener, InteropGrpcio, ::testing::ValuesIn(kVariants), variant_name);
 
 }  // namespace
 }  // namespace tlsgate::itest
