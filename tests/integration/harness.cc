@@ -483,7 +483,7 @@ std::string GatewayConfig::render() const {
   const std::string mode = ktls.empty() ? env("TLSGATE_KTLS") : ktls;
   if (!mode.empty()) s << "  ktls = \"" << mode << "\"\n";
   // The integration suite runs with each record layer (tests/integration/meson.build).
-  if (const std::string layer = env("TLSGATE_RECORD_LAYER"); !layer.empty())
+  if (const std::string layer = record_layer.empty() ? env("TLSGATE_RECORD_LAYER") : record_layer; !layer.empty())
     s << "  record_layer = \"" << layer << "\"\n";
   s << listener_tail << "\n";
   s << (clusters.empty() ? cluster_toml("backend", endpoints) : clusters);

@@ -233,6 +233,9 @@ struct GatewayConfig {
   // listeners.tls.ktls; empty: $TLSGATE_KTLS if set (the VM suite runs every
   // gateway test with "on"), else the default ("auto").
   std::string ktls;
+  // listeners.tls.record_layer; empty: $TLSGATE_RECORD_LAYER if set (meson
+  // runs the gateway tests with each), else the default ("tlsgate").
+  std::string record_layer;
   // Not TOML: added to tlsgate's environment (e.g. LD_PRELOAD).
   std::map<std::string, std::string> process_env;
   std::string render() const;
