@@ -8,8 +8,9 @@
 //   demo.toml:12:15: listeners[0].tls.certificate: cannot read 'x.crt': No such file or directory
 // Everything that can be checked without starting to serve is checked here
 // (types, unknown keys, ranges, enums, addresses, files readable, references
-// between listeners and clusters). Loading keys into OpenSSL and binding
-// sockets happen later; those errors use Origin::to_string() to name the key.
+// between listeners and clusters). Loading keys and cipher lists into OpenSSL
+// and binding sockets happen later; those errors use Origin::to_string() to
+// name the key.
 #pragma once
 
 #include <sys/socket.h>
@@ -64,6 +65,34 @@ const char* to_string(TlsVersion v);
 const char* to_string(LbPolicy v);
 const char* to_string(AllUnhealthy v);
 
+// The defaults: Mozilla's "intermediate" profile
+// (https://wiki.mozilla.org/Security/Server_Side_TLS). TLS 1.2: ECDHE key
+// exchange with an AEAD cipher only; no CBC suites (LUCKY13 and its kin), no
+// RSA key exchange (no forward secrecy), no DHE (tlsgate configures no DH
+// parameters). A listener prefers its own order, so the order is the choice.
+inline constexpr std::string_view default_tls12_ciphers =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+inline constexpr std::string_view default_tls13_ciphersuites =
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+inline constexpr std::string_view default_groups = "X25519:prime256v1:secp384r1";
+
+// What a TLS context offers: the keys `ciphers`, `ciphersuites` and `groups`
+// of [listeners.tls] and [clusters.tls], each one list in OpenSSL's syntax
+// (entries joined with ':'; written in the file as one such string or as an
+// array of entries). The config layer checks their shape only; whether
+// OpenSSL knows every name is checked when a tls::Context is made (also by
+// --check-config), and that error names the key through its Origin.
+struct CipherPolicy {
+  std::string ciphers{default_tls12_ciphers};            // TLS 1.2, SSL_CTX_set_cipher_list
+  std::string ciphersuites{default_tls13_ciphersuites};  // TLS 1.3, SSL_CTX_set_ciphersuites
+  std::string groups{default_groups};                    // key exchange, SSL_CTX_set1_groups_list
+  // The key's value, or its table when the key is not written (default).
+  Origin ciphers_origin;
+  Origin ciphersuites_origin;
+  Origin groups_origin;
+};
+
 struct TlsSettings {
   std::string certificate;  // path, PEM chain (leaf first)
   std::string private_key;  // path, PEM
@@ -72,6 +101,7 @@ struct TlsSettings {
   Ktls ktls = Ktls::Auto;
   RecordLayer record_layer = RecordLayer::Tlsgate;
   uint32_t session_tickets = 1;  // TLS 1.3 tickets per handshake; 0 = no tickets at all
+  CipherPolicy cipher_policy;
   Origin certificate_origin;
   Origin private_key_origin;
   Origin ktls_origin;
@@ -125,6 +155,7 @@ struct UpstreamTls {
   std::string server_name;  // SNI and the name verified; "" = the endpoint's host
   std::string certificate;  // client certificate (mTLS); "" = none
   std::string private_key;
+  CipherPolicy cipher_policy;  // what the gateway offers the backend
   Origin origin;            // of the [clusters.tls] table
 };
 

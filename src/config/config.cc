@@ -356,8 +356,67 @@ void read_admin(const Table& root, Config& cfg) {
   cfg.admin.enabled = true;
 }
 
+// No OpenSSL name has a control character; a NUL would cut the C string OpenSSL reads short,
+// and a line break would split the one-line error that echoes an entry.
+bool has_control(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](unsigned char c) { return c < 0x20 || c == 0x7f; });
+}
+
+// One OpenSSL list (ciphers, ciphersuites, groups): a string in OpenSSL's
+// syntax, passed on as written, or an array with one entry per string, joined
+// with ':' here (the form alpn uses, and a long list can take a line per
+// entry). Only the shape is checked here; OpenSSL judges the names when the
+// tls::Context is made.
+std::string read_openssl_list(const Table& t, const Value& v) {
+  if (const auto* s = v.node->as_string()) {
+    const std::string& list = s->get();
+    if (list.empty()) t.fail(v, "must not be empty");
+    if (has_control(list)) t.fail(v, "contains a control character");
+    return list;
+  }
+  const auto* a = v.node->as_array();
+  if (a == nullptr)
+    t.fail(v, std::string("expected a string or an array of strings, got ") + type_name(*v.node));
+  if (a->empty()) t.fail(v, "must not be empty");
+  std::string list;
+  for (size_t i = 0; i < a->size(); ++i) {
+    Value e = t.element(v, *a, i);
+    std::string entry = t.string(e);
+    if (entry.empty()) t.fail(e, "must not be empty");
+    if (has_control(entry)) t.fail(e, "contains a control character");
+    // In the array form the array separates entries; a ':' inside one would
+    // silently make it two.
+    if (entry.find(':') != std::string::npos) t.fail(e, "one entry per string, got " + quote(entry));
+    if (i > 0) list += ':';
+    list += entry;
+  }
+  return list;
+}
+
+// The keys shared by [listeners.tls] and [clusters.tls]. A key that is not
+// written keeps its default and the table's position, so a message about it
+// still points somewhere useful.
+void read_cipher_policy(const Table& t, CipherPolicy& p) {
+  struct Key {
+    std::string_view name;
+    std::string& list;
+    Origin& origin;
+  };
+  for (const Key& k : {Key{"ciphers", p.ciphers, p.ciphers_origin},
+                       Key{"ciphersuites", p.ciphersuites, p.ciphersuites_origin},
+                       Key{"groups", p.groups, p.groups_origin}}) {
+    if (auto v = t.get(k.name)) {
+      k.list = read_openssl_list(t, *v);
+      k.origin = t.origin(*v);
+    } else {
+      k.origin = Origin{t.file(), join(t.path(), k.name), t.pos().line, t.pos().column};
+    }
+  }
+}
+
 void read_tls(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
-  t.check_keys({"certificate", "private_key", "alpn", "min_version", "ktls", "record_layer", "session_tickets"});
+  t.check_keys({"certificate", "private_key", "alpn", "min_version", "ktls", "record_layer", "session_tickets",
+                "ciphers", "ciphersuites", "groups"});
   Value cert = t.require("certificate");
   Value key = t.require("private_key");
   tls.certificate = t.string(cert);
@@ -398,6 +457,7 @@ void read_tls(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
         t.choice<RecordLayer>(*v, {{"tlsgate", RecordLayer::Tlsgate}, {"openssl", RecordLayer::Openssl}});
   }
   if (auto v = t.get("session_tickets")) tls.session_tickets = static_cast<uint32_t>(t.integer(*v, 0, 8));
+  read_cipher_policy(t, tls.cipher_policy);
   files.push_back({tls.certificate, tls.certificate_origin});
   files.push_back({tls.private_key, tls.private_key_origin});
 }
@@ -528,7 +588,7 @@ void read_outlier(const Table& t, Outlier& o) {
 }
 
 void read_upstream_tls(const Table& t, UpstreamTls& tls, std::vector<FileCheck>& files) {
-  t.check_keys({"ca", "server_name", "certificate", "private_key"});
+  t.check_keys({"ca", "server_name", "certificate", "private_key", "ciphers", "ciphersuites", "groups"});
   tls.enabled = true;
   tls.origin = Origin{t.file(), t.path(), t.pos().line, t.pos().column};
   Value ca = t.require("ca");
@@ -549,6 +609,7 @@ void read_upstream_tls(const Table& t, UpstreamTls& tls, std::vector<FileCheck>&
     files.push_back({tls.certificate, t.origin(*cert)});
     files.push_back({tls.private_key, t.origin(*key)});
   }
+  read_cipher_policy(t, tls.cipher_policy);
 }
 
 // "name:port" of an endpoint that parse_address accepted with names allowed:

@@ -1,5 +1,6 @@
 #include "tlsgate/tls.hh"
 
+#include "cipher_policy.hh"
 #include "internal.hh"
 #include "record.hh"
 
@@ -185,6 +186,7 @@ Context::Context(const config::TlsSettings& settings, bool ktls) {
   // RELEASE_BUFFERS: an idle connection holds no 16 KiB read/write buffers
   // (the largest part of its memory); mimalloc makes getting them back cheap.
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+  apply_cipher_policy(ctx, settings.cipher_policy);
   SSL_CTX_set_tlsext_ticket_keys(ctx, g_ticket_keys, sizeof g_ticket_keys);
   // OpenSSL sends two TLS 1.3 tickets by default; each costs ~6% of a new
   // connection's CPU (an encoded, encrypted session). A gRPC client keeps one
@@ -226,6 +228,7 @@ Context::Context(const config::UpstreamTls& settings) {
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+  apply_cipher_policy(ctx, settings.cipher_policy);
   if (SSL_CTX_load_verify_locations(ctx, settings.ca.c_str(), nullptr) != 1)
     throw std::runtime_error(where + ".ca: cannot load CA certificates '" + settings.ca + "': " + openssl_error_text());
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);

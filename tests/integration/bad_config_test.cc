@@ -202,6 +202,55 @@ TEST_F(BadConfig, UpstreamClientKeyDoesNotMatch) {
   check_both(base_.render(), {"clusters[0].tls.private_key", -1, {"cannot load private key", "mismatch"}});
 }
 
+// Cipher policy: OpenSSL would drop an unknown name from a list that still
+// selects something; tlsgate refuses to start, naming the key and the entry.
+TEST_F(BadConfig, UnknownCipher) {
+  auto text = replace(base_.render(), "  min_version",
+                      "  ciphers = \"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-SHAX\"\n  min_version");
+  check_both(text,
+             {"listeners[0].tls.ciphers", line_of(text, "ciphers = "), {"\"ECDHE-ECDSA-AES128-SHAX\""}});
+}
+
+TEST_F(BadConfig, CiphersSelectingNothing) {
+  auto text = replace(base_.render(), "  min_version",
+                      "  ciphers = \"ECDHE-ECDSA-AES128-GCM-SHA256:!AESGCM\"\n  min_version");
+  check_both(text, {"listeners[0].tls.ciphers", line_of(text, "ciphers = "), {"selects no TLS 1.2 cipher"}});
+}
+
+TEST_F(BadConfig, UnknownTls13SuiteInArray) {
+  auto text =
+      replace(base_.render(), "  min_version",
+              "  ciphersuites = [\"TLS_AES_128_GCM_SHA256\", \"TLS_AES_512_GCM_SHA1024\"]\n  min_version");
+  check_both(
+      text,
+      {"listeners[0].tls.ciphersuites", line_of(text, "ciphersuites = "), {"\"TLS_AES_512_GCM_SHA1024\""}});
+}
+
+TEST_F(BadConfig, UnknownGroup) {
+  auto text = replace(base_.render(), "  min_version", "  groups = \"X25519:P-999\"\n  min_version");
+  check_both(text, {"listeners[0].tls.groups", line_of(text, "groups = "), {"unknown group \"P-999\""}});
+}
+
+TEST_F(BadConfig, UnknownUpstreamGroup) {
+  base_.clusters = cluster_toml(
+      "backend", {"127.0.0.1:50051"},
+      "[clusters.tls]\nca = \"" + certs().ca.string() + "\"\ngroups = [\"X25519\", \"P-999\"]\n");
+  auto text = base_.render();
+  check_both(text, {"clusters[0].tls.groups", line_of(text, "groups = "), {"unknown group \"P-999\""}});
+}
+
+TEST_F(BadConfig, ValidCipherPolicyPassesCheck) {
+  auto text = replace(base_.render(), "  min_version",
+                      "  ciphers = \"ECDHE+AESGCM:!aNULL:!RC4\"\n"
+                      "  ciphersuites = [\"TLS_AES_256_GCM_SHA384\", \"TLS_CHACHA20_POLY1305_SHA256\"]\n"
+                      "  groups = [\"X25519\", \"secp384r1\"]\n  min_version");
+  auto path = dir_->path() / "good.toml";
+  write_file(path, text);
+  auto r = run({env("TLSGATE_BIN"), "--check-config", path.string()}, dir_->path(), 15s, gateway_env());
+  EXPECT_TRUE(r.status.exited && r.status.code == 0) << r.status.to_string() << "\n" << r.err;
+  EXPECT_EQ(sanitizer_report(r.err), "");
+}
+
 TEST_F(BadConfig, RouteToUnknownCluster) {
   base_.listener_tail = "  [[listeners.routes]]\n  path_prefix = \"/a.B/\"\n  cluster = \"nope\"\n";
   check_both(base_.render(), {"listeners[0].routes[0].cluster", -1, {"no cluster named \"nope\""}});

@@ -587,6 +587,37 @@ TEST_F(TlsH2, CurlGrpcUnary) {
   EXPECT_NE(r.out.find("grpc-status: 0"), std::string::npos) << r.out;
 }
 
+// `openssl s_client` as a TLS 1.2 client offering only `cipher`; stdout and
+// stderr together (its session summary names the negotiated cipher).
+RunResult s_client_tls12(const std::string& target, const std::string& cipher, const fs::path& dir) {
+  return run(
+      {"/bin/bash", "-c",
+       "openssl s_client -connect " + target + " -tls1_2 -cipher " + cipher + " -alpn h2 </dev/null 2>&1"},
+      dir, 20s);
+}
+
+// The cipher policy (issue 15), end to end: by default a TLS 1.2 client that
+// offers only a CBC suite (testssl.sh: "LUCKY13 potentially vulnerable") is
+// refused; a listener whose `ciphers` names the suite serves it.
+TEST_F(TlsH2, Tls12CbcSuiteOnlyWhenCiphersNameIt) {
+  auto refused = s_client_tls12(gw_->target(), "ECDHE-ECDSA-AES128-SHA", dir_->path());
+  EXPECT_TRUE(refused.status.exited && refused.status.code != 0) << refused.status.to_string() << "\n"
+                                                                 << refused.out;
+  EXPECT_NE(refused.out.find("handshake failure"), std::string::npos) << refused.out;
+
+  TempDir dir;
+  GatewayConfig cfg;
+  cfg.endpoints = {echo_->endpoint().address()};
+  cfg.listener_tail = "  ciphers = \"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-SHA\"\n";
+  Gateway gw(dir.path(), cfg);
+  ASSERT_TRUE(gw.started());
+  auto served = s_client_tls12(gw.target(), "ECDHE-ECDSA-AES128-SHA", dir.path());
+  EXPECT_TRUE(served.status.exited && served.status.code == 0) << served.status.to_string() << "\n"
+                                                               << served.out;
+  EXPECT_NE(served.out.find("Cipher is ECDHE-ECDSA-AES128-SHA"), std::string::npos) << served.out;
+  gw.stop();
+}
+
 // TLS 1.2 (the configured minimum) still negotiates h2 and serves.
 TEST_F(TlsH2, CurlTls12) {
   auto r = run({"/usr/bin/curl", "-k", "-sS", "-v", "-i", "--max-time", "10", "--tlsv1.2", "--tls-max", "1.2",

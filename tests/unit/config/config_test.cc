@@ -347,6 +347,27 @@ const ErrorCase kErrorCases[] = {
      "demo.toml:8:21: listeners[0].tls.session_tickets: expected an integer from 0 to 8, got 9"},
     {"session_tickets_type", "@LISTENER@  session_tickets = \"1\"\n@CLUSTER@",
      "demo.toml:8:21: listeners[0].tls.session_tickets: expected an integer from 0 to 8, got a string"},
+    // ciphers / ciphersuites / groups: the shape only (OpenSSL judges the names in src/tls).
+    {"ciphers_empty", "@LISTENER@  ciphers = \"\"\n@CLUSTER@",
+     "demo.toml:8:13: listeners[0].tls.ciphers: must not be empty"},
+    {"ciphers_type", "@LISTENER@  ciphers = 1\n@CLUSTER@",
+     "demo.toml:8:13: listeners[0].tls.ciphers: expected a string or an array of strings, got an integer"},
+    {"ciphers_control_character", "@LISTENER@  ciphers = \"HIGH\\nLOW\"\n@CLUSTER@",
+     "demo.toml:8:13: listeners[0].tls.ciphers: contains a control character"},
+    {"ciphersuites_empty_array", "@LISTENER@  ciphersuites = []\n@CLUSTER@",
+     "demo.toml:8:18: listeners[0].tls.ciphersuites: must not be empty"},
+    {"ciphersuites_two_in_one_entry",
+     "@LISTENER@  ciphersuites = [\"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384\"]\n@CLUSTER@",
+     "demo.toml:8:19: listeners[0].tls.ciphersuites[0]: one entry per string, got "
+     "\"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384\""},
+    {"groups_entry_not_string", "@LISTENER@  groups = [\"X25519\", 25519]\n@CLUSTER@",
+     "demo.toml:8:23: listeners[0].tls.groups[1]: expected a string, got an integer"},
+    {"groups_entry_empty", "@LISTENER@  groups = [\"X25519\", \"\"]\n@CLUSTER@",
+     "demo.toml:8:23: listeners[0].tls.groups[1]: must not be empty"},
+    {"upstream_tls_groups_type", "@LISTENER@@CLUSTER@[clusters.tls]\nca = \"@CRT@\"\ngroups = 7\n",
+     "demo.toml:13:10: clusters[0].tls.groups: expected a string or an array of strings, got an integer"},
+    {"upstream_tls_unknown_key", "@LISTENER@@CLUSTER@[clusters.tls]\nca = \"@CRT@\"\ncipher = \"HIGH\"\n",
+     "demo.toml:13:1: clusters[0].tls.cipher: unknown key"},
     // [[clusters]]
     {"clusters_missing", "@LISTENER@", "demo.toml:1:1: clusters: required key is missing"},
     {"clusters_empty", "clusters = []\n@LISTENER@",
@@ -482,6 +503,19 @@ const ValidCase kValidCases[] = {
        EXPECT_EQ(l.tls.min_version, TlsVersion::Tls12);
        EXPECT_EQ(l.tls.ktls, Ktls::Auto);
        EXPECT_EQ(l.tls.session_tickets, 1u);
+       // Mozilla "intermediate": TLS 1.2 ECDHE + AEAD only (no CBC), written
+       // out here so that a changed default shows up as a failing test.
+       EXPECT_EQ(l.tls.cipher_policy.ciphers,
+                 "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                 "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305");
+       EXPECT_EQ(l.tls.cipher_policy.ciphersuites,
+                 "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
+       EXPECT_EQ(l.tls.cipher_policy.groups, "X25519:prime256v1:secp384r1");
+       // A default is reported at its table.
+       EXPECT_EQ(l.tls.cipher_policy.ciphers_origin.to_string(), "demo.toml:5:3: listeners[0].tls.ciphers");
+       EXPECT_EQ(l.tls.cipher_policy.ciphersuites_origin.to_string(),
+                 "demo.toml:5:3: listeners[0].tls.ciphersuites");
+       EXPECT_EQ(l.tls.cipher_policy.groups_origin.to_string(), "demo.toml:5:3: listeners[0].tls.groups");
        ASSERT_EQ(c.clusters.size(), 1u);
        EXPECT_EQ(c.clusters[0].name, "backend");
        EXPECT_EQ(c.clusters[0].lb, LbPolicy::P2c);
@@ -529,6 +563,9 @@ max_concurrent_streams = 2147483647
   min_version = "1.3"
   ktls = "on"
   session_tickets = 0
+  ciphers = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-SHA"
+  ciphersuites = ["TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
+  groups = "secp384r1"
   [[listeners.routes]]
   authority = "API.example.com"
   path_prefix = "/pkg.Svc/"
@@ -566,6 +603,9 @@ all_unhealthy = "panic"
   server_name = "backend.internal"
   certificate = "@CRT@"
   private_key = "@KEY@"
+  ciphers = ["ECDHE-RSA-AES256-GCM-SHA384"]
+  ciphersuites = "TLS_AES_256_GCM_SHA384"
+  groups = ["X25519", "secp521r1"]
 [[clusters]]
 name = "other"
 endpoints = ["127.0.0.1:1"]
@@ -596,6 +636,14 @@ endpoints = ["127.0.0.1:1"]
        EXPECT_EQ(l.tls.certificate_origin.line, 13u);
        EXPECT_EQ(l.tls.certificate_origin.column, 17u);
        EXPECT_EQ(l.tls.private_key_origin.to_string(), "demo.toml:14:17: listeners[0].tls.private_key");
+       EXPECT_EQ(l.tls.cipher_policy.ciphers, "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-SHA");
+       EXPECT_EQ(l.tls.cipher_policy.ciphers_origin.to_string(), "demo.toml:19:13: listeners[0].tls.ciphers");
+       // The array form is joined with ':'.
+       EXPECT_EQ(l.tls.cipher_policy.ciphersuites, "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
+       EXPECT_EQ(l.tls.cipher_policy.ciphersuites_origin.to_string(),
+                 "demo.toml:20:18: listeners[0].tls.ciphersuites");
+       EXPECT_EQ(l.tls.cipher_policy.groups, "secp384r1");
+       EXPECT_EQ(l.tls.cipher_policy.groups_origin.to_string(), "demo.toml:21:12: listeners[0].tls.groups");
        ASSERT_EQ(l.routes.size(), 2u);
        EXPECT_EQ(l.routes[0].authority, "api.example.com");
        EXPECT_EQ(l.routes[0].path_prefix, "/pkg.Svc/");
@@ -628,6 +676,10 @@ endpoints = ["127.0.0.1:1"]
        EXPECT_TRUE(k.tls.enabled);
        EXPECT_EQ(k.tls.server_name, "backend.internal");
        EXPECT_FALSE(k.tls.certificate.empty());
+       EXPECT_EQ(k.tls.cipher_policy.ciphers, "ECDHE-RSA-AES256-GCM-SHA384");
+       EXPECT_EQ(k.tls.cipher_policy.ciphersuites, "TLS_AES_256_GCM_SHA384");
+       EXPECT_EQ(k.tls.cipher_policy.groups, "X25519:secp521r1");
+       EXPECT_EQ(k.tls.cipher_policy.groups_origin.key, "clusters[0].tls.groups");
        EXPECT_EQ(k.endpoint_name, (std::vector<int>{-1, -1, 0, 1}));
        ASSERT_EQ(k.dns_names.size(), 2u);
        EXPECT_EQ(k.dns_names[0].host, "backend.test");
@@ -654,6 +706,20 @@ endpoints = ["127.0.0.1:1"]
      }},
     {"workers_bounds", "workers = 256\n@LISTENER@@CLUSTER@",
      [](const Config& c) { EXPECT_EQ(c.workers, 256u); }},
+    {"upstream_tls_cipher_policy_defaults", "@LISTENER@@CLUSTER@[clusters.tls]\nca = \"@CRT@\"\n",
+     [](const Config& c) {
+       const CipherPolicy& p = c.clusters.at(0).tls.cipher_policy;
+       EXPECT_EQ(p.ciphers, default_tls12_ciphers);
+       EXPECT_EQ(p.ciphersuites, default_tls13_ciphersuites);
+       EXPECT_EQ(p.groups, default_groups);
+       EXPECT_EQ(p.ciphers_origin.to_string(), "demo.toml:11:1: clusters[0].tls.ciphers");
+       EXPECT_EQ(p.groups_origin.to_string(), "demo.toml:11:1: clusters[0].tls.groups");
+     }},
+    {"cipher_list_string_passed_as_written",
+     "@LISTENER@  ciphers = \"HIGH:!aNULL, +AES128 @STRENGTH\"\n@CLUSTER@",
+     [](const Config& c) {
+       EXPECT_EQ(c.listeners[0].tls.cipher_policy.ciphers, "HIGH:!aNULL, +AES128 @STRENGTH");
+     }},
     {"ktls_origin_defaults_to_tls_table", "@LISTENER@@CLUSTER@",
      [](const Config& c) {
        EXPECT_EQ(c.listeners[0].tls.ktls_origin.to_string(), "demo.toml:5:3: listeners[0].tls.ktls");

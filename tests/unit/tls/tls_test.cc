@@ -361,7 +361,7 @@ TEST_F(TlsSessionTest, Tls13DetachesAfterTheHandshakeAndKeepsWorking) {
   exchange(*session_, *client_, out_, "1");
   ASSERT_TRUE(session_->detached());
   EXPECT_STREQ(session_->version(), "TLSv1.3");
-  EXPECT_STREQ(session_->cipher(), "TLS_AES_256_GCM_SHA384");
+  EXPECT_STREQ(session_->cipher(), "TLS_AES_128_GCM_SHA256");  // the first of the default ciphersuites
   EXPECT_TRUE(session_->is_tls13());
   KtlsKeys tx, rx;
   EXPECT_EQ(session_->derive_ktls(tx, rx), Offload::Unsupported) << "no kernel offload once detached";
@@ -555,6 +555,358 @@ TEST(TlsContext, GarbageCertificateFileNamesTheCertificateKey) {
   ASSERT_FALSE(msg.empty()) << "a garbage certificate was accepted";
   EXPECT_NE(msg.find("listeners[0].tls.certificate"), std::string::npos) << msg;
   EXPECT_NE(msg.find("gateway.toml:7"), std::string::npos) << msg;
+}
+
+// ------------------------------------------------------------ cipher policy
+// [listeners.tls] / [clusters.tls] ciphers, ciphersuites, groups: what each
+// side offers, and lists OpenSSL would quietly shorten are refused.
+
+// settings() with the cipher policy keys placed as in a file (lines 9-11).
+config::TlsSettings policy_settings() {
+  config::TlsSettings ts = settings();
+  ts.cipher_policy.ciphers_origin = origin("listeners[0].tls.ciphers", 9);
+  ts.cipher_policy.ciphersuites_origin = origin("listeners[0].tls.ciphersuites", 10);
+  ts.cipher_policy.groups_origin = origin("listeners[0].tls.groups", 11);
+  return ts;
+}
+
+config::UpstreamTls upstream_settings() {
+  config::UpstreamTls u;
+  u.enabled = true;
+  u.ca = cert_path("ca.crt");
+  u.origin = origin("clusters[0].tls", 20);
+  u.cipher_policy.ciphers_origin = origin("clusters[0].tls.ciphers", 22);
+  u.cipher_policy.ciphersuites_origin = origin("clusters[0].tls.ciphersuites", 23);
+  u.cipher_policy.groups_origin = origin("clusters[0].tls.groups", 24);
+  return u;
+}
+
+// What the test client offers beyond ClientOptions, set on its SSL before
+// the first flight; an empty field keeps OpenSSL's default.
+struct Offer {
+  int min_version = 0;
+  int max_version = 0;
+  const char* ciphers = "";
+  const char* ciphersuites = "";
+  const char* groups = "";
+};
+
+std::unique_ptr<Client> client_offering(const Offer& o) {
+  auto c = std::make_unique<Client>(ClientOptions{.max_version = o.max_version});
+  SSL* ssl = c->ssl();
+  if (o.min_version != 0) {
+    EXPECT_EQ(SSL_set_min_proto_version(ssl, o.min_version), 1);
+  }
+  if (*o.ciphers) {
+    EXPECT_EQ(SSL_set_cipher_list(ssl, o.ciphers), 1) << openssl_errors();
+  }
+  if (*o.ciphersuites) {
+    EXPECT_EQ(SSL_set_ciphersuites(ssl, o.ciphersuites), 1) << openssl_errors();
+  }
+  if (*o.groups) {
+    EXPECT_EQ(SSL_set1_groups_list(ssl, o.groups), 1) << openssl_errors();
+  }
+  return c;
+}
+
+struct Handshake {
+  Outcome outcome;
+  std::string server_failure;
+  std::string client_error;
+  std::string cipher;  // as the client sees it; "" when it failed
+  int group = 0;       // NID of the key exchange group, as the client sees it
+  bool ok() const { return outcome.server == HandshakeState::Done && outcome.client == 1; }
+  bool refused() const { return outcome.server == HandshakeState::Failed && outcome.client == -1; }
+};
+
+Handshake handshake_with(const config::TlsSettings& ts, const Offer& offer) {
+  ChunkPool pool;
+  ByteQueue out(&pool);
+  Context ctx(ts);
+  Session s(ctx, pool);
+  std::unique_ptr<Client> c = client_offering(offer);
+  Handshake h;
+  h.outcome = run_handshake(s, *c, out);
+  h.server_failure = s.failure();
+  h.client_error = c->last_error();
+  if (h.outcome.client == 1) {
+    h.cipher = SSL_get_cipher_name(c->ssl());
+    h.group = SSL_get_negotiated_group(c->ssl());
+  }
+  return h;
+}
+
+TEST(TlsCipherPolicy, DefaultRefusesTls12CbcSuite) {
+  // LUCKY13's target: an ECDHE suite with CBC and HMAC-SHA1, which OpenSSL's
+  // own default list offers.
+  Handshake h =
+      handshake_with(policy_settings(), {.max_version = TLS1_2_VERSION, .ciphers = "ECDHE-ECDSA-AES128-SHA"});
+  EXPECT_TRUE(h.refused()) << "negotiated " << h.cipher;
+  EXPECT_NE(h.server_failure.find("no shared cipher"), std::string::npos) << h.server_failure;
+  // The same client with the default's first suite gets through.
+  h = handshake_with(policy_settings(),
+                     {.max_version = TLS1_2_VERSION, .ciphers = "ECDHE-ECDSA-AES128-GCM-SHA256"});
+  EXPECT_TRUE(h.ok()) << h.server_failure << " / " << h.client_error;
+}
+
+TEST(TlsCipherPolicy, CiphersCanAllowTheCbcSuiteAgain) {
+  config::TlsSettings ts = policy_settings();
+  ts.cipher_policy.ciphers = std::string(config::default_tls12_ciphers) + ":ECDHE-ECDSA-AES128-SHA";
+  Handshake h = handshake_with(ts, {.max_version = TLS1_2_VERSION, .ciphers = "ECDHE-ECDSA-AES128-SHA"});
+  ASSERT_TRUE(h.ok()) << h.server_failure << " / " << h.client_error;
+  EXPECT_EQ(h.cipher, "ECDHE-ECDSA-AES128-SHA");
+}
+
+// Server preference: the configured order decides, not the client's.
+TEST(TlsCipherPolicy, Tls12OrderIsTheConfiguredOne) {
+  config::TlsSettings ts = policy_settings();
+  ts.cipher_policy.ciphers = "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384";
+  Handshake h =
+      handshake_with(ts, {.max_version = TLS1_2_VERSION,
+                          .ciphers = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305"});
+  ASSERT_TRUE(h.ok()) << h.server_failure << " / " << h.client_error;
+  EXPECT_EQ(h.cipher, "ECDHE-ECDSA-CHACHA20-POLY1305");
+}
+
+TEST(TlsCipherPolicy, Tls13SuiteOutsideCiphersuitesIsRefused) {
+  config::TlsSettings ts = policy_settings();
+  ts.cipher_policy.ciphersuites = "TLS_AES_256_GCM_SHA384";
+  Handshake h = handshake_with(ts, {.min_version = TLS1_3_VERSION, .ciphersuites = "TLS_AES_128_GCM_SHA256"});
+  EXPECT_TRUE(h.refused()) << "negotiated " << h.cipher;
+  h = handshake_with(ts, {.min_version = TLS1_3_VERSION, .ciphersuites = "TLS_AES_256_GCM_SHA384"});
+  ASSERT_TRUE(h.ok()) << h.server_failure << " / " << h.client_error;
+  EXPECT_EQ(h.cipher, "TLS_AES_256_GCM_SHA384");
+}
+
+TEST(TlsCipherPolicy, GroupsRestrictTheKeyExchange) {
+  config::TlsSettings ts = policy_settings();
+  ts.cipher_policy.groups = "secp384r1";
+  for (int version : {TLS1_3_VERSION, TLS1_2_VERSION}) {
+    SCOPED_TRACE(version == TLS1_3_VERSION ? "TLS 1.3" : "TLS 1.2");
+    Handshake h =
+        handshake_with(ts, {.min_version = version, .max_version = version, .groups = "X25519:prime256v1"});
+    EXPECT_TRUE(h.refused()) << "negotiated group " << OBJ_nid2sn(h.group);
+    // Offered second, it is chosen (TLS 1.3: after a HelloRetryRequest).
+    // prime256v1 stays in the offer: a TLS 1.2 client must list the curve
+    // of the server's ECDSA certificate.
+    h = handshake_with(ts,
+                       {.min_version = version, .max_version = version, .groups = "prime256v1:secp384r1"});
+    ASSERT_TRUE(h.ok()) << h.server_failure << " / " << h.client_error;
+    EXPECT_EQ(h.group, NID_secp384r1);
+  }
+}
+
+// OpenSSL's own default list also has X448, X25519's larger sibling; the
+// default here does not.
+TEST(TlsCipherPolicy, DefaultGroupsLeaveOutX448) {
+  Handshake h = handshake_with(policy_settings(), {.groups = "X448"});
+  EXPECT_TRUE(h.refused()) << "negotiated group " << OBJ_nid2sn(h.group);
+  h = handshake_with(policy_settings(), {.groups = "X448:prime256v1"});
+  ASSERT_TRUE(h.ok()) << h.server_failure << " / " << h.client_error;
+  EXPECT_EQ(h.group, NID_X9_62_prime256v1);
+}
+
+// Each default TLS 1.3 suite detaches and keeps working, KeyUpdate included:
+// AES-GCM with the SHA-256 and the SHA-384 key schedule, ChaCha20-Poly1305.
+// (Before the default list, OpenSSL's order made every test here use
+// AES-256-GCM; now the default tests use AES-128-GCM.)
+TEST_F(TlsSessionTest, EachDefaultSuiteDetachesAndKeepsWorking) {
+  for (const char* suite : {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}) {
+    SCOPED_TRACE(suite);
+    config::TlsSettings ts = policy_settings();
+    ts.cipher_policy.ciphersuites = suite;
+    connect({}, ts);
+    exchange(*session_, *client_, out_, "1");
+    ASSERT_TRUE(session_->detached());
+    EXPECT_STREQ(session_->cipher(), suite);
+    ASSERT_EQ(SSL_key_update(client_->ssl(), SSL_KEY_UPDATE_REQUESTED), 1);
+    exchange(*session_, *client_, out_, "after a requested update");
+    session_.reset();
+    client_.reset();
+    out_.clear();
+  }
+}
+
+// A suite the detached record layer does not implement (AES-CCM) can be
+// configured now: such a session stays with OpenSSL and keeps working.
+TEST(TlsCipherPolicy, SuiteTheRecordLayerLacksStaysWithOpenssl) {
+  config::TlsSettings ts = policy_settings();
+  ts.cipher_policy.ciphersuites = "TLS_AES_128_CCM_SHA256";
+  ChunkPool pool;
+  ByteQueue out(&pool);
+  Context ctx(ts);
+  Session s(ctx, pool);
+  std::unique_ptr<Client> c = client_offering({.ciphersuites = "TLS_AES_128_CCM_SHA256"});
+  Outcome o = run_handshake(s, *c, out);
+  ASSERT_EQ(o.server, HandshakeState::Done) << s.failure();
+  ASSERT_EQ(o.client, 1) << c->last_error();
+  EXPECT_STREQ(s.cipher(), "TLS_AES_128_CCM_SHA256");
+  exchange(s, *c, out, "1");
+  exchange(s, *c, out, "2");
+  EXPECT_FALSE(s.detached());
+}
+
+// --- what a tlsgate client (towards backends) offers
+
+Bytes drain(ByteQueue& q) {
+  Bytes b(q.size());
+  b.resize(q.read(b.data(), b.size()));
+  return b;
+}
+
+struct UpstreamOutcome {
+  HandshakeState client = HandshakeState::InProgress;
+  HandshakeState server = HandshakeState::InProgress;
+  std::string cipher;  // the client session's, when done
+  std::string failure;
+};
+
+// A tlsgate client Session (the upstream side) against a tlsgate server
+// Session, bytes carried by hand. `server_max` caps the server's version.
+UpstreamOutcome upstream_handshake(const config::UpstreamTls& u, const config::TlsSettings& ts,
+                                   int server_max = 0) {
+  ChunkPool pool;
+  ByteQueue to_server(&pool), to_client(&pool);
+  Context client_ctx(u);
+  Context server_ctx(ts);
+  if (server_max != 0) SSL_CTX_set_max_proto_version(static_cast<SSL_CTX*>(server_ctx.native()), server_max);
+  Session client(client_ctx, pool, Peer{"localhost", false});
+  Session server(server_ctx, pool);
+  UpstreamOutcome o;
+  o.client = client.handshake({}, to_server);
+  for (int round = 0; round < 20; ++round) {
+    if (o.server == HandshakeState::InProgress) o.server = server.handshake(drain(to_server), to_client);
+    if (o.client == HandshakeState::InProgress) o.client = client.handshake(drain(to_client), to_server);
+    if (o.client != HandshakeState::InProgress && o.server != HandshakeState::InProgress) break;
+    if (o.client == HandshakeState::Failed || o.server == HandshakeState::Failed) break;
+  }
+  if (o.client == HandshakeState::Done) o.cipher = client.cipher();
+  o.failure = "client: " + client.failure() + " / server: " + server.failure();
+  return o;
+}
+
+TEST(TlsCipherPolicy, UpstreamOffersItsCiphersuites) {
+  config::TlsSettings backend = policy_settings();
+  backend.cipher_policy.ciphersuites = "TLS_AES_256_GCM_SHA384";
+  config::UpstreamTls u = upstream_settings();
+  u.cipher_policy.ciphersuites = "TLS_AES_128_GCM_SHA256";
+  EXPECT_EQ(upstream_handshake(u, backend).client, HandshakeState::Failed);
+  u.cipher_policy.ciphersuites = "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384";
+  UpstreamOutcome o = upstream_handshake(u, backend);
+  ASSERT_EQ(o.client, HandshakeState::Done) << o.failure;
+  EXPECT_EQ(o.cipher, "TLS_AES_256_GCM_SHA384");
+}
+
+// A TLS 1.2 backend that only speaks a CBC suite: refused by default,
+// reachable when the cluster's ciphers allow it.
+TEST(TlsCipherPolicy, UpstreamDefaultRefusesCbcOnlyBackend) {
+  config::TlsSettings backend = policy_settings();
+  backend.cipher_policy.ciphers = "ECDHE-ECDSA-AES128-SHA";
+  config::UpstreamTls u = upstream_settings();
+  EXPECT_EQ(upstream_handshake(u, backend, TLS1_2_VERSION).client, HandshakeState::Failed);
+  u.cipher_policy.ciphers = "ECDHE-ECDSA-AES128-SHA";
+  UpstreamOutcome o = upstream_handshake(u, backend, TLS1_2_VERSION);
+  ASSERT_EQ(o.client, HandshakeState::Done) << o.failure;
+  EXPECT_EQ(o.cipher, "ECDHE-ECDSA-AES128-SHA");
+}
+
+TEST(TlsCipherPolicy, UpstreamOffersItsGroups) {
+  config::TlsSettings backend = policy_settings();
+  backend.cipher_policy.groups = "secp384r1";
+  config::UpstreamTls u = upstream_settings();
+  u.cipher_policy.groups = "X25519:prime256v1";
+  EXPECT_EQ(upstream_handshake(u, backend).client, HandshakeState::Failed);
+  u.cipher_policy.groups = "X25519:secp384r1";
+  UpstreamOutcome o = upstream_handshake(u, backend);
+  EXPECT_EQ(o.client, HandshakeState::Done) << o.failure;
+}
+
+// --- lists OpenSSL would take but shorten, or refuse without naming the key
+
+struct BadPolicy {
+  const char* name;
+  const char* ciphers;       // "" = default
+  const char* ciphersuites;  // "" = default
+  const char* groups;        // "" = default
+  const char* message;       // after "gateway.toml:<line>:15: <table>."
+};
+
+const BadPolicy kBadPolicies[] = {
+    {"unknown_cipher", "NOPE", "", "",
+     "ciphers: \"NOPE\" selects no TLS 1.2 cipher (unknown name, or not available in this OpenSSL)"},
+    {"one_unknown_among_known", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-SHAX", "", "",
+     "ciphers: \"ECDHE-ECDSA-AES128-SHAX\" selects no TLS 1.2 cipher (unknown name, or not available in this "
+     "OpenSSL)"},
+    {"unknown_after_other_separators", "ECDHE-ECDSA-AES128-GCM-SHA256, AES128;NOPE", "", "",
+     "ciphers: \"NOPE\" selects no TLS 1.2 cipher (unknown name, or not available in this OpenSSL)"},
+    {"cipher_list_selecting_nothing", "ECDHE-ECDSA-AES128-GCM-SHA256:!AESGCM", "", "",
+     "ciphers: selects no TLS 1.2 cipher"},
+    {"tls13_suite_in_ciphers", "TLS_AES_128_GCM_SHA256", "", "",
+     "ciphers: \"TLS_AES_128_GCM_SHA256\" selects no TLS 1.2 cipher (unknown name, or not available in this "
+     "OpenSSL); TLS 1.3 suites belong in ciphersuites"},
+    {"unknown_suite", "", "TLS_AES_128_GCM_SHA256:TLS_AES_512_GCM_SHA1024", "",
+     "ciphersuites: unknown TLS 1.3 cipher suite \"TLS_AES_512_GCM_SHA1024\" (or not available in this "
+     "OpenSSL)"},
+    {"suite_in_lower_case", "", "tls_aes_128_gcm_sha256", "",
+     "ciphersuites: unknown TLS 1.3 cipher suite \"tls_aes_128_gcm_sha256\" (or not available in this "
+     "OpenSSL)"},
+    {"tls12_cipher_in_ciphersuites", "", "ECDHE-ECDSA-AES128-GCM-SHA256", "",
+     "ciphersuites: unknown TLS 1.3 cipher suite \"ECDHE-ECDSA-AES128-GCM-SHA256\" (or not available in this "
+     "OpenSSL); TLS 1.2 ciphers belong in ciphers"},
+    {"empty_suite_entry", "", "TLS_AES_128_GCM_SHA256::TLS_AES_256_GCM_SHA384", "",
+     "ciphersuites: has an empty entry"},
+    {"unknown_group", "", "", "X25519:P-999",
+     "groups: unknown group \"P-999\" (or not available in this OpenSSL)"},
+    {"group_twice", "", "", "X25519:secp384r1:X25519", "groups: \"X25519\" is the same group as \"X25519\""},
+    {"group_under_two_names", "", "", "P-256:X25519:prime256v1",
+     "groups: \"prime256v1\" is the same group as \"P-256\""},
+    {"empty_group_entry", "", "", "X25519::secp384r1", "groups: has an empty entry"},
+};
+
+std::string line_of_key(const std::string& message) {
+  if (message.starts_with("ciphers:")) return "9";
+  if (message.starts_with("ciphersuites:")) return "10";
+  return "11";
+}
+
+template <typename Settings>
+std::string policy_error_of(Settings s, const BadPolicy& b) {
+  if (*b.ciphers) s.cipher_policy.ciphers = b.ciphers;
+  if (*b.ciphersuites) s.cipher_policy.ciphersuites = b.ciphersuites;
+  if (*b.groups) s.cipher_policy.groups = b.groups;
+  try {
+    Context ctx(s);
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(ERR_peek_error(), 0u) << "left on OpenSSL's error queue: " << openssl_errors();
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(TlsCipherPolicy, BadListsNameTheKey) {
+  for (const BadPolicy& b : kBadPolicies) {
+    SCOPED_TRACE(b.name);
+    EXPECT_EQ(policy_error_of(policy_settings(), b),
+              "gateway.toml:" + line_of_key(b.message) + ":15: listeners[0].tls." + b.message);
+    const std::string upstream_line = std::to_string(std::stoi(line_of_key(b.message)) + 13);
+    EXPECT_EQ(policy_error_of(upstream_settings(), b),
+              "gateway.toml:" + upstream_line + ":15: clusters[0].tls." + b.message);
+  }
+}
+
+// What OpenSSL's list syntax allows stays allowed: removing or reordering
+// ciphers this OpenSSL does not have (RC4, MD5) is not an error, nor are
+// aliases, options and the other separators.
+TEST(TlsCipherPolicy, OpensslListSyntaxIsAccepted) {
+  config::TlsSettings ts = policy_settings();
+  ts.cipher_policy.ciphers =
+      "ECDHE+AESGCM:ECDHE+CHACHA20, HIGH;!aNULL:!eNULL:!RC4:!MD5:-3DES:+AES256:@STRENGTH";
+  ts.cipher_policy.ciphersuites = "TLS_CHACHA20_POLY1305_SHA256 : TLS_AES_128_CCM_SHA256";
+  ts.cipher_policy.groups = "P-384:x25519";
+  EXPECT_NO_THROW(Context ctx(ts));
+  config::UpstreamTls u = upstream_settings();
+  u.cipher_policy = ts.cipher_policy;
+  EXPECT_NO_THROW(Context ctx(u));
 }
 
 }  // namespace
