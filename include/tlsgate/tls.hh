@@ -203,6 +203,7 @@ class Session {
 
   friend struct BioAccess;
   friend struct KeyLog;
+  friend struct MsgWatch;
   void* ssl_ = nullptr;  // SSL*
   ByteQueue pending_in_;
   std::span<const uint8_t> in_;

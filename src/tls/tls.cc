@@ -69,6 +69,17 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const un
 
 }  // namespace
 
+// A session may leave OpenSSL only with the traffic secrets the keylog gave
+// it. A KeyUpdate OpenSSL handled (received, or sent in answer) moved a key
+// past them, and OpenSSL 3.0 logs no later secret: such a session stays with
+// OpenSSL. Watched only on sessions that may detach, until they do.
+struct MsgWatch {
+  static void seen(int, int, int content_type, const void* buf, size_t len, SSL* ssl, void*) {
+    if (content_type != SSL3_RT_HANDSHAKE || len == 0 || static_cast<const uint8_t*>(buf)[0] != kKeyUpdate) return;
+    if (auto* s = static_cast<Session*>(SSL_get_app_data(ssl))) s->detach_allowed_ = false;
+  }
+};
+
 // The custom BIO reads from the session's pending bytes and current span and
 // writes records straight into the connection's output queue.
 struct BioAccess {
@@ -263,6 +274,7 @@ Session::Session(Context& ctx, ChunkPool& pool) : pending_in_(&pool), detach_all
   SSL_set_bio(ssl, bio, bio);
   SSL_set_accept_state(ssl);
   SSL_set_app_data(ssl, this);
+  if (detach_allowed_) SSL_set_msg_callback(ssl, MsgWatch::seen);
   ssl_ = ssl;
 }
 
