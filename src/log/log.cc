@@ -26,7 +26,8 @@ Level level() { return static_cast<Level>(g_level.load(std::memory_order_relaxed
 bool enabled(Level l) { return static_cast<int>(l) >= g_level.load(std::memory_order_relaxed); }
 
 void write(Level l, const char* component, const char* fmt, ...) {
-  char line[1024];
+  // The shutdown counter line is over 1 KiB; PIPE_BUF (4096) keeps a line one atomic write.
+  char line[4096];
   int n = std::snprintf(line, sizeof line, "%s %s: ", to_string(l), component);
   if (n < 0) return;
   va_list ap;

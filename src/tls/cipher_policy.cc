@@ -8,6 +8,7 @@
 // naming the key (tlsgate --check-config builds every Context, so it finds
 // them too).
 #include "cipher_policy.hh"
+#include "internal.hh"
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -24,14 +25,6 @@ namespace tlsgate::tls {
 
 namespace {
 
-std::string openssl_error_text() {
-  unsigned long e = ERR_get_error();
-  if (e == 0) return "unknown error";
-  char buf[256];
-  ERR_error_string_n(e, buf, sizeof buf);
-  ERR_clear_error();
-  return buf;
-}
 
 [[noreturn]] void policy_error(const config::Origin& where, const std::string& problem) {
   throw std::runtime_error(where.to_string() + ": " + problem);

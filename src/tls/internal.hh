@@ -5,8 +5,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace tlsgate::tls {
+
+// The first error in OpenSSL's queue as text (and the queue cleared), for
+// messages that name what OpenSSL refused.
+std::string openssl_error_text();
 
 // Records the TLS 1.3 application traffic secrets of every session of `ctx`
 // (kTLS and the detached record layer need them; OpenSSL 3.0 has no other

@@ -23,8 +23,6 @@
 
 namespace tlsgate::tls {
 
-namespace {
-
 std::string openssl_error_text() {
   unsigned long e = ERR_get_error();
   if (e == 0) return "unknown error";
@@ -33,6 +31,8 @@ std::string openssl_error_text() {
   ERR_clear_error();
   return buf;
 }
+
+namespace {
 
 #ifdef TLSGATE_MIMALLOC
 void* mi_crypto_malloc(size_t n, const char*, int) { return mi_malloc(n); }

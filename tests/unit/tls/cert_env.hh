@@ -2,6 +2,8 @@
 // per test program with tools/gen-cert, and helpers around them.
 #pragma once
 
+#include "openssl_errors.hh"
+
 #include <gtest/gtest.h>
 #include <openssl/err.h>
 #include <stdlib.h>
@@ -60,15 +62,5 @@ inline config::TlsSettings settings(const char* cert = "server.crt", const char*
   return s;
 }
 
-inline std::string openssl_errors() {
-  std::string s;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!s.empty()) s += "; ";
-    s += buf;
-  }
-  return s;
-}
 
 }  // namespace tlsgate::tls::tlstest

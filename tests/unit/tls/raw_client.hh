@@ -40,6 +40,7 @@
 #include <string_view>
 #include <vector>
 
+#include "openssl_errors.hh"
 #include "tlsgate/buffer.hh"
 
 namespace tlsgate::tls::tlstest {
@@ -437,16 +438,7 @@ class RawClient {
     return index;
   }
 
-  static std::string errors() {
-    std::string s;
-    while (unsigned long e = ERR_get_error()) {
-      char buf[256];
-      ERR_error_string_n(e, buf, sizeof buf);
-      if (!s.empty()) s += "; ";
-      s += buf;
-    }
-    return s;
-  }
+  static std::string errors() { return openssl_errors(); }
 
   bool fail(std::string why) {
     if (error_.empty()) error_ = std::move(why);
