@@ -25,10 +25,12 @@
 //
 // Both are inactive (every call goes straight to the library's function)
 // unless activate_workarounds() found OpenSSL 3.0.x at run time, no FIPS
-// provider, FIPS mode off, and the default provider answering fetches with
-// no properties (so no configured default properties steer them elsewhere).
+// provider, FIPS mode off, no default properties in OpenSSL's configuration
+// file, and the default provider answering fetches with no properties.
 #include <dlfcn.h>
+#include <openssl/conf.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/provider.h>
@@ -206,6 +208,28 @@ thread_local FetchCache<EVP_MAC> t_mac(kMac);
 thread_local FetchCache<EVP_CIPHER> t_cipher(kCipher);
 thread_local NamesCache t_names;
 
+// The default properties (and FIPS mode) the configuration file OpenSSL
+// loaded sets in its algorithm section, read the way OpenSSL reads them;
+// OpenSSL 3.0 has no call that returns them. Empty when none are set.
+std::string configured_properties() {
+  std::string out;
+  char* file = CONF_get1_default_config_file();  // honours OPENSSL_CONF
+  CONF* conf = NCONF_new(nullptr);
+  long bad_line = 0;
+  if (file != nullptr && conf != nullptr && NCONF_load(conf, file, &bad_line) == 1) {
+    const char* init = NCONF_get_string(conf, nullptr, "openssl_conf");
+    const char* alg = init != nullptr ? NCONF_get_string(conf, init, "alg_section") : nullptr;
+    if (alg != nullptr) {
+      if (const char* p = NCONF_get_string(conf, alg, "default_properties")) out = p;
+      if (const char* f = NCONF_get_string(conf, alg, "fips_mode")) out += std::string(out.empty() ? "" : ",") + "fips_mode=" + f;
+    }
+  }
+  ERR_clear_error();  // a missing key or file is an error in OpenSSL's queue
+  NCONF_free(conf);
+  OPENSSL_free(file);
+  return out;
+}
+
 // Where a method the real fetch returns with no properties comes from.
 const char* provider_of(const char* digest) {
   using Real = EVP_MD* (*)(OSSL_LIB_CTX*, const char*, const char*);
@@ -225,6 +249,8 @@ void activate_workarounds() {
     g_inactive_reason = std::string("OpenSSL at run time is ") + OpenSSL_version(OPENSSL_VERSION) + ", not 3.0.x";
   } else if (EVP_default_properties_is_fips_enabled(nullptr) || OSSL_PROVIDER_available(nullptr, "fips")) {
     g_inactive_reason = "a FIPS provider is configured";
+  } else if (const std::string props = configured_properties(); !props.empty()) {
+    g_inactive_reason = "the OpenSSL configuration sets default properties (" + props + ")";
   } else if (std::strcmp(provider_of("SHA256"), "default") != 0) {
     g_inactive_reason = "fetches without properties do not reach the default provider (configured properties?)";
   } else {
