@@ -246,7 +246,9 @@ class DownstreamSession final : public Session {
 
 class UpstreamSession final : public Session {
  public:
-  UpstreamSession(Context& ctx, Owner& owner, uint32_t cluster, int endpoint);
+  // `tls`: the connection to the backend is TLS (the cluster's [clusters.tls]),
+  // so requests say :scheme https.
+  UpstreamSession(Context& ctx, Owner& owner, uint32_t cluster, int endpoint, bool tls = false);
   ~UpstreamSession();
   // Can take one more stream: not going away, below the peer's
   // SETTINGS_MAX_CONCURRENT_STREAMS.
@@ -276,6 +278,7 @@ class UpstreamSession final : public Session {
   friend struct Forward;
   uint32_t cluster_;
   int endpoint_;
+  const char* scheme_;  // "http" or "https": what the backend hop is
   bool going_away_ = false;
   bool failed_ = false;
   int32_t goaway_last_id_ = INT32_MAX;

@@ -44,13 +44,17 @@ bool is(const nghttp2_vec& v, std::string_view want) {
   return std::memcmp(v.base, want.data(), want.size()) == 0;
 }
 
-// Request fields the gateway does not forward: hop-by-hop ones and its own
-// x-forwarded-*. Called for every field of every request, so it looks at the
-// length first; pseudo-headers and most names match no length.
+// Request fields the gateway does not forward: hop-by-hop ones, its own
+// x-forwarded-*, and the other fields a client could use to claim another
+// address or scheme (`forwarded`, RFC 7239; `x-real-ip`): a backend behind
+// tlsgate trusts only what the gateway set. Called for every field of every
+// request, so it looks at the length first; pseudo-headers and most names
+// match no length.
 bool dropped_request_field(nghttp2_rcbuf* name) {
   const nghttp2_vec v = nghttp2_rcbuf_get_buf(name);
   switch (v.len) {
     case 7: return is(v, "upgrade");
+    case 9: return is(v, "forwarded") || is(v, "x-real-ip");
     case 10: return is(v, "connection") || is(v, "keep-alive");
     case 15: return is(v, "x-forwarded-for");
     case 16: return is(v, "proxy-connection");
@@ -512,10 +516,10 @@ struct Forward {
     nghttp2_nv nva[HeaderList::kMaxFields + 4];
     size_t n = s->req_headers.to_nv(nva);
     for (size_t i = 0; i < n; ++i) {
-      // The backend hop is cleartext HTTP/2.
+      // The backend hop's own scheme: h2c or TLS ([clusters.tls]).
       if (nva[i].namelen == 7 && std::memcmp(nva[i].name, ":scheme", 7) == 0) {
-        nva[i].value = reinterpret_cast<uint8_t*>(const_cast<char*>("http"));
-        nva[i].valuelen = 4;
+        nva[i].value = reinterpret_cast<uint8_t*>(const_cast<char*>(u->scheme_));
+        nva[i].valuelen = std::strlen(u->scheme_);
         nva[i].flags |= NGHTTP2_NV_FLAG_NO_COPY_VALUE;
       } else if (s->timeout_text[0] != 0 && nva[i].namelen == 12 && std::memcmp(nva[i].name, "grpc-timeout", 12) == 0) {
         nva[i].value = reinterpret_cast<uint8_t*>(s->timeout_text);
@@ -1002,8 +1006,8 @@ void DownstreamSession::shutdown() {
                         NGHTTP2_NO_ERROR, nullptr, 0);
 }
 
-UpstreamSession::UpstreamSession(Context& ctx, Owner& owner, uint32_t cluster, int endpoint)
-    : Session(ctx, owner), cluster_(cluster), endpoint_(endpoint) {
+UpstreamSession::UpstreamSession(Context& ctx, Owner& owner, uint32_t cluster, int endpoint, bool tls)
+    : Session(ctx, owner), cluster_(cluster), endpoint_(endpoint), scheme_(tls ? "https" : "http") {
   static nghttp2_option* opt = make_option(false);
   nghttp2_session* s = nullptr;
   ctx.memory().forget_last_page();  // adopt_session() takes the page new3 allocates
@@ -1066,7 +1070,7 @@ void* UpstreamSession::submit_probe(const std::string& service, const std::strin
   }
   nghttp2_nv nva[] = {
       literal_nv(":method", "POST"),
-      literal_nv(":scheme", "http"),
+      make_nv(":scheme", scheme_, std::strlen(scheme_)),
       literal_nv(":path", "/grpc.health.v1.Health/Check"),
       make_nv(":authority", authority.data(), authority.size()),
       literal_nv("content-type", "application/grpc"),

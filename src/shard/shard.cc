@@ -916,7 +916,7 @@ struct Loop : h2::Router {
     u->cluster = c.index;
     u->endpoint = static_cast<uint32_t>(endpoint);
     u->out.set_pool(&chunks);
-    u->h2 = std::make_unique<h2::UpstreamSession>(h2ctx, *u, c.index, static_cast<int>(endpoint));
+    u->h2 = std::make_unique<h2::UpstreamSession>(h2ctx, *u, c.index, static_cast<int>(endpoint), c.tls != nullptr);
     ep.conns.push_back(u);
     ring.prep_connect(fd, reinterpret_cast<const sockaddr*>(&ep.addr.storage), ep.addr.length,
                       pack(Op::UpConnect, u->gen, u->slot));

@@ -25,6 +25,8 @@ TEST_F(ForwardTest, GrpcRequestReachesBackendWithForwardingHeaders) {
   Headers h = grpc_request();
   h.emplace_back("x-forwarded-for", "6.6.6.6");  // a client must not choose these
   h.emplace_back("x-forwarded-proto", "http");
+  h.emplace_back("forwarded", "for=6.6.6.6;proto=http");  // nor these (RFC 7239, nginx's)
+  h.emplace_back("x-real-ip", "6.6.6.6");
   h.emplace_back("x-req-meta", "kept");
   Body req{grpc_frame("hello")};
   const int32_t cid = client_->request(h, &req);
@@ -46,6 +48,8 @@ TEST_F(ForwardTest, GrpcRequestReachesBackendWithForwardingHeaders) {
   EXPECT_EQ(value(b.headers, "x-req-meta"), "kept");
   EXPECT_EQ(values(b.headers, "x-forwarded-for"), std::vector<std::string>{kClientIp});
   EXPECT_EQ(values(b.headers, "x-forwarded-proto"), std::vector<std::string>{"https"});
+  EXPECT_TRUE(values(b.headers, "forwarded").empty()) << "a client-chosen Forwarded reached the backend";
+  EXPECT_TRUE(values(b.headers, "x-real-ip").empty()) << "a client-chosen X-Real-IP reached the backend";
   EXPECT_EQ(b.body, grpc_frame("hello"));
   EXPECT_TRUE(b.end_stream);
   EXPECT_EQ(ctx_->counters().streams_forwarded, 1u);
@@ -767,6 +771,25 @@ TEST_F(ForwardTest, BackendGoawayStopsNewStreams) {
   ASSERT_TRUE(pump());
   EXPECT_TRUE(up_->going_away());
   EXPECT_FALSE(up_->can_take_stream());
+}
+
+// A cluster with [clusters.tls]: the backend hop is TLS, and the request
+// says so (it said http before).
+TEST_F(ForwardTest, TlsBackendHopSaysSchemeHttps) {
+  start();
+  backend_ = std::make_unique<Peer>(Peer::Role::Backend, false);  // a fresh connection
+  up_ = std::make_unique<UpstreamSession>(*ctx_, up_owner_, 3, 0, /*tls=*/true);
+  router_.upstream = up_.get();
+  up_dirty_ = true;
+  ASSERT_TRUE(pump());
+  Body req{grpc_frame("over tls")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  ASSERT_EQ(backend_->streams.size(), 1u);
+  EXPECT_EQ(value(backend_->streams.begin()->second.headers, ":scheme"), "https");
+  backend_->respond(backend_->last_stream, {{":status", "200"}, {"grpc-status", "0"}}, nullptr);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].closed);
 }
 
 TEST_F(ForwardTest, BackendMaxConcurrentStreamsIsHonoured) {
