@@ -64,10 +64,14 @@ class Context {
   Context& operator=(const Context&) = delete;
   void* native() const { return ctx_; }
   bool detach() const { return detach_; }
+  // Whether its sessions may leave OpenSSL after the handshake (kTLS or the
+  // detached record layer), which needs their traffic secrets kept current.
+  bool leaves_openssl() const { return detach_ || ktls_; }
 
  private:
   void* ctx_ = nullptr;  // SSL_CTX*
   bool detach_ = false;
+  bool ktls_ = false;
 };
 
 enum class HandshakeState { InProgress, Done, Failed };
@@ -230,6 +234,7 @@ class Session {
   uint8_t client_secret_[64] = {};
   uint8_t server_secret_[64] = {};
   uint8_t secret_len_ = 0;
+  bool secrets_stale_ = false;  // OpenSSL handled a KeyUpdate: the secrets above are out of date
   // Detached record layer: a post-handshake handshake message arriving in
   // pieces (only KeyUpdate, 5 bytes, is accepted), and what the peer did.
   uint8_t hs_msg_[5] = {};

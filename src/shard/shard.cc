@@ -768,7 +768,6 @@ struct Loop : h2::Router {
     ++counters.ktls_unexpected_records;
     LOG_DEBUG("tls", "%u: unexpected record type %u from %s: closing", id, rec.type, d->client_ip.c_str());
     tls::send_alert(d->fd, 2, 10);  // fatal, unexpected_message
-    if (d->h2) d->h2->shutdown();
     close_down(d, "unexpected record after the handshake");
   }
 

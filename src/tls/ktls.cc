@@ -315,7 +315,8 @@ Offload Session::derive_keys(KtlsKeys& tx, KtlsKeys& rx, bool queued_ok) const {
   tx.tls13 = rx.tls13 = tls13;
   tx.key_len = rx.key_len = key_len(kind);
   if (tls13) {
-    if (secret_len_ == 0) return Offload::Failed;  // keylog not installed
+    // Keylog not installed, or a KeyUpdate moved the keys past the logged secrets.
+    if (secret_len_ == 0 || secrets_stale_) return Offload::Failed;
     tx.iv_len = rx.iv_len = 12;
     if (!expand_label(md, server_secret_, secret_len_, "key", tx.key, tx.key_len) ||
         !expand_label(md, server_secret_, secret_len_, "iv", tx.iv, 12) ||

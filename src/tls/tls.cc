@@ -69,14 +69,15 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const un
 
 }  // namespace
 
-// A session may leave OpenSSL only with the traffic secrets the keylog gave
-// it. A KeyUpdate OpenSSL handled (received, or sent in answer) moved a key
-// past them, and OpenSSL 3.0 logs no later secret: such a session stays with
-// OpenSSL. Watched only on sessions that may detach, until they do.
+// Record keys derived from the keylog's traffic secrets (for kTLS or the
+// detached record layer) are right only until OpenSSL handles a KeyUpdate
+// (received, or sent in answer): OpenSSL 3.0 logs no later secret. After one,
+// derive_keys() refuses and the session stays with OpenSSL. Watched only on
+// sessions that may leave OpenSSL, until they do.
 struct MsgWatch {
   static void seen(int, int, int content_type, const void* buf, size_t len, SSL* ssl, void*) {
     if (content_type != SSL3_RT_HANDSHAKE || len == 0 || static_cast<const uint8_t*>(buf)[0] != kKeyUpdate) return;
-    if (auto* s = static_cast<Session*>(SSL_get_app_data(ssl))) s->detach_allowed_ = false;
+    if (auto* s = static_cast<Session*>(SSL_get_app_data(ssl))) s->secrets_stale_ = true;
   }
 };
 
@@ -228,6 +229,7 @@ Context::Context(const config::TlsSettings& settings, bool ktls) {
   // session's own record layer once it detaches from OpenSSL.
   install_keylog(ctx);
   detach_ = !ktls && settings.record_layer == config::RecordLayer::Tlsgate;
+  ktls_ = ktls;
   ctx_ = owner.release();
 }
 
@@ -274,7 +276,7 @@ Session::Session(Context& ctx, ChunkPool& pool) : pending_in_(&pool), detach_all
   SSL_set_bio(ssl, bio, bio);
   SSL_set_accept_state(ssl);
   SSL_set_app_data(ssl, this);
-  if (detach_allowed_) SSL_set_msg_callback(ssl, MsgWatch::seen);
+  if (ctx.leaves_openssl()) SSL_set_msg_callback(ssl, MsgWatch::seen);
   ssl_ = ssl;
 }
 

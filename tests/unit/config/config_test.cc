@@ -343,6 +343,8 @@ const ErrorCase kErrorCases[] = {
      "demo.toml:8:17: listeners[0].tls.min_version: expected one of \"1.2\", \"1.3\", got \"1.1\""},
     {"ktls_value", "@LISTENER@  ktls = \"yes\"\n@CLUSTER@",
      "demo.toml:8:10: listeners[0].tls.ktls: expected one of \"auto\", \"on\", \"off\", got \"yes\""},
+    {"record_layer_value", "@LISTENER@  record_layer = \"kernel\"\n@CLUSTER@",
+     "demo.toml:8:18: listeners[0].tls.record_layer: expected one of \"tlsgate\", \"openssl\", got \"kernel\""},
     {"session_tickets_range", "@LISTENER@  session_tickets = 9\n@CLUSTER@",
      "demo.toml:8:21: listeners[0].tls.session_tickets: expected an integer from 0 to 8, got 9"},
     {"session_tickets_type", "@LISTENER@  session_tickets = \"1\"\n@CLUSTER@",
@@ -502,6 +504,7 @@ const ValidCase kValidCases[] = {
        EXPECT_EQ(l.tls.alpn, (std::vector<std::string>{"h2", "http/1.1"}));
        EXPECT_EQ(l.tls.min_version, TlsVersion::Tls12);
        EXPECT_EQ(l.tls.ktls, Ktls::Auto);
+       EXPECT_EQ(l.tls.record_layer, RecordLayer::Tlsgate);
        EXPECT_EQ(l.tls.session_tickets, 1u);
        // Mozilla "intermediate": TLS 1.2 ECDHE + AEAD only (no CBC), written
        // out here so that a changed default shows up as a failing test.
@@ -720,6 +723,8 @@ endpoints = ["127.0.0.1:1"]
      [](const Config& c) {
        EXPECT_EQ(c.listeners[0].tls.cipher_policy.ciphers, "HIGH:!aNULL, +AES128 @STRENGTH");
      }},
+    {"record_layer_openssl", "@LISTENER@  record_layer = \"openssl\"\n@CLUSTER@",
+     [](const Config& c) { EXPECT_EQ(c.listeners[0].tls.record_layer, RecordLayer::Openssl); }},
     {"ktls_origin_defaults_to_tls_table", "@LISTENER@@CLUSTER@",
      [](const Config& c) {
        EXPECT_EQ(c.listeners[0].tls.ktls_origin.to_string(), "demo.toml:5:3: listeners[0].tls.ktls");
@@ -1058,6 +1063,8 @@ TEST(ConfigStrings, EnumNames) {
   EXPECT_STREQ(to_string(Ktls::Auto), "auto");
   EXPECT_STREQ(to_string(Ktls::On), "on");
   EXPECT_STREQ(to_string(Ktls::Off), "off");
+  EXPECT_STREQ(to_string(RecordLayer::Tlsgate), "tlsgate");
+  EXPECT_STREQ(to_string(RecordLayer::Openssl), "openssl");
   EXPECT_STREQ(to_string(TlsVersion::Tls12), "1.2");
   EXPECT_STREQ(to_string(TlsVersion::Tls13), "1.3");
   EXPECT_STREQ(to_string(LbPolicy::RoundRobin), "round_robin");

@@ -688,6 +688,19 @@ TEST_F(KtlsTest, ContextWithoutKtlsDetachesTls13) {
   EXPECT_EQ(session_->derive_ktls(tx, rx), Offload::Unsupported);
 }
 
+// A KeyUpdate OpenSSL handled before the offload moved the keys past the
+// keylog's secrets: the session must not hand the kernel the old ones.
+TEST_F(KtlsTest, KeyUpdateBeforeOffloadRefusesTheOldKeys) {
+  make_contexts({});
+  ASSERT_NO_FATAL_FAILURE(connect());
+  KtlsKeys tx, rx;
+  ASSERT_EQ(session_->derive_ktls(tx, rx), Offload::Done) << "fresh keys derive";
+  ASSERT_EQ(SSL_key_update(client_->ssl(), SSL_KEY_UPDATE_NOT_REQUESTED), 1);
+  client_->write(bytes("after the update"));
+  EXPECT_EQ(as_string(read_plain(*session_, client_->take_output(), out_)), "after the update");
+  EXPECT_EQ(session_->derive_ktls(tx, rx), Offload::Failed) << "the logged secrets are out of date";
+}
+
 TEST(KtlsNames, EnumNames) {
   EXPECT_STREQ(to_string(KtlsCipher::Aes128Gcm), "aes-128-gcm");
   EXPECT_STREQ(to_string(KtlsCipher::Chacha20Poly1305), "chacha20-poly1305");
