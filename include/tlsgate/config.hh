@@ -146,6 +146,9 @@ struct Outlier {
   uint32_t consecutive_failures = 5;  // 0 = off
   std::chrono::milliseconds base_ejection{10'000};
   std::chrono::milliseconds max_ejection{300'000};
+  // At most this share (0-100) of the cluster's active endpoints is ejected
+  // at once; below 100 the last usable endpoint never is.
+  uint32_t max_ejection_percent = 50;
 };
 
 // TLS towards the backends.

@@ -50,9 +50,12 @@ class Owner {
 // How an upstream stream ended, for the endpoint's health record.
 enum class Outcome {
   Success,       // any answer from the backend other than grpc-status 14
-  Failure,       // reset by the backend, connection lost, grpc-status 14
+  Failure,       // reset by the backend, grpc-status 14
   NotProcessed,  // refused (REFUSED_STREAM, above a GOAWAY's last stream id) or never sent
   Cancelled,     // the gateway or the client ended it: says nothing about the backend
+  // The connection went away under it (UpstreamSession::fail): the owner
+  // counts that loss once for the endpoint, not once per stream.
+  ConnectionLost,
 };
 
 // What the stream layer applies per cluster.

@@ -36,6 +36,7 @@ struct Counters {
   uint64_t circuit_breaker_connections = 0;  // refused: cluster's max_connections reached
   uint64_t no_healthy_endpoint = 0;          // refused: no usable endpoint
   uint64_t endpoints_ejected = 0;            // passive outlier ejections
+  uint64_t endpoints_ejection_refused = 0;   // ejections max_ejection_percent held back
   uint64_t health_check_failures = 0;
   uint64_t upstream_idle_closed = 0;
   uint64_t upstream_keepalive_timeouts = 0;

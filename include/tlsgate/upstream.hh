@@ -36,7 +36,18 @@ struct OutlierPolicy {
   uint32_t consecutive_failures = 5;  // 0 = never eject
   uint64_t base_ejection_ms = 10'000;
   uint64_t max_ejection_ms = 300'000;
+  // At most this share of a cluster's active endpoints is ejected at once,
+  // and below 100 the last usable endpoint never is.
+  uint32_t max_ejection_percent = 50;
 };
+
+// What one stream or connect outcome did to an endpoint.
+enum class OutlierVerdict {
+  None,     // counted, nothing more
+  Ejected,  // consecutive failures reached: ejected
+  Refused,  // consecutive failures reached, but max_ejection_percent kept it in
+};
+const char* to_string(OutlierVerdict v);
 
 // What the balancer knows of one endpoint.
 struct EndpointState {
@@ -44,8 +55,10 @@ struct EndpointState {
   bool healthy = true;   // verdict of the active health checks (healthy until told otherwise)
   uint32_t check_successes = 0;  // consecutive
   uint32_t check_failures = 0;   // consecutive
-  uint32_t failures = 0;         // consecutive failed streams / connects
-  uint32_t ejections = 0;        // in a row; the ejection time doubles with each
+  uint32_t failures = 0;         // consecutive failed streams, lost connections, connects
+  // Ejections in a row, each after the endpoint came back and failed again;
+  // the next one lasts base_ejection << ejections. A success resets it.
+  uint32_t ejections = 0;
   uint64_t ejected_until_ms = 0;
   uint32_t outstanding = 0;      // streams in flight
 
@@ -54,9 +67,25 @@ struct EndpointState {
 
   // An active health check ended. Returns true when `healthy` changed.
   bool on_check(bool ok, const HealthPolicy& p);
-  // A stream or connect attempt ended. Returns true when it ejected the endpoint.
+  // A stream or connect attempt ended (a lost connection counts once, not
+  // per stream). Returns true when the failures in a row reach the
+  // threshold; the caller then ejects (or may not, see record_outcome).
+  // Outcomes while ejected are ignored: they are the in-flight remains of the
+  // burst that ejected it and must not eject it again.
   bool on_result(bool failure, uint64_t now, const OutlierPolicy& p);
+  // Ejects for base_ejection << ejections (at most max_ejection).
+  void eject(uint64_t now, const OutlierPolicy& p);
 };
+
+// Whether ejecting endpoint e now keeps the cluster within
+// max_ejection_percent of its active endpoints ejected and, below 100, at
+// least one usable endpoint.
+bool ejection_allowed(const std::vector<EndpointState>& eps, size_t e, uint64_t now, const OutlierPolicy& p);
+
+// Passive outlier detection for endpoint e of a cluster: counts the outcome
+// and ejects the endpoint when it is due and allowed.
+OutlierVerdict record_outcome(std::vector<EndpointState>& eps, size_t e, bool failure, uint64_t now,
+                              const OutlierPolicy& p);
 
 enum class Policy { P2c, RoundRobin };
 

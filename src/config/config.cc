@@ -576,8 +576,9 @@ void read_health_check(const Table& t, HealthCheck& hc) {
 }
 
 void read_outlier(const Table& t, Outlier& o) {
-  t.check_keys({"consecutive_failures", "base_ejection", "max_ejection"});
+  t.check_keys({"consecutive_failures", "base_ejection", "max_ejection", "max_ejection_percent"});
   if (auto v = t.get("consecutive_failures")) o.consecutive_failures = static_cast<uint32_t>(t.integer(*v, 0, 1000));
+  if (auto v = t.get("max_ejection_percent")) o.max_ejection_percent = static_cast<uint32_t>(t.integer(*v, 0, 100));
   if (auto v = t.get("base_ejection")) o.base_ejection = t.duration(*v);
   if (auto v = t.get("max_ejection")) {
     o.max_ejection = t.duration(*v);

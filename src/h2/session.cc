@@ -1042,7 +1042,7 @@ void UpstreamSession::fail(const char* why, bool nothing_sent) {
     // the last stream id of the backend's GOAWAY: never processed.
     const bool unseen = nothing_sent || s->up_id > goaway_last_id_ ||
                         (session_ != nullptr && nghttp2_session_get_stream_user_data(ng(session_), s->up_id) == nullptr);
-    Forward::unlink_up(s, unseen ? Outcome::NotProcessed : Outcome::Failure);
+    Forward::unlink_up(s, unseen ? Outcome::NotProcessed : Outcome::ConnectionLost);
     if (probe) {
       Forward::finish_probe(s, NGHTTP2_NO_ERROR, why);
       ctx_.free_stream(s);

@@ -246,6 +246,7 @@ struct Loop : h2::Router {
   std::vector<Conn*> dirty;
   std::vector<Conn*> to_free;
   Counters counters;
+  uint32_t streams_lost = 0;  // ended by the connection close_up is closing
   int stop_fd = -1;
   uint64_t stop_value = 0;
   bool stopping = false;
@@ -801,6 +802,7 @@ struct Loop : h2::Router {
     c.outlier.consecutive_failures = cfg.outlier.consecutive_failures;
     c.outlier.base_ejection_ms = static_cast<uint64_t>(cfg.outlier.base_ejection.count());
     c.outlier.max_ejection_ms = static_cast<uint64_t>(cfg.outlier.max_ejection.count());
+    c.outlier.max_ejection_percent = cfg.outlier.max_ejection_percent;
     c.connect_timers.set_duration(static_cast<uint64_t>(cfg.connect_timeout.count()));
     c.no_endpoint = "cluster " + cfg.name + ": no healthy endpoint";
     if (cfg.tls.enabled) c.tls = std::make_unique<tls::Context>(cfg.tls);
@@ -845,15 +847,28 @@ struct Loop : h2::Router {
     --c.states[e].outstanding;
     if (outcome == h2::Outcome::Success) record_result(c, e, false, "");
     else if (outcome == h2::Outcome::Failure) record_result(c, e, true, "stream failed");
+    else if (outcome == h2::Outcome::ConnectionLost) ++streams_lost;  // close_up counts the loss once
   }
 
-  // Passive outlier detection: every stream or connect outcome counts.
+  // Passive outlier detection: every stream outcome, connect attempt and
+  // lost connection counts once.
   void record_result(ClusterRt& c, size_t e, bool failure, const char* what) {
-    if (!c.states[e].on_result(failure, now, c.outlier)) return;
-    ++counters.endpoints_ejected;
-    LOG_WARN("upstream", "%u: cluster %s: endpoint %s ejected for %lu ms after %u consecutive failures (last: %s)", id,
-             c.cfg->name.c_str(), c.endpoints[e]->addr.text.c_str(),
-             static_cast<unsigned long>(c.states[e].ejected_until_ms - now), c.outlier.consecutive_failures, what);
+    const upstream::OutlierVerdict v = upstream::record_outcome(c.states, e, failure, now, c.outlier);
+    if (v == upstream::OutlierVerdict::Ejected) {
+      ++counters.endpoints_ejected;
+      LOG_WARN("upstream", "%u: cluster %s: endpoint %s ejected for %lu ms after %u consecutive failures (last: %s)",
+               id, c.cfg->name.c_str(), c.endpoints[e]->addr.text.c_str(),
+               static_cast<unsigned long>(c.states[e].ejected_until_ms - now), c.outlier.consecutive_failures, what);
+    } else if (v == upstream::OutlierVerdict::Refused) {
+      ++counters.endpoints_ejection_refused;
+      char why[256];
+      std::snprintf(why, sizeof why,
+                    "cluster %s: endpoint %s not ejected after %u consecutive failures: max_ejection_percent = %u "
+                    "keeps it (last: %s)",
+                    c.cfg->name.c_str(), c.endpoints[e]->addr.text.c_str(), c.outlier.consecutive_failures,
+                    c.outlier.max_ejection_percent, what);
+      warn_endpoint(*c.endpoints[e], why);
+    }
   }
 
   h2::UpstreamSession* pick_upstream(uint32_t cluster, int avoid, const char*& why) override {
@@ -1102,8 +1117,14 @@ struct Loop : h2::Router {
         break;
       }
     // Every stream on it: retried elsewhere if never sent, else grpc-status 14.
+    const uint32_t outer = std::exchange(streams_lost, 0);
     if (u->h2) u->h2->fail(why, nothing_sent);
     u->h2.reset();
+    // The backend saw streams that the loss ended: one failure of the
+    // endpoint, however many there were (a crash under load must not eject
+    // it once per stream).
+    if (streams_lost > 0) record_result(c, u->endpoint, true, why);
+    streams_lost = outer;
     begin_close(u);
   }
 
@@ -1419,14 +1440,15 @@ std::string Counters::describe() const {
                 "upstream_connect_failures=%lu upstream_lost=%lu streams_forwarded=%lu streams_unavailable=%lu "
                 "streams_reset_by_client=%lu streams_reset_by_upstream=%lu header_limit_resets=%lu "
                 "deadline_exceeded=%lu retries=%lu circuit_breaker_streams=%lu circuit_breaker_connections=%lu "
-                "no_healthy_endpoint=%lu endpoints_ejected=%lu health_check_failures=%lu upstream_idle_closed=%lu "
-                "upstream_keepalive_timeouts=%lu dns_updates=%lu proxy_headers=%lu proxy_errors=%lu",
+                "no_healthy_endpoint=%lu endpoints_ejected=%lu endpoints_ejection_refused=%lu "
+                "health_check_failures=%lu upstream_idle_closed=%lu upstream_keepalive_timeouts=%lu dns_updates=%lu "
+                "proxy_headers=%lu proxy_errors=%lu",
                 accepted, handshakes, handshake_failures, handshake_timeouts, http1_rejected, idle_closed,
                 downstream_protocol_errors, tls_userspace, upstream_connects, upstream_connect_failures, upstream_lost,
                 streams_forwarded, streams_unavailable, streams_reset_by_client, streams_reset_by_upstream,
                 header_limit_resets, deadline_exceeded, retries, circuit_breaker_streams, circuit_breaker_connections,
-                no_healthy_endpoint, endpoints_ejected, health_check_failures, upstream_idle_closed,
-                upstream_keepalive_timeouts, dns_updates, proxy_headers, proxy_errors);
+                no_healthy_endpoint, endpoints_ejected, endpoints_ejection_refused, health_check_failures,
+                upstream_idle_closed, upstream_keepalive_timeouts, dns_updates, proxy_headers, proxy_errors);
   std::string s = buf;
   static const char* versions[2] = {"tls1.2", "tls1.3"};
   for (int v = 0; v < 2; ++v)
@@ -1470,6 +1492,7 @@ void Counters::add(const Counters& o) {
   circuit_breaker_connections += o.circuit_breaker_connections;
   no_healthy_endpoint += o.no_healthy_endpoint;
   endpoints_ejected += o.endpoints_ejected;
+  endpoints_ejection_refused += o.endpoints_ejection_refused;
   health_check_failures += o.health_check_failures;
   upstream_idle_closed += o.upstream_idle_closed;
   upstream_keepalive_timeouts += o.upstream_keepalive_timeouts;

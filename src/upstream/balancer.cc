@@ -27,19 +27,56 @@ bool EndpointState::on_check(bool ok, const HealthPolicy& p) {
 }
 
 bool EndpointState::on_result(bool failure, uint64_t now, const OutlierPolicy& p) {
+  if (ejected(now)) return false;
   if (!failure) {
     failures = 0;
-    if (!ejected(now)) ejections = 0;
+    ejections = 0;
     return false;
   }
   ++failures;
   if (p.consecutive_failures == 0 || failures < p.consecutive_failures) return false;
   failures = 0;
+  return true;
+}
+
+void EndpointState::eject(uint64_t now, const OutlierPolicy& p) {
   uint64_t ms = p.base_ejection_ms;
   for (uint32_t i = 0; i < ejections && ms < p.max_ejection_ms; ++i) ms *= 2;
   ++ejections;
   ejected_until_ms = now + std::min(ms, p.max_ejection_ms);
-  return true;
+}
+
+bool ejection_allowed(const std::vector<EndpointState>& eps, size_t e, uint64_t now, const OutlierPolicy& p) {
+  if (p.max_ejection_percent >= 100 || !eps[e].active) return true;
+  uint64_t active = 0, ejected = 0, usable = 0;
+  for (const EndpointState& s : eps) {
+    if (!s.active) continue;
+    ++active;
+    if (s.ejected(now)) ++ejected;
+    if (s.usable(now)) ++usable;
+  }
+  // An unhealthy endpoint still taking streams (panic) leaves the usable
+  // count as it is when ejected.
+  const uint64_t usable_after = usable - (eps[e].usable(now) ? 1 : 0);
+  if (usable_after == 0) return false;
+  return (ejected + 1) * 100 <= uint64_t{p.max_ejection_percent} * active;
+}
+
+OutlierVerdict record_outcome(std::vector<EndpointState>& eps, size_t e, bool failure, uint64_t now,
+                              const OutlierPolicy& p) {
+  if (!eps[e].on_result(failure, now, p)) return OutlierVerdict::None;
+  if (!ejection_allowed(eps, e, now, p)) return OutlierVerdict::Refused;
+  eps[e].eject(now, p);
+  return OutlierVerdict::Ejected;
+}
+
+const char* to_string(OutlierVerdict v) {
+  switch (v) {
+    case OutlierVerdict::None: return "none";
+    case OutlierVerdict::Ejected: return "ejected";
+    case OutlierVerdict::Refused: return "refused";
+  }
+  return "?";
 }
 
 int Balancer::sample_two(const std::vector<EndpointState>& eps, uint64_t now, int avoid) {

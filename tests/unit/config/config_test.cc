@@ -432,6 +432,10 @@ const ErrorCase kErrorCases[] = {
     {"outlier_max_below_base",
      "@LISTENER@@CLUSTER@[clusters.outlier]\nbase_ejection = \"10s\"\nmax_ejection = \"1s\"\n",
      "demo.toml:13:16: clusters[0].outlier.max_ejection: must not be shorter than base_ejection"},
+    {"outlier_max_ejection_percent_range", "@LISTENER@@CLUSTER@[clusters.outlier]\nmax_ejection_percent = 101\n",
+     "demo.toml:12:24: clusters[0].outlier.max_ejection_percent: expected an integer from 0 to 100, got 101"},
+    {"outlier_max_ejection_percent_type", "@LISTENER@@CLUSTER@[clusters.outlier]\nmax_ejection_percent = \"50%\"\n",
+     "demo.toml:12:24: clusters[0].outlier.max_ejection_percent: expected an integer from 0 to 100, got a string"},
     {"upstream_tls_cert_without_key", "@LISTENER@@CLUSTER@[clusters.tls]\nca = \"@CRT@\"\ncertificate = \"@CRT@\"\n",
      "demo.toml:13:15: clusters[0].tls.certificate: needs private_key too (mTLS)"},
     {"upstream_tls_ca_missing", "@LISTENER@@CLUSTER@[clusters.tls]\nserver_name = \"a.test\"\n",
@@ -538,6 +542,7 @@ const ValidCase kValidCases[] = {
        EXPECT_EQ(k.outlier.consecutive_failures, 5u);
        EXPECT_EQ(k.outlier.base_ejection, 10s);
        EXPECT_EQ(k.outlier.max_ejection, 300s);
+       EXPECT_EQ(k.outlier.max_ejection_percent, 50u);
        EXPECT_FALSE(k.tls.enabled);
        EXPECT_TRUE(k.dns_names.empty());
        EXPECT_EQ(k.endpoint_name, std::vector<int>{-1});
@@ -601,6 +606,7 @@ all_unhealthy = "panic"
   consecutive_failures = 0
   base_ejection = "1s"
   max_ejection = "8s"
+  max_ejection_percent = 100
   [clusters.tls]
   ca = "@CRT@"
   server_name = "backend.internal"
@@ -676,6 +682,7 @@ endpoints = ["127.0.0.1:1"]
        EXPECT_EQ(k.outlier.consecutive_failures, 0u);
        EXPECT_EQ(k.outlier.base_ejection, 1s);
        EXPECT_EQ(k.outlier.max_ejection, 8s);
+       EXPECT_EQ(k.outlier.max_ejection_percent, 100u);
        EXPECT_TRUE(k.tls.enabled);
        EXPECT_EQ(k.tls.server_name, "backend.internal");
        EXPECT_FALSE(k.tls.certificate.empty());

@@ -281,7 +281,7 @@ struct TestRouter final : Router {
   ClusterPolicy policy;
   uint64_t now = 1'000;
   int started = 0;
-  int finished[4] = {0, 0, 0, 0};  // by Outcome
+  int finished[5] = {0, 0, 0, 0, 0};  // by Outcome
   int last_avoid = -2;
   UpstreamSession* upstream = nullptr;
   const char* why_text = "no endpoint of cluster echo is reachable";

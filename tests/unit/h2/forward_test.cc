@@ -240,6 +240,9 @@ TEST_F(ForwardTest, UpstreamFailMidResponseEndsWithUnavailableTrailers) {
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
   EXPECT_EQ(down_->active_streams(), 0u);
   EXPECT_FALSE(up_->can_take_stream());
+  // The router counts the lost connection once, not this stream as a failure.
+  EXPECT_EQ(router_.finished[static_cast<int>(Outcome::ConnectionLost)], 1);
+  EXPECT_EQ(router_.finished[static_cast<int>(Outcome::Failure)], 0);
 }
 
 TEST_F(ForwardTest, UpstreamFailBeforeResponseIsTrailersOnlyUnavailable) {
