@@ -188,6 +188,30 @@ class UpstreamTest : public ::testing::Test {
     return by;
   }
 
+  static GatewayConfig one_worker() {
+    GatewayConfig c;
+    c.workers = 1;
+    return c;
+  }
+  // The gateway's counter `name` from the summary it logs when it stops
+  // (stops it first).
+  uint64_t stopped_counter(const std::string& name) {
+    gw_->stop();
+    const std::string err = gw_->process().stderr_text();
+    auto at = err.rfind("stopped: ");
+    if (at == std::string::npos) {
+      ADD_FAILURE() << "no counter summary in tlsgate's log:\n" << err;
+      return 0;
+    }
+    auto key = err.find(" " + name + "=", at);
+    if (key == std::string::npos) key = err.find(": " + name + "=", at);
+    if (key == std::string::npos) {
+      ADD_FAILURE() << "no counter " << name << " in: " << err.substr(at, 400);
+      return 0;
+    }
+    return std::stoull(err.substr(err.find('=', key) + 1));
+  }
+
   std::unique_ptr<TempDir> dir_;
   std::vector<std::unique_ptr<EchoBackend>> backends_;
   std::vector<std::unique_ptr<FastBackend>> fast_;
@@ -778,31 +802,7 @@ TEST_F(UpstreamRouting, PathPrefixThenAuthority) {
 
 // ---------------------------------------------------------------- connection upkeep
 
-class UpstreamConnections : public UpstreamTest {
- protected:
-  static GatewayConfig one_worker() {
-    GatewayConfig c;
-    c.workers = 1;
-    return c;
-  }
-  // The gateway's counter `name` from the summary it logs when it stops.
-  uint64_t stopped_counter(const std::string& name) {
-    gw_->stop();
-    const std::string err = gw_->process().stderr_text();
-    auto at = err.rfind("stopped: ");
-    if (at == std::string::npos) {
-      ADD_FAILURE() << "no counter summary in tlsgate's log:\n" << err;
-      return 0;
-    }
-    auto key = err.find(" " + name + "=", at);
-    if (key == std::string::npos) key = err.find(": " + name + "=", at);
-    if (key == std::string::npos) {
-      ADD_FAILURE() << "no counter " << name << " in: " << err.substr(at, 400);
-      return 0;
-    }
-    return std::stoull(err.substr(err.find('=', key) + 1));
-  }
-};
+class UpstreamConnections : public UpstreamTest {};
 
 // A backend that stops answering (SIGSTOP: the kernel still holds its TCP
 // connection open) is noticed by the keepalive PING; once it runs again the
@@ -892,6 +892,80 @@ TEST_F(UpstreamConnections, RefusingEndpointIsEjected) {
   EXPECT_NE(gw_->process().stderr_text().find("ejected for 60000 ms after 2 consecutive failures"), std::string::npos)
       << gw_->process().stderr_text();
   EXPECT_EQ(stopped_counter("endpoints_ejected"), 1u);
+}
+
+
+// ---------------------------------------------------------------- f. a backend crash
+
+class UpstreamOutlier : public UpstreamTest {};
+
+// The one backend of a cluster without health checks is killed with 60
+// calls in flight, then started again on the same port: calls succeed again
+// within a second of the restart. (Each of the 60 failed streams used to
+// count as one more consecutive failure: 12 ejections within milliseconds,
+// up to the 5-minute cap, and "no healthy endpoint" long after the backend
+// was back.) Now the lost connection is one failure, an ejection grows only
+// after the endpoint came back, and the last usable endpoint is never
+// ejected (max_ejection_percent's default).
+TEST_F(UpstreamOutlier, SingleEndpointKilledWith60StreamsServesWithinASecondOfRestart) {
+  auto& b = add_echo("crash");
+  ASSERT_TRUE(start_gateway(cluster_toml("backend", {b.endpoint().address()}), one_worker()));
+  auto ch = channel();
+  auto s = Echo::NewStub(ch);
+  ASSERT_TRUE(unary(*s, "before").status.ok());
+
+  constexpr int kInFlight = 60;
+  std::vector<std::thread> slow;
+  std::atomic<int> slow_unavailable{0}, slow_other{0};
+  for (int i = 0; i < kInFlight; ++i)
+    slow.emplace_back([&, i] {
+      auto o = unary(*s, "slow-" + std::to_string(i), /*delay_ms=*/20'000, 30s);
+      (o.status.error_code() == grpc::StatusCode::UNAVAILABLE ? slow_unavailable : slow_other)++;
+    });
+  StatsReply st;
+  const bool all_running =
+      eventually([&] { return b.stats(&st).ok() && st.active() >= static_cast<uint64_t>(kInFlight); }, 15s);
+  if (!all_running) {
+    b.kill();
+    for (auto& t : slow) t.join();
+    FAIL() << "the backend never had " << kInFlight << " calls running; it had " << st.active();
+  }
+
+  b.kill();
+  for (auto& t : slow) t.join();
+  EXPECT_EQ(slow_unavailable.load(), kInFlight) << slow_other.load() << " calls in flight ended otherwise";
+
+  // Clients keep calling while it is down (bounded: 30 calls): each call's
+  // connect attempts fail, consecutive failures that reach the threshold.
+  int down_failed = 0;
+  for (int i = 0; i < 30; ++i)
+    if (!unary(*s, "while-down", 0, 2s).status.ok()) ++down_failed;
+  EXPECT_EQ(down_failed, 30) << "calls succeeded with the only backend dead";
+
+  b.restart();
+  const auto restarted = Clock::now();
+  // Poll with short calls; the first success must come within 1 s.
+  Ms first_ok{-1};
+  std::string last_failure;
+  while (Clock::now() - restarted < 5s) {
+    auto o = unary(*s, "after", 0, 500ms);
+    if (o.status.ok()) {
+      first_ok = std::chrono::duration_cast<Ms>(Clock::now() - restarted);
+      break;
+    }
+    last_failure = status_str(o.status);
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_GE(first_ok.count(), 0) << "no call succeeded within 5 s of the restart; last: " << last_failure;
+  EXPECT_LE(first_ok.count(), 1000) << "the first call succeeded " << first_ok.count()
+                                    << " ms after the restart; before it: " << last_failure;
+  std::cout << "[ info ] first call OK " << first_ok.count() << " ms after the restart\n";
+  for (int i = 0; i < 20; ++i) {
+    auto o = unary(*s, "steady");
+    EXPECT_TRUE(o.status.ok()) << "call " << i << " after the restart: " << status_str(o.status);
+  }
+  EXPECT_EQ(stopped_counter("endpoints_ejected"), 0u);
+  EXPECT_GE(stopped_counter("endpoints_ejection_refused"), 1u);
 }
 
 }  // namespace
