@@ -46,6 +46,9 @@ struct SocketAddress {
   std::string text;  // as written, e.g. "127.0.0.1:8443" or "[::1]:8443"
   uint16_t port() const;
   int family() const { return storage.ss_family; }
+  // Same family, IP and port (and IPv6 scope), whatever the texts say: an
+  // endpoint written as a DNS name keeps the name as its text.
+  bool same_address(const SocketAddress& o) const;
 };
 
 enum class ProxyProtocol { Off, V1, V2, Auto };

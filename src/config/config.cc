@@ -790,6 +790,19 @@ uint16_t SocketAddress::port() const {
   return 0;
 }
 
+bool SocketAddress::same_address(const SocketAddress& o) const {
+  if (family() != o.family() || port() != o.port()) return false;
+  if (family() == AF_INET)
+    return reinterpret_cast<const sockaddr_in&>(storage).sin_addr.s_addr ==
+           reinterpret_cast<const sockaddr_in&>(o.storage).sin_addr.s_addr;
+  if (family() == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6&>(storage);
+    const auto& b = reinterpret_cast<const sockaddr_in6&>(o.storage);
+    return std::memcmp(&a.sin6_addr, &b.sin6_addr, sizeof a.sin6_addr) == 0 && a.sin6_scope_id == b.sin6_scope_id;
+  }
+  return false;
+}
+
 const char* to_string(ProxyProtocol v) {
   switch (v) {
     case ProxyProtocol::Off: return "off";

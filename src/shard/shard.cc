@@ -1155,8 +1155,10 @@ struct Loop : h2::Router {
       for (size_t e = 0; e < c.endpoints.size(); ++e) {
         EndpointRt& ep = *c.endpoints[e];
         if (ep.dns_name != static_cast<int>(u.name)) continue;
+        // By address: the endpoint written as the name keeps the name as its
+        // text, and must survive a refresh that returns its address.
         bool keep = std::any_of(u.addrs.begin(), u.addrs.end(),
-                                [&](const config::SocketAddress& a) { return a.text == ep.addr.text; });
+                                [&](const config::SocketAddress& a) { return a.same_address(ep.addr); });
         if (keep == c.states[e].active) continue;
         c.states[e].active = keep;  // gone: no new streams; running ones finish (upstream_tick)
         LOG_INFO("upstream", "%u: cluster %s: endpoint %s %s (DNS)", id, c.cfg->name.c_str(), ep.addr.text.c_str(),
@@ -1165,7 +1167,7 @@ struct Loop : h2::Router {
       for (const config::SocketAddress& a : u.addrs) {
         bool known = false;
         for (size_t e = 0; e < c.endpoints.size() && !known; ++e)
-          known = c.endpoints[e]->dns_name == static_cast<int>(u.name) && c.endpoints[e]->addr.text == a.text &&
+          known = c.endpoints[e]->dns_name == static_cast<int>(u.name) && c.endpoints[e]->addr.same_address(a) &&
                   c.states[e].active;
         if (known) continue;
         add_endpoint(c, a, static_cast<int>(u.name));

@@ -440,6 +440,57 @@ TEST_F(UpstreamDns, FollowsHostsFileChange) {
   for (const auto& id : stream_ids) EXPECT_EQ(id, "dot2");
 }
 
+// A name that keeps resolving to the address it had at load keeps its
+// endpoint across every refresh: no "removed" / "added" churn, one upstream
+// connection throughout (with health checks on it), and the health state it
+// had is still there. (The endpoint written as a name kept the name as its
+// text and was compared with the resolver's "IP:port" texts, so the first
+// refresh removed it and added it again, fresh.)
+TEST_F(UpstreamDns, SameAddressKeepsTheEndpoint) {
+  auto why = hosts_namespace_unavailable();
+  ASSERT_EQ(why, "") << "the DNS test needs a private mount namespace";
+  EchoOptions o;
+  o.id = "dot2";
+  o.host = "127.0.0.2";
+  auto& b = add_echo(o);
+  const int port = b.endpoint().port;
+  const auto hosts = dir_->path() / "hosts";
+  write_file(hosts, "127.0.0.1 localhost\n127.0.0.2 backend.tlsgate.test\n");
+  GatewayConfig cfg;
+  cfg.workers = 1;
+  cfg.hosts_file = hosts;
+  const std::string name = "backend.tlsgate.test:" + std::to_string(port);
+  ASSERT_TRUE(start_gateway(cluster_toml("backend", {name},
+                                         "dns_refresh = \"200ms\"\n"
+                                         "idle_timeout = \"1h\"\n"
+                                         "[clusters.health_check]\n"
+                                         "interval = \"200ms\"\n"
+                                         "unhealthy_threshold = 1\n"
+                                         "healthy_threshold = 3\n"),
+                            cfg));
+  auto s = stub();
+  // Calls spread over 3 s: 15 refresh intervals.
+  int failed = 0;
+  for (int i = 0; i < 15; ++i) {
+    auto r = unary(*s, "steady");
+    if (!r.status.ok() && failed++ < 3) ADD_FAILURE() << "call " << i << ": " << status_str(r.status);
+    std::this_thread::sleep_for(200ms);
+  }
+  // Health state is kept too: NOT_SERVING makes the endpoint unhealthy at
+  // the next check; a replaced endpoint would start healthy again.
+  ASSERT_TRUE(b.set_serving(false).ok());
+  ASSERT_TRUE(gw_->process().wait_for(
+      Stream::Stderr, [](const std::string& t) { return t.find("is unhealthy") != std::string::npos; }, 10s))
+      << gw_->process().describe();
+  std::this_thread::sleep_for(1s);  // five more refreshes
+  auto down = unary(*s, "unhealthy");
+  EXPECT_EQ(down.status.error_code(), grpc::StatusCode::UNAVAILABLE) << status_str(down.status);
+  const std::string log = gw_->process().stderr_text();
+  EXPECT_EQ(log.find("removed, draining"), std::string::npos) << log;
+  EXPECT_EQ(log.find("added (DNS)"), std::string::npos) << log;
+  EXPECT_EQ(stopped_counter("upstream_connects"), 1u) << "the endpoint's connection was closed and reopened";
+}
+
 // ---------------------------------------------------------------- e. deadlines
 
 class UpstreamDeadline : public UpstreamTest {

@@ -1054,6 +1054,25 @@ TEST(ParseAddress, RealResolverFindsLocalhost) {
   }
 }
 
+// An endpoint written as a name keeps the name as its text; the resolver
+// names the same address "IP:port". They are the same address.
+TEST(ParseAddress, SameAddressComparesAddressesNotTexts) {
+  Resolver previous = set_resolver(nullptr);
+  SocketAddress named = parse_address("localhost:50051", true);
+  set_resolver(previous);
+  std::vector<SocketAddress> all = resolve_all("localhost", 50051);
+  ASSERT_FALSE(all.empty());
+  EXPECT_NE(named.text, all.front().text);
+  EXPECT_TRUE(named.same_address(all.front()));
+  EXPECT_FALSE(named.same_address(resolve_all("localhost", 50052).front()));  // port
+  EXPECT_TRUE(parse_address("127.0.0.1:1", false).same_address(parse_address("127.0.0.1:1", false)));
+  EXPECT_FALSE(parse_address("127.0.0.1:1", false).same_address(parse_address("127.0.0.2:1", false)));
+  EXPECT_FALSE(parse_address("127.0.0.1:1", false).same_address(parse_address("[::1]:1", false)));
+  EXPECT_TRUE(parse_address("[::1]:1", false).same_address(parse_address("[0::1]:1", false)));
+  EXPECT_FALSE(parse_address("[::1]:1", false).same_address(parse_address("[::2]:1", false)));
+  EXPECT_FALSE(SocketAddress{}.same_address(SocketAddress{}));
+}
+
 TEST(ParseAddress, SetResolverReturnsPrevious) {
   Resolver first = set_resolver(fake_resolver);
   EXPECT_EQ(set_resolver(first), fake_resolver);
