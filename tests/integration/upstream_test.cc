@@ -1019,5 +1019,42 @@ TEST_F(UpstreamOutlier, SingleEndpointKilledWith60StreamsServesWithinASecondOfRe
   EXPECT_GE(stopped_counter("endpoints_ejection_refused"), 1u);
 }
 
+
+// Two backends, no health checks: one is killed with many calls in flight
+// and started again at once. The lost connection is one failure of it (five
+// in a row eject), not one per call, so it is not ejected and gets calls
+// again as soon as it is back.
+TEST_F(UpstreamOutlier, CrashWithCallsInFlightCountsAsOneFailure) {
+  auto addrs = add_echos(2);
+  ASSERT_TRUE(start_gateway(cluster_toml("backend", addrs, "[clusters.outlier]\nbase_ejection = \"1m\"\n"),
+                            one_worker()));
+  auto s = stub();
+  ASSERT_TRUE(all_answer(*s, {"b0", "b1"}, 15s));
+
+  constexpr int kInFlight = 60;
+  std::vector<std::thread> slow;
+  for (int i = 0; i < kInFlight; ++i)
+    slow.emplace_back([&, i] { unary(*s, "slow-" + std::to_string(i), /*delay_ms=*/20'000, 30s); });
+  StatsReply st0, st1;
+  const bool running = eventually(
+      [&] {
+        return backends_[0]->stats(&st0).ok() && backends_[1]->stats(&st1).ok() &&
+               st0.active() + st1.active() >= static_cast<uint64_t>(kInFlight);
+      },
+      15s);
+  const uint64_t on_b0 = st0.active();
+  backends_[0]->kill();
+  backends_[1]->kill();  // ends the other calls too; restarted below
+  for (auto& t : slow) t.join();
+  ASSERT_TRUE(running) << "the backends never had " << kInFlight << " calls running";
+  ASSERT_GE(on_b0, 5u) << "too few calls on b0 to have ejected it per call";
+
+  backends_[0]->restart();
+  backends_[1]->restart();
+  // b0's lost connection counted once: b0 takes calls at once.
+  EXPECT_TRUE(all_answer(*s, {"b0", "b1"}, 1s)) << "b0 did not answer within 1 s of its restart";
+  EXPECT_EQ(stopped_counter("endpoints_ejected"), 0u);
+}
+
 }  // namespace
 }  // namespace tlsgate::itest
