@@ -166,6 +166,7 @@ struct EndpointRt : h2::ProbeSink {
   std::vector<UpConn*> conns;
   uint64_t last_warning_ms = 0;  // failures are counted always, logged at most once a second
   uint64_t suppressed = 0;
+  uint64_t last_refusal_log_ms = 0;  // max_ejection_percent refusals: logged at most once a second
   // Active health check in flight: its stream and session.
   void* probe = nullptr;
   h2::UpstreamSession* probe_session = nullptr;
@@ -856,18 +857,22 @@ struct Loop : h2::Router {
     const upstream::OutlierVerdict v = upstream::record_outcome(c.states, e, failure, now, c.outlier);
     if (v == upstream::OutlierVerdict::Ejected) {
       ++counters.endpoints_ejected;
-      LOG_WARN("upstream", "%u: cluster %s: endpoint %s ejected for %lu ms after %u consecutive failures (last: %s)",
-               id, c.cfg->name.c_str(), c.endpoints[e]->addr.text.c_str(),
+      LOG_WARN("upstream",
+               "%u: cluster %s: endpoint %s ejected for %lu ms after %u consecutive failures (last: %s)", id,
+               c.cfg->name.c_str(), c.endpoints[e]->addr.text.c_str(),
                static_cast<unsigned long>(c.states[e].ejected_until_ms - now), c.outlier.consecutive_failures, what);
     } else if (v == upstream::OutlierVerdict::Refused) {
       ++counters.endpoints_ejection_refused;
-      char why[256];
-      std::snprintf(why, sizeof why,
-                    "cluster %s: endpoint %s not ejected after %u consecutive failures: max_ejection_percent = %u "
-                    "keeps it (last: %s)",
-                    c.cfg->name.c_str(), c.endpoints[e]->addr.text.c_str(), c.outlier.consecutive_failures,
-                    c.outlier.max_ejection_percent, what);
-      warn_endpoint(*c.endpoints[e], why);
+      // Its own once-a-second limit: the connect failure that caused it has
+      // just used the endpoint's warning slot.
+      EndpointRt& ep = *c.endpoints[e];
+      if (ep.last_refusal_log_ms != 0 && now - ep.last_refusal_log_ms < 1000) return;
+      ep.last_refusal_log_ms = now;
+      LOG_WARN("upstream",
+               "%u: cluster %s: endpoint %s not ejected after %u consecutive failures: max_ejection_percent = %u "
+               "keeps it (last: %s)",
+               id, c.cfg->name.c_str(), ep.addr.text.c_str(), c.outlier.consecutive_failures,
+               c.outlier.max_ejection_percent, what);
     }
   }
 
@@ -1167,8 +1172,8 @@ struct Loop : h2::Router {
       for (const config::SocketAddress& a : u.addrs) {
         bool known = false;
         for (size_t e = 0; e < c.endpoints.size() && !known; ++e)
-          known = c.endpoints[e]->dns_name == static_cast<int>(u.name) && c.endpoints[e]->addr.same_address(a) &&
-                  c.states[e].active;
+          known = c.endpoints[e]->dns_name == static_cast<int>(u.name) &&
+                  c.endpoints[e]->addr.same_address(a) && c.states[e].active;
         if (known) continue;
         add_endpoint(c, a, static_cast<int>(u.name));
         LOG_INFO("upstream", "%u: cluster %s: endpoint %s added (DNS)", id, c.cfg->name.c_str(), a.text.c_str());

@@ -1017,6 +1017,9 @@ TEST_F(UpstreamOutlier, SingleEndpointKilledWith60StreamsServesWithinASecondOfRe
   }
   EXPECT_EQ(stopped_counter("endpoints_ejected"), 0u);
   EXPECT_GE(stopped_counter("endpoints_ejection_refused"), 1u);
+  EXPECT_NE(gw_->process().stderr_text().find("not ejected after 5 consecutive failures: max_ejection_percent = 50"),
+            std::string::npos)
+      << gw_->process().stderr_text();
 }
 
 
