@@ -99,6 +99,7 @@ struct Counters {
   uint64_t deadline_exceeded = 0;        // answered grpc-status 4 by the gateway
   uint64_t retries = 0;                  // streams sent again after the backend never processed them
   uint64_t bad_grpc_timeout = 0;         // malformed grpc-timeout values (ignored)
+  uint64_t body_buffer_resets = 0;       // streams reset: body bytes the shard could not buffer
 };
 
 // nghttp2's memory in this shard (src/h2/memory.hh).
