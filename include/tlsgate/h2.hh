@@ -112,6 +112,7 @@ struct MemoryStats {
   uint64_t frame_buffers = 0;   // sessions' outbound frame buffers in use
   uint64_t pages_released = 0;  // idle sessions' frame buffers handed back to the kernel
   uint64_t zero_pages_released = 0;  // idle sessions' all-zero pages (empty stream maps) handed back
+  uint64_t spans_trimmed = 0;   // wholly free spans handed back to the kernel after a burst (Memory::trim)
 };
 
 // Per-shard HTTP/2 state: stream objects, deadlines, nghttp2's memory, counters.
