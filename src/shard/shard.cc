@@ -462,7 +462,7 @@ struct Loop : h2::Router {
 
   void warn_fds() {
     const uint64_t n = fd_warning.take(now);
-    LOG_WARN("shard", "%u: out of file descriptors (%s on %s), %lu times in the last second; accepting paused %lu ms",
+    LOG_WARN("shard", "%u: out of file descriptors (%s on %s), %lu times since the last warning; accepting paused %lu ms",
              id, std::strerror(fd_warning_errno), fd_warning_where, n, kFdPauseMs);
   }
 

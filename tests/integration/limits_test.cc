@@ -384,7 +384,7 @@ TEST_F(FdExhaustion, AcceptPausesLogsOnceASecondAndRecovers) {
     flood.push_back(fd);
   }
   const auto start = Clock::now();
-  const std::regex warning("out of file descriptors \\(.*\\), ([0-9]+) times in the last second");
+  const std::regex warning("out of file descriptors \\(.*\\), ([0-9]+) times since the last warning");
   auto warnings = [&] {
     std::string log = gw_->process().stderr_text();
     return std::distance(std::sregex_iterator(log.begin(), log.end(), warning), std::sregex_iterator());
