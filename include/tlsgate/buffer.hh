@@ -37,6 +37,9 @@ class ChunkPool {
 
   Chunk* get();
   void put(Chunk* c);
+  // A new bound on the total (0 = unbounded); chunks already allocated stay.
+  void set_max_chunks(size_t max_chunks) { max_chunks_ = max_chunks; }
+  size_t max_chunks() const { return max_chunks_; }
 
   size_t allocated() const { return allocated_; }
   size_t in_use() const { return allocated_ - free_.size(); }

@@ -132,6 +132,16 @@ struct Listener {
   std::chrono::milliseconds handshake_timeout{10'000};
   std::chrono::milliseconds idle_timeout{300'000};
   uint32_t max_concurrent_streams = 1000;  // advertised to clients
+  // Client connections of this listener per shard; accepting pauses there
+  // (the listen backlog holds the next ones) until one closes.
+  uint32_t max_connections = 10000;
+};
+
+// Per-shard memory bounds ([limits]), in bytes, rounded up to whole 16 KiB
+// chunks. 0 = unbounded.
+struct Limits {
+  uint64_t body_buffer = 128ull << 20;  // request and response bodies held between the two sides
+  uint64_t chunk_pool = 256ull << 20;  // connection I/O buffers (TLS records in and out, frames out)
 };
 
 // Active health checking with the gRPC health protocol.
@@ -207,6 +217,7 @@ struct Config {
   unsigned workers = 1;  // "auto" resolved to the number of online CPUs
   bool workers_auto = false;
   Admin admin;
+  Limits limits;
   std::vector<Listener> listeners;
   std::vector<Cluster> clusters;
 

@@ -102,6 +102,7 @@ struct Counters {
   uint64_t deadline_exceeded = 0;        // answered grpc-status 4 by the gateway
   uint64_t retries = 0;                  // streams sent again after the backend never processed them
   uint64_t bad_grpc_timeout = 0;         // malformed grpc-timeout values (ignored)
+  uint64_t body_buffer_resets = 0;       // streams reset: body bytes the shard could not buffer
 };
 
 // nghttp2's memory in this shard (src/h2/memory.hh).
@@ -114,6 +115,7 @@ struct MemoryStats {
   uint64_t frame_buffers = 0;   // sessions' outbound frame buffers in use
   uint64_t pages_released = 0;  // idle sessions' frame buffers handed back to the kernel
   uint64_t zero_pages_released = 0;  // idle sessions' all-zero pages (empty stream maps) handed back
+  uint64_t spans_trimmed = 0;   // wholly free spans handed back to the kernel after a burst (Memory::trim)
 };
 
 // Per-shard HTTP/2 state: stream objects, deadlines, nghttp2's memory, counters.

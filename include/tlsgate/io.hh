@@ -48,6 +48,9 @@ class Ring {
   const RingFeatures& features() const { return features_; }
 
   void prep_accept_multishot(int listen_fd, uint64_t ud);
+  // One connection (no more after it): near a connection limit, where a
+  // multishot accept would take a whole batch past it.
+  void prep_accept_once(int listen_fd, uint64_t ud);
   void prep_recv_multishot(int fd, uint64_t ud);
   // One receive into a provided buffer (no more after it): used where the
   // shard must know that nothing else is read before it acts (kTLS switch).

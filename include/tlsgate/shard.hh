@@ -55,6 +55,10 @@ struct Counters {
   // tlsgate's record layer ended a connection, by tls::TlsViolation; [None]:
   // a record error found by OpenSSL's record layer (TLS 1.2, record_layer = "openssl").
   uint64_t tls_violations[static_cast<int>(tls::TlsViolation::Count)] = {};
+  // Memory and descriptor limits (issue 16).
+  uint64_t body_buffer_resets = 0;    // streams reset: body bytes the shard's body pool could not hold
+  uint64_t accept_paused = 0;         // accepting paused: a listener's max_connections reached
+  uint64_t fd_exhausted = 0;          // accept or upstream connect failed with EMFILE/ENFILE
   std::string describe() const;
   void add(const Counters& o);
 };

@@ -14,6 +14,7 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "tlsgate/buffer.hh"
 #include "tlsgate/config.hh"
@@ -208,7 +209,15 @@ class Session {
   friend struct BioAccess;
   friend struct KeyLog;
   friend struct MsgWatch;
+  bool gather_first_record(std::span<const uint8_t> in);
+  bool make_server_ssl();
+
   void* ssl_ = nullptr;  // SSL*
+  // Server side: the listener's context, for the SSL object made once the
+  // client's first record (its ClientHello) is whole; until then its bytes
+  // wait in hello_, which holds no more than what arrived.
+  Context* server_ctx_ = nullptr;
+  std::vector<uint8_t> hello_;
   ByteQueue pending_in_;
   std::span<const uint8_t> in_;
   ByteQueue* out_ = nullptr;

@@ -356,6 +356,17 @@ void read_admin(const Table& root, Config& cfg) {
   cfg.admin.enabled = true;
 }
 
+void read_limits(const Table& root, Config& cfg) {
+  auto v = root.get("limits");
+  if (!v) return;
+  Table t = root.sub(*v);
+  t.check_keys({"body_buffer", "chunk_pool"});
+  // At least one chunk each, at most 1 TiB: a typo, not a bound, beyond.
+  constexpr int64_t lo = 16 * 1024, hi = int64_t{1} << 40;
+  if (auto b = t.get("body_buffer")) cfg.limits.body_buffer = static_cast<uint64_t>(t.integer(*b, lo, hi));
+  if (auto c = t.get("chunk_pool")) cfg.limits.chunk_pool = static_cast<uint64_t>(t.integer(*c, lo, hi));
+}
+
 // No OpenSSL name has a control character; a NUL would cut the C string OpenSSL reads short,
 // and a line break would split the one-line error that echoes an entry.
 bool has_control(std::string_view s) {
@@ -515,7 +526,7 @@ void read_listeners(const Table& root, Config& cfg, std::vector<Origin>& cluster
   for (size_t i = 0; i < a->size(); ++i) {
     Table t = root.sub(root.element(list, *a, i));
     t.check_keys({"name", "listen", "proxy_protocol", "cluster", "handshake_timeout", "idle_timeout",
-                  "max_concurrent_streams", "tls", "routes"});
+                  "max_concurrent_streams", "max_connections", "tls", "routes"});
     Listener l;
     Value name = t.require("name");
     l.name = read_name(t, name);
@@ -549,6 +560,9 @@ void read_listeners(const Table& root, Config& cfg, std::vector<Origin>& cluster
     if (auto v = t.get("idle_timeout")) l.idle_timeout = t.duration(*v);
     if (auto v = t.get("max_concurrent_streams")) {
       l.max_concurrent_streams = static_cast<uint32_t>(t.integer(*v, 1, std::numeric_limits<int32_t>::max()));
+    }
+    if (auto v = t.get("max_connections")) {
+      l.max_connections = static_cast<uint32_t>(t.integer(*v, 1, std::numeric_limits<int32_t>::max()));
     }
     read_tls(t.sub(t.require("tls")), l.tls, files);
     if (auto v = t.get("routes")) read_routes(t, *v, l);
@@ -694,9 +708,10 @@ Config build(const toml::table& doc, const std::string& name) {
   Config cfg;
   cfg.path = name;
   Table root(name, doc, "", pos_of(doc.source(), Pos{1, 1}));
-  root.check_keys({"workers", "admin", "listeners", "clusters"});
+  root.check_keys({"workers", "admin", "limits", "listeners", "clusters"});
   read_workers(root, cfg);
   read_admin(root, cfg);
+  read_limits(root, cfg);
   std::vector<Origin> cluster_refs;
   std::vector<FileCheck> files;
   read_listeners(root, cfg, cluster_refs, files);

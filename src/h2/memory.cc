@@ -60,7 +60,7 @@ void* mem_realloc(void* p, size_t n, void* self) { return static_cast<Memory*>(s
 
 struct Memory::Span {
   uint32_t cls;    // size class, kFrameClass, or kLarge
-  uint32_t pad;
+  uint32_t free_blocks;  // scratch for trim()
   size_t length;   // bytes mapped
   Span* next;      // every span of this Memory (not large blocks)
 };
@@ -266,6 +266,37 @@ void* Memory::reallocate(void* p, size_t n) {
   return q;
 }
 
+size_t Memory::trim() {
+  if (kPassThrough) return 0;
+  size_t free_bytes = 0;
+  for (int c = 0; c < kFrameClass; ++c) free_bytes += classes_[c].top * classes_[c].size;
+  // Only after a burst freed memory since the last pass: a steady state
+  // costs this sum and nothing else.
+  if (free_bytes < free_bytes_at_trim_ + kTrimStep) {
+    free_bytes_at_trim_ = std::min(free_bytes_at_trim_, free_bytes);
+    return 0;
+  }
+  free_bytes_at_trim_ = free_bytes;
+  for (Span* s = spans_; s != nullptr; s = s->next) s->free_blocks = 0;
+  for (int c = 0; c < kFrameClass; ++c)
+    for (size_t i = 0; i < classes_[c].top; ++i) ++reinterpret_cast<Span*>(span_base(classes_[c].stack[i]))->free_blocks;
+  size_t trimmed = 0;
+  for (Span* s = spans_; s != nullptr; s = s->next) {
+    if (s->cls >= kFrameClass) continue;  // frame slots are released when freed
+    const Class& k = classes_[s->cls];
+    if (s == k.current) continue;  // still being carved
+    const size_t first = k.size % kPage == 0 ? kPage : kHeader;
+    const size_t blocks = (kSpan - first) / k.size;
+    if (s->free_blocks != blocks) continue;
+    // The first page keeps the header (and a few blocks); the rest reads
+    // back as zeros, which no free block's reader minds: nothing is read
+    // from a free block (its pointer is on the stack).
+    if (madvise(reinterpret_cast<uint8_t*>(s) + kPage, kSpan - kPage, MADV_DONTNEED) == 0) ++trimmed;
+  }
+  stats_.spans_trimmed += trimmed;
+  return trimmed;
+}
+
 void Memory::release_pages(void* p) {
   if (kPassThrough || p == nullptr) return;
   // The slot is page-aligned and kSlot long: every page of it is the buffer's.
@@ -289,6 +320,7 @@ MemoryStats Context::memory_stats() const { return memory_->stats(); }
 
 void Context::release_idle_memory(uint64_t now_ms) {
   now_ms_ = now_ms;
+  memory_->trim();
   while (active_head_ != nullptr && active_head_->touched_ms_ + kIdleReleaseMs <= now_ms) {
     Session* s = active_head_;
     s->unlink_active();

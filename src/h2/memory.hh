@@ -2,8 +2,9 @@
 //
 // Blocks come from 256 KiB spans mapped at start-up and warm-up; afterwards
 // every nghttp2 allocation is a pop from its class's stack of free blocks,
-// every free a push (the stacks grow with the spans), and nothing
-// goes back to the system (STYLE: "pools at runtime, malloc only at boot").
+// every free a push (the stacks grow with the spans). Nothing is unmapped
+// (STYLE: "pools at runtime, malloc only at boot"), but trim() hands the
+// pages of wholly free spans back to the kernel after a burst.
 //
 // - Blocks up to 64 KiB: size classes, 8 per doubling (at most 12.5%
 //   slack), carved from spans of one class each.
@@ -74,6 +75,13 @@ class Memory {
   void release_pages(void* p);
 
   MemoryStats stats() const;
+  // After a burst: spans whose blocks are all free again hand their pages
+  // (all but the header's) back to the kernel; a block taken from them later
+  // is a zero page fault away. Cheap when nothing was freed since the last
+  // call (it scans only once free blocks grew by kTrimStep bytes), so it can
+  // run on every idle pass. Returns the spans trimmed.
+  static constexpr size_t kTrimStep = 1 << 20;
+  size_t trim();
 
  private:
   struct Span;
@@ -109,6 +117,7 @@ class Memory {
   void* last_frame_buffer_ = nullptr;
   void* last_page_ = nullptr;
   Span* spans_ = nullptr;  // every span, to unmap at destruction
+  size_t free_bytes_at_trim_ = 0;
   Class large_;  // blocks over 64 KiB: only in_use
   uint64_t large_bytes_ = 0;
   MemoryStats stats_;  // spans, large_maps, pages_released; the rest is summed

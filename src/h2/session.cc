@@ -370,6 +370,30 @@ struct Forward {
     respond_status(s, "14", why);
   }
 
+  // Body bytes that could not be buffered (the shard's body pool is full)
+  // were refused: forwarding the rest would deliver a request or response
+  // with a hole in it, so the stream ends at both sides instead. The client
+  // gets ENHANCE_YOUR_CALM, which gRPC reports as RESOURCE_EXHAUSTED (a
+  // status a client backs off on); the backend gets CANCEL.
+  static void reset_unbuffered(Context& ctx, Stream* s) {
+    if (s->gateway_cancelled) return;
+    ++ctx.counters().body_buffer_resets;
+    s->gateway_cancelled = true;
+    s->replayable = false;
+    s->req_kept = 0;
+    s->req_body.clear();
+    s->resp_body.clear();
+    if (s->up != nullptr) {
+      nghttp2_submit_rst_stream(ng(s->up->session_), NGHTTP2_FLAG_NONE, s->up_id, NGHTTP2_CANCEL);
+      s->up->owner_.wake();
+    }
+    if (s->down != nullptr) {
+      s->resp_eof = true;  // nothing more goes to the client but the reset
+      nghttp2_submit_rst_stream(ng(s->down->session_), NGHTTP2_FLAG_NONE, s->down_id, NGHTTP2_ENHANCE_YOUR_CALM);
+      s->down->owner_.wake();
+    }
+  }
+
   static void deadline_exceeded(Context& ctx, Stream* s) {
     if (s->resp_eof) return;  // the answer is complete; only the client still reads it
     ++ctx.counters().deadline_exceeded;
@@ -627,7 +651,8 @@ struct Forward {
     ctx.remove_deadline(s);
     unlink_down(s);
     if (s->up) {
-      if (error_code != NGHTTP2_NO_ERROR || !s->resp_eof) {
+      // A stream the gateway ended itself has had its upstream half cancelled.
+      if (!s->gateway_cancelled && (error_code != NGHTTP2_NO_ERROR || !s->resp_eof)) {
         if (error_code != NGHTTP2_NO_ERROR) ++ctx.counters().streams_reset_by_client;
         nghttp2_submit_rst_stream(ng(s->up->session_), NGHTTP2_FLAG_NONE, s->up_id, NGHTTP2_CANCEL);
         s->up->owner_.wake();
@@ -664,6 +689,7 @@ struct Forward {
       // No retry left: the client sees REFUSED_STREAM itself, which gRPC
       // clients may retry on their own.
     }
+    if (s->gateway_cancelled) return;  // the client was answered or reset already
     if (!s->resp_eof) {
       if (error_code != NGHTTP2_NO_ERROR) {
         ++ctx.counters().streams_reset_by_upstream;
@@ -762,10 +788,16 @@ struct Callbacks {
 
   static int d_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data, size_t len,
                           void* user) {
-    Stream* s = down_stream(*static_cast<DownstreamSession*>(user), session, stream_id);
-    if (s == nullptr || s->up == nullptr || !s->req_body.append(data, len)) {
+    auto* d = static_cast<DownstreamSession*>(user);
+    Stream* s = down_stream(*d, session, stream_id);
+    if (s == nullptr || s->up == nullptr || s->gateway_cancelled) {
       // Nobody will forward these bytes: give the window back at once.
       nghttp2_session_consume(session, stream_id, len);
+      return 0;
+    }
+    if (!s->req_body.append(data, len)) {
+      nghttp2_session_consume(session, stream_id, len);
+      Forward::reset_unbuffered(d->ctx_, s);
       return 0;
     }
     s->req_unconsumed += len;
@@ -838,15 +870,23 @@ struct Callbacks {
 
   static int u_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data, size_t len,
                           void* user) {
-    Stream* s = up_stream(*static_cast<UpstreamSession*>(user), session, stream_id);
+    auto* u = static_cast<UpstreamSession*>(user);
+    Stream* s = up_stream(*u, session, stream_id);
     if (s != nullptr && s->is_probe) {
       // A health answer is a few bytes; a larger one fails the check.
       if (s->resp_body.size() + len > 512 || !s->resp_body.append(data, len)) s->probe_oversize = true;
       nghttp2_session_consume(session, stream_id, len);
       return 0;
     }
-    if (s == nullptr || s->down == nullptr || !s->resp_started || !s->resp_body.append(data, len)) {
+    // resp_eof before the backend's END_STREAM: the gateway answered the
+    // client itself (deadline) and the rest of the backend's body is moot.
+    if (s == nullptr || s->down == nullptr || !s->resp_started || s->resp_eof || s->gateway_cancelled) {
       nghttp2_session_consume(session, stream_id, len);
+      return 0;
+    }
+    if (!s->resp_body.append(data, len)) {
+      nghttp2_session_consume(session, stream_id, len);
+      Forward::reset_unbuffered(u->ctx_, s);
       return 0;
     }
     s->resp_unconsumed += len;

@@ -102,7 +102,7 @@ struct Stream {
   uint32_t cluster = 0;
   uint32_t attempts = 0;      // upstream streams opened for this client stream
   bool replayable = true;     // everything sent upstream is still in req_body (req_kept)
-  bool gateway_cancelled = false;  // the gateway reset the upstream half (deadline)
+  bool gateway_cancelled = false;  // the gateway reset the upstream half (deadline, unbufferable body)
   // The first req_kept bytes of req_body were sent upstream already; they
   // stay for a retry until the response starts or retry_buffer is passed.
   size_t req_kept = 0;

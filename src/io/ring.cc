@@ -142,6 +142,12 @@ void Ring::prep_accept_multishot(int listen_fd, uint64_t ud) {
   io_uring_sqe_set_data64(s, ud);
 }
 
+void Ring::prep_accept_once(int listen_fd, uint64_t ud) {
+  io_uring_sqe* s = impl_->sqe();
+  io_uring_prep_accept(s, listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(s, ud);
+}
+
 void Ring::prep_recv_multishot(int fd, uint64_t ud) {
   io_uring_sqe* s = impl_->sqe();
   io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);

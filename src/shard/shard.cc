@@ -41,6 +41,40 @@ constexpr size_t kProduceBudget = 256 * 1024;
 constexpr size_t kOutputHighWater = 1 << 20;  // stop producing above this
 constexpr size_t kMaxConnsPerEndpoint = 64;
 constexpr int kSendIovecs = 16;
+// Out of file descriptors: accepting stops this long (the listen backlog
+// holds new clients meanwhile) instead of retrying every tick, and the
+// warning is one line a second with a count.
+constexpr uint64_t kFdPauseMs = 250;
+constexpr uint64_t kWarnIntervalMs = 1000;
+// A multishot accept may take the whole listen backlog (main.cc: 4096) in
+// one entry into the kernel, before a cancel can reach it.
+constexpr uint32_t kAcceptBatch = 4096;
+
+// A warning that repeats is logged at most once per kWarnIntervalMs, saying
+// how many times it happened since the last line.
+struct RepeatedWarning {
+  uint64_t last_ms = 0;
+  uint64_t pending = 0;  // occurrences not yet reported
+  bool ever = false;
+
+  // Counts one occurrence; true when a line is due now (take() says how many).
+  bool note(uint64_t now) {
+    ++pending;
+    return !ever || now - last_ms >= kWarnIntervalMs;
+  }
+  // For the tick: occurrences left unreported whose second has passed.
+  bool overdue(uint64_t now) const { return pending > 0 && now - last_ms >= kWarnIntervalMs; }
+  uint64_t take(uint64_t now) {
+    ever = true;
+    last_ms = now;
+    return std::exchange(pending, 0);
+  }
+};
+
+// A [limits] byte bound in whole chunks (0 = unbounded).
+size_t chunks_for(uint64_t bytes) {
+  return static_cast<size_t>((bytes + Chunk::kCapacity - 1) / Chunk::kCapacity);
+}
 
 uint64_t clock_ms() {
   timespec ts{};
@@ -154,6 +188,8 @@ struct ListenerRt {
   TimerList handshake_timers;  // PROXY header and TLS handshake, then linger
   TimerList idle_timers;
   bool accepting = false;
+  uint32_t connections = 0;  // client connections of this listener in this shard, until their fd is closed
+  bool full = false;         // accepting paused at max_connections (counted once per pause)
 };
 
 // One backend address of a cluster, in this shard.
@@ -238,7 +274,8 @@ struct Loop : h2::Router {
   unsigned id;
   const config::Config& config;
   io::Ring ring;
-  ChunkPool chunks;
+  ChunkPool chunks;       // connection I/O: [limits] chunk_pool
+  ChunkPool body_chunks;  // stream bodies: [limits] body_buffer
   h2::Context h2ctx;
   std::vector<std::unique_ptr<ListenerRt>> listeners;
   std::vector<std::unique_ptr<ClusterRt>> clusters;
@@ -263,13 +300,18 @@ struct Loop : h2::Router {
   std::mutex dns_mu;
   std::vector<DnsUpdate> dns_inbox;
   std::atomic<bool> dns_pending{false};
+  uint64_t fd_pause_until = 0;  // no accepting before this (out of file descriptors)
+  RepeatedWarning fd_warning;
+  const char* fd_warning_where = "accept";
+  int fd_warning_errno = EMFILE;
 
   Loop(unsigned shard_id, const config::Config& cfg, std::vector<int> fds, const tls::KtlsSupport& ktls)
       : id(shard_id),
         config(cfg),
         ring(kRingEntries, kRecvBuffers, kRecvBufferSize),
-        chunks(64),
-        h2ctx(chunks, *this),
+        chunks(64, chunks_for(cfg.limits.chunk_pool)),
+        body_chunks(64, chunks_for(cfg.limits.body_buffer)),
+        h2ctx(body_chunks, *this),
         ktls_support(ktls) {
     stop_fd = ::eventfd(0, EFD_CLOEXEC);
     if (stop_fd < 0) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
@@ -382,25 +424,72 @@ struct Loop : h2::Router {
   }
 
   // ------------------------------------------------------------ accept
+  // Accepting is paused while the listener has max_connections in this
+  // shard or the process is out of file descriptors; the kernel's listen
+  // backlog holds new clients meanwhile (and refuses them once it is full).
+  bool accept_blocked(const ListenerRt& l) const {
+    return l.connections >= l.cfg->max_connections || now < fd_pause_until;
+  }
+
   void arm_accept(ListenerRt& l) {
-    if (l.fd < 0 || l.accepting) return;
-    ring.prep_accept_multishot(l.fd, pack(Op::Accept, 0, l.index));
+    if (l.fd < 0 || l.accepting || stopping || accept_blocked(l)) return;
+    l.full = false;
+    // Close to the limit, connections are taken one at a time so that it
+    // holds exactly (see kAcceptBatch).
+    if (l.cfg->max_connections - l.connections > kAcceptBatch)
+      ring.prep_accept_multishot(l.fd, pack(Op::Accept, 0, l.index));
+    else
+      ring.prep_accept_once(l.fd, pack(Op::Accept, 0, l.index));
     l.accepting = true;
+  }
+
+  // Ends the multishot accept; its last completion (ECANCELED) clears
+  // `accepting`, and arm_accept() starts it again once nothing blocks it.
+  void pause_accept(ListenerRt& l) {
+    if (l.accepting) ring.prep_cancel_fd(l.fd, pack(Op::Ignore, 0, 0));
+  }
+
+  // EMFILE / ENFILE: counted always, logged once a second with a count, and
+  // every listener stops accepting for kFdPauseMs: connections that close
+  // meanwhile give descriptors back, and a client beyond them waits in the
+  // backlog instead of costing an accept and a close.
+  void out_of_fds(const char* where, int err) {
+    ++counters.fd_exhausted;
+    fd_warning_where = where;
+    fd_warning_errno = err;
+    if (fd_warning.note(now)) warn_fds();
+    fd_pause_until = now + kFdPauseMs;
+    for (auto& l : listeners) pause_accept(*l);
+  }
+
+  void warn_fds() {
+    const uint64_t n = fd_warning.take(now);
+    LOG_WARN("shard", "%u: out of file descriptors (%s on %s), %lu times since the last warning; accepting paused %lu ms",
+             id, std::strerror(fd_warning_errno), fd_warning_where, n, kFdPauseMs);
   }
 
   void on_accept(const io::Completion& c) {
     ListenerRt& l = *listeners.at(slot_of(c.user_data));
     if (!c.more()) l.accepting = false;
+    if (c.res == -EMFILE || c.res == -ENFILE) {
+      out_of_fds("accept", -c.res);
+      return;  // accepting again from the tick after the pause
+    }
     if (c.res < 0) {
       if (c.res != -ECANCELED) LOG_WARN("shard", "%u: accept on %s: %s", id, l.cfg->name.c_str(), std::strerror(-c.res));
-      if (!stopping && !l.accepting && c.res != -EMFILE && c.res != -ENFILE) arm_accept(l);
-      return;  // EMFILE: re-armed by the next tick
+      if (!l.accepting) arm_accept(l);
+      return;
     }
     if (stopping) {
       ::close(c.res);
       return;
     }
     ++counters.accepted;
+    if (++l.connections >= l.cfg->max_connections && !l.full) {
+      l.full = true;
+      ++counters.accept_paused;
+      pause_accept(l);
+    }
     DownConn* d = downs.acquire();
     d->shard = this;
     d->fd = c.res;
@@ -924,6 +1013,7 @@ struct Loop : h2::Router {
     EndpointRt& ep = *c.endpoints[endpoint];
     int fd = io::tcp_socket(ep.addr.family());
     if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) out_of_fds("upstream connect", errno);
       why = "cannot create upstream socket";
       return nullptr;
     }
@@ -1338,7 +1428,12 @@ struct Loop : h2::Router {
     if (op_is_down(c)) {
       auto* d = static_cast<DownConn*>(c);
       d->plain.clear();
+      ListenerRt* l = d->listener;
       downs.release(d);
+      if (l != nullptr) {
+        --l->connections;
+        arm_accept(*l);  // a descriptor and a place under max_connections are free again
+      }
     } else {
       auto* u = static_cast<UpConn*>(c);
       u->plain.clear();
@@ -1375,8 +1470,9 @@ struct Loop : h2::Router {
           close_down(d, "idle timeout");
         }
       }
-      if (!stopping && !l.accepting) arm_accept(l);
+      if (!l.accepting) arm_accept(l);
     }
+    if (fd_warning.overdue(now)) warn_fds();
     for (auto& cp : clusters) {
       ClusterRt& c = *cp;
       while (TimerLink* t = c.connect_timers.pop_expired(now)) connect_failed(container_of_up(t), "connect timed out");
@@ -1469,6 +1565,9 @@ std::string Counters::describe() const {
                 ktls_unsupported_cipher, ktls_failed, ktls_close_notify, ktls_alerts, ktls_key_update_closed,
                 ktls_unexpected_records);
   s += buf;
+  std::snprintf(buf, sizeof buf, " body_buffer_resets=%lu accept_paused=%lu fd_exhausted=%lu", body_buffer_resets,
+                accept_paused, fd_exhausted);
+  s += buf;
   // Index 0 (none): protocol errors OpenSSL's own record layer found.
   s += " tls_openssl_record_errors=" + std::to_string(tls_violations[0]);
   for (int v = 1; v < static_cast<int>(tls::TlsViolation::Count); ++v)
@@ -1516,6 +1615,9 @@ void Counters::add(const Counters& o) {
   ktls_key_update_closed += o.ktls_key_update_closed;
   ktls_unexpected_records += o.ktls_unexpected_records;
   for (int v = 0; v < static_cast<int>(tls::TlsViolation::Count); ++v) tls_violations[v] += o.tls_violations[v];
+  body_buffer_resets += o.body_buffer_resets;
+  accept_paused += o.accept_paused;
+  fd_exhausted += o.fd_exhausted;
 }
 
 Shard::Shard(unsigned id, const config::Config& config, std::vector<int> listen_fds, const tls::KtlsSupport& ktls)
@@ -1534,6 +1636,7 @@ void Shard::run() {
   c.header_limit_resets = h.header_limit_resets;
   c.deadline_exceeded = h.deadline_exceeded;
   c.retries = h.retries;
+  c.body_buffer_resets = h.body_buffer_resets;
 }
 
 void Shard::update_dns(uint32_t cluster, uint32_t name, std::vector<config::SocketAddress> addrs) {

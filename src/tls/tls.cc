@@ -268,16 +268,42 @@ Context::~Context() {
   SSL_CTX_free(ctx);
 }
 
-Session::Session(Context& ctx, ChunkPool& pool) : pending_in_(&pool), detach_allowed_(ctx.detach()) {
-  SSL* ssl = SSL_new(static_cast<SSL_CTX*>(ctx.native()));
-  if (ssl == nullptr) throw std::bad_alloc();
+// No SSL object yet: OpenSSL's objects for a connection in the handshake
+// (the SSL, a 16 KiB handshake message buffer made when the handshake
+// starts, an ~18 KiB record read buffer on the first read) came to ~45 KiB,
+// and a client that sends half a ClientHello and waits would hold them until
+// the handshake timeout. They are made when its first record is whole.
+Session::Session(Context& ctx, ChunkPool& pool)
+    : server_ctx_(&ctx), pending_in_(&pool), detach_allowed_(ctx.detach()) {}
+
+bool Session::make_server_ssl() {
+  SSL* ssl = SSL_new(static_cast<SSL_CTX*>(server_ctx_->native()));
+  if (ssl == nullptr) return false;
   BIO* bio = BIO_new(bio_method());
+  if (bio == nullptr) {
+    SSL_free(ssl);
+    return false;
+  }
   BIO_set_data(bio, this);
   SSL_set_bio(ssl, bio, bio);
   SSL_set_accept_state(ssl);
   SSL_set_app_data(ssl, this);
-  if (ctx.leaves_openssl()) SSL_set_msg_callback(ssl, MsgWatch::seen);
+  if (server_ctx_->leaves_openssl()) SSL_set_msg_callback(ssl, MsgWatch::seen);
   ssl_ = ssl;
+  return true;
+}
+
+// True once hello_ holds the client's whole first record, or bytes that are
+// not a TLS handshake record within the size limit (OpenSSL then says what
+// is wrong, at once). The buffer grows with what arrives, not with the
+// length the header announces.
+bool Session::gather_first_record(std::span<const uint8_t> in) {
+  hello_.insert(hello_.end(), in.begin(), in.end());
+  if (hello_.size() < 5) return false;
+  constexpr size_t kMaxRecord = 16384 + 256;  // RFC 8446 5.2: TLSCiphertext.length
+  const size_t len = static_cast<size_t>(hello_[3]) << 8 | hello_[4];
+  if (hello_[0] != 22 || len > kMaxRecord) return true;
+  return hello_.size() >= 5 + len;
 }
 
 Session::Session(Context& ctx, ChunkPool& pool, const Peer& peer) : pending_in_(&pool) {
@@ -331,6 +357,14 @@ HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
     failure_ = "out of buffer memory";
     return HandshakeState::Failed;
   }
+  if (ssl_ == nullptr && server_ctx_ != nullptr) {
+    if (!gather_first_record(in)) return HandshakeState::InProgress;
+    if (!make_server_ssl()) {
+      failure_ = "out of memory for a TLS session";
+      return HandshakeState::Failed;
+    }
+    in = hello_;
+  }
   begin(in, out);
   SSL* ssl = static_cast<SSL*>(ssl_);
   tx_at_final_call_ = tx_records_.total;
@@ -356,7 +390,8 @@ HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
     else if (len == 8 && std::memcmp(proto, "http/1.1", 8) == 0) alpn_ = Alpn::Http11;
     else alpn_ = Alpn::None;
   }
-  end();
+  end();  // what OpenSSL did not read of hello_ is in pending_in_ now
+  if (!hello_.empty()) std::vector<uint8_t>().swap(hello_);
   return st;
 }
 
@@ -417,6 +452,7 @@ void Session::shutdown(ByteQueue& out) {
     failed_ = true;  // nothing is sent after close_notify
     return;
   }
+  if (ssl_ == nullptr) return;  // the handshake never began: nothing to close
   begin({}, out);
   SSL_shutdown(static_cast<SSL*>(ssl_));
   ERR_clear_error();

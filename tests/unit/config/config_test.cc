@@ -287,6 +287,22 @@ const ErrorCase kErrorCases[] = {
      "max_concurrent_streams = \"100\"\n@CLUSTER@",
      "demo.toml:5:26: listeners[0].max_concurrent_streams: expected an integer from 1 to 2147483647, got a "
      "string"},
+    // max_connections (issue 16)
+    {"listener_max_connections_zero",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "max_connections = 0\n@CLUSTER@",
+     "demo.toml:5:19: listeners[0].max_connections: expected an integer from 1 to 2147483647, got 0"},
+    {"listener_max_connections_string",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "max_connections = \"many\"\n@CLUSTER@",
+     "demo.toml:5:19: listeners[0].max_connections: expected an integer from 1 to 2147483647, got a string"},
+    // [limits] (issue 16)
+    {"limits_not_table", "limits = 1\n@LISTENER@@CLUSTER@", "demo.toml:1:10: limits: expected a table, got an integer"},
+    {"limits_unknown_key", "[limits]\nbodies = 1\n@LISTENER@@CLUSTER@", "demo.toml:2:1: limits.bodies: unknown key"},
+    {"limits_body_buffer_too_small", "[limits]\nbody_buffer = 100\n@LISTENER@@CLUSTER@",
+     "demo.toml:2:15: limits.body_buffer: expected an integer from 16384 to 1099511627776, got 100"},
+    {"limits_chunk_pool_string", "[limits]\nchunk_pool = \"64MiB\"\n@LISTENER@@CLUSTER@",
+     "demo.toml:2:14: limits.chunk_pool: expected an integer from 16384 to 1099511627776, got a string"},
     // [listeners.tls]
     {"tls_missing",
      "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n@CLUSTER@",
@@ -505,6 +521,9 @@ const ValidCase kValidCases[] = {
        EXPECT_EQ(l.handshake_timeout, 10s);
        EXPECT_EQ(l.idle_timeout, 300s);
        EXPECT_EQ(l.max_concurrent_streams, 1000u);
+       EXPECT_EQ(l.max_connections, 10000u);
+       EXPECT_EQ(c.limits.body_buffer, 128u << 20);
+       EXPECT_EQ(c.limits.chunk_pool, 256u << 20);
        EXPECT_EQ(l.tls.alpn, (std::vector<std::string>{"h2", "http/1.1"}));
        EXPECT_EQ(l.tls.min_version, TlsVersion::Tls12);
        EXPECT_EQ(l.tls.ktls, Ktls::Auto);
@@ -771,6 +790,15 @@ endpoints = ["127.0.0.1:1"]
      }},
     {"comments_and_whitespace", "# tlsgate\n\n  workers = 3   # three\n\n@LISTENER@\n# end\n@CLUSTER@",
      [](const Config& c) { EXPECT_EQ(c.workers, 3u); }},
+    {"limits_and_max_connections",
+     "[limits]\nbody_buffer = 1048576\nchunk_pool = 16384\n"
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\nmax_connections = 5\n"
+     "tls = { certificate = \"@CRT@\", private_key = \"@KEY@\" }\n@CLUSTER@",
+     [](const Config& c) {
+       EXPECT_EQ(c.limits.body_buffer, 1048576u);
+       EXPECT_EQ(c.limits.chunk_pool, 16384u);
+       EXPECT_EQ(c.listeners[0].max_connections, 5u);
+     }},
 };
 
 class ConfigValidTest : public ConfigTest, public ::testing::WithParamInterface<ValidCase> {};

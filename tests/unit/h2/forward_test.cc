@@ -862,5 +862,76 @@ TEST_F(ForwardTest, ProduceIntoAFullQueueLosesNoFrames) {
   EXPECT_EQ(value(c.trailers, "grpc-status"), "0");
 }
 
+// Issue 16: body bytes the pool refuses must never leave a hole in what is
+// forwarded. The pool holds 4 chunks (~64 KiB) while a stream window lets
+// 256 KiB in flight, so a peer that does not read makes the gateway run out.
+TEST_F(ForwardTest, RequestBodyThePoolRefusesResetsTheStreamAtBothSides) {
+  pool_.set_max_chunks(4);
+  start(/*client_manual_window=*/false, /*backend_manual_window=*/true);
+  backend_->consume = false;  // the backend reads nothing: the gateway must buffer
+  const std::string big = grpc_frame(pattern(1 << 20));
+  Body req{big.substr(0, 1000), /*complete=*/false};  // the backend sees the stream start
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t bid = backend_->last_stream;
+  ASSERT_GT(bid, 0);
+  EXPECT_EQ(ctx_->counters().body_buffer_resets, 0u);
+  req.data = big;  // then the rest, more than the gateway may hold
+  req.complete = true;
+  client_->resume(cid);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(ctx_->counters().body_buffer_resets, 1u);
+  // The client is told at once; the backend's half is cancelled.
+  EXPECT_TRUE(client_->streams[cid].rst);
+  EXPECT_EQ(client_->streams[cid].rst_code, NGHTTP2_ENHANCE_YOUR_CALM);
+  EXPECT_TRUE(backend_->streams[bid].rst);
+  EXPECT_EQ(backend_->streams[bid].rst_code, NGHTTP2_CANCEL);
+  // Even once the backend reads again, it never sees the end of a request
+  // with a hole: what it got is a prefix of what the client sent, unfinished.
+  backend_->consume = true;
+  backend_->consume_all(bid);
+  ASSERT_TRUE(pump());
+  const PeerStream& b = backend_->streams[bid];
+  EXPECT_FALSE(b.end_stream);
+  EXPECT_LT(b.body.size(), big.size());
+  EXPECT_TRUE(big.compare(0, b.body.size(), b.body) == 0) << "the backend got bytes out of order or with a gap";
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  EXPECT_EQ(pool_.in_use(), 0u);
+  // The connection and the pool serve the next call.
+  const PeerStream& next = unary("after the reset");
+  EXPECT_EQ(next.body, grpc_frame("re: after the reset"));
+  EXPECT_EQ(value(next.trailers, "grpc-status"), "0");
+}
+
+TEST_F(ForwardTest, ResponseBodyThePoolRefusesResetsTheStreamAtBothSides) {
+  pool_.set_max_chunks(4);
+  start(/*client_manual_window=*/true);
+  client_->consume = false;  // the client reads nothing: the gateway must buffer
+  Body req{grpc_frame("download")};
+  const int32_t cid = client_->request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const int32_t bid = backend_->last_stream;
+  const std::string big = pattern(1 << 20);
+  Body resp{big, true, {{"grpc-status", "0"}}};
+  backend_->respond(bid, grpc_response_headers(), &resp);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(ctx_->counters().body_buffer_resets, 1u);
+  EXPECT_TRUE(backend_->streams[bid].rst);
+  EXPECT_EQ(backend_->streams[bid].rst_code, NGHTTP2_CANCEL);
+  client_->consume = true;
+  client_->consume_all(cid);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_TRUE(c.rst);
+  EXPECT_EQ(c.rst_code, NGHTTP2_ENHANCE_YOUR_CALM);
+  EXPECT_FALSE(c.end_stream) << "the client saw a complete response with bytes missing";
+  EXPECT_TRUE(c.trailers.empty());
+  EXPECT_TRUE(big.compare(0, c.body.size(), c.body) == 0) << "the client got bytes out of order or with a gap";
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  EXPECT_EQ(pool_.in_use(), 0u);
+  const PeerStream& next = unary("after the reset");
+  EXPECT_EQ(value(next.trailers, "grpc-status"), "0");
+}
+
 }  // namespace
 }  // namespace tlsgate::h2

@@ -175,6 +175,39 @@ TEST(Memory, ReleasedFrameBufferReadsZeroAndCanBeWrittenAgain) {
   EXPECT_TRUE(holds(p, Memory::kFrameBufferSize, 5));
   m.release(p);
 }
+
+// Issue 16: what a burst of sessions took comes back once they are gone.
+TEST(Memory, WhollyFreeSpansAreTrimmedAfterABurstAndServeAgain) {
+  Memory m;
+  std::vector<void*> blocks;
+  for (int i = 0; i < 4000; ++i) {  // ~4 MiB of 1000-byte blocks: 16 spans
+    void* p = m.allocate(1000);
+    ASSERT_NE(p, nullptr);
+    fill(p, 1000, static_cast<uint8_t>(i));
+    blocks.push_back(p);
+  }
+  EXPECT_EQ(m.trim(), 0u) << "nothing is free: nothing to trim";
+  void* kept = blocks.back();  // one live block keeps its span
+  blocks.pop_back();
+  for (void* p : blocks) m.release(p);
+  const size_t trimmed = m.trim();
+  EXPECT_GE(trimmed, 10u);
+  EXPECT_EQ(m.stats().spans_trimmed, trimmed);
+  EXPECT_EQ(m.trim(), 0u) << "a second pass with nothing freed since scans nothing";
+  EXPECT_TRUE(holds(kept, 1000, static_cast<uint8_t>(3999)));
+  // The trimmed blocks are handed out again and hold what is written.
+  const uint64_t spans = m.stats().spans;
+  for (int i = 0; i < 3999; ++i) {
+    void* p = m.allocate(1000);
+    ASSERT_NE(p, nullptr);
+    fill(p, 1000, static_cast<uint8_t>(i + 1));
+    blocks[static_cast<size_t>(i)] = p;
+  }
+  EXPECT_EQ(m.stats().spans, spans) << "trimmed spans are reused, not replaced";
+  for (int i = 0; i < 3999; ++i) EXPECT_TRUE(holds(blocks[static_cast<size_t>(i)], 1000, static_cast<uint8_t>(i + 1)));
+  for (void* p : blocks) m.release(p);
+  m.release(kept);
+}
 #else
 TEST(Memory, SanitizerBuildPassesEveryCallToMalloc) {
   Memory m;
