@@ -35,7 +35,8 @@ class ChunkPool {
   ChunkPool(const ChunkPool&) = delete;
   ChunkPool& operator=(const ChunkPool&) = delete;
 
-  Chunk* get();
+  // `past_bound`: the bound does not apply (see ByteQueue::set_pool).
+  Chunk* get(bool past_bound = false);
   void put(Chunk* c);
   // A new bound on the total (0 = unbounded); chunks already allocated stay.
   void set_max_chunks(size_t max_chunks) { max_chunks_ = max_chunks; }
@@ -47,7 +48,7 @@ class ChunkPool {
   size_t slab_allocations() const { return slabs_.size(); }
 
  private:
-  bool grow();
+  bool grow(bool past_bound);
 
   std::vector<Chunk*> slabs_;
   // Free chunks as a stack of pointers (capacity reserved in grow(), so put()
@@ -70,7 +71,15 @@ class ByteQueue {
   ByteQueue(ByteQueue&& o) noexcept;
   ByteQueue& operator=(ByteQueue&& o) noexcept;
 
-  void set_pool(ChunkPool* pool) { pool_ = pool; }
+  // `past_bound`: this queue's chunks are taken even beyond the pool's bound.
+  // For ciphertext: its plaintext already holds pool chunks (the bound
+  // stopped it being produced), and a record layer refused half-way through
+  // its input would have to be retried with the rest, which OpenSSL's
+  // SSL_write and a sealed record sequence cannot do.
+  void set_pool(ChunkPool* pool, bool past_bound = false) {
+    pool_ = pool;
+    past_bound_ = past_bound;
+  }
   size_t size() const { return size_; }
   bool empty() const { return size_ == 0; }
 
@@ -105,6 +114,7 @@ class ByteQueue {
 
  private:
   ChunkPool* pool_;
+  bool past_bound_ = false;
   Chunk* head_ = nullptr;
   Chunk* tail_ = nullptr;
   size_t size_ = 0;

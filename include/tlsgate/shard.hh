@@ -58,6 +58,7 @@ struct Counters {
   // Memory and descriptor limits (issue 16).
   uint64_t body_buffer_resets = 0;    // streams reset: body bytes the shard's body pool could not hold
   uint64_t accept_paused = 0;         // accepting paused: a listener's max_connections reached
+  uint64_t send_stalled_closed = 0;   // clients closed: not reading while the I/O pool was full
   uint64_t fd_exhausted = 0;          // accept or upstream connect failed with EMFILE/ENFILE
   std::string describe() const;
   void add(const Counters& o);

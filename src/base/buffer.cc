@@ -14,9 +14,9 @@ ChunkPool::~ChunkPool() {
   for (Chunk* slab : slabs_) ::operator delete(slab, std::align_val_t{64});
 }
 
-bool ChunkPool::grow() {
+bool ChunkPool::grow(bool past_bound) {
   size_t n = slab_chunks_;
-  if (max_chunks_ != 0) {
+  if (max_chunks_ != 0 && !past_bound) {
     if (allocated_ >= max_chunks_) return false;
     n = std::min(n, max_chunks_ - allocated_);
   }
@@ -34,8 +34,8 @@ bool ChunkPool::grow() {
   return true;
 }
 
-Chunk* ChunkPool::get() {
-  if (free_.empty() && !grow()) return nullptr;
+Chunk* ChunkPool::get(bool past_bound) {
+  if (free_.empty() && !grow(past_bound)) return nullptr;
   Chunk* c = free_.back();
   free_.pop_back();
   c->next = nullptr;
@@ -48,7 +48,7 @@ void ChunkPool::put(Chunk* c) {
 }
 
 ByteQueue::ByteQueue(ByteQueue&& o) noexcept
-    : pool_(o.pool_), head_(o.head_), tail_(o.tail_), size_(o.size_) {
+    : pool_(o.pool_), past_bound_(o.past_bound_), head_(o.head_), tail_(o.tail_), size_(o.size_) {
   o.head_ = o.tail_ = nullptr;
   o.size_ = 0;
 }
@@ -57,6 +57,7 @@ ByteQueue& ByteQueue::operator=(ByteQueue&& o) noexcept {
   if (this != &o) {
     clear();
     pool_ = o.pool_;
+    past_bound_ = o.past_bound_;
     head_ = o.head_;
     tail_ = o.tail_;
     size_ = o.size_;
@@ -73,7 +74,7 @@ bool ByteQueue::append(const void* data, size_t len) {
   Chunk* extra_head = nullptr;
   Chunk* extra_tail = nullptr;
   while (room < len) {
-    Chunk* c = pool_->get();
+    Chunk* c = pool_->get(past_bound_);
     if (c == nullptr) {
       while (extra_head) {
         Chunk* n = extra_head->next;
@@ -112,7 +113,7 @@ bool ByteQueue::append(const void* data, size_t len) {
 uint8_t* ByteQueue::reserve(size_t len) {
   if (tail_ != nullptr && tail_->writable() >= len) return tail_->data + tail_->end;
   if (len > Chunk::kCapacity) return nullptr;
-  Chunk* c = pool_->get();
+  Chunk* c = pool_->get(past_bound_);
   if (c == nullptr) return nullptr;
   if (tail_) tail_->next = c; else head_ = c;
   tail_ = c;

@@ -18,6 +18,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <utility>
+#include <vector>
 
 #include "tlsgate/buffer.hh"
 #include "tlsgate/edge.hh"
@@ -36,6 +37,9 @@ constexpr unsigned kRingEntries = 1024;
 constexpr unsigned kRecvBuffers = 512;
 constexpr unsigned kRecvBufferSize = 16 * 1024;
 constexpr uint64_t kTickMs = 100;
+// A send to a client that has not completed for this long, while the I/O
+// pool is full, marks a client that stopped reading (see relieve_chunk_pool).
+constexpr uint64_t kSendStallMs = 1000;
 constexpr uint64_t kDrainMs = 5000;
 constexpr size_t kProduceBudget = 256 * 1024;
 constexpr size_t kOutputHighWater = 1 << 20;  // stop producing above this
@@ -58,8 +62,8 @@ struct RepeatedWarning {
   bool ever = false;
 
   // Counts one occurrence; true when a line is due now (take() says how many).
-  bool note(uint64_t now) {
-    ++pending;
+  bool note(uint64_t now, uint64_t n = 1) {
+    pending += n;
     return !ever || now - last_ms >= kWarnIntervalMs;
   }
   // For the tick: occurrences left unreported whose second has passed.
@@ -132,6 +136,7 @@ struct Conn : h2::Owner {
   bool dirty = false;
   bool closing = false;        // no new work; freed when inflight == 0
   bool close_after_flush = false;
+  uint64_t send_since_ms = 0;  // when the send in flight was submitted
   ByteQueue out;               // bytes to send, ciphertext (down) or h2c (up)
   msghdr msg{};
   iovec iov[kSendIovecs]{};
@@ -302,6 +307,7 @@ struct Loop : h2::Router {
   std::atomic<bool> dns_pending{false};
   uint64_t fd_pause_until = 0;  // no accepting before this (out of file descriptors)
   RepeatedWarning fd_warning;
+  RepeatedWarning pool_warning;
   const char* fd_warning_where = "accept";
   int fd_warning_errno = EMFILE;
 
@@ -462,6 +468,41 @@ struct Loop : h2::Router {
     for (auto& l : listeners) pause_accept(*l);
   }
 
+  // The connection I/O pool is shared by the shard's connections: when it is
+  // full, every connection's output waits. Clients that stopped reading can
+  // fill it (each holds up to kOutputHighWater), so at the bound the ones
+  // whose send has not moved for kSendStallMs give their chunks back, largest
+  // first, until a quarter of the pool is free.
+  bool chunk_pool_full() const {
+    return chunks.max_chunks() != 0 && chunks.in_use() >= chunks.max_chunks();
+  }
+
+  void relieve_chunk_pool() {
+    std::vector<DownConn*> stalled;
+    for (auto& d : downs.items)
+      if (d->fd >= 0 && !d->closing && d->send_inflight && now - d->send_since_ms >= kSendStallMs)
+        stalled.push_back(d.get());
+    std::sort(stalled.begin(), stalled.end(),
+              [](const DownConn* a, const DownConn* b) { return a->out.size() + a->plain.size() > b->out.size() + b->plain.size(); });
+    const size_t target = chunks.max_chunks() - chunks.max_chunks() / 4;
+    size_t freed = 0;
+    uint64_t closed = 0;
+    for (DownConn* d : stalled) {
+      if (chunks.in_use() - std::min(freed, chunks.in_use()) < target) break;
+      freed += (d->out.size() + d->plain.size()) / Chunk::kCapacity;
+      close_down(d, "send stalled while the chunk pool is full");
+      ++closed;
+    }
+    counters.send_stalled_closed += closed;
+    if (closed > 0 && pool_warning.note(now, closed)) warn_pool();
+  }
+
+  void warn_pool() {
+    const uint64_t n = pool_warning.take(now);
+    LOG_WARN("shard", "%u: connection I/O pool full ([limits] chunk_pool): %lu clients that stopped reading closed since the last warning",
+             id, n);
+  }
+
   void warn_fds() {
     const uint64_t n = fd_warning.take(now);
     LOG_WARN("shard", "%u: out of file descriptors (%s on %s), %lu times since the last warning; accepting paused %lu ms",
@@ -494,7 +535,7 @@ struct Loop : h2::Router {
     d->shard = this;
     d->fd = c.res;
     d->listener = &l;
-    d->out.set_pool(&chunks);
+    d->out.set_pool(&chunks, /*past_bound=*/true);  // ciphertext until a kTLS offload
     d->plain.set_pool(&chunks);
     // TCP_NODELAY comes from the listening socket (io::listen_socket).
     char ip[64];
@@ -810,6 +851,7 @@ struct Loop : h2::Router {
       return;
     }
     d->ktls = KtlsState::On;
+    d->out.set_pool(&chunks);  // nghttp2's output now: bounded like d->plain
     int cipher = static_cast<int>(d->tls->cipher_kind());
     if (cipher < 3) ++counters.ktls_offloaded[d->tls->is_tls13() ? 1 : 0][cipher];
     LOG_DEBUG("tls", "%u: kTLS TX+RX on for %s %s", id, d->tls->version(), d->tls->cipher());
@@ -1070,6 +1112,7 @@ struct Loop : h2::Router {
       // The connect timer keeps running until the handshake is done.
       u->tls = std::make_unique<tls::Session>(*cl.tls, chunks, tls_peer(cl, endpoint_of(u)));
       u->plain.set_pool(&chunks);
+      u->out.set_pool(&chunks, /*past_bound=*/true);  // ciphertext
       u->state = UpState::Handshake;
       u->tls->handshake({}, u->out);  // ClientHello
       start_send(u, Op::UpSend);
@@ -1376,6 +1419,7 @@ struct Loop : h2::Router {
     c->msg.msg_iovlen = static_cast<size_t>(n);
     ring.prep_sendmsg(c->fd, &c->msg, pack(op, c->gen, c->slot));
     c->send_inflight = true;
+    c->send_since_ms = now;
     ++c->inflight;
   }
 
@@ -1473,6 +1517,8 @@ struct Loop : h2::Router {
       if (!l.accepting) arm_accept(l);
     }
     if (fd_warning.overdue(now)) warn_fds();
+    if (chunk_pool_full()) relieve_chunk_pool();
+    if (pool_warning.overdue(now)) warn_pool();
     for (auto& cp : clusters) {
       ClusterRt& c = *cp;
       while (TimerLink* t = c.connect_timers.pop_expired(now)) connect_failed(container_of_up(t), "connect timed out");
@@ -1565,8 +1611,8 @@ std::string Counters::describe() const {
                 ktls_unsupported_cipher, ktls_failed, ktls_close_notify, ktls_alerts, ktls_key_update_closed,
                 ktls_unexpected_records);
   s += buf;
-  std::snprintf(buf, sizeof buf, " body_buffer_resets=%lu accept_paused=%lu fd_exhausted=%lu", body_buffer_resets,
-                accept_paused, fd_exhausted);
+  std::snprintf(buf, sizeof buf, " body_buffer_resets=%lu accept_paused=%lu fd_exhausted=%lu send_stalled_closed=%lu",
+                body_buffer_resets, accept_paused, fd_exhausted, send_stalled_closed);
   s += buf;
   // Index 0 (none): protocol errors OpenSSL's own record layer found.
   s += " tls_openssl_record_errors=" + std::to_string(tls_violations[0]);
@@ -1618,6 +1664,7 @@ void Counters::add(const Counters& o) {
   body_buffer_resets += o.body_buffer_resets;
   accept_paused += o.accept_paused;
   fd_exhausted += o.fd_exhausted;
+  send_stalled_closed += o.send_stalled_closed;
 }
 
 Shard::Shard(unsigned id, const config::Config& config, std::vector<int> listen_fds, const tls::KtlsSupport& ktls)
