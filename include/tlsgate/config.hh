@@ -129,6 +129,10 @@ struct Listener {
   std::chrono::milliseconds handshake_timeout{10'000};
   std::chrono::milliseconds idle_timeout{300'000};
   uint32_t max_concurrent_streams = 1000;  // advertised to clients
+  // HTTP/2 abuse budgets per client connection (src/h2/README.md, "Budgets").
+  uint32_t h2_glitch_budget = 1000;  // cheap-but-useless frames allowed in a burst
+  uint32_t h2_glitch_rate = 100;     // of them forgiven per second
+  uint32_t h2_reset_budget = 100;    // streams cancelled (by either side) before one completes
 };
 
 // Active health checking with the gRPC health protocol.

@@ -497,7 +497,7 @@ TEST_F(ForwardTest, LargeRequestBodyIsForwardedWithFlowControl) {
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
 }
 
-TEST_F(ForwardTest, TooManyHeaderFieldsResetsOnlyThatStream) {
+TEST_F(ForwardTest, TooManyHeaderFieldsAnswers431OnThatStreamOnly) {
   start();
   Headers h = grpc_request();  // 7 fields
   for (int i = 0; h.size() < 65; ++i) h.emplace_back("x-field-" + std::to_string(i), "v");
@@ -505,9 +505,9 @@ TEST_F(ForwardTest, TooManyHeaderFieldsResetsOnlyThatStream) {
   const int32_t cid = client_->request(h, nullptr);
   ASSERT_TRUE(pump());
   const PeerStream& c = client_->streams[cid];
-  EXPECT_TRUE(c.rst) << "65 fields must reset the stream";
-  EXPECT_NE(c.rst_code, NGHTTP2_NO_ERROR);
-  EXPECT_TRUE(c.headers.empty());
+  EXPECT_EQ(value(c.headers, ":status"), "431") << "65 fields: 431 Request Header Fields Too Large";
+  EXPECT_TRUE(c.closed);
+  EXPECT_FALSE(c.rst) << "a request without a body needs no reset after the 431";
   EXPECT_TRUE(backend_->streams.empty()) << "the request must not be forwarded";
   EXPECT_FALSE(client_->goaway) << "a stream error, not a connection error";
   EXPECT_EQ(ctx_->counters().header_limit_resets, 1u);
@@ -578,15 +578,15 @@ TEST_F(ForwardTest, BigHeaderListsThenSmallOnTheRecycledStream) {
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
 }
 
-TEST_F(ForwardTest, HugeHeaderValueResetsOnlyThatStream) {
+TEST_F(ForwardTest, HugeHeaderValueAnswers431OnThatStreamOnly) {
   start();
   Headers h = grpc_request();
   h.emplace_back("x-huge", std::string(70 * 1024, 'h'));
   const int32_t cid = client_->request(h, nullptr);
   ASSERT_TRUE(pump());
   const PeerStream& c = client_->streams[cid];
-  EXPECT_TRUE(c.rst) << "a 70 KiB header value must reset the stream";
-  EXPECT_TRUE(c.headers.empty());
+  EXPECT_EQ(value(c.headers, ":status"), "431") << "a 70 KiB header value";
+  EXPECT_TRUE(c.closed);
   EXPECT_TRUE(backend_->streams.empty());
   EXPECT_FALSE(client_->goaway) << "a stream error, not a connection error";
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
@@ -596,15 +596,21 @@ TEST_F(ForwardTest, HugeHeaderValueResetsOnlyThatStream) {
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
 }
 
-TEST_F(ForwardTest, HeaderListOverSixtyFourKiBResetsOnlyThatStream) {
+TEST_F(ForwardTest, HeaderListOverSixtyFourKiBAnswers431OnThatStreamOnly) {
   start();
   Headers h = grpc_request();
   // Each field is under nghttp2's own per-field limit; together they pass 64 KiB.
   for (int i = 0; i < 5; ++i) h.emplace_back("x-big-" + std::to_string(i), std::string(14 * 1024, 'b'));
-  const int32_t cid = client_->request(h, nullptr);
+  Body req{grpc_frame("unwanted"), false};
+  const int32_t cid = client_->request(h, &req);
   ASSERT_TRUE(pump());
   const PeerStream& c = client_->streams[cid];
-  EXPECT_TRUE(c.rst);
+  EXPECT_EQ(value(c.headers, ":status"), "431");
+  EXPECT_TRUE(c.headers_end_stream);
+  req.complete = true;  // the rest of the body is dropped
+  client_->resume(cid);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].closed);
   EXPECT_TRUE(backend_->streams.empty());
   EXPECT_FALSE(client_->goaway);
   EXPECT_EQ(ctx_->counters().header_limit_resets, 1u);
