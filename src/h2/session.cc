@@ -426,7 +426,7 @@ struct Forward {
                                     uint32_t* flags, nghttp2_data_source* source, void*) {
     auto* s = static_cast<Stream*>(source->ptr);
     size_t n = s->resp_body.read(buf, length);
-    if (s->down != nullptr) s->down->window_update_credit_ += 2;  // this call makes a DATA frame
+    if (s->down != nullptr) s->down->data_frame_sent();  // this call makes a DATA frame
     if (n > 0 && s->up) {
       size_t give = std::min(n, s->resp_unconsumed);
       s->resp_unconsumed -= give;
@@ -710,6 +710,7 @@ struct Callbacks {
   static int d_begin_headers(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+    d->stream_opened();
     Stream* s = d->ctx_.new_stream();
     s->down_id = frame->hd.stream_id;
     Forward::link_down(*d, s);
@@ -768,7 +769,11 @@ struct Callbacks {
         break;
       case NGHTTP2_PRIORITY: d->glitch(c.glitch_priority); break;
       case NGHTTP2_PING:
-        if (!(hd->flags & NGHTTP2_FLAG_ACK)) d->glitch(c.glitch_pings);
+        // gRPC's BDP estimation pings as the response data arrives: those
+        // PINGs are paid for by DATA frames, the others are glitches.
+        if (hd->flags & NGHTTP2_FLAG_ACK) break;
+        if (d->ping_credit_ > 0) --d->ping_credit_;
+        else d->glitch(c.glitch_pings);
         break;
       case NGHTTP2_SETTINGS:
         if (!(hd->flags & NGHTTP2_FLAG_ACK)) d->glitch(c.glitch_settings);

@@ -571,6 +571,58 @@ TEST_F(H2Attack, MadeYouResetIsClosedAtTheResetBudget) {
   EXPECT_GE(c["h2_glitch_invalid_frames"], 100u);
 }
 
+// The other side of the budgets: a busy client that behaves like gRPC's
+// own (a WINDOW_UPDATE for the stream and the connection and a BDP PING for
+// every DATA frame it receives, a SETTINGS change now and then, one call in
+// twenty cancelled while the backend works on it) is never closed, over
+// more calls than any budget holds.
+TEST_F(H2Attack, BusyWellBehavedClientIsNeverClosed) {
+  Attacker a;
+  ASSERT_EQ(a.open(port()), "");
+  constexpr uint32_t kBatches = 30;
+  constexpr uint32_t kCalls = 50;  // per batch: 1,500 calls in all
+  EchoRequest req;
+  req.set_payload("busy");
+  const std::string msg = req.SerializeAsString();
+  const std::string body = std::string(1, '\0') + u32(static_cast<uint32_t>(msg.size())) + msg;
+  uint32_t next = 1;
+  size_t seen = 0;
+  for (uint32_t b = 0; b < kBatches; ++b) {
+    std::string batch = frame(kSettings, 0, 0, std::string("\x00\x04\x00\x10\x00\x00", 6));
+    std::vector<uint32_t> ids;
+    for (uint32_t i = 0; i < kCalls; ++i, next += 2) {
+      if (i % 20 == 19) {  // cancelled: no body, then RST_STREAM CANCEL
+        batch += request_headers(next, false) + rst_stream(next, kCancel);
+        continue;
+      }
+      batch += request_headers(next, false) + frame(kData, kEndStream, next, body);
+      ids.push_back(next);
+    }
+    ASSERT_TRUE(a.send(batch)) << "batch " << b;
+    const size_t want = ids.size();
+    ASSERT_TRUE(a.read_until([&](const std::vector<Frame>& fs) {
+      size_t ended = 0;
+      for (size_t i = seen; i < fs.size(); ++i) ended += fs[i].type == kHeaders && (fs[i].flags & kEndStream);
+      return ended == want || a.goaway() != nullptr;
+    }, kCloseBound)) << "batch " << b << ": not every call ended";
+    ASSERT_EQ(a.goaway(), nullptr) << "closed in batch " << b << " with code " << a.goaway_code();
+    std::string replies;
+    for (size_t i = seen; i < a.frames().size(); ++i) {
+      const Frame& f = a.frames()[i];
+      if (f.type != kData || f.payload.empty()) continue;
+      replies += window_update(f.stream, static_cast<uint32_t>(f.payload.size())) +
+                 window_update(0, static_cast<uint32_t>(f.payload.size())) + frame(kPing, 0, 0, "bdp-ping");
+    }
+    seen = a.frames().size();
+    ASSERT_TRUE(a.send(replies));
+  }
+  EXPECT_FALSE(a.read_until([&](const std::vector<Frame>&) { return a.goaway() != nullptr; }, 200ms))
+      << "closed with code " << a.goaway_code();
+  auto c = stop_and_count();
+  EXPECT_EQ(c["h2_closed_glitch_budget"] + c["h2_closed_reset_budget"], 0u);
+  EXPECT_EQ(c["h2_streams_cancelled"], uint64_t{kBatches} * (kCalls / 20));
+}
+
 // ------------------------------------------------------------ header blocks
 
 // CVE-2024-27316 class: a header block that never ends.
