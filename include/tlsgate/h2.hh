@@ -112,6 +112,7 @@ struct Counters {
   // ...and the connections closed with GOAWAY for them.
   uint64_t closed_glitch_budget = 0;    // ENHANCE_YOUR_CALM: glitch budget spent
   uint64_t closed_reset_budget = 0;     // ENHANCE_YOUR_CALM: too many cancelled streams (rapid reset)
+  uint64_t closed_shard_reset_budget = 0;  // ENHANCE_YOUR_CALM: the shard's budget of unearned cancels spent
   uint64_t closed_flood = 0;            // ENHANCE_YOUR_CALM: nghttp2's own flood limits
   uint64_t closed_bad_preface = 0;      // PROTOCOL_ERROR: not the HTTP/2 client preface
 };
@@ -178,17 +179,6 @@ class Context {
   uint64_t now_ms_ = 0;
 };
 
-struct DownstreamSettings {
-  uint32_t cluster = 0;  // default route
-  const std::vector<config::Route>* routes = nullptr;  // checked first, in order
-  uint32_t max_concurrent_streams = 1000;
-  std::string client_ip;  // for x-forwarded-for
-  // Abuse budgets (config::Listener's h2_* keys).
-  uint32_t glitch_budget = 1000;
-  uint32_t glitch_rate = 100;  // per second
-  uint32_t reset_budget = 100;
-};
-
 // A token bucket on the shard's millisecond clock: `start` tokens, `rate`
 // more per second up to `start` again; give() may add more, up to `cap`.
 // take() fails when it is empty.
@@ -207,6 +197,21 @@ class Budget {
   uint32_t rate_;
   uint64_t last_ms_ = 0;
 };
+
+struct DownstreamSettings {
+  uint32_t cluster = 0;  // default route
+  const std::vector<config::Route>* routes = nullptr;  // checked first, in order
+  uint32_t max_concurrent_streams = 1000;
+  std::string client_ip;  // for x-forwarded-for
+  // Abuse budgets (config::Listener's h2_* keys).
+  uint32_t glitch_budget = 1000;
+  uint32_t glitch_rate = 100;  // per second
+  uint32_t reset_budget = 100;
+  // Shared by the listener's connections on this shard: streams cancelled on
+  // connections that completed fewer than they cancelled. Null: no such limit.
+  Budget* shard_resets = nullptr;
+};
+
 
 // Common part: an nghttp2 session driven by bytes.
 class Session {
@@ -312,6 +317,8 @@ class DownstreamSession final : public Session {
   void stream_opened() { window_update_credit_ += 4; }
   uint64_t window_update_credit_ = 0;
   uint64_t ping_credit_ = 0;
+  uint64_t cancelled_ = 0;  // streams cancelled while their backend stream was open
+  uint64_t completed_ = 0;  // streams answered in full
 };
 
 class UpstreamSession final : public Session {

@@ -53,6 +53,7 @@ struct Counters {
   uint64_t h2_streams_cancelled = 0;       // reset while their backend stream was open
   uint64_t h2_closed_glitch_budget = 0;    // GOAWAY ENHANCE_YOUR_CALM
   uint64_t h2_closed_reset_budget = 0;     // GOAWAY ENHANCE_YOUR_CALM (rapid reset, MadeYouReset)
+  uint64_t h2_closed_shard_reset_budget = 0;  // GOAWAY ENHANCE_YOUR_CALM (rapid reset across reconnects)
   uint64_t h2_closed_flood = 0;            // GOAWAY ENHANCE_YOUR_CALM (nghttp2's ACK / CONTINUATION limits)
   uint64_t h2_closed_bad_preface = 0;      // GOAWAY PROTOCOL_ERROR
   uint64_t tls_userspace = 0;  // connections whose record crypto stays in userspace

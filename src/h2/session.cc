@@ -868,7 +868,10 @@ struct Callbacks {
     nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
     // A stream answered in full pays for one cancelled stream (the resets
     // themselves are counted as they arrive: d_frame_recv, d_invalid_frame).
-    if (error_code == NGHTTP2_NO_ERROR && s->resp_eof) d->resets_.give(1);
+    if (error_code == NGHTTP2_NO_ERROR && s->resp_eof) {
+      ++d->completed_;
+      d->resets_.give(1);
+    }
     Forward::release_down(d->ctx_, s, error_code, true);
     return 0;
   }
@@ -1154,10 +1157,25 @@ void DownstreamSession::glitch(uint64_t& kind) {
 
 void DownstreamSession::stream_cancelled() {
   ++ctx_.counters().streams_cancelled;
-  if (terminating_ || resets_.take(ctx_.router().now_ms())) return;
-  ++ctx_.counters().closed_reset_budget;
-  LOG_DEBUG("h2", "%s: reset budget spent: GOAWAY ENHANCE_YOUR_CALM", settings_.client_ip.c_str());
-  terminate(NGHTTP2_ENHANCE_YOUR_CALM);
+  ++cancelled_;
+  if (terminating_) return;
+  const uint64_t now = ctx_.router().now_ms();
+  if (!resets_.take(now)) {
+    ++ctx_.counters().closed_reset_budget;
+    LOG_DEBUG("h2", "%s: reset budget spent: GOAWAY ENHANCE_YOUR_CALM", settings_.client_ip.c_str());
+    terminate(NGHTTP2_ENHANCE_YOUR_CALM);
+    return;
+  }
+  // A connection that cancelled more than it completed also draws on the
+  // shard's budget: one that reconnects before its own runs out (rapid reset
+  // across reconnects) finds the shard's spent and is closed at its first
+  // cancel, while connections that completed more than they cancelled are
+  // never judged by what others do.
+  if (cancelled_ > completed_ && settings_.shard_resets != nullptr && !settings_.shard_resets->take(now)) {
+    ++ctx_.counters().closed_shard_reset_budget;
+    LOG_DEBUG("h2", "%s: shard reset budget spent: GOAWAY ENHANCE_YOUR_CALM", settings_.client_ip.c_str());
+    terminate(NGHTTP2_ENHANCE_YOUR_CALM);
+  }
 }
 
 // What nghttp2 cannot answer itself when it gives up: the GOAWAY the client

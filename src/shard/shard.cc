@@ -154,6 +154,10 @@ struct ListenerRt {
   TimerList handshake_timers;  // PROXY header and TLS handshake, then linger
   TimerList idle_timers;
   bool accepting = false;
+  // This shard's budget of streams cancelled on connections that completed
+  // fewer than they cancelled (src/h2/README.md, "Budgets"): what rapid reset
+  // across reconnects spends.
+  std::unique_ptr<h2::Budget> unearned_resets;
 };
 
 // One backend address of a cluster, in this shard.
@@ -284,6 +288,8 @@ struct Loop : h2::Router {
       l.proxy = proxy_mode(l.cfg->proxy_protocol);
       l.handshake_timers.set_duration(static_cast<uint64_t>(l.cfg->handshake_timeout.count()));
       l.idle_timers.set_duration(static_cast<uint64_t>(l.cfg->idle_timeout.count()));
+      const auto shard_resets = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{l.cfg->h2_reset_budget} * 10, UINT32_MAX));
+      l.unearned_resets = std::make_unique<h2::Budget>(shard_resets, shard_resets, shard_resets);
     }
   }
 
@@ -584,6 +590,7 @@ struct Loop : h2::Router {
       s.glitch_budget = d->listener->cfg->h2_glitch_budget;
       s.glitch_rate = d->listener->cfg->h2_glitch_rate;
       s.reset_budget = d->listener->cfg->h2_reset_budget;
+      s.shard_resets = d->listener->unearned_resets.get();
       d->h2 = std::make_unique<h2::DownstreamSession>(h2ctx, *d, std::move(s));
     }
     // Application bytes that came with the client's Finished are pending.
@@ -1435,8 +1442,8 @@ std::string Counters::describe() const {
                 "upstream_keepalive_timeouts=%lu dns_updates=%lu proxy_headers=%lu proxy_errors=%lu "
                 "h2_glitch_empty_data=%lu h2_glitch_priority=%lu h2_glitch_unknown_frames=%lu h2_glitch_pings=%lu "
                 "h2_glitch_settings=%lu h2_glitch_window_updates=%lu h2_glitch_invalid_frames=%lu "
-                "h2_streams_cancelled=%lu h2_closed_glitch_budget=%lu h2_closed_reset_budget=%lu h2_closed_flood=%lu "
-                "h2_closed_bad_preface=%lu",
+                "h2_streams_cancelled=%lu h2_closed_glitch_budget=%lu h2_closed_reset_budget=%lu "
+                "h2_closed_shard_reset_budget=%lu h2_closed_flood=%lu h2_closed_bad_preface=%lu",
                 accepted, handshakes, handshake_failures, handshake_timeouts, http1_rejected, idle_closed,
                 downstream_protocol_errors, tls_userspace, upstream_connects, upstream_connect_failures, upstream_lost,
                 streams_forwarded, streams_unavailable, streams_reset_by_client, streams_reset_by_upstream,
@@ -1445,7 +1452,7 @@ std::string Counters::describe() const {
                 upstream_keepalive_timeouts, dns_updates, proxy_headers, proxy_errors, h2_glitch_empty_data,
                 h2_glitch_priority, h2_glitch_unknown_frames, h2_glitch_pings, h2_glitch_settings,
                 h2_glitch_window_updates, h2_glitch_invalid_frames, h2_streams_cancelled, h2_closed_glitch_budget,
-                h2_closed_reset_budget, h2_closed_flood, h2_closed_bad_preface);
+                h2_closed_reset_budget, h2_closed_shard_reset_budget, h2_closed_flood, h2_closed_bad_preface);
   std::string s = buf;
   static const char* versions[2] = {"tls1.2", "tls1.3"};
   for (int v = 0; v < 2; ++v)
@@ -1505,6 +1512,7 @@ void Counters::add(const Counters& o) {
   h2_streams_cancelled += o.h2_streams_cancelled;
   h2_closed_glitch_budget += o.h2_closed_glitch_budget;
   h2_closed_reset_budget += o.h2_closed_reset_budget;
+  h2_closed_shard_reset_budget += o.h2_closed_shard_reset_budget;
   h2_closed_flood += o.h2_closed_flood;
   h2_closed_bad_preface += o.h2_closed_bad_preface;
   tls_userspace += o.tls_userspace;
@@ -1545,6 +1553,7 @@ void Shard::run() {
   c.h2_streams_cancelled = h.streams_cancelled;
   c.h2_closed_glitch_budget = h.closed_glitch_budget;
   c.h2_closed_reset_budget = h.closed_reset_budget;
+  c.h2_closed_shard_reset_budget = h.closed_shard_reset_budget;
   c.h2_closed_flood = h.closed_flood;
   c.h2_closed_bad_preface = h.closed_bad_preface;
 }

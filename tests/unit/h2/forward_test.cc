@@ -865,5 +865,30 @@ TEST_F(ForwardTest, ProduceIntoAFullQueueLosesNoFrames) {
   EXPECT_EQ(value(c.trailers, "grpc-status"), "0");
 }
 
+// ------------------------------------------------------------ Budget
+
+TEST(BudgetTest, EmptiesThenRefillsWithTimeUpToItsStart) {
+  Budget b(3, 10, 2);  // 3 to start, 2 per second
+  EXPECT_TRUE(b.take(1000));
+  EXPECT_TRUE(b.take(1000));
+  EXPECT_TRUE(b.take(1000));
+  EXPECT_FALSE(b.take(1000)) << "three tokens, three takes";
+  EXPECT_FALSE(b.take(1400)) << "0.4 s earns 0.8 of a token";
+  EXPECT_TRUE(b.take(1500)) << "0.5 s earns one: the 0.8 seen at 1400 ms was not thrown away";
+  EXPECT_FALSE(b.take(1500));
+  EXPECT_FALSE(b.take(1750));
+  EXPECT_TRUE(b.take(2000)) << "one every 500 ms";
+  b.take(100000);
+  EXPECT_EQ(b.tokens(), 2u) << "time refills up to the start (3), not the cap (10)";
+}
+
+TEST(BudgetTest, GiveRaisesItUpToTheCap) {
+  Budget b(2, 5, 0);  // no refill with time
+  b.give(10);
+  EXPECT_EQ(b.tokens(), 5u);
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(b.take(1000 + static_cast<uint64_t>(i) * 1000));
+  EXPECT_FALSE(b.take(100000)) << "a rate of 0 never refills";
+}
+
 }  // namespace
 }  // namespace tlsgate::h2
