@@ -108,6 +108,7 @@ struct Counters {
   uint64_t glitch_settings = 0;         // SETTINGS asking for an ACK
   uint64_t glitch_window_updates = 0;   // WINDOW_UPDATEs beyond the DATA frames sent
   uint64_t glitch_invalid_frames = 0;   // frames nghttp2 answered with a stream or connection error
+  uint64_t glitch_stale_resets = 0;     // RST_STREAM for streams already closed
   uint64_t streams_cancelled = 0;       // reset (either side) while the backend worked on them
   // ...and the connections closed with GOAWAY for them.
   uint64_t closed_glitch_budget = 0;    // ENHANCE_YOUR_CALM: glitch budget spent

@@ -50,6 +50,7 @@ struct Counters {
   uint64_t h2_glitch_settings = 0;
   uint64_t h2_glitch_window_updates = 0;
   uint64_t h2_glitch_invalid_frames = 0;   // stream or connection errors nghttp2 answered
+  uint64_t h2_glitch_stale_resets = 0;     // RST_STREAM for streams already closed
   uint64_t h2_streams_cancelled = 0;       // reset while their backend stream was open
   uint64_t h2_closed_glitch_budget = 0;    // GOAWAY ENHANCE_YOUR_CALM
   uint64_t h2_closed_reset_budget = 0;     // GOAWAY ENHANCE_YOUR_CALM (rapid reset, MadeYouReset)

@@ -760,7 +760,7 @@ struct Callbacks {
 
   // Every frame header the session reads (frames nghttp2 ignores without
   // parsing excepted): what serves no request is a glitch.
-  static int d_begin_frame(nghttp2_session*, const nghttp2_frame_hd* hd, void* user) {
+  static int d_begin_frame(nghttp2_session* session, const nghttp2_frame_hd* hd, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
     Counters& c = d->ctx_.counters();
     switch (hd->type) {
@@ -782,8 +782,12 @@ struct Callbacks {
         if (d->window_update_credit_ > 0) --d->window_update_credit_;
         else d->glitch(c.glitch_window_updates);
         break;
-      case NGHTTP2_HEADERS:
       case NGHTTP2_RST_STREAM:
+        // For a stream already closed, nghttp2 drops it without a word (a
+        // reset racing the end of a response is rare; a flood of them free).
+        if (nghttp2_session_get_stream_user_data(session, hd->stream_id) == nullptr) d->glitch(c.glitch_stale_resets);
+        break;
+      case NGHTTP2_HEADERS:
       case NGHTTP2_GOAWAY:
       case NGHTTP2_CONTINUATION:
       case NGHTTP2_PUSH_PROMISE:  // a connection error, answered by nghttp2

@@ -1441,7 +1441,7 @@ std::string Counters::describe() const {
                 "no_healthy_endpoint=%lu endpoints_ejected=%lu health_check_failures=%lu upstream_idle_closed=%lu "
                 "upstream_keepalive_timeouts=%lu dns_updates=%lu proxy_headers=%lu proxy_errors=%lu "
                 "h2_glitch_empty_data=%lu h2_glitch_priority=%lu h2_glitch_unknown_frames=%lu h2_glitch_pings=%lu "
-                "h2_glitch_settings=%lu h2_glitch_window_updates=%lu h2_glitch_invalid_frames=%lu "
+                "h2_glitch_settings=%lu h2_glitch_window_updates=%lu h2_glitch_invalid_frames=%lu h2_glitch_stale_resets=%lu "
                 "h2_streams_cancelled=%lu h2_closed_glitch_budget=%lu h2_closed_reset_budget=%lu "
                 "h2_closed_shard_reset_budget=%lu h2_closed_flood=%lu h2_closed_bad_preface=%lu",
                 accepted, handshakes, handshake_failures, handshake_timeouts, http1_rejected, idle_closed,
@@ -1451,7 +1451,7 @@ std::string Counters::describe() const {
                 no_healthy_endpoint, endpoints_ejected, health_check_failures, upstream_idle_closed,
                 upstream_keepalive_timeouts, dns_updates, proxy_headers, proxy_errors, h2_glitch_empty_data,
                 h2_glitch_priority, h2_glitch_unknown_frames, h2_glitch_pings, h2_glitch_settings,
-                h2_glitch_window_updates, h2_glitch_invalid_frames, h2_streams_cancelled, h2_closed_glitch_budget,
+                h2_glitch_window_updates, h2_glitch_invalid_frames, h2_glitch_stale_resets, h2_streams_cancelled, h2_closed_glitch_budget,
                 h2_closed_reset_budget, h2_closed_shard_reset_budget, h2_closed_flood, h2_closed_bad_preface);
   std::string s = buf;
   static const char* versions[2] = {"tls1.2", "tls1.3"};
@@ -1509,6 +1509,7 @@ void Counters::add(const Counters& o) {
   h2_glitch_settings += o.h2_glitch_settings;
   h2_glitch_window_updates += o.h2_glitch_window_updates;
   h2_glitch_invalid_frames += o.h2_glitch_invalid_frames;
+  h2_glitch_stale_resets += o.h2_glitch_stale_resets;
   h2_streams_cancelled += o.h2_streams_cancelled;
   h2_closed_glitch_budget += o.h2_closed_glitch_budget;
   h2_closed_reset_budget += o.h2_closed_reset_budget;
@@ -1550,6 +1551,7 @@ void Shard::run() {
   c.h2_glitch_settings = h.glitch_settings;
   c.h2_glitch_window_updates = h.glitch_window_updates;
   c.h2_glitch_invalid_frames = h.glitch_invalid_frames;
+  c.h2_glitch_stale_resets = h.glitch_stale_resets;
   c.h2_streams_cancelled = h.streams_cancelled;
   c.h2_closed_glitch_budget = h.closed_glitch_budget;
   c.h2_closed_reset_budget = h.closed_reset_budget;
