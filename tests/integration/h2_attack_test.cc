@@ -14,6 +14,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -376,6 +377,13 @@ class H2Attack : public GatewayTest {
  protected:
   void SetUp() override {
     std::signal(SIGPIPE, SIG_IGN);  // writes to a connection the gateway closed
+    // 2,000 half-open connections need as many descriptors here and in the
+    // gateway (which inherits the limit): the soft limit up to the hard one.
+    rlimit nofile{};
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+      nofile.rlim_cur = nofile.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &nofile);
+    }
     GatewayTest::SetUp();
     if (HasFatalFailure()) return;
     ASSERT_EQ(unary_check(gw_->target()), "");
@@ -927,6 +935,9 @@ TEST_F(H2AttackProxy, SlowlorisOnTheProxyHeaderIsClosedByTheHandshakeTimeout) {
 }
 
 TEST_F(H2Attack, TwoThousandHalfOpenHandshakesAreClosedAndTheGoodClientIsServed) {
+  rlimit nofile{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &nofile), 0);
+  ASSERT_GE(nofile.rlim_cur, rlim_t{4200}) << "RLIMIT_NOFILE is too low for 2,000 connections (ulimit -n)";
   const std::string& hello = client_hello();
   const std::string half = hello.substr(0, hello.size() / 2);
   std::vector<int> fds;
