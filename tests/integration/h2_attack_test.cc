@@ -21,6 +21,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <sstream>
@@ -370,6 +371,15 @@ class GoodClient {
   std::atomic<int> total_{0};
   std::string first_failure_;
 };
+
+// Resident memory of process `pid` in KiB (VmRSS), or 0.
+uint64_t rss_kib(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
+  return 0;
+}
 
 // ------------------------------------------------------------ fixture
 
@@ -847,6 +857,7 @@ TEST_F(H2Attack, DataPastTheFlowControlWindowIsAFlowControlError) {
 // windows close, the gateway stops reading from the backend stream, and the
 // rest of the shard goes on.
 TEST_F(H2Attack, ClientThatNeverReadsDoesNotHoldTheShard) {
+  const uint64_t rss_before = rss_kib(gw_->process().pid());
   Attacker a;
   ASSERT_EQ(a.open(port()), "");
   // Raise the client's windows so the gateway has much to push: 64 MiB.
@@ -864,6 +875,17 @@ TEST_F(H2Attack, ClientThatNeverReadsDoesNotHoldTheShard) {
   ASSERT_TRUE(a.send(attack));
   std::this_thread::sleep_for(3s);  // the good client runs meanwhile
   EXPECT_EQ(unary_check(gw_->target()), "");
+  StatsReply st;
+  ASSERT_TRUE(echo_->stats(&st).ok());
+  EXPECT_GE(st.active(), 8u) << "the large responses are not in progress (stalled) at the backend";
+  EXPECT_EQ(calls_of(st, "ServerStream"), 0u) << "a 64 MiB response finished for a client that reads nothing";
+  // Flow control is coupled end to end: what the gateway holds for the
+  // stalled client is bounded by windows (256 KiB a stream and its output
+  // queue), not by the 512 MiB the backend was asked to stream.
+  const uint64_t rss_after = rss_kib(gw_->process().pid());
+  std::cout << "[ measured ] gateway RSS " << rss_before / 1024 << " MiB before, " << rss_after / 1024
+            << " MiB with the stalled reader\n";
+  EXPECT_LT(rss_after, rss_before + 128 * 1024) << "the gateway buffered the response for a client that never reads";
 }
 
 // ------------------------------------------------------------ slow and half-open connections
