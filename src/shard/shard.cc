@@ -598,6 +598,9 @@ struct Loop : h2::Router {
   }
 
   void on_h2_bytes(DownConn* d, std::span<const uint8_t> in) {
+    // Given up on (end_h2): what still arrives is dropped, and neither
+    // re-arms the idle timer nor pushes back the bounded wait for the flush.
+    if (d->close_after_flush) return;
     d->listener->idle_timers.arm(d->timer, now);
     if (d->ktls == KtlsState::On) {  // the kernel already decrypted
       mark_dirty(d);

@@ -888,6 +888,40 @@ TEST_F(H2Attack, ClientThatNeverReadsDoesNotHoldTheShard) {
   EXPECT_LT(rss_after, rss_before + 128 * 1024) << "the gateway buffered the response for a client that never reads";
 }
 
+// A flooder that reads nothing: its GOAWAY cannot be flushed behind the
+// response bytes it left unread, so the gateway gives up on it after the
+// listener's handshake_timeout (1 s here) instead of keeping it (and the
+// backend streams) for idle_timeout. Read afterwards, the connection ends
+// with the response bytes the kernel held, no GOAWAY (it never left the
+// gateway) and EOF; had the gateway kept waiting, reading would have let the
+// GOAWAY out.
+TEST_F(H2Attack, FlooderThatNeverReadsIsClosedAfterTheHandshakeTimeout) {
+  Attacker a;
+  ASSERT_EQ(a.open(port()), "");
+  std::string big = frame(kSettings, 0, 0, std::string("\x00\x04\x04\x00\x00\x00", 6)) + window_update(0, 64u << 20);
+  for (uint32_t i = 0, s = 1; i < 8; ++i, s += 2) {
+    EchoRequest req;
+    req.set_response_size(1 << 20);
+    req.set_response_count(64);
+    const std::string msg = req.SerializeAsString();
+    big += frame(kHeaders, kEndHeaders, s, request_block({}, "/tlsgate.test.Echo/ServerStream")) +
+           frame(kData, kEndStream, s, std::string(1, '\0') + u32(static_cast<uint32_t>(msg.size())) + msg);
+  }
+  ASSERT_TRUE(a.send(big));
+  std::this_thread::sleep_for(1s);  // the gateway fills the socket towards the client
+  std::string flood;
+  for (int i = 0; i < 2000; ++i) flood += frame(0x42, 0, 0, "grease");
+  ASSERT_TRUE(a.send(flood));
+  std::this_thread::sleep_for(2500ms);  // handshake_timeout (1 s) and then some
+  StatsReply st;
+  ASSERT_TRUE(echo_->stats(&st).ok());
+  EXPECT_LE(st.active(), 1u) << "the stalled backend streams were not cancelled with the connection";
+  EXPECT_TRUE(a.wait_closed(10s)) << "not closed once its unread bytes were read";
+  EXPECT_EQ(a.goaway(), nullptr) << "the gateway was still waiting to flush its GOAWAY";
+  auto c = stop_and_count();
+  EXPECT_EQ(c["h2_closed_glitch_budget"], 1u);
+}
+
 // ------------------------------------------------------------ slow and half-open connections
 
 TEST_F(H2Attack, SlowlorisOnTheHandshakeIsClosedByTheHandshakeTimeout) {
