@@ -744,7 +744,7 @@ struct Callbacks {
     return 0;
   }
 
-  // The request's header fields passed the gateway's limits: 431 Request
+  // The request's header fields went past the gateway's limits: 431 Request
   // Header Fields Too Large (RFC 6585), the stream ended by the response.
   static void reject_headers(DownstreamSession& d, nghttp2_session* session, Stream* s) {
     d.glitch(d.ctx_.counters().header_limit_resets);
