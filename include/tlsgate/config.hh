@@ -135,6 +135,10 @@ struct Listener {
   // Client connections of this listener per shard; accepting pauses there
   // (the listen backlog holds the next ones) until one closes.
   uint32_t max_connections = 10000;
+  // HTTP/2 abuse budgets per client connection (src/h2/README.md, "Budgets").
+  uint32_t h2_glitch_budget = 1000;  // cheap-but-useless frames allowed in a burst
+  uint32_t h2_glitch_rate = 100;     // of them forgiven per second
+  uint32_t h2_reset_budget = 100;    // streams cancelled (by either side) before one completes
 };
 
 // Per-shard memory bounds ([limits]), in bytes, rounded up to whole 16 KiB

@@ -14,6 +14,7 @@
 // window; per-stream buffering is bounded by the stream window.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <sys/types.h>
 
@@ -103,6 +104,22 @@ struct Counters {
   uint64_t retries = 0;                  // streams sent again after the backend never processed them
   uint64_t bad_grpc_timeout = 0;         // malformed grpc-timeout values (ignored)
   uint64_t body_buffer_resets = 0;       // streams reset: body bytes the shard could not buffer
+  // Client abuse (src/h2/README.md, "Budgets"): glitches seen, by kind...
+  uint64_t glitch_empty_data = 0;       // DATA without payload nor END_STREAM
+  uint64_t glitch_priority = 0;         // PRIORITY frames (ignored by the gateway)
+  uint64_t glitch_unknown_frames = 0;   // frames of types the gateway does not use
+  uint64_t glitch_pings = 0;            // PINGs asking for an ACK beyond one per DATA frame sent
+  uint64_t glitch_settings = 0;         // SETTINGS asking for an ACK
+  uint64_t glitch_window_updates = 0;   // WINDOW_UPDATEs beyond the DATA frames sent
+  uint64_t glitch_invalid_frames = 0;   // frames nghttp2 answered with a stream or connection error
+  uint64_t glitch_stale_resets = 0;     // RST_STREAM for streams already closed
+  uint64_t streams_cancelled = 0;       // reset (either side) while the backend worked on them
+  // ...and the connections closed with GOAWAY for them.
+  uint64_t closed_glitch_budget = 0;    // ENHANCE_YOUR_CALM: glitch budget spent
+  uint64_t closed_reset_budget = 0;     // ENHANCE_YOUR_CALM: too many cancelled streams (rapid reset)
+  uint64_t closed_shard_reset_budget = 0;  // ENHANCE_YOUR_CALM: the shard's budget of unearned cancels spent
+  uint64_t closed_flood = 0;            // ENHANCE_YOUR_CALM: nghttp2's own flood limits
+  uint64_t closed_bad_preface = 0;      // PROTOCOL_ERROR: not the HTTP/2 client preface
 };
 
 // nghttp2's memory in this shard (src/h2/memory.hh).
@@ -168,12 +185,39 @@ class Context {
   uint64_t now_ms_ = 0;
 };
 
+// A token bucket on the shard's millisecond clock: `start` tokens, `rate`
+// more per second up to `start` again; give() may add more, up to `cap`.
+// take() fails when it is empty.
+class Budget {
+ public:
+  Budget(uint32_t start, uint32_t cap, uint32_t rate) : tokens_(start), start_(start), cap_(cap), rate_(rate) {}
+  bool take(uint64_t now_ms);
+  void give(uint32_t n) { tokens_ = std::min<uint64_t>(uint64_t{cap_}, tokens_ + n); }
+  uint64_t tokens() const { return tokens_; }
+
+ private:
+  void refill(uint64_t now_ms);
+  uint64_t tokens_;
+  uint32_t start_;
+  uint32_t cap_;
+  uint32_t rate_;
+  uint64_t last_ms_ = 0;
+};
+
 struct DownstreamSettings {
   uint32_t cluster = 0;  // default route
   const std::vector<config::Route>* routes = nullptr;  // checked first, in order
   uint32_t max_concurrent_streams = 1000;
   std::string client_ip;  // for x-forwarded-for
+  // Abuse budgets (config::Listener's h2_* keys).
+  uint32_t glitch_budget = 1000;
+  uint32_t glitch_rate = 100;  // per second
+  uint32_t reset_budget = 100;
+  // Shared by the listener's connections on this shard: streams cancelled on
+  // connections that completed fewer than they cancelled. Null: no such limit.
+  Budget* shard_resets = nullptr;
 };
+
 
 // Common part: an nghttp2 session driven by bytes.
 class Session {
@@ -192,10 +236,18 @@ class Session {
   // Neither side wants anything more: the connection can close.
   bool finished() const { return !want_read() && !want_write(); }
   size_t active_streams() const { return active_streams_; }
+  // A GOAWAY ending the connection is queued or sent.
+  bool terminating() const { return terminating_; }
 
  protected:
   Session(Context& ctx, Owner& owner) : ctx_(ctx), owner_(owner) {}
   ~Session();
+  // nghttp2 gave up on the received bytes (a fatal library error): queue
+  // whatever the peer should be told before the connection closes.
+  virtual void receive_failed(int) {}
+  // A GOAWAY that ends the connection is queued: receive() fails from now on
+  // so that the owner flushes it and closes.
+  bool terminating_ = false;
 
   friend struct Callbacks;
   friend class Context;
@@ -246,7 +298,33 @@ class DownstreamSession final : public Session {
  private:
   friend struct Callbacks;
   friend struct Forward;
+  void receive_failed(int lib_error) override;
+  // A glitch (a frame that costs the gateway work and serves no request):
+  // the connection ends with ENHANCE_YOUR_CALM once the budget is spent.
+  void glitch(uint64_t& kind);
+  // A stream ended by a reset while its backend stream was open.
+  void stream_cancelled();
+  // GOAWAY with `code` and the last stream processed; the connection closes
+  // once it is sent.
+  void terminate(uint32_t code);
   DownstreamSettings settings_;
+  Budget glitches_;
+  Budget resets_;
+  // What a client has reason to send back for each DATA frame the gateway
+  // sent: two WINDOW_UPDATEs (stream and connection) and a PING (gRPC's BDP
+  // estimation); beyond that they are glitches.
+  void data_frame_sent() {
+    window_update_credit_ += 2;
+    ping_credit_ += 1;
+  }
+  // gRPC's C core also opens its stream window ahead of each message it
+  // expects (measured: ~3.4 WINDOW_UPDATEs per unary call with 1,000 in
+  // flight, where the DATA frames pay for two).
+  void stream_opened() { window_update_credit_ += 4; }
+  uint64_t window_update_credit_ = 0;
+  uint64_t ping_credit_ = 0;
+  uint64_t cancelled_ = 0;  // streams cancelled while their backend stream was open
+  uint64_t completed_ = 0;  // streams answered in full
 };
 
 class UpstreamSession final : public Session {

@@ -43,6 +43,21 @@ struct Counters {
   uint64_t dns_updates = 0;                  // endpoint sets changed by re-resolution
   uint64_t proxy_headers = 0;                // PROXY protocol headers accepted (v1 or v2)
   uint64_t proxy_errors = 0;                 // connections closed for a bad PROXY header
+  // HTTP/2 abuse from clients (h2::Counters, src/h2/README.md "Budgets").
+  uint64_t h2_glitch_empty_data = 0;
+  uint64_t h2_glitch_priority = 0;
+  uint64_t h2_glitch_unknown_frames = 0;
+  uint64_t h2_glitch_pings = 0;
+  uint64_t h2_glitch_settings = 0;
+  uint64_t h2_glitch_window_updates = 0;
+  uint64_t h2_glitch_invalid_frames = 0;   // stream or connection errors nghttp2 answered
+  uint64_t h2_glitch_stale_resets = 0;     // RST_STREAM for streams already closed
+  uint64_t h2_streams_cancelled = 0;       // reset while their backend stream was open
+  uint64_t h2_closed_glitch_budget = 0;    // GOAWAY ENHANCE_YOUR_CALM
+  uint64_t h2_closed_reset_budget = 0;     // GOAWAY ENHANCE_YOUR_CALM (rapid reset, MadeYouReset)
+  uint64_t h2_closed_shard_reset_budget = 0;  // GOAWAY ENHANCE_YOUR_CALM (rapid reset across reconnects)
+  uint64_t h2_closed_flood = 0;            // GOAWAY ENHANCE_YOUR_CALM (nghttp2's ACK / CONTINUATION limits)
+  uint64_t h2_closed_bad_preface = 0;      // GOAWAY PROTOCOL_ERROR
   uint64_t tls_userspace = 0;  // connections whose record crypto stays in userspace
   // kTLS: offloaded connections by [tls 1.2, tls 1.3][aes128gcm, aes256gcm, chacha20].
   uint64_t ktls_offloaded[2][3] = {};

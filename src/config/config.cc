@@ -526,7 +526,8 @@ void read_listeners(const Table& root, Config& cfg, std::vector<Origin>& cluster
   for (size_t i = 0; i < a->size(); ++i) {
     Table t = root.sub(root.element(list, *a, i));
     t.check_keys({"name", "listen", "proxy_protocol", "cluster", "handshake_timeout", "idle_timeout",
-                  "max_concurrent_streams", "max_connections", "tls", "routes"});
+                  "max_concurrent_streams", "max_connections", "h2_glitch_budget", "h2_glitch_rate",
+                  "h2_reset_budget", "tls", "routes"});
     Listener l;
     Value name = t.require("name");
     l.name = read_name(t, name);
@@ -564,6 +565,12 @@ void read_listeners(const Table& root, Config& cfg, std::vector<Origin>& cluster
     if (auto v = t.get("max_connections")) {
       l.max_connections = static_cast<uint32_t>(t.integer(*v, 1, std::numeric_limits<int32_t>::max()));
     }
+    // Budgets of 0 would close every connection at its first glitch; the
+    // upper bound (2^30) keeps the token arithmetic far from overflow.
+    constexpr int64_t kMaxBudget = int64_t{1} << 30;
+    if (auto v = t.get("h2_glitch_budget")) l.h2_glitch_budget = static_cast<uint32_t>(t.integer(*v, 1, kMaxBudget));
+    if (auto v = t.get("h2_glitch_rate")) l.h2_glitch_rate = static_cast<uint32_t>(t.integer(*v, 0, kMaxBudget));
+    if (auto v = t.get("h2_reset_budget")) l.h2_reset_budget = static_cast<uint32_t>(t.integer(*v, 1, kMaxBudget));
     read_tls(t.sub(t.require("tls")), l.tls, files);
     if (auto v = t.get("routes")) read_routes(t, *v, l);
     names.push_back(name);

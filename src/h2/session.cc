@@ -450,6 +450,7 @@ struct Forward {
                                     uint32_t* flags, nghttp2_data_source* source, void*) {
     auto* s = static_cast<Stream*>(source->ptr);
     size_t n = s->resp_body.read(buf, length);
+    if (s->down != nullptr) s->down->data_frame_sent();  // this call makes a DATA frame
     if (n > 0 && s->up) {
       size_t give = std::min(n, s->resp_unconsumed);
       s->resp_unconsumed -= give;
@@ -735,6 +736,7 @@ struct Callbacks {
   static int d_begin_headers(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+    d->stream_opened();
     Stream* s = d->ctx_.new_stream();
     s->down_id = frame->hd.stream_id;
     Forward::link_down(*d, s);
@@ -757,10 +759,90 @@ struct Callbacks {
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
     Stream* s = block_stream(*d, frame);
     if (s == nullptr) return 0;
-    if (dropped_request_field(name)) return 0;
+    if (s->headers_rejected || dropped_request_field(name)) return 0;
     if (!s->req_headers.add_rc(name, value)) {
-      ++d->ctx_.counters().header_limit_resets;
-      return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // RST_STREAM for this stream only
+      // Answered 431 once the block ends (d_frame_recv): the client can tell
+      // its request was too large, which an INTERNAL_ERROR reset did not say.
+      // The rest of the block is still decoded (HPACK state) but not kept.
+      s->headers_rejected = true;
+      s->req_headers.clear();
+    }
+    return 0;
+  }
+
+  // The request's header fields went past the gateway's limits: 431 Request
+  // Header Fields Too Large (RFC 6585), the stream ended by the response.
+  static void reject_headers(DownstreamSession& d, nghttp2_session* session, Stream* s) {
+    d.glitch(d.ctx_.counters().header_limit_resets);
+    s->resp_started = true;
+    s->resp_eof = true;
+    const nghttp2_nv nva[] = {literal_nv(":status", "431")};
+    // A body still to come is dropped as it arrives (d_data_chunk gives its
+    // window back). No RST_STREAM NO_ERROR after the response: nghttp2 would
+    // send it in place of the queued HEADERS.
+    nghttp2_submit_response(session, s->down_id, nva, 1, nullptr);
+    d.owner_.wake();
+  }
+
+  // Every frame header the session reads (frames nghttp2 ignores without
+  // parsing excepted): what serves no request is a glitch.
+  static int d_begin_frame(nghttp2_session* session, const nghttp2_frame_hd* hd, void* user) {
+    auto* d = static_cast<DownstreamSession*>(user);
+    Counters& c = d->ctx_.counters();
+    switch (hd->type) {
+      case NGHTTP2_DATA:
+        if (hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM)) d->glitch(c.glitch_empty_data);
+        break;
+      case NGHTTP2_PRIORITY: d->glitch(c.glitch_priority); break;
+      case NGHTTP2_PING:
+        // gRPC's BDP estimation pings as the response data arrives: those
+        // PINGs are paid for by DATA frames, the others are glitches.
+        if (hd->flags & NGHTTP2_FLAG_ACK) break;
+        if (d->ping_credit_ > 0) --d->ping_credit_;
+        else d->glitch(c.glitch_pings);
+        break;
+      case NGHTTP2_SETTINGS:
+        if (!(hd->flags & NGHTTP2_FLAG_ACK)) d->glitch(c.glitch_settings);
+        break;
+      case NGHTTP2_WINDOW_UPDATE:
+        if (d->window_update_credit_ > 0) --d->window_update_credit_;
+        else d->glitch(c.glitch_window_updates);
+        break;
+      case NGHTTP2_RST_STREAM:
+        // For a stream already closed, nghttp2 drops it without a word (a
+        // reset racing the end of a response is rare; a flood of them free).
+        if (nghttp2_session_get_stream_user_data(session, hd->stream_id) == nullptr) d->glitch(c.glitch_stale_resets);
+        break;
+      case NGHTTP2_HEADERS:
+      case NGHTTP2_GOAWAY:
+      case NGHTTP2_CONTINUATION:
+      case NGHTTP2_PUSH_PROMISE:  // a connection error, answered by nghttp2
+        break;
+      default: d->glitch(c.glitch_unknown_frames); break;
+    }
+    return 0;
+  }
+
+  // Frames of unknown types reach d_begin_frame only through the extension
+  // path (make_option); their contents are dropped here.
+  static int d_extension_chunk(nghttp2_session*, const nghttp2_frame_hd*, const uint8_t*, size_t, void*) {
+    return 0;
+  }
+  static int d_unpack_extension(nghttp2_session*, void** payload, const nghttp2_frame_hd*, void*) {
+    *payload = nullptr;
+    return NGHTTP2_ERR_CANCEL;
+  }
+
+  // nghttp2 answered a frame with RST_STREAM or GOAWAY. A reset the client
+  // provokes (MadeYouReset, CVE-2025-8671) also cancels a stream: counted
+  // here, when nghttp2 queues the RST_STREAM, since it may never be sent
+  // (nor the stream closed) if a GOAWAY overtakes it.
+  static int d_invalid_frame(nghttp2_session* session, const nghttp2_frame* frame, int, void* user) {
+    auto* d = static_cast<DownstreamSession*>(user);
+    d->glitch(d->ctx_.counters().glitch_invalid_frames);
+    if (frame->hd.stream_id != 0) {
+      const Stream* s = down_stream(*d, session, frame->hd.stream_id);
+      if (s != nullptr && s->up != nullptr) d->stream_cancelled();
     }
     return 0;
   }
@@ -770,9 +852,18 @@ struct Callbacks {
     if (frame->hd.stream_id == 0) return 0;
     Stream* s = down_stream(*d, session, frame->hd.stream_id);
     if (s == nullptr) return 0;
+    // Rapid reset (CVE-2023-44487): each cancelled stream cost the backend one.
+    if (frame->hd.type == NGHTTP2_RST_STREAM) {
+      if (s->up != nullptr) d->stream_cancelled();
+      return 0;
+    }
     const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
       s->req_eof = end_stream;
+      if (s->headers_rejected) {
+        reject_headers(*d, session, s);
+        return 0;
+      }
       Forward::forward_request(d->ctx_, *d, s);
       return 0;
     }
@@ -811,6 +902,12 @@ struct Callbacks {
     Stream* s = down_stream(*d, session, stream_id);
     if (s == nullptr) return 0;
     nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
+    // A stream answered in full pays for one cancelled stream (the resets
+    // themselves are counted as they arrive: d_frame_recv, d_invalid_frame).
+    if (error_code == NGHTTP2_NO_ERROR && s->resp_eof) {
+      ++d->completed_;
+      d->resets_.give(1);
+    }
     Forward::release_down(d->ctx_, s, error_code, true);
     return 0;
   }
@@ -933,6 +1030,10 @@ struct Callbacks {
       nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, d_data_chunk);
       nghttp2_session_callbacks_set_on_stream_close_callback(cb, d_stream_close);
       nghttp2_session_callbacks_set_send_callback(cb, d_send);
+      nghttp2_session_callbacks_set_on_begin_frame_callback(cb, d_begin_frame);
+      nghttp2_session_callbacks_set_on_extension_chunk_recv_callback(cb, d_extension_chunk);
+      nghttp2_session_callbacks_set_unpack_extension_callback(cb, d_unpack_extension);
+      nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, d_invalid_frame);
     } else {
       nghttp2_session_callbacks_set_on_begin_headers_callback(cb, u_begin_headers);
       nghttp2_session_callbacks_set_on_header_callback2(cb, u_header);
@@ -966,9 +1067,16 @@ nghttp2_option* make_option(bool server) {
   // Closed streams are not kept for the (deprecated) priority tree.
   nghttp2_option_set_no_closed_streams(opt, 1);
   if (server) {
-    // CVE-2023-44487 (rapid reset): bound how fast a client may reset streams.
+    // CVE-2023-44487 (rapid reset): bound how fast a client may reset
+    // streams. The session's reset budget (DownstreamSession::resets_) is
+    // the first, tighter limit; this one stays as nghttp2's own backstop.
     nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 100);
     nghttp2_option_set_max_continuations(opt, 16);
+    // Frames of types nghttp2 does not know are handed to the extension
+    // callbacks instead of being skipped unseen, so that they are counted
+    // as glitches (d_begin_frame). Types below 10 are the core ones.
+    for (int type = 10; type < 256; ++type)
+      nghttp2_option_set_user_recv_extension_type(opt, static_cast<uint8_t>(type));
   }
   return opt;
 }
@@ -983,13 +1091,42 @@ Session::~Session() {
 }
 
 Result<void> Session::receive(const uint8_t* data, size_t len) {
+  if (terminating_) return Unexpected(Error::Protocol);  // the rest is not read
   touch();
   ssize_t rv = nghttp2_session_mem_recv(ng(session_), data, len);
   if (rv < 0) {
     LOG_DEBUG("h2", "receive: %s", nghttp2_strerror(static_cast<int>(rv)));
+    receive_failed(static_cast<int>(rv));
     return Unexpected(Error::Protocol);
   }
+  if (terminating_) return Unexpected(Error::Protocol);
   return {};
+}
+
+// ---------------------------------------------------------------- Budget
+
+void Budget::refill(uint64_t now_ms) {
+  if (last_ms_ == 0 || now_ms < last_ms_) {
+    last_ms_ = now_ms;
+    return;
+  }
+  // Time gives back up to the starting budget only: what give() added
+  // beyond it (completed streams) is earned, not waited for.
+  if (rate_ == 0 || tokens_ >= start_) {
+    last_ms_ = now_ms;
+    return;
+  }
+  const uint64_t earned = (now_ms - last_ms_) * rate_ / 1000;
+  if (earned == 0) return;  // keep the fraction of a token for later
+  last_ms_ += earned * 1000 / rate_;
+  tokens_ = std::min<uint64_t>(uint64_t{start_}, tokens_ + earned);
+}
+
+bool Budget::take(uint64_t now_ms) {
+  refill(now_ms);
+  if (tokens_ == 0) return false;
+  --tokens_;
+  return true;
 }
 
 size_t Session::produce(ByteQueue& out, size_t budget) {
@@ -1020,7 +1157,13 @@ bool Session::want_read() const { return session_ && nghttp2_session_want_read(n
 bool Session::want_write() const { return session_ && nghttp2_session_want_write(ng(session_)) != 0; }
 
 DownstreamSession::DownstreamSession(Context& ctx, Owner& owner, DownstreamSettings settings)
-    : Session(ctx, owner), settings_(std::move(settings)) {
+    : Session(ctx, owner),
+      settings_(std::move(settings)),
+      glitches_(settings_.glitch_budget, settings_.glitch_budget, settings_.glitch_rate),
+      // Completed streams raise the reset budget up to what a client that
+      // cancels every stream it has open at once needs.
+      resets_(settings_.reset_budget, std::max(settings_.reset_budget, settings_.max_concurrent_streams),
+              settings_.reset_budget / 10) {
   static nghttp2_option* opt = make_option(true);
   nghttp2_session* s = nullptr;
   ctx.memory().forget_last_page();  // adopt_session() takes the page new3 allocates
@@ -1039,6 +1182,63 @@ DownstreamSession::DownstreamSession(Context& ctx, Owner& owner, DownstreamSetti
 
 DownstreamSession::~DownstreamSession() {
   while (streams_) Forward::release_down(ctx_, streams_, NGHTTP2_CANCEL, false);
+}
+
+void DownstreamSession::terminate(uint32_t code) {
+  if (terminating_) return;
+  terminating_ = true;
+  nghttp2_session_terminate_session(ng(session_), code);
+  owner_.wake();
+}
+
+void DownstreamSession::glitch(uint64_t& kind) {
+  ++kind;
+  if (terminating_ || glitches_.take(ctx_.router().now_ms())) return;
+  ++ctx_.counters().closed_glitch_budget;
+  LOG_DEBUG("h2", "%s: glitch budget spent: GOAWAY ENHANCE_YOUR_CALM", settings_.client_ip.c_str());
+  terminate(NGHTTP2_ENHANCE_YOUR_CALM);
+}
+
+void DownstreamSession::stream_cancelled() {
+  ++ctx_.counters().streams_cancelled;
+  ++cancelled_;
+  if (terminating_) return;
+  const uint64_t now = ctx_.router().now_ms();
+  if (!resets_.take(now)) {
+    ++ctx_.counters().closed_reset_budget;
+    LOG_DEBUG("h2", "%s: reset budget spent: GOAWAY ENHANCE_YOUR_CALM", settings_.client_ip.c_str());
+    terminate(NGHTTP2_ENHANCE_YOUR_CALM);
+    return;
+  }
+  // A connection that cancelled more than it completed also draws on the
+  // shard's budget: one that reconnects before its own runs out (rapid reset
+  // across reconnects) finds the shard's spent and is closed at its first
+  // cancel, while connections that completed more than they cancelled are
+  // never judged by what others do.
+  if (cancelled_ > completed_ && settings_.shard_resets != nullptr && !settings_.shard_resets->take(now)) {
+    ++ctx_.counters().closed_shard_reset_budget;
+    LOG_DEBUG("h2", "%s: shard reset budget spent: GOAWAY ENHANCE_YOUR_CALM", settings_.client_ip.c_str());
+    terminate(NGHTTP2_ENHANCE_YOUR_CALM);
+  }
+}
+
+// What nghttp2 cannot answer itself when it gives up: the GOAWAY the client
+// is owed before the connection closes (RFC 9113 5.4.1).
+void DownstreamSession::receive_failed(int lib_error) {
+  switch (lib_error) {
+    case NGHTTP2_ERR_BAD_CLIENT_MAGIC:
+      ++ctx_.counters().closed_bad_preface;
+      terminate(NGHTTP2_PROTOCOL_ERROR);
+      break;
+    case NGHTTP2_ERR_FLOODED:  // too many PING / SETTINGS ACKs queued: a client that does not read
+    case NGHTTP2_ERR_TOO_MANY_CONTINUATIONS:
+      ++ctx_.counters().closed_flood;
+      terminate(NGHTTP2_ENHANCE_YOUR_CALM);
+      break;
+    default:
+      terminate(NGHTTP2_INTERNAL_ERROR);
+      break;
+  }
 }
 
 void DownstreamSession::shutdown() {

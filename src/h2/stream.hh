@@ -103,6 +103,7 @@ struct Stream {
   uint32_t attempts = 0;      // upstream streams opened for this client stream
   bool replayable = true;     // everything sent upstream is still in req_body (req_kept)
   bool gateway_cancelled = false;  // the gateway reset the upstream half (deadline, unbufferable body)
+  bool headers_rejected = false;   // past HeaderList's limits: answered 431, not forwarded
   // The first req_kept bytes of req_body were sent upstream already; they
   // stay for a retry until the response starts or retry_buffer is passed.
   size_t req_kept = 0;
@@ -152,6 +153,7 @@ struct Stream {
     attempts = 0;
     replayable = true;
     gateway_cancelled = false;
+    headers_rejected = false;
     req_kept = 0;
     deadline_ms = 0;
     heap_index = kNoDeadline;

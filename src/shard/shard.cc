@@ -195,6 +195,10 @@ struct ListenerRt {
   bool accepting = false;
   uint32_t connections = 0;  // client connections of this listener in this shard, until their fd is closed
   bool full = false;         // accepting paused at max_connections (counted once per pause)
+  // This shard's budget of streams cancelled on connections that completed
+  // fewer than they cancelled (src/h2/README.md, "Budgets"): what rapid reset
+  // across reconnects spends.
+  std::unique_ptr<h2::Budget> unearned_resets;
 };
 
 // One backend address of a cluster, in this shard.
@@ -334,6 +338,8 @@ struct Loop : h2::Router {
       l.proxy = proxy_mode(l.cfg->proxy_protocol);
       l.handshake_timers.set_duration(static_cast<uint64_t>(l.cfg->handshake_timeout.count()));
       l.idle_timers.set_duration(static_cast<uint64_t>(l.cfg->idle_timeout.count()));
+      const auto shard_resets = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{l.cfg->h2_reset_budget} * 10, UINT32_MAX));
+      l.unearned_resets = std::make_unique<h2::Budget>(shard_resets, shard_resets, shard_resets);
     }
   }
 
@@ -713,6 +719,10 @@ struct Loop : h2::Router {
       s.routes = &d->listener->cfg->routes;
       s.max_concurrent_streams = d->listener->cfg->max_concurrent_streams;
       s.client_ip = d->client_ip;
+      s.glitch_budget = d->listener->cfg->h2_glitch_budget;
+      s.glitch_rate = d->listener->cfg->h2_glitch_rate;
+      s.reset_budget = d->listener->cfg->h2_reset_budget;
+      s.shard_resets = d->listener->unearned_resets.get();
       d->h2 = std::make_unique<h2::DownstreamSession>(h2ctx, *d, std::move(s));
     }
     // Application bytes that came with the client's Finished are pending.
@@ -720,13 +730,13 @@ struct Loop : h2::Router {
   }
 
   void on_h2_bytes(DownConn* d, std::span<const uint8_t> in) {
+    // Given up on (end_h2): what still arrives is dropped, and neither
+    // re-arms the idle timer nor pushes back the bounded wait for the flush.
+    if (d->close_after_flush) return;
     d->listener->idle_timers.arm(d->timer, now);
     if (d->ktls == KtlsState::On) {  // the kernel already decrypted
       mark_dirty(d);
-      if (!in.empty() && !d->h2->receive(in.data(), in.size())) {
-        ++counters.downstream_protocol_errors;
-        d->close_after_flush = true;
-      }
+      if (!in.empty() && !d->h2->receive(in.data(), in.size())) end_h2(d);
       return;
     }
     bool failed = false;
@@ -735,8 +745,7 @@ struct Loop : h2::Router {
     });
     mark_dirty(d);
     if (failed) {
-      ++counters.downstream_protocol_errors;
-      d->close_after_flush = true;  // nghttp2 queued a GOAWAY
+      end_h2(d);
       return;
     }
     if (!r) {
@@ -747,6 +756,16 @@ struct Loop : h2::Router {
       if (r.error() == Error::Closed) d->tls->shutdown(d->out);
       d->close_after_flush = true;
     }
+  }
+
+  // The client broke the protocol or spent a budget: nghttp2 has a GOAWAY
+  // queued. Nothing more is read; the connection closes once the GOAWAY is
+  // out, or after handshake_timeout if the client does not read it.
+  void end_h2(DownConn* d) {
+    ++counters.downstream_protocol_errors;
+    d->close_after_flush = true;
+    TimerList::disarm(d->timer);
+    d->listener->handshake_timers.arm(d->timer, now);
   }
 
   void on_http1_bytes(DownConn* d, std::span<const uint8_t> in) {
@@ -802,7 +821,10 @@ struct Loop : h2::Router {
       close_down(d, "session finished");
       return;
     }
-    if (d->close_after_flush && d->out.empty() && !d->send_inflight) {
+    // A GOAWAY that ends the session may still wait in nghttp2 behind what
+    // one produce() takes (e.g. the ACKs of a PING flood).
+    const bool goaway_pending = d->state == DownState::H2 && d->h2 && d->h2->terminating() && d->h2->want_write();
+    if (d->close_after_flush && d->out.empty() && !d->send_inflight && !goaway_pending) {
       if (d->state == DownState::Lingering) {
         ::shutdown(d->fd, SHUT_WR);
         d->close_after_flush = false;
@@ -1582,7 +1604,7 @@ struct Shard::Impl : Loop {
 };
 
 std::string Counters::describe() const {
-  char buf[2048];
+  char buf[4096];
   std::snprintf(buf, sizeof buf,
                 "accepted=%lu handshakes=%lu handshake_failures=%lu handshake_timeouts=%lu http1_rejected=%lu "
                 "idle_closed=%lu downstream_protocol_errors=%lu tls_userspace=%lu upstream_connects=%lu "
@@ -1591,13 +1613,21 @@ std::string Counters::describe() const {
                 "deadline_exceeded=%lu retries=%lu circuit_breaker_streams=%lu circuit_breaker_connections=%lu "
                 "no_healthy_endpoint=%lu endpoints_ejected=%lu endpoints_ejection_refused=%lu "
                 "health_check_failures=%lu upstream_idle_closed=%lu upstream_keepalive_timeouts=%lu dns_updates=%lu "
-                "proxy_headers=%lu proxy_errors=%lu",
+                "proxy_headers=%lu proxy_errors=%lu "
+                "h2_glitch_empty_data=%lu h2_glitch_priority=%lu h2_glitch_unknown_frames=%lu h2_glitch_pings=%lu "
+                "h2_glitch_settings=%lu h2_glitch_window_updates=%lu h2_glitch_invalid_frames=%lu h2_glitch_stale_resets=%lu "
+                "h2_streams_cancelled=%lu h2_closed_glitch_budget=%lu h2_closed_reset_budget=%lu "
+                "h2_closed_shard_reset_budget=%lu h2_closed_flood=%lu h2_closed_bad_preface=%lu",
                 accepted, handshakes, handshake_failures, handshake_timeouts, http1_rejected, idle_closed,
                 downstream_protocol_errors, tls_userspace, upstream_connects, upstream_connect_failures, upstream_lost,
                 streams_forwarded, streams_unavailable, streams_reset_by_client, streams_reset_by_upstream,
                 header_limit_resets, deadline_exceeded, retries, circuit_breaker_streams, circuit_breaker_connections,
                 no_healthy_endpoint, endpoints_ejected, endpoints_ejection_refused, health_check_failures,
-                upstream_idle_closed, upstream_keepalive_timeouts, dns_updates, proxy_headers, proxy_errors);
+                upstream_idle_closed, upstream_keepalive_timeouts, dns_updates, proxy_headers, proxy_errors,
+                h2_glitch_empty_data,
+                h2_glitch_priority, h2_glitch_unknown_frames, h2_glitch_pings, h2_glitch_settings,
+                h2_glitch_window_updates, h2_glitch_invalid_frames, h2_glitch_stale_resets, h2_streams_cancelled, h2_closed_glitch_budget,
+                h2_closed_reset_budget, h2_closed_shard_reset_budget, h2_closed_flood, h2_closed_bad_preface);
   std::string s = buf;
   static const char* versions[2] = {"tls1.2", "tls1.3"};
   for (int v = 0; v < 2; ++v)
@@ -1651,6 +1681,20 @@ void Counters::add(const Counters& o) {
   dns_updates += o.dns_updates;
   proxy_headers += o.proxy_headers;
   proxy_errors += o.proxy_errors;
+  h2_glitch_empty_data += o.h2_glitch_empty_data;
+  h2_glitch_priority += o.h2_glitch_priority;
+  h2_glitch_unknown_frames += o.h2_glitch_unknown_frames;
+  h2_glitch_pings += o.h2_glitch_pings;
+  h2_glitch_settings += o.h2_glitch_settings;
+  h2_glitch_window_updates += o.h2_glitch_window_updates;
+  h2_glitch_invalid_frames += o.h2_glitch_invalid_frames;
+  h2_glitch_stale_resets += o.h2_glitch_stale_resets;
+  h2_streams_cancelled += o.h2_streams_cancelled;
+  h2_closed_glitch_budget += o.h2_closed_glitch_budget;
+  h2_closed_reset_budget += o.h2_closed_reset_budget;
+  h2_closed_shard_reset_budget += o.h2_closed_shard_reset_budget;
+  h2_closed_flood += o.h2_closed_flood;
+  h2_closed_bad_preface += o.h2_closed_bad_preface;
   tls_userspace += o.tls_userspace;
   for (int v = 0; v < 2; ++v)
     for (int c = 0; c < 3; ++c) ktls_offloaded[v][c] += o.ktls_offloaded[v][c];
@@ -1684,6 +1728,20 @@ void Shard::run() {
   c.deadline_exceeded = h.deadline_exceeded;
   c.retries = h.retries;
   c.body_buffer_resets = h.body_buffer_resets;
+  c.h2_glitch_empty_data = h.glitch_empty_data;
+  c.h2_glitch_priority = h.glitch_priority;
+  c.h2_glitch_unknown_frames = h.glitch_unknown_frames;
+  c.h2_glitch_pings = h.glitch_pings;
+  c.h2_glitch_settings = h.glitch_settings;
+  c.h2_glitch_window_updates = h.glitch_window_updates;
+  c.h2_glitch_invalid_frames = h.glitch_invalid_frames;
+  c.h2_glitch_stale_resets = h.glitch_stale_resets;
+  c.h2_streams_cancelled = h.streams_cancelled;
+  c.h2_closed_glitch_budget = h.closed_glitch_budget;
+  c.h2_closed_reset_budget = h.closed_reset_budget;
+  c.h2_closed_shard_reset_budget = h.closed_shard_reset_budget;
+  c.h2_closed_flood = h.closed_flood;
+  c.h2_closed_bad_preface = h.closed_bad_preface;
 }
 
 void Shard::update_dns(uint32_t cluster, uint32_t name, std::vector<config::SocketAddress> addrs) {

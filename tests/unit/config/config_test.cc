@@ -303,6 +303,19 @@ const ErrorCase kErrorCases[] = {
      "demo.toml:2:15: limits.body_buffer: expected an integer from 16384 to 1099511627776, got 100"},
     {"limits_chunk_pool_string", "[limits]\nchunk_pool = \"64MiB\"\n@LISTENER@@CLUSTER@",
      "demo.toml:2:14: limits.chunk_pool: expected an integer from 16384 to 1099511627776, got a string"},
+    // HTTP/2 abuse budgets (issue 16)
+    {"h2_glitch_budget_zero",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "h2_glitch_budget = 0\n@CLUSTER@",
+     "demo.toml:5:20: listeners[0].h2_glitch_budget: expected an integer from 1 to 1073741824, got 0"},
+    {"h2_glitch_rate_negative",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "h2_glitch_rate = -1\n@CLUSTER@",
+     "demo.toml:5:18: listeners[0].h2_glitch_rate: expected an integer from 0 to 1073741824, got -1"},
+    {"h2_reset_budget_string",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "h2_reset_budget = \"100\"\n@CLUSTER@",
+     "demo.toml:5:19: listeners[0].h2_reset_budget: expected an integer from 1 to 1073741824, got a string"},
     // [listeners.tls]
     {"tls_missing",
      "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n@CLUSTER@",
@@ -524,6 +537,9 @@ const ValidCase kValidCases[] = {
        EXPECT_EQ(l.max_connections, 10000u);
        EXPECT_EQ(c.limits.body_buffer, 128u << 20);
        EXPECT_EQ(c.limits.chunk_pool, 256u << 20);
+       EXPECT_EQ(l.h2_glitch_budget, 1000u);
+       EXPECT_EQ(l.h2_glitch_rate, 100u);
+       EXPECT_EQ(l.h2_reset_budget, 100u);
        EXPECT_EQ(l.tls.alpn, (std::vector<std::string>{"h2", "http/1.1"}));
        EXPECT_EQ(l.tls.min_version, TlsVersion::Tls12);
        EXPECT_EQ(l.tls.ktls, Ktls::Auto);
@@ -732,6 +748,16 @@ endpoints = ["127.0.0.1:1"]
        if (hw > 0 && hw <= 256) {
          EXPECT_EQ(c.workers, hw);
        }
+     }},
+    {"h2_budgets",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "h2_glitch_budget = 50\nh2_glitch_rate = 0\nh2_reset_budget = 7\n"
+     "  [listeners.tls]\n  certificate = \"@CRT@\"\n  private_key = \"@KEY@\"\n@CLUSTER@",
+     [](const Config& c) {
+       const Listener& l = c.listeners.at(0);
+       EXPECT_EQ(l.h2_glitch_budget, 50u);
+       EXPECT_EQ(l.h2_glitch_rate, 0u);
+       EXPECT_EQ(l.h2_reset_budget, 7u);
      }},
     {"workers_bounds", "workers = 256\n@LISTENER@@CLUSTER@",
      [](const Config& c) { EXPECT_EQ(c.workers, 256u); }},

@@ -500,7 +500,7 @@ TEST_F(ForwardTest, LargeRequestBodyIsForwardedWithFlowControl) {
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
 }
 
-TEST_F(ForwardTest, TooManyHeaderFieldsResetsOnlyThatStream) {
+TEST_F(ForwardTest, TooManyHeaderFieldsAnswers431OnThatStreamOnly) {
   start();
   Headers h = grpc_request();  // 7 fields
   for (int i = 0; h.size() < 65; ++i) h.emplace_back("x-field-" + std::to_string(i), "v");
@@ -508,9 +508,9 @@ TEST_F(ForwardTest, TooManyHeaderFieldsResetsOnlyThatStream) {
   const int32_t cid = client_->request(h, nullptr);
   ASSERT_TRUE(pump());
   const PeerStream& c = client_->streams[cid];
-  EXPECT_TRUE(c.rst) << "65 fields must reset the stream";
-  EXPECT_NE(c.rst_code, NGHTTP2_NO_ERROR);
-  EXPECT_TRUE(c.headers.empty());
+  EXPECT_EQ(value(c.headers, ":status"), "431") << "65 fields: 431 Request Header Fields Too Large";
+  EXPECT_TRUE(c.closed);
+  EXPECT_FALSE(c.rst) << "a request without a body needs no reset after the 431";
   EXPECT_TRUE(backend_->streams.empty()) << "the request must not be forwarded";
   EXPECT_FALSE(client_->goaway) << "a stream error, not a connection error";
   EXPECT_EQ(ctx_->counters().header_limit_resets, 1u);
@@ -581,15 +581,15 @@ TEST_F(ForwardTest, BigHeaderListsThenSmallOnTheRecycledStream) {
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
 }
 
-TEST_F(ForwardTest, HugeHeaderValueResetsOnlyThatStream) {
+TEST_F(ForwardTest, HugeHeaderValueAnswers431OnThatStreamOnly) {
   start();
   Headers h = grpc_request();
   h.emplace_back("x-huge", std::string(70 * 1024, 'h'));
   const int32_t cid = client_->request(h, nullptr);
   ASSERT_TRUE(pump());
   const PeerStream& c = client_->streams[cid];
-  EXPECT_TRUE(c.rst) << "a 70 KiB header value must reset the stream";
-  EXPECT_TRUE(c.headers.empty());
+  EXPECT_EQ(value(c.headers, ":status"), "431") << "a 70 KiB header value";
+  EXPECT_TRUE(c.closed);
   EXPECT_TRUE(backend_->streams.empty());
   EXPECT_FALSE(client_->goaway) << "a stream error, not a connection error";
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
@@ -599,15 +599,21 @@ TEST_F(ForwardTest, HugeHeaderValueResetsOnlyThatStream) {
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
 }
 
-TEST_F(ForwardTest, HeaderListOverSixtyFourKiBResetsOnlyThatStream) {
+TEST_F(ForwardTest, HeaderListOverSixtyFourKiBAnswers431OnThatStreamOnly) {
   start();
   Headers h = grpc_request();
   // Each field is under nghttp2's own per-field limit; together they pass 64 KiB.
   for (int i = 0; i < 5; ++i) h.emplace_back("x-big-" + std::to_string(i), std::string(14 * 1024, 'b'));
-  const int32_t cid = client_->request(h, nullptr);
+  Body req{grpc_frame("unwanted"), false};
+  const int32_t cid = client_->request(h, &req);
   ASSERT_TRUE(pump());
   const PeerStream& c = client_->streams[cid];
-  EXPECT_TRUE(c.rst);
+  EXPECT_EQ(value(c.headers, ":status"), "431");
+  EXPECT_TRUE(c.headers_end_stream);
+  req.complete = true;  // the rest of the body is dropped
+  client_->resume(cid);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].closed);
   EXPECT_TRUE(backend_->streams.empty());
   EXPECT_FALSE(client_->goaway);
   EXPECT_EQ(ctx_->counters().header_limit_resets, 1u);
@@ -931,6 +937,31 @@ TEST_F(ForwardTest, ResponseBodyThePoolRefusesResetsTheStreamAtBothSides) {
   EXPECT_EQ(pool_.in_use(), 0u);
   const PeerStream& next = unary("after the reset");
   EXPECT_EQ(value(next.trailers, "grpc-status"), "0");
+}
+
+// ------------------------------------------------------------ Budget
+
+TEST(BudgetTest, EmptiesThenRefillsWithTimeUpToItsStart) {
+  Budget b(3, 10, 2);  // 3 to start, 2 per second
+  EXPECT_TRUE(b.take(1000));
+  EXPECT_TRUE(b.take(1000));
+  EXPECT_TRUE(b.take(1000));
+  EXPECT_FALSE(b.take(1000)) << "three tokens, three takes";
+  EXPECT_FALSE(b.take(1400)) << "0.4 s earns 0.8 of a token";
+  EXPECT_TRUE(b.take(1500)) << "0.5 s earns one: the 0.8 seen at 1400 ms was not thrown away";
+  EXPECT_FALSE(b.take(1500));
+  EXPECT_FALSE(b.take(1750));
+  EXPECT_TRUE(b.take(2000)) << "one every 500 ms";
+  b.take(100000);
+  EXPECT_EQ(b.tokens(), 2u) << "time refills up to the start (3), not the cap (10)";
+}
+
+TEST(BudgetTest, GiveRaisesItUpToTheCap) {
+  Budget b(2, 5, 0);  // no refill with time
+  b.give(10);
+  EXPECT_EQ(b.tokens(), 5u);
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(b.take(1000 + static_cast<uint64_t>(i) * 1000));
+  EXPECT_FALSE(b.take(100000)) << "a rate of 0 never refills";
 }
 
 }  // namespace
