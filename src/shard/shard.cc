@@ -474,11 +474,12 @@ struct Loop : h2::Router {
     for (auto& l : listeners) pause_accept(*l);
   }
 
-  // The connection I/O pool is shared by the shard's connections: when it is
-  // full, every connection's output waits. Clients that stopped reading can
-  // fill it (each holds up to kOutputHighWater), so at the bound the ones
-  // whose send has not moved for kSendStallMs give their chunks back, largest
-  // first, until a quarter of the pool is free.
+  // The connection I/O pool is shared by the shard's connections. Clients
+  // that stopped reading fill it (each holds up to kOutputHighWater of
+  // ciphertext, which may pass the bound: ByteQueue::set_pool), and at the
+  // bound new output only reuses freed chunks. So there the ones whose send
+  // has not moved for kSendStallMs give their chunks back, largest first,
+  // until a quarter of the pool is free.
   bool chunk_pool_full() const {
     return chunks.max_chunks() != 0 && chunks.in_use() >= chunks.max_chunks();
   }

@@ -922,6 +922,51 @@ TEST_F(H2Attack, FlooderThatNeverReadsIsClosedAfterTheHandshakeTimeout) {
   EXPECT_EQ(c["h2_closed_glitch_budget"], 1u);
 }
 
+// Clients that stop reading while large responses stream to them, more of
+// them than the shard's I/O pool ([limits] chunk_pool, 4 MiB here) can hold
+// output for: at the bound the gateway closes the ones whose send has not
+// moved for a second (largest first), so the pool comes back under its bound
+// (their ciphertext may pass it: see ByteQueue::set_pool) and the good client
+// keeps being served. Without that (checked by disabling it) nobody is
+// closed and the gateway keeps ~1 MiB per stalled client.
+class H2AttackSmallPool : public H2Attack {
+  void configure(GatewayConfig& cfg) override {
+    H2Attack::configure(cfg);
+    cfg.extra_top = "[limits]\nchunk_pool = 4194304\n";
+  }
+};
+
+TEST_F(H2AttackSmallPool, ClientsThatStopReadingAreClosedWhenTheyFillTheIoPool) {
+  constexpr int kStalled = 12;  // ~1 MiB of output each once the kernel's buffers are full
+  std::vector<std::unique_ptr<Attacker>> stalled;
+  for (int i = 0; i < kStalled; ++i) {
+    auto a = std::make_unique<Attacker>();
+    ASSERT_EQ(a->open(port()), "");
+    EchoRequest req;
+    req.set_response_size(1 << 20);
+    req.set_response_count(64);  // 64 MiB, far more than the socket buffers hold
+    const std::string msg = req.SerializeAsString();
+    const std::string attack = frame(kSettings, 0, 0, std::string("\x00\x04\x04\x00\x00\x00", 6)) +
+                               window_update(0, 64u << 20) +
+                               frame(kHeaders, kEndHeaders, 1, request_block({}, "/tlsgate.test.Echo/ServerStream")) +
+                               frame(kData, kEndStream, 1, std::string(1, '\0') + u32(static_cast<uint32_t>(msg.size())) + msg);
+    ASSERT_TRUE(a->send(attack));
+    stalled.push_back(std::move(a));
+  }
+  // Within a few seconds the pool is full and the stalled clients are
+  // closed; calls keep working throughout (the good client counts them).
+  std::this_thread::sleep_for(4s);
+  EXPECT_EQ(unary_check(gw_->target()), "");
+  int closed = 0;
+  for (auto& a : stalled)
+    if (a->wait_closed(500ms)) ++closed;  // reads what the kernel held, then EOF or not
+  auto c = stop_and_count();
+  report(c, "send_stalled_closed");
+  std::cout << "[ measured ] " << closed << " of " << kStalled << " stalled clients closed\n";
+  EXPECT_GE(c["send_stalled_closed"], 1u) << "the I/O pool never filled, or nobody was closed for it";
+  EXPECT_EQ(static_cast<uint64_t>(closed), c["send_stalled_closed"]);
+}
+
 // ------------------------------------------------------------ slow and half-open connections
 
 TEST_F(H2Attack, SlowlorisOnTheHandshakeIsClosedByTheHandshakeTimeout) {
