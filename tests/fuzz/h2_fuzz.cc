@@ -12,7 +12,7 @@
 //   byte 0  backend behaviour
 //           bits 0-1  0 = answer at END_STREAM (echo body, grpc-status 0)
 //                     1 = answer at once, stream the echo as it arrives
-//                     2 = REFUSED_STREAM the first stream, then as 0
+//                     2 = REFUSED_STREAM each backend's first stream, then as 0
 //                     3 = RST_STREAM INTERNAL_ERROR every request
 //           bit 2     backends send GOAWAY after their first request
 //           bit 3     backend 0's connection is lost after the first piece
