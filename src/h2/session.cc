@@ -747,17 +747,25 @@ struct Callbacks {
   }
 
   // The header block's stream: its begin callback made it the session's
-  // recent stream (if it is one of ours), and only header callbacks follow
-  // before the block ends, which neither look up nor unlink streams.
-  static Stream* block_stream(Session& self, const nghttp2_frame* frame) {
-    return self.recent_id_ == frame->hd.stream_id ? self.recent_ : nullptr;
+  // recent stream, so its fields find it without a lookup — unless the block
+  // spans several receive() calls (CONTINUATION frames, a block cut by a
+  // TLS record or a read) and a produce() or another stream's event between
+  // them looked up another stream: then it is looked up again. Answering
+  // "not ours" there dropped the rest of the block's fields and forwarded
+  // the request (or response, or trailers) without them (found by the h2
+  // fuzz target).
+  template <typename SessionT, SessionT* Stream::*Side, int32_t Stream::*Id>
+  static Stream* block_stream(SessionT& self, nghttp2_session* session, const nghttp2_frame* frame) {
+    if (self.recent_id_ == frame->hd.stream_id) return self.recent_;
+    Stream* s = stream_of<SessionT, Side, Id>(self, session, frame->hd.stream_id);
+    return s != nullptr && s->*Side == &self && s->*Id == frame->hd.stream_id ? s : nullptr;
   }
 
-  static int d_header(nghttp2_session*, const nghttp2_frame* frame, nghttp2_rcbuf* name,
+  static int d_header(nghttp2_session* session, const nghttp2_frame* frame, nghttp2_rcbuf* name,
                       nghttp2_rcbuf* value, uint8_t, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
-    Stream* s = block_stream(*d, frame);
+    Stream* s = block_stream<DownstreamSession, &Stream::down, &Stream::down_id>(*d, session, frame);
     if (s == nullptr) return 0;
     if (s->headers_rejected || dropped_request_field(name)) return 0;
     if (!s->req_headers.add_rc(name, value)) {
@@ -919,11 +927,11 @@ struct Callbacks {
     return 0;
   }
 
-  static int u_header(nghttp2_session*, const nghttp2_frame* frame, nghttp2_rcbuf* name,
+  static int u_header(nghttp2_session* session, const nghttp2_frame* frame, nghttp2_rcbuf* name,
                       nghttp2_rcbuf* value, uint8_t, void* user) {
     auto* u = static_cast<UpstreamSession*>(user);
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
-    Stream* s = block_stream(*u, frame);
+    Stream* s = block_stream<UpstreamSession, &Stream::up, &Stream::up_id>(*u, session, frame);
     if (s == nullptr) return 0;
     if (dropped_response_field(name)) return 0;
     HeaderList& list = frame->headers.cat == NGHTTP2_HCAT_RESPONSE ? s->resp_headers : s->resp_trailers;

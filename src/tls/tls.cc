@@ -74,9 +74,21 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const un
 // (received, or sent in answer): OpenSSL 3.0 logs no later secret. After one,
 // derive_keys() refuses and the session stays with OpenSSL. Watched only on
 // sessions that may leave OpenSSL, until they do.
+//
+// The same for any handshake record OpenSSL decrypts after the handshake,
+// whole message or not: the first bytes of a KeyUpdate fragmented across
+// records (RFC 8446 5.1 allows it) wait in OpenSSL's buffer, where neither
+// the record layer nor the kernel would find them, and the rest of the
+// message arriving there was refused as "handshake message other than
+// KeyUpdate" (found by the tls_session fuzz target).
 struct MsgWatch {
-  static void seen(int, int, int content_type, const void* buf, size_t len, SSL* ssl, void*) {
-    if (content_type != SSL3_RT_HANDSHAKE || len == 0 || static_cast<const uint8_t*>(buf)[0] != kKeyUpdate) return;
+  static void seen(int write_p, int, int content_type, const void* buf, size_t len, SSL* ssl, void*) {
+    if (len == 0) return;
+    const uint8_t first = static_cast<const uint8_t*>(buf)[0];
+    const bool key_update = content_type == SSL3_RT_HANDSHAKE && first == kKeyUpdate;
+    const bool late_handshake_record = write_p == 0 && content_type == SSL3_RT_INNER_CONTENT_TYPE &&
+                                       first == SSL3_RT_HANDSHAKE && SSL_is_init_finished(ssl);
+    if (!key_update && !late_handshake_record) return;
     if (auto* s = static_cast<Session*>(SSL_get_app_data(ssl))) s->secrets_stale_ = true;
   }
 };

@@ -622,6 +622,60 @@ TEST_F(ForwardTest, HeaderListOverSixtyFourKiBAnswers431OnThatStreamOnly) {
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
 }
 
+// A header block that arrives in two receive() calls while another stream
+// ends in between keeps every field: the block's stream was found through
+// the session's recent-stream cache, which the other stream's close had
+// cleared, and the rest of the block was dropped — the request reached the
+// backend without :path and its later fields (found by the h2 fuzz target).
+TEST_F(ForwardTest, HeaderBlockSplitAcrossReceivesKeepsEveryField) {
+  start();
+  Body req1{grpc_frame("first")};
+  const int32_t c1 = client_->request(grpc_request(), &req1);
+  ASSERT_TRUE(pump());
+  const int32_t b1 = backend_->last_stream;
+  Body resp1{grpc_frame("re: first"), false};
+  backend_->respond(b1, grpc_response_headers(), &resp1);
+  ASSERT_TRUE(pump());
+
+  Headers h = grpc_request("/echo.Echo/Second");
+  h.emplace_back("x-late-field", "must-arrive");
+  const int32_t c2 = client_->request(h, nullptr);
+  std::vector<uint8_t> wire;
+  for (;;) {
+    const uint8_t* p = nullptr;
+    const ssize_t n = nghttp2_session_mem_send(client_->session(), &p);
+    if (n <= 0) break;
+    wire.insert(wire.end(), p, p + n);
+  }
+  const size_t cut = 9 + 3;  // the HEADERS frame's header and its first fields
+  ASSERT_GT(wire.size(), cut + 20);
+  ASSERT_TRUE(down_->receive(wire.data(), cut));
+
+  // Stream 1 ends meanwhile; the client's bytes (a WINDOW_UPDATE...) must
+  // not enter the middle of its header block, so only the gateway moves.
+  resp1.complete = true;
+  resp1.trailers = {{"grpc-status", "0"}};
+  backend_->resume(b1);
+  for (int i = 0; i < 10; ++i) {
+    backend_to_gateway();
+    flush_up();
+    flush_down();
+  }
+  ASSERT_TRUE(client_->streams[c1].closed);
+
+  ASSERT_TRUE(down_->receive(wire.data() + cut, wire.size() - cut));
+  down_dirty_ = true;
+  ASSERT_TRUE(pump());
+  const PeerStream& b2 = backend_->streams[backend_->last_stream];
+  EXPECT_EQ(value(b2.headers, ":path"), "/echo.Echo/Second");
+  EXPECT_EQ(value(b2.headers, ":authority"), "localhost:8443");
+  EXPECT_EQ(value(b2.headers, "x-late-field"), "must-arrive");
+  backend_->respond(backend_->last_stream, grpc_response_headers(), nullptr);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[c2].closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
 TEST_F(ForwardTest, ManyConcurrentStreamsAllCompleteAndNothingLeaks) {
   start();
   constexpr int kStreams = 20;

@@ -734,6 +734,33 @@ TEST_P(RecordLayer, KeyUpdatesBeforeTheDetachKeepTheConnectionWorking) {
   }
 }
 
+// A KeyUpdate fragmented across records (RFC 8446 5.1), the first
+// fragments read by OpenSSL before the session could detach: their bytes
+// wait in OpenSSL's buffer, so the session must not leave OpenSSL while the
+// message is incomplete (it did, and the last fragment was refused with
+// unexpected_message; found by the tls_session fuzz target).
+TEST_P(RecordLayer, KeyUpdateFragmentedAcrossTheDetachPointKeepsTheConnectionWorking) {
+  for (uint8_t requested : {0, 1}) {
+    ASSERT_NO_FATAL_FAILURE(connect(GetParam(), settings(), /*warm_up=*/false));
+    SCOPED_TRACE(requested ? "update_requested" : "update_not_requested");
+    const Bytes head =
+        concat({raw_->app("first"), raw_->record(kHandshake, {kKeyUpdate}), raw_->record(kHandshake, {0})});
+    const Bytes tail = raw_->record(kHandshake, {0, 1, requested});
+    raw_->update_send_keys();
+    const Bytes after = raw_->app("second");
+    Step s = feed(head);
+    ASSERT_TRUE(s.result.has_value()) << session_->failure() << "; sent " << describe(s.sent);
+    EXPECT_EQ(as_string(s.delivered), "first");
+    Step t = feed(concat({tail, after}));
+    ASSERT_TRUE(t.result.has_value()) << (session_->detached() ? "detached mid-KeyUpdate: " : "")
+                                      << session_->failure() << "; sent " << describe(t.sent);
+    EXPECT_EQ(as_string(t.delivered), "second");
+    for (const Received& r : t.sent) EXPECT_TRUE(r.is_key_update(0)) << describe(t.sent);
+    std::vector<Received> reply = server_writes("reply");
+    EXPECT_EQ(app_data(reply), "reply") << describe(reply);
+  }
+}
+
 // ------------------------------------------------------------ alerts from the client
 
 TEST_P(RecordLayer, CloseNotifyIsClosedAndShutdownAnswersWithCloseNotify) {
