@@ -826,6 +826,10 @@ struct Loop : h2::Router {
     // one produce() takes (e.g. the ACKs of a PING flood).
     const bool goaway_pending = d->state == DownState::H2 && d->h2 && d->h2->terminating() && d->h2->want_write();
     if (d->close_after_flush && d->out.empty() && !d->send_inflight && !goaway_pending) {
+      // An HTTP/2 session given up on (its GOAWAY is out) lingers too: a
+      // close with the client's bytes unread would reset the connection, and
+      // the reset can discard the GOAWAY before the client reads it.
+      if (d->state == DownState::H2) d->state = DownState::Lingering;
       if (d->state == DownState::Lingering) {
         ::shutdown(d->fd, SHUT_WR);
         d->close_after_flush = false;

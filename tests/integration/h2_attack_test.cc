@@ -964,7 +964,10 @@ TEST_F(H2AttackSmallPool, ClientsThatStopReadingAreClosedWhenTheyFillTheIoPool) 
   report(c, "send_stalled_closed");
   std::cout << "[ measured ] " << closed << " of " << kStalled << " stalled clients closed\n";
   EXPECT_GE(c["send_stalled_closed"], 1u) << "the I/O pool never filled, or nobody was closed for it";
-  EXPECT_EQ(static_cast<uint64_t>(closed), c["send_stalled_closed"]);
+  // Seen from the clients too (one that still had much to read in 500 ms may
+  // not count here, so this is no equality).
+  EXPECT_GE(closed, 1) << "no stalled client saw its connection end";
+  EXPECT_LE(static_cast<uint64_t>(closed), c["send_stalled_closed"]);
 }
 
 // ------------------------------------------------------------ slow and half-open connections
