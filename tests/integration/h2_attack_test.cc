@@ -428,15 +428,8 @@ class H2Attack : public GatewayTest {
     if (good_) check_good_client();
     gw_->stop();
     std::map<std::string, uint64_t> counters;
-    const std::string err = gw_->process().stderr_text();
-    const size_t pos = err.rfind("stopped: ");
-    if (pos == std::string::npos) return counters;
-    std::istringstream words(err.substr(pos, err.find('\n', pos) - pos));
-    std::string word;
-    while (words >> word) {
-      const size_t eq = word.find('=');
-      if (eq != std::string::npos) counters[word.substr(0, eq)] = std::strtoull(word.c_str() + eq + 1, nullptr, 10);
-    }
+    for (const auto& [key, value] : stopped_counters(gw_->process().stderr_text()))
+      counters[key] = std::strtoull(value.c_str(), nullptr, 10);
     return counters;
   }
 

@@ -34,6 +34,19 @@ std::string env(const char* name) {
   return v ? v : "";
 }
 
+std::map<std::string, std::string> stopped_counters(const std::string& log) {
+  std::map<std::string, std::string> counters;
+  const size_t pos = log.rfind("stopped: ");
+  if (pos == std::string::npos) return counters;
+  std::istringstream words(log.substr(pos, log.find('\n', pos) - pos));
+  std::string word;
+  while (words >> word) {
+    const size_t eq = word.find('=');
+    if (eq != std::string::npos) counters[word.substr(0, eq)] = word.substr(eq + 1);
+  }
+  return counters;
+}
+
 std::string read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   if (!in) return "";

@@ -36,6 +36,9 @@ using Ms = std::chrono::milliseconds;
 std::string env(const char* name);
 
 std::string read_file(const std::filesystem::path& p);
+// The key=value words of the last "stopped: " line in a gateway's log (its
+// counters summed over shards); empty when there is none.
+std::map<std::string, std::string> stopped_counters(const std::string& log);
 void write_file(const std::filesystem::path& p, const std::string& content);
 // Truncates and rewrites p, keeping its inode (no rename), so a bind mount of
 // p (see GatewayConfig::hosts_file) sees the new content.

@@ -97,17 +97,7 @@ class InteropTest : public GatewayTest, public ::testing::WithParamInterface<Par
   // and returns the counters of its "stopped:" line.
   std::map<std::string, std::string> stop_gateway() {
     gw_->stop();
-    std::map<std::string, std::string> counters;
-    const std::string err = gw_->process().stderr_text();
-    auto pos = err.rfind("stopped: ");
-    if (pos == std::string::npos) return counters;
-    std::istringstream words(err.substr(pos, err.find('\n', pos) - pos));
-    std::string word;
-    while (words >> word) {
-      auto eq = word.find('=');
-      if (eq != std::string::npos) counters[word.substr(0, eq)] = word.substr(eq + 1);
-    }
-    return counters;
+    return stopped_counters(gw_->process().stderr_text());
   }
 };
 
