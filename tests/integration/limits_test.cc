@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -208,6 +209,22 @@ class MemoryReturn : public LimitsTest {
   // and before the lazy TLS session a half-open connection alone took ~45 KiB
   // (~90 MB for the burst), so the margin tells them apart.
   static constexpr uint64_t kMarginKib = 12 * 1024;
+
+  // Under AddressSanitizer tlsgate's allocator is ASan's: no quarantine, and
+  // freed pages released to the OS every 100 ms, so the same question (does
+  // memory come back?) is asked of the same program.
+  void tune(GatewayConfig& cfg) override {
+    if (kSanitized)
+      cfg.process_env["ASAN_OPTIONS"] =
+          "detect_leaks=1:abort_on_error=0:quarantine_size_mb=0:allocator_release_to_os_interval_ms=100";
+  }
+  // ASan's allocator gives back only wholly free pages of its size-class
+  // regions, and its shadow stays mapped: measured, it returns about 60% of
+  // what the bursts took (170 -> 87 MB from a 38 MB start). So there the test
+  // asks for at least half back; the release build asks for kMarginKib.
+  static uint64_t margin_kib(uint64_t peak_growth_kib) {
+    return kSanitized ? peak_growth_kib / 2 : kMarginKib;
+  }
 };
 
 TEST_F(MemoryReturn, AfterBurstsOfHalfOpenAndIdleConnections) {
@@ -248,10 +265,11 @@ TEST_F(MemoryReturn, AfterBurstsOfHalfOpenAndIdleConnections) {
 
   // Traffic flows while the memory should come back.
   uint64_t after = 0;
+  const uint64_t margin = margin_kib(std::max(half_peak, idle_peak) - base);
   auto back = [&] {
     (void)unary_ok(*stub, "after");
     after = rss_kib(pid());
-    return after <= base + kMarginKib;
+    return after <= base + margin;
   };
   const bool returned = eventually(back, 10s);
   const double half_each = (static_cast<double>(half_peak) - static_cast<double>(base)) * 1024 / kHalfOpen;
@@ -262,12 +280,8 @@ TEST_F(MemoryReturn, AfterBurstsOfHalfOpenAndIdleConnections) {
   RecordProperty("rss_idle_peak_kib", static_cast<int>(idle_peak));
   RecordProperty("rss_after_kib", static_cast<int>(after));
   EXPECT_TRUE(unary_ok(*stub, "still served"));
-  if (kSanitized) {
-    // ASan's allocator keeps freed memory in quarantine on purpose; what
-    // comes back to the OS there says nothing about tlsgate's allocator.
-    GTEST_SKIP() << "RSS return is not asserted under AddressSanitizer (its quarantine keeps freed memory)";
-  }
-  EXPECT_TRUE(returned) << "RSS " << after << " KiB 10 s after the bursts; started at " << base << " KiB";
+  EXPECT_TRUE(returned) << "RSS " << after << " KiB 10 s after the bursts; started at " << base << " KiB (margin "
+                        << margin << " KiB)";
 }
 
 // ------------------------------------------------------------ max_connections
