@@ -157,13 +157,13 @@ bool eventually(Pred pred, Ms timeout) {
   return true;
 }
 
-// The value of " NAME=" in the log, or 0. (No <regex>: GCC 12's libstdc++
-// regex raises a false -Wmaybe-uninitialized in the sanitizer build.)
+// Counter `name` of the gateway's stopped: line in `log`, or 0. (No
+// <regex> in this file: GCC 12's libstdc++ regex raises a false
+// -Wmaybe-uninitialized in the sanitizer build.)
 uint64_t counter(const std::string& log, const std::string& name) {
-  const std::string key = " " + name + "=";
-  const size_t at = log.find(key);
-  if (at == std::string::npos) return 0;
-  return std::strtoull(log.c_str() + at + key.size(), nullptr, 10);
+  const auto counters = stopped_counters(log);
+  const auto it = counters.find(name);
+  return it == counters.end() ? 0 : std::strtoull(it->second.c_str(), nullptr, 10);
 }
 
 // The counts of the descriptor warnings in the log: each line's "N times

@@ -204,12 +204,9 @@ class ProxyTest : public GatewayTest {
   // line (the counters summed over shards), or -1 when absent.
   long stopped_counter(const std::string& counter) {
     gw_->stop();
-    const std::string err = gw_->process().stderr_text();
-    const size_t line = err.rfind("stopped:");
-    if (line == std::string::npos) return -1;
-    const size_t at = err.find(" " + counter + "=", line);
-    if (at == std::string::npos) return -1;
-    return std::stol(err.substr(at + counter.size() + 2));
+    const auto counters = stopped_counters(gw_->process().stderr_text());
+    const auto it = counters.find(counter);
+    return it == counters.end() ? -1 : std::stol(it->second);
   }
 
   // A raw connection that sends `bytes`: the gateway must close it without

@@ -198,18 +198,13 @@ class UpstreamTest : public ::testing::Test {
   uint64_t stopped_counter(const std::string& name) {
     gw_->stop();
     const std::string err = gw_->process().stderr_text();
-    auto at = err.rfind("stopped: ");
-    if (at == std::string::npos) {
-      ADD_FAILURE() << "no counter summary in tlsgate's log:\n" << err;
+    const auto counters = stopped_counters(err);
+    const auto it = counters.find(name);
+    if (it == counters.end()) {
+      ADD_FAILURE() << "no counter " << name << " in tlsgate's stopped: line:\n" << err;
       return 0;
     }
-    auto key = err.find(" " + name + "=", at);
-    if (key == std::string::npos) key = err.find(": " + name + "=", at);
-    if (key == std::string::npos) {
-      ADD_FAILURE() << "no counter " << name << " in: " << err.substr(at, 400);
-      return 0;
-    }
-    return std::stoull(err.substr(err.find('=', key) + 1));
+    return std::strtoull(it->second.c_str(), nullptr, 10);
   }
 
   std::unique_ptr<TempDir> dir_;
