@@ -312,6 +312,8 @@ int main(int argc, char** argv) {
   Args args = parse_args(argc, argv);
   log::set_level(args.level);
   config::Config cfg;
+  // Endpoint names are resolved at load by src/upstream (config does no DNS).
+  config::set_resolver(upstream::resolve_first);
   try {
     cfg = config::load_file(args.config);
   } catch (const config::ConfigError& e) {

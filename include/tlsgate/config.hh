@@ -240,22 +240,17 @@ Config parse(std::string_view text, const std::string& name);
 // At most 8760h (365 days), so adding one to any clock cannot overflow.
 std::chrono::milliseconds parse_duration(std::string_view text);
 // "127.0.0.1:8443", "[::1]:8443", "0.0.0.0:0". Throws std::invalid_argument.
-// With allow_names, "localhost:50051" is resolved with getaddrinfo (first answer).
+// With allow_names, "localhost:50051" is resolved by the installed Resolver.
 SocketAddress parse_address(std::string_view text, bool allow_names);
 
 // How parse_address(…, allow_names = true) turns a host name into an address:
 // returns the first address for `host` with its port set to `port`, or throws
-// std::invalid_argument("cannot resolve \"host\": <reason>"). The default uses
-// getaddrinfo. Unit tests and the fuzz target install a fake so they never wait
-// on DNS. set_resolver() returns the previous one; nullptr restores the default.
+// std::invalid_argument("cannot resolve \"host\": <reason>"). src/config
+// does no DNS itself: the program installs upstream::resolve_first (main.cc),
+// unit tests and the fuzz target a fake, so they never wait on DNS. With none
+// installed, a name is an error. set_resolver() returns the previous one.
 // Process-wide; set it before loading, not while another thread loads.
 using Resolver = SocketAddress (*)(const std::string& host, uint16_t port);
 Resolver set_resolver(Resolver resolver);
-
-// Every IPv4/IPv6 address getaddrinfo gives for `host`, with `port`,
-// deduplicated, in the resolver's order; text is "IP:port" / "[IP]:port".
-// Throws std::invalid_argument("cannot resolve \"host\": <reason>").
-// Blocks on DNS: never call it on a shard.
-std::vector<SocketAddress> resolve_all(const std::string& host, uint16_t port);
 
 }  // namespace tlsgate::config

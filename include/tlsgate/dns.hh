@@ -16,6 +16,14 @@
 
 namespace tlsgate::upstream {
 
+// Every IPv4/IPv6 address getaddrinfo gives for `host`, with `port`,
+// deduplicated, in the resolver's order; text is "IP:port" / "[IP]:port".
+// Throws std::invalid_argument("cannot resolve \"host\": <reason>").
+// Blocks on DNS: never call it on a shard.
+std::vector<config::SocketAddress> resolve_all(const std::string& host, uint16_t port);
+// The first of them (a config::Resolver: main installs it for loading).
+config::SocketAddress resolve_first(const std::string& host, uint16_t port);
+
 class DnsWatcher {
  public:
   using Resolve = std::function<std::vector<config::SocketAddress>(const std::string& host, uint16_t port)>;
@@ -23,7 +31,7 @@ class DnsWatcher {
   // failed or empty answer keeps the previous set (logged).
   using Publish = std::function<void(uint32_t, uint32_t, std::vector<config::SocketAddress>)>;
 
-  DnsWatcher(const config::Config& cfg, Publish publish, Resolve resolve = config::resolve_all);
+  DnsWatcher(const config::Config& cfg, Publish publish, Resolve resolve = resolve_all);
   ~DnsWatcher();  // stops the thread
   DnsWatcher(const DnsWatcher&) = delete;
   DnsWatcher& operator=(const DnsWatcher&) = delete;

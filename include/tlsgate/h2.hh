@@ -26,6 +26,7 @@
 #include "tlsgate/buffer.hh"
 #include "tlsgate/config.hh"
 #include "tlsgate/result.hh"
+#include "tlsgate/route.hh"
 
 namespace tlsgate::h2 {
 
@@ -59,28 +60,34 @@ enum class Outcome {
   ConnectionLost,
 };
 
-// What the stream layer applies per cluster.
+// What a cluster's streams apply, from the configuration snapshot their
+// client connection started with (a stream keeps it to its end, whatever
+// snapshot the shard adopts meanwhile).
 struct ClusterPolicy {
+  uint32_t pool_id = 0;              // the cluster in the shard's pool (Pool::pick)
   uint64_t max_grpc_timeout_ms = 0;  // 0 = no cap
   uint32_t retries = 0;
   uint32_t retry_buffer = 0;
 };
 
-// Chooses the upstream session for a new stream; implemented by the shard.
-class Router {
+// The backend pool as the stream layer sees it; implemented by
+// upstream::ClusterManager (tests: a fake).
+class Pool {
  public:
-  // Returns nullptr when no backend can take the stream; `why` (static or
-  // long-lived text) then says so. `avoid` is the endpoint that just failed
-  // this stream (a retry), or -1.
-  virtual UpstreamSession* pick_upstream(uint32_t cluster, int avoid, const char*& why) = 0;
-  virtual const ClusterPolicy& cluster_policy(uint32_t cluster) = 0;
+  // The upstream session for a new stream of cluster `pool_id`, or nullptr
+  // when no backend can take it; `why` (static or long-lived text) then says
+  // so. `avoid` is the endpoint that just failed this stream (a retry), or -1.
+  virtual UpstreamSession* pick(uint32_t pool_id, int avoid, const char*& why) = 0;
+  // A stream the backend never processed (Outcome::NotProcessed, or its
+  // connection never opened) has been sent `attempts` times: may it go again?
+  virtual bool may_retry(const ClusterPolicy& policy, uint32_t attempts) = 0;
   virtual uint64_t now_ms() = 0;
   // A client stream was put on / taken off an upstream session.
   virtual void stream_started(UpstreamSession& u) = 0;
   virtual void stream_finished(UpstreamSession& u, Outcome outcome) = 0;
 
  protected:
-  ~Router() = default;
+  ~Pool() = default;
 };
 
 // Receives the result of a health-check stream (see UpstreamSession::submit_probe).
@@ -138,13 +145,13 @@ struct MemoryStats {
 // Per-shard HTTP/2 state: stream objects, deadlines, nghttp2's memory, counters.
 class Context {
  public:
-  Context(ChunkPool& chunks, Router& router);
+  Context(ChunkPool& chunks, Pool& pool);
   ~Context();
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
 
   ChunkPool& chunks() { return chunks_; }
-  Router& router() { return router_; }
+  Pool& pool() { return pool_; }
   Counters& counters() { return counters_; }
   size_t streams_in_use() const { return streams_in_use_; }
   Memory& memory() { return *memory_; }
@@ -173,7 +180,7 @@ class Context {
   void sift_up(size_t i);
   void sift_down(size_t i);
   ChunkPool& chunks_;
-  Router& router_;
+  Pool& pool_;
   Counters counters_;
   std::vector<Stream*> free_streams_;
   std::vector<Stream*> deadlines_;  // min-heap on Stream::deadline_ms
@@ -205,8 +212,11 @@ class Budget {
 };
 
 struct DownstreamSettings {
-  uint32_t cluster = 0;  // default route
-  const std::vector<config::Route>* routes = nullptr;  // checked first, in order
+  uint32_t cluster = 0;  // default route (a configuration cluster index)
+  const route::Table* routes = nullptr;  // checked first; null: the default only
+  // Indexed by configuration cluster index: what the connection's snapshot
+  // says of each cluster. Null: ClusterPolicy{pool_id = index} for all.
+  const std::vector<ClusterPolicy>* clusters = nullptr;
   uint32_t max_concurrent_streams = 1000;
   std::string client_ip;  // for x-forwarded-for
   // Abuse budgets (config::Listener's h2_* keys).

@@ -1,6 +1,7 @@
 // A shard: one pinned thread with its own io_uring, listening sockets,
 // connections, upstream pools and counters. Nothing in it is shared with
-// another shard; the main thread talks to it only through stop().
+// another shard; the main thread talks to it only through stop(),
+// update_dns() and adopt().
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,13 @@
 #include "tlsgate/config.hh"
 #include "tlsgate/ktls.hh"
 #include "tlsgate/tls.hh"
+
+namespace tlsgate::h2 {
+struct Counters;
+}
+namespace tlsgate::upstream {
+struct Counters;
+}
 
 namespace tlsgate::shard {
 
@@ -77,6 +85,9 @@ struct Counters {
   uint64_t fd_exhausted = 0;          // accept or upstream connect failed with EMFILE/ENFILE
   std::string describe() const;
   void add(const Counters& o);
+  // The modules' own counts, copied in when the shard stops.
+  void take(const h2::Counters& h);
+  void take(const upstream::Counters& u);
 };
 
 class Shard {
@@ -97,6 +108,10 @@ class Shard {
   // The shard adopts them at its next timer tick: new addresses join, gone
   // ones drain (no new streams; running ones finish).
   void update_dns(uint32_t cluster, uint32_t name, std::vector<config::SocketAddress> addrs);
+  // Thread-safe: a new configuration (same listeners). The shard adopts it
+  // at its next timer tick: new connections start with it, running ones
+  // keep theirs to their end (include/tlsgate/snapshot.hh).
+  void adopt(std::shared_ptr<const config::Config> config);
   // Valid after run() returned.
   const Counters& counters() const;
   std::string ring_features() const;

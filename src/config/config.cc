@@ -11,7 +11,6 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -789,12 +788,6 @@ bool valid_host_name(std::string_view host) {
   });
 }
 
-SocketAddress getaddrinfo_resolver(const std::string& host, uint16_t port) {
-  std::vector<SocketAddress> all = resolve_all(host, port);
-  if (all.empty()) throw std::invalid_argument("cannot resolve " + quote(host) + ": no IPv4 or IPv6 address");
-  return std::move(all.front());
-}
-
 std::atomic<Resolver> current_resolver{nullptr};
 
 }  // namespace
@@ -885,45 +878,6 @@ const Cluster* Config::find_cluster(std::string_view name) const {
 
 Resolver set_resolver(Resolver resolver) { return current_resolver.exchange(resolver); }
 
-std::vector<SocketAddress> resolve_all(const std::string& host, uint16_t port) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &res);
-  if (rc != 0) {
-    std::string reason = rc == EAI_SYSTEM ? errno_text(errno) : ::gai_strerror(rc);
-    throw std::invalid_argument("cannot resolve " + quote(host) + ": " + reason);
-  }
-  std::vector<SocketAddress> out;
-  for (const addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) || ai->ai_addrlen > sizeof(sockaddr_storage)) continue;
-    SocketAddress a;
-    std::memcpy(&a.storage, ai->ai_addr, ai->ai_addrlen);
-    a.length = ai->ai_addrlen;
-    char ip[INET6_ADDRSTRLEN] = "?";
-    char text[INET6_ADDRSTRLEN + 10];
-    // snprintf rather than string concatenation: GCC 12 at -O3 reports a false
-    // -Wrestrict on the latter.
-    if (a.family() == AF_INET) {
-      auto& sin = reinterpret_cast<sockaddr_in&>(a.storage);
-      sin.sin_port = htons(port);
-      inet_ntop(AF_INET, &sin.sin_addr, ip, sizeof ip);
-      std::snprintf(text, sizeof text, "%s:%u", ip, static_cast<unsigned>(port));
-    } else {
-      auto& sin6 = reinterpret_cast<sockaddr_in6&>(a.storage);
-      sin6.sin6_port = htons(port);
-      inet_ntop(AF_INET6, &sin6.sin6_addr, ip, sizeof ip);
-      std::snprintf(text, sizeof text, "[%s]:%u", ip, static_cast<unsigned>(port));
-    }
-    a.text = text;
-    if (std::none_of(out.begin(), out.end(), [&](const SocketAddress& b) { return b.text == a.text; }))
-      out.push_back(std::move(a));
-  }
-  ::freeaddrinfo(res);
-  return out;
-}
-
 std::chrono::milliseconds parse_duration(std::string_view text) {
   auto bad = [&](const std::string& problem) -> std::invalid_argument {
     return std::invalid_argument("invalid duration " + quote(text) + ": " + problem);
@@ -1013,7 +967,10 @@ SocketAddress parse_address(std::string_view text, bool allow_names) {
   if (!allow_names) bad_address(text, quote(h) + " is not a numeric IP address");
   if (!valid_host_name(h)) bad_address(text, quote(h) + " is not a valid host name");
   Resolver r = current_resolver.load();
-  SocketAddress resolved = r != nullptr ? r(h, p) : getaddrinfo_resolver(h, p);
+  // src/config never touches the network: names go to the resolver the
+  // program installed (main: upstream::resolve_first).
+  if (r == nullptr) throw std::invalid_argument("cannot resolve " + quote(h) + ": no resolver installed");
+  SocketAddress resolved = r(h, p);
   resolved.text = std::string(text);
   if (resolved.family() != AF_INET && resolved.family() != AF_INET6) {
     throw std::invalid_argument("cannot resolve " + quote(h) + ": no IPv4 or IPv6 address");

@@ -89,32 +89,6 @@ void percent_encode(const char* in, char* out, size_t cap) {
   out[o] = 0;
 }
 
-bool equals_lower(const uint8_t* a, size_t alen, const std::string& lower_b) {
-  if (alen != lower_b.size()) return false;
-  for (size_t i = 0; i < alen; ++i) {
-    uint8_t c = a[i];
-    if (c >= 'A' && c <= 'Z') c = static_cast<uint8_t>(c - 'A' + 'a');
-    if (c != static_cast<uint8_t>(lower_b[i])) return false;
-  }
-  return true;
-}
-
-// A route's authority without a port matches the request's host whatever
-// its port; with a port, host and port must both match.
-bool authority_matches(const std::string& route, const uint8_t* a, size_t len) {
-  if (route.find(':') == std::string::npos || route[0] == '[') {
-    size_t host_len = len;
-    if (len > 0 && a[0] == '[') {
-      const void* close = std::memchr(a, ']', len);
-      if (close != nullptr) host_len = static_cast<size_t>(static_cast<const uint8_t*>(close) - a) + 1;
-    } else if (const void* colon = std::memchr(a, ':', len)) {
-      host_len = static_cast<size_t>(static_cast<const uint8_t*>(colon) - a);
-    }
-    if (route.find("]:") == std::string::npos && equals_lower(a, host_len, route)) return true;
-  }
-  return equals_lower(a, len, route);
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------- HeaderList
@@ -206,8 +180,8 @@ bool HeaderList::find(const char* name, const uint8_t** value, size_t* len) cons
 
 // ---------------------------------------------------------------- Context
 
-Context::Context(ChunkPool& chunks, Router& router)
-    : chunks_(chunks), router_(router), memory_(std::make_unique<Memory>()) {}
+Context::Context(ChunkPool& chunks, Pool& pool)
+    : chunks_(chunks), pool_(pool), memory_(std::make_unique<Memory>()) {}
 
 Context::~Context() {
   for (Stream* s : free_streams_) delete s;
@@ -326,7 +300,7 @@ struct Forward {
     if (u.streams_) u.streams_->up_prev = s;
     u.streams_ = s;
     ++u.active_streams_;
-    if (!s->is_probe) u.ctx_.router().stream_started(u);
+    if (!s->is_probe) u.ctx_.pool().stream_started(u);
   }
   static void unlink_up(Stream* s, Outcome outcome) {
     UpstreamSession& u = *s->up;
@@ -337,7 +311,7 @@ struct Forward {
     if (u.recent_ == s) forget_recent(u);
     s->up = nullptr;
     s->up_id = -1;
-    if (!s->is_probe) u.ctx_.router().stream_finished(u, outcome);
+    if (!s->is_probe) u.ctx_.pool().stream_finished(u, outcome);
   }
 
   // The gateway answers the stream itself with a grpc-status: trailers-only
@@ -434,9 +408,9 @@ struct Forward {
   static size_t take_request_bytes(Stream* s, uint8_t* buf, size_t length) {
     if (!s->replayable) return s->req_body.read(buf, length);
     const size_t n = s->req_body.peek_at(s->req_kept, buf, length);
-    const ClusterPolicy* p = s->down ? &s->down->ctx_.router().cluster_policy(s->cluster) : nullptr;
     s->req_kept += n;
-    if (p == nullptr || p->retries == 0 || s->req_kept > p->retry_buffer) stop_keeping(s);  // these went too
+    if (s->down == nullptr || s->policy.retries == 0 || s->req_kept > s->policy.retry_buffer)
+      stop_keeping(s);  // these went too
     return n;
   }
 
@@ -473,28 +447,22 @@ struct Forward {
     return static_cast<ssize_t>(n);
   }
 
-  // The cluster for a request: the listener's first matching route, else
-  // its default cluster.
-  static uint32_t route(const DownstreamSession& d, const Stream* s) {
-    const std::vector<config::Route>* routes = d.settings_.routes;
-    if (routes == nullptr || routes->empty()) return d.settings_.cluster;
-    const uint8_t* authority = nullptr;
-    size_t authority_len = 0;
-    if (!s->req_headers.find(":authority", &authority, &authority_len))
-      s->req_headers.find("host", &authority, &authority_len);
-    const uint8_t* path = nullptr;
-    size_t path_len = 0;
-    s->req_headers.find(":path", &path, &path_len);
-    for (const config::Route& r : *routes) {
-      if (!r.authority.empty() && (authority == nullptr || !authority_matches(r.authority, authority, authority_len)))
-        continue;
-      if (!r.path_prefix.empty() &&
-          (path == nullptr || path_len < r.path_prefix.size() ||
-           std::memcmp(path, r.path_prefix.data(), r.path_prefix.size()) != 0))
-        continue;
-      return static_cast<uint32_t>(r.cluster_index);
+  // The cluster for a request (src/edge route.cc), and what the client
+  // connection's snapshot says of it: the stream keeps that copy to its end.
+  static ClusterPolicy route(const DownstreamSession& d, const Stream* s) {
+    uint32_t cluster = d.settings_.cluster;
+    if (d.settings_.routes != nullptr && !d.settings_.routes->empty()) {
+      route::Field authority, path;
+      if (!s->req_headers.find(":authority", &authority.data, &authority.len))
+        s->req_headers.find("host", &authority.data, &authority.len);
+      s->req_headers.find(":path", &path.data, &path.len);
+      cluster = d.settings_.routes->cluster_for(authority, path);
     }
-    return d.settings_.cluster;
+    const std::vector<ClusterPolicy>* clusters = d.settings_.clusters;
+    if (clusters != nullptr && cluster < clusters->size()) return (*clusters)[cluster];
+    ClusterPolicy p;
+    p.pool_id = cluster;
+    return p;
   }
 
   // grpc-timeout bounds the stream, capped by the cluster's maximum (the
@@ -508,18 +476,18 @@ struct Forward {
       ++ctx.counters().bad_grpc_timeout;
       return;
     }
-    uint64_t cap = ctx.router().cluster_policy(s->cluster).max_grpc_timeout_ms;
+    const uint64_t cap = s->policy.max_grpc_timeout_ms;
     if (cap != 0 && *ms > cap) {
       *ms = cap;
       s->timeout_text[grpc::format_timeout(cap, s->timeout_text)] = 0;
     }
-    s->deadline_ms = ctx.router().now_ms() + *ms;
+    s->deadline_ms = ctx.pool().now_ms() + *ms;
     ctx.add_deadline(s);
   }
 
   // The client's request headers are complete: route, pick a backend, submit.
   static void forward_request(Context& ctx, DownstreamSession& d, Stream* s) {
-    s->cluster = route(d, s);
+    s->policy = route(d, s);
     start_deadline(ctx, s);
     submit_upstream(ctx, s, -1);
   }
@@ -528,12 +496,12 @@ struct Forward {
     DownstreamSession& d = *s->down;
     if (s->attempts > 0 && s->deadline_ms != 0) {
       // A retry tells the backend the time that is left, not the original timeout.
-      const uint64_t now = ctx.router().now_ms();
+      const uint64_t now = ctx.pool().now_ms();
       const uint64_t left = s->deadline_ms > now ? s->deadline_ms - now : 0;
       s->timeout_text[grpc::format_timeout(left, s->timeout_text)] = 0;
     }
     const char* why = "no upstream available";
-    UpstreamSession* u = ctx.router().pick_upstream(s->cluster, avoid, why);
+    UpstreamSession* u = ctx.pool().pick(s->policy.pool_id, avoid, why);
     if (u == nullptr) {
       respond_unavailable(ctx, s, why);
       return;
@@ -571,11 +539,12 @@ struct Forward {
     u->owner_.wake();
   }
 
-  // The backend never processed the stream: send it again elsewhere, if the
-  // cluster allows another attempt and the body sent so far was kept.
+  // The backend never processed the stream: send it again elsewhere (the
+  // pool avoids the endpoint that failed it), if the body sent so far was
+  // kept and the pool's retry policy allows another attempt.
   static bool try_retry(Context& ctx, Stream* s, int failed_endpoint) {
     if (s->down == nullptr || s->resp_started || !s->replayable) return false;
-    if (s->attempts > ctx.router().cluster_policy(s->cluster).retries) return false;
+    if (!ctx.pool().may_retry(s->policy, s->attempts)) return false;
     s->req_kept = 0;  // everything from the first byte again
     ++ctx.counters().retries;
     submit_upstream(ctx, s, failed_endpoint);
@@ -1201,7 +1170,7 @@ void DownstreamSession::terminate(uint32_t code) {
 
 void DownstreamSession::glitch(uint64_t& kind) {
   ++kind;
-  if (terminating_ || glitches_.take(ctx_.router().now_ms())) return;
+  if (terminating_ || glitches_.take(ctx_.pool().now_ms())) return;
   ++ctx_.counters().closed_glitch_budget;
   LOG_DEBUG("h2", "%s: glitch budget spent: GOAWAY ENHANCE_YOUR_CALM", settings_.client_ip.c_str());
   terminate(NGHTTP2_ENHANCE_YOUR_CALM);
@@ -1211,7 +1180,7 @@ void DownstreamSession::stream_cancelled() {
   ++ctx_.counters().streams_cancelled;
   ++cancelled_;
   if (terminating_) return;
-  const uint64_t now = ctx_.router().now_ms();
+  const uint64_t now = ctx_.pool().now_ms();
   if (!resets_.take(now)) {
     ++ctx_.counters().closed_reset_budget;
     LOG_DEBUG("h2", "%s: reset budget spent: GOAWAY ENHANCE_YOUR_CALM", settings_.client_ip.c_str());

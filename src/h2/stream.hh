@@ -99,7 +99,7 @@ struct Stream {
   char status_text[4] = {0};
 
   // Routing, retries, deadline.
-  uint32_t cluster = 0;
+  ClusterPolicy policy;       // of its cluster, from its connection's snapshot
   uint32_t attempts = 0;      // upstream streams opened for this client stream
   bool replayable = true;     // everything sent upstream is still in req_body (req_kept)
   bool gateway_cancelled = false;  // the gateway reset the upstream half (deadline, unbufferable body)
@@ -149,7 +149,7 @@ struct Stream {
     req_deferred = false;
     resp_deferred = false;
     message[0] = 0;
-    cluster = 0;
+    policy = ClusterPolicy{};
     attempts = 0;
     replayable = true;
     gateway_cancelled = false;

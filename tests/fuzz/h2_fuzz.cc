@@ -271,8 +271,8 @@ struct FuzzOwner final : Owner {
 
 // Two endpoints of one cluster; picks the first that can take a stream,
 // the other one first when `avoid` names it (a retry).
-struct FuzzRouter final : Router {
-  UpstreamSession* pick_upstream(uint32_t, int avoid, const char*& why) override {
+struct FuzzRouter final : Pool {
+  UpstreamSession* pick(uint32_t, int avoid, const char*& why) override {
     if (!no_upstream) {
       for (int i = 0; i < 2; ++i) {
         UpstreamSession* u = ups[(i + (avoid == 0 ? 1 : 0)) % 2];
@@ -282,7 +282,7 @@ struct FuzzRouter final : Router {
     why = "no endpoint of cluster fuzz is reachable";
     return nullptr;
   }
-  const ClusterPolicy& cluster_policy(uint32_t) override { return policy; }
+  bool may_retry(const ClusterPolicy& p, uint32_t attempts) override { return attempts <= p.retries; }
   uint64_t now_ms() override { return now; }
   void stream_started(UpstreamSession&) override { ++started; }
   void stream_finished(UpstreamSession&, Outcome) override { ++finished; }
@@ -331,12 +331,15 @@ class Exchange {
         pool_(o.small_pool ? shard().bounded_pool : shard().pool),
         router_(shard().router),
         ctx_(o.small_pool ? shard().bounded : shard().plain),
-        routes_(make_routes()) {
+        routes_(kCluster, make_routes()),
+        clusters_(kRoutedCluster + 1, o.policy) {
     router_.no_upstream = o.no_upstream;
     router_.policy = o.policy;
+    for (uint32_t i = 0; i < clusters_.size(); ++i) clusters_[i].pool_id = i;
     DownstreamSettings ds;
     ds.cluster = kCluster;
     ds.routes = o.routes ? &routes_ : nullptr;
+    ds.clusters = &clusters_;
     ds.max_concurrent_streams = 8;
     ds.client_ip = "198.51.100.9";
     down_ = std::make_unique<DownstreamSession>(ctx_, down_owner_, ds);
@@ -456,7 +459,8 @@ class Exchange {
   ChunkPool& pool_;
   FuzzRouter& router_;
   Context& ctx_;
-  std::vector<config::Route> routes_;
+  route::Table routes_;
+  std::vector<ClusterPolicy> clusters_;
   FuzzOwner down_owner_;
   FuzzOwner up_owners_[2];
   std::unique_ptr<DownstreamSession> down_;

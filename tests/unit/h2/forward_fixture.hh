@@ -266,15 +266,17 @@ struct TestOwner final : Owner {
   int idles = 0;  // times the session told it was quiet
 };
 
-struct TestRouter final : Router {
-  UpstreamSession* pick_upstream(uint32_t cluster, int avoid, const char*& why) override {
+// The pool the stream layer asks, and the policy of every cluster (the
+// tests change `policy`; DownstreamSettings::clusters is filled from it).
+struct TestRouter final : Pool {
+  UpstreamSession* pick(uint32_t cluster, int avoid, const char*& why) override {
     ++calls;
     last_cluster = cluster;
     last_avoid = avoid;
     if (upstream == nullptr) why = why_text;
     return upstream;
   }
-  const ClusterPolicy& cluster_policy(uint32_t) override { return policy; }
+  bool may_retry(const ClusterPolicy& p, uint32_t attempts) override { return attempts <= p.retries; }
   uint64_t now_ms() override { return now; }
   void stream_started(UpstreamSession&) override { ++started; }
   void stream_finished(UpstreamSession&, Outcome o) override { ++finished[static_cast<int>(o)]; }
@@ -296,6 +298,9 @@ class ForwardTest : public ::testing::Test {
     ctx_ = std::make_unique<Context>(pool_, router_);
     DownstreamSettings ds;
     ds.cluster = 3;
+    clusters_.assign(4, router_.policy);  // the connection's snapshot: what the test set
+    for (uint32_t i = 0; i < clusters_.size(); ++i) clusters_[i].pool_id = i;
+    ds.clusters = &clusters_;
     ds.max_concurrent_streams = 100;
     ds.client_ip = kClientIp;
     down_ = std::make_unique<DownstreamSession>(*ctx_, down_owner_, ds);
@@ -415,6 +420,7 @@ class ForwardTest : public ::testing::Test {
   ChunkPool pool_;
   ChunkPool wire_pool_;
   TestRouter router_;
+  std::vector<ClusterPolicy> clusters_;
   TestOwner down_owner_, up_owner_;
   std::unique_ptr<Context> ctx_;
   std::unique_ptr<DownstreamSession> down_;

@@ -1,6 +1,8 @@
 // DnsWatcher: publishes an address set only when it changed, keeps the old
 // one on a failed or empty answer, and respects each name's interval.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 
 #include <map>
 #include <stdexcept>
@@ -111,12 +113,57 @@ TEST(DnsWatcher, StaticOnlyConfigStartsNoThread) {
 
 // localhost comes from /etc/hosts: no DNS server is asked.
 TEST(ResolveAll, LocalhostGivesLoopbackWithPort) {
-  auto a = config::resolve_all("localhost", 8443);
+  auto a = resolve_all("localhost", 8443);
   ASSERT_FALSE(a.empty());
   for (const auto& x : a) {
     EXPECT_TRUE(x.text == "127.0.0.1:8443" || x.text == "[::1]:8443") << x.text;
     EXPECT_EQ(x.port(), 8443);
   }
+}
+
+// Moved from the config tests with the resolver (src/config does no DNS).
+std::string ip_of(const config::SocketAddress& a) {
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (a.family() == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(a.storage).sin_addr, buf, sizeof buf);
+  } else if (a.family() == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(a.storage).sin6_addr, buf, sizeof buf);
+  }
+  return buf;
+}
+
+TEST(ResolveFirst, RealResolverFindsLocalhost) {
+  config::Resolver previous = config::set_resolver(resolve_first);
+  config::SocketAddress a = config::parse_address("localhost:50051", true);
+  config::set_resolver(previous);
+  EXPECT_EQ(a.text, "localhost:50051");
+  EXPECT_EQ(a.port(), 50051);
+  if (a.family() == AF_INET) {
+    EXPECT_EQ(ip_of(a), "127.0.0.1");
+    EXPECT_EQ(a.length, sizeof(sockaddr_in));
+  } else {
+    EXPECT_EQ(a.family(), AF_INET6);
+    EXPECT_EQ(ip_of(a), "::1");
+  }
+}
+
+// An endpoint written as a name keeps the name as its text; the resolver
+// names the same address "IP:port". They are the same address.
+TEST(ResolveFirst, SameAddressComparesAddressesNotTexts) {
+  config::Resolver previous = config::set_resolver(resolve_first);
+  config::SocketAddress named = config::parse_address("localhost:50051", true);
+  config::set_resolver(previous);
+  std::vector<config::SocketAddress> all = resolve_all("localhost", 50051);
+  ASSERT_FALSE(all.empty());
+  EXPECT_NE(named.text, all.front().text);
+  EXPECT_TRUE(named.same_address(all.front()));
+  EXPECT_FALSE(named.same_address(resolve_all("localhost", 50052).front()));  // port
+  EXPECT_TRUE(config::parse_address("127.0.0.1:1", false).same_address(config::parse_address("127.0.0.1:1", false)));
+  EXPECT_FALSE(config::parse_address("127.0.0.1:1", false).same_address(config::parse_address("127.0.0.2:1", false)));
+  EXPECT_FALSE(config::parse_address("127.0.0.1:1", false).same_address(config::parse_address("[::1]:1", false)));
+  EXPECT_TRUE(config::parse_address("[::1]:1", false).same_address(config::parse_address("[0::1]:1", false)));
+  EXPECT_FALSE(config::parse_address("[::1]:1", false).same_address(config::parse_address("[::2]:1", false)));
+  EXPECT_FALSE(config::SocketAddress{}.same_address(config::SocketAddress{}));
 }
 
 }  // namespace

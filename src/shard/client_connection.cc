@@ -1,0 +1,455 @@
+// A client connection: PROXY header → TLS handshake → ALPN → HTTP/2 (or a
+// 426 for HTTP/1.1), the kTLS hand-off and its control records, flushing
+// nghttp2's output through TLS, drain and close. The loop owns the object
+// (loop.cc); this file is what happens to it.
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "loop.hh"
+#include "tlsgate/log.hh"
+
+namespace tlsgate::shard {
+
+namespace {
+
+constexpr char kHttp1Response[] =
+    "HTTP/1.1 426 Upgrade Required\r\n"
+    "Upgrade: h2\r\n"
+    "Connection: close\r\n"
+    "Content-Type: text/plain\r\n"
+    "Content-Length: 74\r\n"
+    "\r\n"
+    "This gateway serves gRPC over HTTP/2 only; connect with HTTP/2 (ALPN h2).\n";
+
+}  // namespace
+
+const char* to_string(DownState s) {
+  switch (s) {
+    case DownState::Proxy: return "proxy";
+    case DownState::Handshake: return "handshake";
+    case DownState::H2: return "h2";
+    case DownState::Http1: return "http1";
+    case DownState::Lingering: return "lingering";
+    case DownState::Closed: return "closed";
+  }
+  return "?";
+}
+
+void ClientConnection::start(const io::Completion& accepted) {
+  fd = accepted.res;
+  out.set_pool(&loop->chunks, /*past_bound=*/true);  // ciphertext until a kTLS offload
+  plain.set_pool(&loop->chunks);
+  // TCP_NODELAY comes from the listening socket (io::listen_socket).
+  char ip[64];
+  client_ip = io::peer_ip(fd, ip, sizeof ip) ? ip : "unknown";
+  tls = std::make_unique<tls::Session>(*settings->tls, loop->chunks);
+  ktls = settings->ktls ? KtlsState::Pending : KtlsState::Off;
+  state = settings->proxy == edge::ProxyMode::Off ? DownState::Handshake : DownState::Proxy;
+  listener->handshake_timers.arm(timer, loop->now);  // covers the PROXY header too
+  arm_recv();
+}
+
+// ------------------------------------------------------------ receive
+
+void ClientConnection::on_recv(const io::Completion& c) {
+  const int bid = c.buffer_id();
+  if (!c.more()) {
+    recv_armed = false;
+    --inflight;
+  }
+  if (c.res <= 0 || closing) {
+    if (bid >= 0) loop->ring.recycle(bid);
+    if (closing) {
+      loop->maybe_free(this);
+      return;
+    }
+    if (c.res == -ENOBUFS) {  // buffer ring ran dry: read again next turn
+      loop->mark_dirty(this);
+      return;
+    }
+    if (c.res == -EIO && ktls == KtlsState::On) {  // a non-data record: read it with recvmsg
+      on_ktls_control();
+      return;
+    }
+    close(c.res == 0 ? "peer closed" : std::strerror(-c.res));
+    return;
+  }
+  on_bytes(std::span<const uint8_t>(loop->ring.buffer(bid), static_cast<size_t>(c.res)));
+  loop->ring.recycle(bid);  // the TLS session kept whatever it did not consume
+  if (!closing && !recv_armed) loop->mark_dirty(this);  // re-arm in flush
+}
+
+void ClientConnection::on_bytes(std::span<const uint8_t> in) {
+  switch (state) {
+    case DownState::Proxy: return on_proxy_bytes(in);
+    case DownState::Handshake: return on_handshake_bytes(in);
+    case DownState::H2: return on_h2_bytes(in);
+    case DownState::Http1: return on_http1_bytes(in);
+    case DownState::Lingering: return;  // discard until the peer closes
+    case DownState::Closed: return;
+  }
+}
+
+// The PROXY header phase. Usually one receive holds the whole header (and
+// often the ClientHello after it): it is parsed in place, no copy.
+// Otherwise the bytes so far wait in one pool chunk and the parser, which
+// keeps no state, reads them all again with each receive.
+void ClientConnection::on_proxy_bytes(std::span<const uint8_t> in) {
+  const size_t held = proxy_buf != nullptr ? proxy_buf->end : 0;
+  std::span<const uint8_t> all = in;
+  if (proxy_buf != nullptr) {
+    // The parser decides within kProxyMaxHeader bytes, so more need not be kept.
+    const size_t take = std::min(in.size(), edge::kProxyMaxHeader - held);
+    std::memcpy(proxy_buf->data + held, in.data(), take);
+    proxy_buf->end += static_cast<uint32_t>(take);
+    all = std::span<const uint8_t>(proxy_buf->data, held + take);
+  }
+  edge::ProxyResult r = edge::parse_proxy(settings->proxy, all.data(), all.size());
+  if (r.status == edge::ProxyStatus::Incomplete && all.size() < edge::kProxyMaxHeader) {
+    if (proxy_buf == nullptr && !hold_proxy_bytes(in)) close("no buffer for the PROXY header");
+    return;
+  }
+  if (r.status != edge::ProxyStatus::Done) {
+    ++loop->counters.proxy_errors;
+    // Incomplete at the cap cannot happen (the parser decides within it);
+    // should it, the connection is refused all the same.
+    const char* why = r.status == edge::ProxyStatus::Error ? edge::to_string(r.error) : "no header within the cap";
+    LOG_DEBUG("shard", "%u: bad PROXY header from %s on %s: %s", loop->id, client_ip.c_str(),
+              settings->cfg->name.c_str(), why);
+    close("bad PROXY header");  // nothing sent: the sender is no TLS client
+    return;
+  }
+  adopt_proxy_source(r);
+  state = DownState::Handshake;
+  // What follows the header starts the TLS handshake: the rest of the held
+  // bytes (auto mode can decide "no header" after holding a few), then the
+  // rest of this receive.
+  Chunk* buf = std::exchange(proxy_buf, nullptr);
+  if (buf != nullptr && r.consumed < held)
+    on_bytes(std::span<const uint8_t>(buf->data + r.consumed, held - r.consumed));
+  const size_t from_in = r.consumed > held ? r.consumed - held : 0;
+  if (from_in < in.size() && !closing && !close_after_flush) on_bytes(in.subspan(from_in));
+  if (buf != nullptr) loop->chunks.put(buf);
+  loop->mark_dirty(this);  // re-arms a one-shot receive (kTLS pending)
+}
+
+bool ClientConnection::hold_proxy_bytes(std::span<const uint8_t> in) {
+  proxy_buf = loop->chunks.get();
+  if (proxy_buf == nullptr) return false;
+  std::memcpy(proxy_buf->data, in.data(), in.size());  // in.size() < kProxyMaxHeader
+  proxy_buf->begin = 0;
+  proxy_buf->end = static_cast<uint32_t>(in.size());
+  return true;
+}
+
+// x-forwarded-for and every later log line name the header's source; a
+// header without one (v1 UNKNOWN, v2 LOCAL/UNSPEC/AF_UNIX, none in auto
+// mode) keeps the socket's peer.
+void ClientConnection::adopt_proxy_source(const edge::ProxyResult& r) {
+  if (r.version != 0) ++loop->counters.proxy_headers;
+  char ip[64];
+  if (edge::format_address(r.source, ip, sizeof ip) == 0) return;
+  LOG_DEBUG("shard", "%u: PROXY v%u from %s: client %s port %u", loop->id, r.version, client_ip.c_str(), ip,
+            r.source.port);
+  client_ip = ip;
+}
+
+void ClientConnection::on_handshake_bytes(std::span<const uint8_t> in) {
+  Counters& n = loop->counters;
+  tls::HandshakeState st = tls->handshake(in, out);
+  loop->mark_dirty(this);
+  if (st == tls::HandshakeState::InProgress) return;
+  if (st == tls::HandshakeState::Failed) {
+    ++n.handshake_failures;
+    LOG_DEBUG("tls", "%u: handshake from %s failed: %s", loop->id, client_ip.c_str(), tls->failure().c_str());
+    close_after_flush = true;  // send OpenSSL's alert first
+    return;
+  }
+  ++n.handshakes;
+  TimerList::disarm(timer);
+  listener->idle_timers.arm(timer, loop->now);
+  LOG_DEBUG("tls", "%u: %s %s alpn=%s from %s", loop->id, tls->version(), tls->cipher(), tls::to_string(tls->alpn()),
+            client_ip.c_str());
+  if (ktls == KtlsState::Pending && !loop->kernel_offers(tls->cipher_kind())) {
+    ktls = KtlsState::Off;
+    ++n.ktls_unsupported_cipher;
+  }
+  if (ktls == KtlsState::Off) ++n.tls_userspace;
+  if (tls->alpn() == tls::Alpn::Http11) {
+    state = DownState::Http1;
+    ++n.http1_rejected;
+    if (ktls == KtlsState::Pending) {
+      ktls = KtlsState::Off;
+      ++n.tls_userspace;
+    }
+  } else {
+    start_h2();  // h2 by ALPN, or no ALPN at all: HTTP/2 with prior knowledge
+  }
+  // Application bytes that came with the client's Finished are pending.
+  on_bytes({});
+}
+
+void ClientConnection::start_h2() {
+  const config::Listener& cfg = *settings->cfg;
+  state = DownState::H2;
+  h2::DownstreamSettings s;
+  s.cluster = settings->routes.default_cluster();
+  s.routes = &settings->routes;
+  s.clusters = &snapshot->clusters;
+  s.max_concurrent_streams = cfg.max_concurrent_streams;
+  s.client_ip = client_ip;
+  s.glitch_budget = cfg.h2_glitch_budget;
+  s.glitch_rate = cfg.h2_glitch_rate;
+  s.reset_budget = cfg.h2_reset_budget;
+  s.shard_resets = listener->unearned_resets.get();
+  h2 = std::make_unique<h2::DownstreamSession>(loop->h2ctx, *this, std::move(s));
+}
+
+void ClientConnection::on_h2_bytes(std::span<const uint8_t> in) {
+  // Given up on (end_h2): what still arrives is dropped, and neither re-arms
+  // the idle timer nor pushes back the bounded wait for the flush.
+  if (close_after_flush) return;
+  listener->idle_timers.arm(timer, loop->now);
+  if (ktls == KtlsState::On) {  // the kernel already decrypted
+    loop->mark_dirty(this);
+    if (!in.empty() && !h2->receive(in.data(), in.size())) end_h2();
+    return;
+  }
+  bool failed = false;
+  Result<void> r = tls->read(in, out, [&](const uint8_t* p, size_t n) {
+    if (!failed && !h2->receive(p, n)) failed = true;
+  });
+  loop->mark_dirty(this);
+  if (failed) {
+    end_h2();
+    return;
+  }
+  if (!r) {
+    if (r.error() == Error::Protocol) {
+      ++loop->counters.tls_violations[static_cast<int>(tls->violation())];
+      LOG_DEBUG("tls", "%u: bad record from %s: %s", loop->id, client_ip.c_str(), tls->failure().c_str());
+    }
+    if (r.error() == Error::Closed) tls->shutdown(out);
+    close_after_flush = true;
+  }
+}
+
+// The client broke the protocol or spent a budget: nghttp2 has a GOAWAY
+// queued. Nothing more is read; the connection closes once the GOAWAY is
+// out, or after handshake_timeout if the client does not read it.
+void ClientConnection::end_h2() {
+  ++loop->counters.downstream_protocol_errors;
+  close_after_flush = true;
+  TimerList::disarm(timer);
+  listener->handshake_timers.arm(timer, loop->now);
+}
+
+void ClientConnection::on_http1_bytes(std::span<const uint8_t> in) {
+  bool got = false;
+  Result<void> r = tls->read(in, out, [&](const uint8_t*, size_t n) { got = got || n > 0; });
+  if (got || !r) {
+    // Answer once, then close our side cleanly and let the client read it.
+    tls->write(reinterpret_cast<const uint8_t*>(kHttp1Response), sizeof kHttp1Response - 1, out);
+    tls->shutdown(out);
+    state = DownState::Lingering;
+    close_after_flush = true;
+  }
+  loop->mark_dirty(this);
+}
+
+// ------------------------------------------------------------ send
+
+void ClientConnection::flush() {
+  if (ktls == KtlsState::Pending && state == DownState::H2) try_offload();
+  if (ktls == KtlsState::On && h2 && out.size() < kOutputHighWater) {
+    h2->produce(out, kProduceBudget);  // the kernel encrypts
+  } else if (ktls != KtlsState::On && state == DownState::H2 && h2 && out.size() < kOutputHighWater) {
+    h2->produce(plain, kProduceBudget);
+    encrypt(*tls, plain, out);
+  }
+  loop->start_send(this, Op::DownSend);
+  if (finish_session()) return;
+  // A GOAWAY that ends the session may still wait in nghttp2 behind what one
+  // produce() takes (e.g. the ACKs of a PING flood).
+  const bool goaway_pending = state == DownState::H2 && h2 && h2->terminating() && h2->want_write();
+  if (close_after_flush && out.empty() && !send_inflight && !goaway_pending) {
+    linger_or_close();
+    if (closing) return;
+  }
+  arm_recv();
+}
+
+// The HTTP/2 session ended (GOAWAY sent, no streams): end TLS cleanly too, so
+// the client sees close_notify rather than a truncation. True when the
+// connection is closing or waits for that last flush.
+bool ClientConnection::finish_session() {
+  if (state != DownState::H2 || !h2 || !h2->finished() || !out.empty() || send_inflight) return false;
+  if (ktls == KtlsState::On) {
+    tls::send_alert(fd, 1, 0);
+  } else if (!close_after_flush) {
+    tls->shutdown(out);
+    close_after_flush = true;
+    loop->start_send(this, Op::DownSend);
+    return true;
+  }
+  close("session finished");
+  return true;
+}
+
+// An HTTP/2 session given up on (its GOAWAY is out) lingers too: a close with
+// the client's bytes unread would reset the connection, and the reset can
+// discard the GOAWAY before the client reads it.
+void ClientConnection::linger_or_close() {
+  if (state == DownState::H2) state = DownState::Lingering;
+  if (state != DownState::Lingering) {
+    close("closed after flush");
+    return;
+  }
+  ::shutdown(fd, SHUT_WR);
+  close_after_flush = false;
+  TimerList::disarm(timer);
+  listener->handshake_timers.arm(timer, loop->now);  // bounded linger
+}
+
+// While a kTLS switch is pending, read one buffer at a time, and only when
+// OpenSSL still needs bytes (a handshake in progress or a partial record):
+// everything else stays in the socket for the kernel to decrypt.
+void ClientConnection::arm_recv() {
+  if (ktls != KtlsState::Pending) return loop->arm_recv(this, Op::DownRecv);
+  if (state == DownState::Proxy || state == DownState::Handshake || tls->pending_input() > 0)
+    loop->arm_recv(this, Op::DownRecv, true);
+}
+
+// ------------------------------------------------------------ kTLS
+
+// The switch needs a quiet connection: every record OpenSSL wrote is sent, no
+// receive is in flight, and OpenSSL holds no partial record.
+void ClientConnection::try_offload() {
+  if (send_inflight || !out.empty() || !plain.empty() || recv_armed || tls->pending_input() > 0) return;
+  Counters& n = loop->counters;
+  tls::Offload r = tls->offload(fd);
+  if (r != tls::Offload::Done) {
+    LOG_DEBUG("tls", "%u: kTLS offload %s for %s %s (errno: %s); staying in userspace", loop->id, tls::to_string(r),
+              tls->version(), tls->cipher(), std::strerror(errno));
+    if (r == tls::Offload::Unsupported) ++n.ktls_unsupported_cipher;
+    else ++n.ktls_failed;
+    ++n.tls_userspace;
+    ktls = KtlsState::Off;
+    return;
+  }
+  ktls = KtlsState::On;
+  out.set_pool(&loop->chunks);  // nghttp2's output now: bounded like plain
+  const int cipher = static_cast<int>(tls->cipher_kind());
+  if (cipher < 3) ++n.ktls_offloaded[tls->is_tls13() ? 1 : 0][cipher];
+  LOG_DEBUG("tls", "%u: kTLS TX+RX on for %s %s", loop->id, tls->version(), tls->cipher());
+  // The kernel has the keys now; OpenSSL's objects (several KiB per
+  // connection) have nothing left to do.
+  tls.reset();
+}
+
+// A non-data record on a kTLS socket: the receive failed with EIO.
+void ClientConnection::on_ktls_control() {
+  Counters& n = loop->counters;
+  tls::ControlRecord rec;
+  int rc = tls::read_control_record(fd, rec);
+  if (rc == -EAGAIN) {
+    loop->mark_dirty(this);
+    return;
+  }
+  if (rc < 0) {
+    close(std::strerror(-rc));
+    return;
+  }
+  if (rec.type == 21 && rec.len >= 2) {  // alert
+    if (rec.data[1] == 0) {
+      ++n.ktls_close_notify;
+      tls::send_alert(fd, 1, 0);
+      close("close_notify");
+    } else {
+      ++n.ktls_alerts;
+      LOG_INFO("tls", "%u: alert from %s: level %u description %u", loop->id, client_ip.c_str(), rec.data[0],
+               rec.data[1]);
+      close("alert received");
+    }
+    return;
+  }
+  if (rec.type == 22 && rec.len >= 1 && rec.data[0] == 24) {  // KeyUpdate
+    // Kernels before 6.13 cannot take new receive keys; a clean close lets
+    // the client reconnect instead of failing on records we cannot read.
+    ++n.ktls_key_update_closed;
+    LOG_INFO("tls", "%u: KeyUpdate from %s: kernel TLS cannot rekey; closing", loop->id, client_ip.c_str());
+    if (h2) h2->shutdown();
+    close_after_flush = true;
+    loop->mark_dirty(this);
+    return;
+  }
+  // Nothing else may come after the handshake: a change_cipher_spec, a
+  // client's NewSessionTicket or Finished, a TLS 1.2 renegotiation. The
+  // kernel decrypted it; answer as RFC 8446 (and OpenSSL) would.
+  ++n.ktls_unexpected_records;
+  LOG_DEBUG("tls", "%u: unexpected record type %u from %s: closing", loop->id, rec.type, client_ip.c_str());
+  tls::send_alert(fd, 2, 10);  // fatal, unexpected_message
+  close("unexpected record after the handshake");
+}
+
+// ------------------------------------------------------------ timers, drain, close
+
+void ClientConnection::handshake_timer_expired() {
+  const DownState st = state;
+  if (st == DownState::Proxy || st == DownState::Handshake) ++loop->counters.handshake_timeouts;
+  close(st == DownState::Proxy       ? "PROXY header timeout"
+        : st == DownState::Handshake ? "handshake timeout"
+                                     : "linger timeout");
+}
+
+void ClientConnection::idle_timer_expired() {
+  if (h2 && h2->active_streams() > 0) {
+    listener->idle_timers.arm(timer, loop->now);  // busy, not idle
+    return;
+  }
+  ++loop->counters.idle_closed;
+  if (!h2) {
+    close("idle timeout");
+    return;
+  }
+  h2->shutdown();
+  close_after_flush = true;
+  loop->mark_dirty(this);
+}
+
+void ClientConnection::begin_drain() {
+  if (!h2) {
+    close("shutting down");
+    return;
+  }
+  h2->shutdown();  // GOAWAY: no new streams, running ones finish
+  loop->mark_dirty(this);
+}
+
+void ClientConnection::drain_step(bool late) {
+  if (!late && h2 && h2->active_streams() > 0) return;
+  if (h2 && !late) {
+    close_after_flush = true;
+    loop->mark_dirty(this);
+  } else {
+    close(late ? "drain deadline" : "shutting down");
+  }
+}
+
+void ClientConnection::close(const char* why) {
+  if (closing) return;
+  LOG_DEBUG("shard", "%u: close downstream %s (%s, %s)", loop->id, client_ip.c_str(), to_string(state), why);
+  closing = true;
+  state = DownState::Closed;
+  TimerList::disarm(timer);
+  if (proxy_buf != nullptr) loop->chunks.put(std::exchange(proxy_buf, nullptr));
+  h2.reset();  // cancels the upstream halves of its streams
+  tls.reset();
+  loop->begin_close(this);
+}
+
+}  // namespace tlsgate::shard

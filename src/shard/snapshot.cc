@@ -1,0 +1,51 @@
+#include "tlsgate/snapshot.hh"
+
+namespace tlsgate::shard {
+namespace {
+
+edge::ProxyMode proxy_mode(config::ProxyProtocol p) {
+  switch (p) {
+    case config::ProxyProtocol::Off: return edge::ProxyMode::Off;
+    case config::ProxyProtocol::V1: return edge::ProxyMode::V1;
+    case config::ProxyProtocol::V2: return edge::ProxyMode::V2;
+    case config::ProxyProtocol::Auto: return edge::ProxyMode::Auto;
+  }
+  return edge::ProxyMode::Off;
+}
+
+}  // namespace
+
+std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const config::Config> config,
+                                                upstream::ClusterManager& pool, bool ktls_any, bool listener_tls) {
+  auto s = std::make_shared<Snapshot>();
+  s->config = config;
+  const std::vector<uint32_t> ids = pool.adopt(config);
+  for (size_t i = 0; i < config->clusters.size(); ++i) {
+    const config::Cluster& c = config->clusters[i];
+    h2::ClusterPolicy p;
+    p.pool_id = ids[i];
+    p.max_grpc_timeout_ms = static_cast<uint64_t>(c.max_grpc_timeout.count());
+    p.retries = c.retries;
+    p.retry_buffer = c.retry_buffer;
+    s->clusters.push_back(p);
+    s->cluster_tls.push_back(c.tls.enabled ? std::make_unique<tls::Context>(c.tls) : nullptr);
+  }
+  for (const config::Listener& l : config->listeners) {
+    Listener out;
+    out.cfg = &l;
+    out.ktls = l.tls.ktls != config::Ktls::Off && ktls_any;
+    if (listener_tls) out.tls = std::make_unique<tls::Context>(l.tls, out.ktls);
+    out.proxy = proxy_mode(l.proxy_protocol);
+    out.routes = route::Table(static_cast<uint32_t>(l.cluster_index), l.routes);
+    s->listeners.push_back(std::move(out));
+  }
+  return s;
+}
+
+tls::Context* Snapshot::tls_for_pool(uint32_t pool_id) const {
+  for (size_t i = 0; i < clusters.size(); ++i)
+    if (clusters[i].pool_id == pool_id) return cluster_tls[i].get();
+  return nullptr;
+}
+
+}  // namespace tlsgate::shard
