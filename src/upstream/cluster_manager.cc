@@ -324,11 +324,13 @@ void ClusterManager::tick() {
     Cluster& c = *cp;
     while (TimerLink* t = c.connect_timers.pop_expired(now_))
       connect_failed(*static_cast<Connection::ConnectTimer*>(t)->owner, "connect timed out");
-    // By index and from a copy: closing a connection changes its endpoint's
-    // list (and its streams' retries may open new connections).
+    // Backwards by index, without a copy (the tick allocates nothing):
+    // closing a connection moves the last one into its place (already
+    // visited), and retries of its streams may append new ones (skipped).
     for (size_t e = 0; e < c.endpoints.size(); ++e) {
-      const std::vector<Connection*> conns = c.endpoints[e]->conns;
-      for (Connection* u : conns) keepalive(*u, *c.cfg);
+      std::vector<Connection*>& conns = c.endpoints[e]->conns;
+      for (size_t i = conns.size(); i-- > 0;)
+        if (i < conns.size()) keepalive(*conns[i], *c.cfg);
     }
     if (c.cfg->health_check.enabled && !stopping_ && !c.retired) check_health(c);
   }
