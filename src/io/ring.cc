@@ -148,20 +148,23 @@ void Ring::prep_accept_once(int listen_fd, uint64_t ud) {
   io_uring_sqe_set_data64(s, ud);
 }
 
-void Ring::prep_recv_multishot(int fd, uint64_t ud) {
-  io_uring_sqe* s = impl_->sqe();
-  io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);
+// Both receive kinds take a buffer from the provided-buffer ring.
+static void select_buffer(io_uring_sqe* s, uint64_t ud) {
   s->flags |= IOSQE_BUFFER_SELECT;
   s->buf_group = kBufferGroup;
   io_uring_sqe_set_data64(s, ud);
 }
 
+void Ring::prep_recv_multishot(int fd, uint64_t ud) {
+  io_uring_sqe* s = impl_->sqe();
+  io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);
+  select_buffer(s, ud);
+}
+
 void Ring::prep_recv_once(int fd, uint64_t ud) {
   io_uring_sqe* s = impl_->sqe();
   io_uring_prep_recv(s, fd, nullptr, 0, 0);
-  s->flags |= IOSQE_BUFFER_SELECT;
-  s->buf_group = kBufferGroup;
-  io_uring_sqe_set_data64(s, ud);
+  select_buffer(s, ud);
 }
 
 void Ring::prep_read(int fd, void* buf, unsigned len, uint64_t ud) {

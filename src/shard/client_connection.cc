@@ -56,28 +56,18 @@ void ClientConnection::start(const io::Completion& accepted) {
 // ------------------------------------------------------------ receive
 
 void ClientConnection::on_recv(const io::Completion& c) {
+  switch (loop->take_recv(this, c)) {
+    case RecvResult::Handled: return;
+    case RecvResult::Failed:
+      if (c.res == -EIO && ktls == KtlsState::On) {  // a non-data record: read it with recvmsg
+        on_ktls_control();
+        return;
+      }
+      close(c.res == 0 ? "peer closed" : std::strerror(-c.res));
+      return;
+    case RecvResult::Bytes: break;
+  }
   const int bid = c.buffer_id();
-  if (!c.more()) {
-    recv_armed = false;
-    --inflight;
-  }
-  if (c.res <= 0 || closing) {
-    if (bid >= 0) loop->ring.recycle(bid);
-    if (closing) {
-      loop->maybe_free(this);
-      return;
-    }
-    if (c.res == -ENOBUFS) {  // buffer ring ran dry: read again next turn
-      loop->mark_dirty(this);
-      return;
-    }
-    if (c.res == -EIO && ktls == KtlsState::On) {  // a non-data record: read it with recvmsg
-      on_ktls_control();
-      return;
-    }
-    close(c.res == 0 ? "peer closed" : std::strerror(-c.res));
-    return;
-  }
   on_bytes(std::span<const uint8_t>(loop->ring.buffer(bid), static_cast<size_t>(c.res)));
   loop->ring.recycle(bid);  // the TLS session kept whatever it did not consume
   if (!closing && !recv_armed) loop->mark_dirty(this);  // re-arm in flush

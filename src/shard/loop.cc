@@ -342,6 +342,27 @@ void Loop::arm_recv(Conn* c, Op op, bool once) {
   ++c->inflight;
 }
 
+// The part of a receive completion that is the same for both kinds of
+// connection: in-flight accounting, the buffer of a completion without
+// bytes, a closing connection, a dry buffer ring (read again next turn).
+RecvResult Loop::take_recv(Conn* c, const io::Completion& cqe) {
+  if (!cqe.more()) {
+    c->recv_armed = false;
+    --c->inflight;
+  }
+  if (cqe.res > 0 && !c->closing) return RecvResult::Bytes;
+  if (cqe.buffer_id() >= 0) ring.recycle(cqe.buffer_id());
+  if (c->closing) {
+    maybe_free(c);
+    return RecvResult::Handled;
+  }
+  if (cqe.res == -ENOBUFS) {
+    mark_dirty(c);
+    return RecvResult::Handled;
+  }
+  return RecvResult::Failed;
+}
+
 void Loop::start_send(Conn* c, Op op) {
   if (c->send_inflight || c->out.empty() || c->closing) return;
   int n = c->out.iovecs(c->iov, kSendIovecs);

@@ -87,6 +87,13 @@ struct RepeatedWarning {
 
 struct Loop;
 
+// What a receive completion holds for its connection (Loop::take_recv).
+enum class RecvResult {
+  Bytes,    // bytes to take; the caller recycles the buffer
+  Handled,  // nothing for the connection (closing, or the buffer ring ran dry)
+  Failed,   // the peer closed or the receive failed: c.res says why
+};
+
 // State every connection has: socket, output queue, in-flight accounting.
 struct Conn : h2::Owner {
   Loop* loop = nullptr;
@@ -320,6 +327,7 @@ struct Loop : upstream::Transport {
 
   // Common IO.
   void arm_recv(Conn* c, Op op, bool once = false);
+  RecvResult take_recv(Conn* c, const io::Completion& cqe);
   void start_send(Conn* c, Op op);
   void on_send(Conn* c, const io::Completion& cqe);
   void begin_close(Conn* c);

@@ -111,21 +111,9 @@ void UpstreamConnection::on_records(std::span<const uint8_t> in) {
 const char* UpstreamConnection::endpoint_text() { return loop->pool.endpoint_of(*this).addr.text.c_str(); }
 
 void UpstreamConnection::on_recv(const io::Completion& c) {
-  const int bid = c.buffer_id();
-  if (!c.more()) {
-    recv_armed = false;
-    --inflight;
-  }
-  if (c.res <= 0 || closing) {
-    if (bid >= 0) loop->ring.recycle(bid);
-    if (closing) {
-      loop->maybe_free(this);
-      return;
-    }
-    if (c.res == -ENOBUFS) {
-      loop->mark_dirty(this);
-      return;
-    }
+  const RecvResult got = loop->take_recv(this, c);
+  if (got == RecvResult::Handled) return;
+  if (got == RecvResult::Failed) {
     char why[160];
     if (send_errno != 0)
       std::snprintf(why, sizeof why, "upstream %s: send failed: %s", endpoint_text(), std::strerror(send_errno));
@@ -136,6 +124,7 @@ void UpstreamConnection::on_recv(const io::Completion& c) {
     return;
   }
   last_recv_ms = loop->now;
+  const int bid = c.buffer_id();
   std::span<const uint8_t> in(loop->ring.buffer(bid), static_cast<size_t>(c.res));
   loop->mark_dirty(this);
   if (state == UpState::Handshake) {
