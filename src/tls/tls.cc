@@ -1,3 +1,12 @@
+// OpenSSL contexts and sessions: handshake through a memory BIO, the
+// userspace record path after it, kTLS hand-off.
+//
+// Over 600 lines on purpose: it is the one place that holds an SSL object's
+// state machine (BIO plumbing, handshake, KeyUpdate watch, the switch to
+// tlsgate's record layer, shutdown); split, each piece would need the SSL
+// object's private state in a shared header. The record layer itself
+// (record.cc), key derivation (kdf.cc), kTLS (ktls.cc) and cipher policy
+// are files of their own.
 #include "tlsgate/tls.hh"
 
 #include "cipher_policy.hh"
