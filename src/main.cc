@@ -223,6 +223,8 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
     LOG_WARN("admin", "[admin] listen = %s: the admin listener is not implemented yet; not listening",
              cfg.admin.listen.text.c_str());
 
+  // One immutable copy every shard's first snapshot shares.
+  const auto shared_cfg = std::make_shared<const config::Config>(cfg);
   std::vector<ShardThread> shards(n);
   std::mutex mu;
   std::condition_variable cv;
@@ -231,7 +233,7 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
     shards[i].thread = std::thread([&, i] {
       pin_to_cpu(i);
       try {
-        shards[i].shard = std::make_unique<shard::Shard>(i, cfg, fds[i], ktls);
+        shards[i].shard = std::make_unique<shard::Shard>(i, shared_cfg, fds[i], ktls);
       } catch (const std::exception& e) {
         shards[i].error = e.what();
       }

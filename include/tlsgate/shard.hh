@@ -95,7 +95,8 @@ class Shard {
   // `listen_fds[i]` is this shard's SO_REUSEPORT socket for
   // config.listeners[i]; the shard owns and closes them. Throws on a set-up
   // failure (io_uring refused, TLS context), with a message saying what.
-  Shard(unsigned id, const config::Config& config, std::vector<int> listen_fds, const tls::KtlsSupport& ktls);
+  Shard(unsigned id, std::shared_ptr<const config::Config> config, std::vector<int> listen_fds,
+        const tls::KtlsSupport& ktls);
   ~Shard();
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;

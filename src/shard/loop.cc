@@ -483,8 +483,9 @@ struct Shard::Impl : Loop {
   using Loop::Loop;
 };
 
-Shard::Shard(unsigned id, const config::Config& config, std::vector<int> listen_fds, const tls::KtlsSupport& ktls)
-    : impl_(std::make_unique<Impl>(id, std::make_shared<const config::Config>(config), std::move(listen_fds), ktls)) {}
+Shard::Shard(unsigned id, std::shared_ptr<const config::Config> config, std::vector<int> listen_fds,
+             const tls::KtlsSupport& ktls)
+    : impl_(std::make_unique<Impl>(id, std::move(config), std::move(listen_fds), ktls)) {}
 
 Shard::~Shard() = default;
 

@@ -67,9 +67,9 @@ void ClusterManager::configure(Cluster& c, std::shared_ptr<const config::Config>
 }
 
 // The configuration's endpoints (numeric ones and the first address of each
-// DNS name) join; endpoints of the previous configuration it no longer has
-// drain. DNS names are matched by index in the new configuration: the DNS
-// watcher's next answer corrects what a reordered list got wrong.
+// DNS name) join; static endpoints of the previous configuration it no
+// longer has drain. DNS names are matched by their index in the
+// configuration (a reload that reorders them is issue 18's to handle).
 void ClusterManager::sync_static_endpoints(Cluster& c) {
   const config::Cluster& cfg = *c.cfg;
   std::vector<bool> wanted(c.endpoints.size(), false);
@@ -87,8 +87,14 @@ void ClusterManager::sync_static_endpoints(Cluster& c) {
     c.states[e].active = true;
     wanted[e] = true;
   }
-  for (size_t e = 0; e < c.endpoints.size(); ++e)
-    if (!wanted[e] && c.states[e].active) c.states[e].active = false;  // drains (tick)
+  // Static endpoints the configuration no longer lists drain (tick); so do
+  // those of a DNS name it no longer has. Other addresses of a name stay:
+  // they are the DNS watcher's, which publishes only changes.
+  const int names = static_cast<int>(cfg.dns_names.size());
+  for (size_t e = 0; e < c.endpoints.size(); ++e) {
+    const int name = c.endpoints[e]->dns_name;
+    if (!wanted[e] && c.states[e].active && (name < 0 || name >= names)) c.states[e].active = false;
+  }
 }
 
 Endpoint& ClusterManager::add_endpoint(Cluster& c, const config::SocketAddress& addr, int dns_name) {

@@ -185,6 +185,31 @@ TEST_F(ClusterManagerTest, RefusedStreamIsRetriedOnTheOtherEndpoint) {
   EXPECT_FALSE(manager_.may_retry(p, 1)) << "no retries while the gateway stops";
 }
 
+// A new configuration keeps what DNS added to a name it still has, drains a
+// static endpoint it no longer lists and adds the one it now lists.
+TEST_F(ClusterManagerTest, AdoptKeepsDnsAnswersAndSyncsStaticEndpoints) {
+  auto cfg = one_cluster({"127.0.0.1:50051"});
+  config::Cluster& cl = cfg->clusters[0];
+  cl.dns_names.push_back({"svc.test", 50051, "svc.test:50051"});
+  cl.endpoints.push_back(address("10.0.0.1:50051"));
+  cl.endpoint_name.push_back(0);
+  adopt(cfg);
+  manager_.apply_dns(0, 0, {address("10.0.0.1:50051"), address("10.0.0.2:50051")});
+  auto next = std::make_shared<config::Config>(*cfg);
+  next->clusters[0].endpoints[0] = address("127.0.0.1:50052");  // the static one moved
+  adopt(next);
+  const Cluster& c = manager_.cluster(policies_[0].pool_id);
+  auto active = [&](const std::string& text) {
+    for (size_t e = 0; e < c.endpoints.size(); ++e)
+      if (c.endpoints[e]->addr.same_address(address(text))) return c.states[e].active;
+    return false;
+  };
+  EXPECT_FALSE(active("127.0.0.1:50051")) << "no longer listed: drains";
+  EXPECT_TRUE(active("127.0.0.1:50052")) << "newly listed";
+  EXPECT_TRUE(active("10.0.0.1:50051"));
+  EXPECT_TRUE(active("10.0.0.2:50051")) << "DNS added it; the new configuration keeps the name";
+}
+
 // A cluster the new configuration no longer has is retired: no new streams.
 TEST_F(ClusterManagerTest, AdoptKeepsClustersByNameAndRetiresTheOthers) {
   adopt(one_cluster({"127.0.0.1:50051"}, "a"));
