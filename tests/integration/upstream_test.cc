@@ -18,28 +18,6 @@
 namespace tlsgate::itest {
 namespace {
 
-// One unary call's outcome.
-struct Outcome {
-  grpc::Status status;
-  std::string server_id;
-  std::string payload;
-};
-
-Outcome unary(Echo::Stub& stub, const std::string& payload, uint32_t delay_ms = 0, Ms timeout = 10s,
-              const std::string& authority = "") {
-  auto ctx = context(timeout);
-  if (!authority.empty()) ctx->set_authority(authority);
-  EchoRequest req;
-  EchoReply reply;
-  req.set_payload(payload);
-  req.set_delay_ms(delay_ms);
-  Outcome o;
-  o.status = stub.Unary(ctx.get(), req, &reply);
-  o.server_id = reply.server_id();
-  o.payload = reply.payload();
-  return o;
-}
-
 std::string counts_str(const std::map<std::string, uint64_t>& m) {
   std::string s;
   for (const auto& [k, v] : m)
