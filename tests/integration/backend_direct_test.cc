@@ -32,14 +32,10 @@ class BackendDirect : public ::testing::Test {
 };
 
 TEST_F(BackendDirect, Unary) {
-  auto ctx = context();
-  EchoRequest req;
-  EchoReply reply;
-  req.set_payload("hello");
-  auto st = stub_->Unary(ctx.get(), req, &reply);
-  ASSERT_TRUE(st.ok()) << status_str(st);
-  EXPECT_EQ(reply.payload(), "hello");
-  EXPECT_EQ(reply.server_id(), "echo");
+  auto o = unary(*stub_, "hello");
+  ASSERT_TRUE(o.status.ok()) << status_str(o.status);
+  EXPECT_EQ(o.payload, "hello");
+  EXPECT_EQ(o.server_id, "echo");
 
   StatsReply s;
   ASSERT_TRUE(echo_->stats(&s).ok());
@@ -272,13 +268,9 @@ TEST_F(BackendDirectPeers, AnyAuthorityTlsChannel) {
   o.tls_key = certs().server_key;
   EchoBackend b(dir_->path(), o);
   auto stub = Echo::NewStub(tls_channel_any_authority(b.endpoint().address()));
-  auto ctx = context(10s);
-  ctx->set_authority("API.Example.com");  // mixed case reaches the server as sent
-  EchoRequest req;
-  EchoReply reply;
-  req.set_payload("routed");
-  auto st = stub->Unary(ctx.get(), req, &reply);
-  ASSERT_TRUE(st.ok()) << status_str(st);
+  // Mixed case reaches the server as sent.
+  auto call = unary(*stub, "routed", 0, 10s, "API.Example.com");
+  ASSERT_TRUE(call.status.ok()) << status_str(call.status);
   StatsReply s;
   ASSERT_TRUE(b.stats(&s).ok());
   EXPECT_EQ(s.last_authority(), "API.Example.com");
@@ -354,14 +346,11 @@ TEST_F(FastBackendDirect, DefaultEchoesAndPrintsNoTestCounters) {
   FastBackend fb(dir_->path());
   auto stub = Echo::NewStub(h2c_channel(fb.endpoint().address()));
   for (int i = 0; i < 3; ++i) {
-    auto ctx = context(10s);
-    EchoRequest req;
-    EchoReply reply;
-    req.set_payload("fast-" + std::to_string(i));
-    auto st = stub->Unary(ctx.get(), req, &reply);
-    ASSERT_TRUE(st.ok()) << status_str(st);
-    EXPECT_EQ(reply.payload(), req.payload());
-    EXPECT_EQ(reply.server_id(), "");
+    const std::string payload = "fast-" + std::to_string(i);
+    auto o = unary(*stub, payload);
+    ASSERT_TRUE(o.status.ok()) << status_str(o.status);
+    EXPECT_EQ(o.payload, payload);
+    EXPECT_EQ(o.server_id, "");
   }
   auto counts = fb.stop_and_count();
   EXPECT_EQ(counts["calls"], 3u) << fb.process().describe();
@@ -375,13 +364,7 @@ TEST_F(FastBackendDirect, RefuseFirstN) {
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
   auto stub = Echo::NewStub(h2c_channel(fb.endpoint().address(), &args));
   std::vector<grpc::StatusCode> codes;
-  for (int i = 0; i < 5; ++i) {
-    auto ctx = context(10s);
-    EchoRequest req;
-    EchoReply reply;
-    req.set_payload("r" + std::to_string(i));
-    codes.push_back(stub->Unary(ctx.get(), req, &reply).error_code());
-  }
+  for (int i = 0; i < 5; ++i) codes.push_back(unary(*stub, "r" + std::to_string(i)).status.error_code());
   std::vector<grpc::StatusCode> want = {grpc::StatusCode::UNAVAILABLE, grpc::StatusCode::UNAVAILABLE,
                                         grpc::StatusCode::UNAVAILABLE, grpc::StatusCode::OK,
                                         grpc::StatusCode::OK};
@@ -395,13 +378,10 @@ TEST_F(FastBackendDirect, GoawayAfterN) {
   FastBackend fb(dir_->path(), {"--goaway-after", "2"});
   auto stub = Echo::NewStub(h2c_channel(fb.endpoint().address()));
   for (int i = 0; i < 5; ++i) {
-    auto ctx = context(10s);
-    EchoRequest req;
-    EchoReply reply;
-    req.set_payload("g" + std::to_string(i));
-    auto st = stub->Unary(ctx.get(), req, &reply);
-    EXPECT_TRUE(st.ok()) << "call " << i << ": " << status_str(st);
-    EXPECT_EQ(reply.payload(), req.payload());
+    const std::string payload = "g" + std::to_string(i);
+    auto o = unary(*stub, payload);
+    EXPECT_TRUE(o.status.ok()) << "call " << i << ": " << status_str(o.status);
+    EXPECT_EQ(o.payload, payload);
   }
   auto counts = fb.stop_and_count();
   // Sequential calls: 2 per connection, then GOAWAY; the fifth is alone.

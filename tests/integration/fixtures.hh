@@ -67,6 +67,30 @@ inline uint64_t calls_of(const StatsReply& s, const std::string& method) {
   return it == s.calls().end() ? 0 : it->second;
 }
 
+// One unary call's outcome.
+struct UnaryOutcome {
+  grpc::Status status;
+  std::string server_id;
+  std::string payload;
+};
+
+// One Unary call of `payload` on `stub`, the backend answering after
+// `delay_ms`, with a `timeout` deadline and, if not empty, that :authority.
+inline UnaryOutcome unary(Echo::Stub& stub, const std::string& payload, uint32_t delay_ms = 0,
+                          Ms timeout = 10s, const std::string& authority = "") {
+  auto ctx = context(timeout);
+  if (!authority.empty()) ctx->set_authority(authority);
+  EchoRequest req;
+  EchoReply reply;
+  req.set_payload(payload);
+  req.set_delay_ms(delay_ms);
+  UnaryOutcome o;
+  o.status = stub.Unary(ctx.get(), req, &reply);
+  o.server_id = reply.server_id();
+  o.payload = reply.payload();
+  return o;
+}
+
 // Polls pred every 20 ms until it holds or timeout passes; its last answer.
 template <class Pred>
 bool eventually(Pred pred, Ms timeout) {

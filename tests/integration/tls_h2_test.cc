@@ -103,19 +103,16 @@ std::string describe(const std::vector<Accepted>& conns) {
 }
 
 TEST_F(TlsH2, GrpcUnary) {
-  auto ctx = context();
-  EchoRequest req;
-  EchoReply reply;
-  req.set_payload("hello through the gateway");
-  auto st = stub()->Unary(ctx.get(), req, &reply);
-  ASSERT_TRUE(st.ok()) << status_str(st);
-  EXPECT_EQ(reply.payload(), "hello through the gateway");
-  EXPECT_EQ(reply.server_id(), "echo");
+  const std::string payload = "hello through the gateway";
+  auto o = unary(*stub(), payload);
+  ASSERT_TRUE(o.status.ok()) << status_str(o.status);
+  EXPECT_EQ(o.payload, payload);
+  EXPECT_EQ(o.server_id, "echo");
 
   StatsReply s;
   ASSERT_TRUE(echo_->stats(&s).ok());
   EXPECT_EQ(calls_of(s, "Unary"), 1u);
-  EXPECT_EQ(s.bytes_received(), req.payload().size());
+  EXPECT_EQ(s.bytes_received(), payload.size());
 }
 
 TEST_F(TlsH2, GrpcServerStream1000) {

@@ -18,28 +18,6 @@
 namespace tlsgate::itest {
 namespace {
 
-// One unary call's outcome.
-struct Outcome {
-  grpc::Status status;
-  std::string server_id;
-  std::string payload;
-};
-
-Outcome unary(Echo::Stub& stub, const std::string& payload, uint32_t delay_ms = 0, Ms timeout = 10s,
-              const std::string& authority = "") {
-  auto ctx = context(timeout);
-  if (!authority.empty()) ctx->set_authority(authority);
-  EchoRequest req;
-  EchoReply reply;
-  req.set_payload(payload);
-  req.set_delay_ms(delay_ms);
-  Outcome o;
-  o.status = stub.Unary(ctx.get(), req, &reply);
-  o.server_id = reply.server_id();
-  o.payload = reply.payload();
-  return o;
-}
-
 std::string counts_str(const std::map<std::string, uint64_t>& m) {
   std::string s;
   for (const auto& [k, v] : m)
@@ -361,35 +339,49 @@ TEST_F(UpstreamHealth, NotServingNamedServiceGetsNoCalls) { not_serving_case("tl
 
 // ---------------------------------------------------------------- d. DNS
 
-class UpstreamDns : public UpstreamTest {};
+// Names resolve through a hosts file of the test's, which tlsgate sees as
+// /etc/hosts (GatewayConfig::hosts_file: a private mount namespace).
+class UpstreamDns : public UpstreamTest {
+ protected:
+  void SetUp() override {
+    UpstreamTest::SetUp();
+    // tools/test runs as root, where this works; not being able to is a failure.
+    ASSERT_EQ(hosts_namespace_unavailable(), "") << "the DNS test needs a private mount namespace";
+  }
+
+  // An echo_server `id` on `host`, at `port` (0: the kernel's choice).
+  EchoBackend& add_echo_on(const std::string& id, const std::string& host, int port = 0) {
+    EchoOptions o;
+    o.id = id;
+    o.host = host;
+    o.port = port;
+    return add_echo(o);
+  }
+
+  std::filesystem::path hosts_file() const { return dir_->path() / "hosts"; }
+
+  // Writes `hosts` into hosts_file(), then starts tlsgate (one worker) with
+  // `clusters`, seeing that file as its /etc/hosts.
+  [[nodiscard]] bool start_gateway_with_hosts(const std::string& hosts, const std::string& clusters) {
+    write_file(hosts_file(), hosts);
+    GatewayConfig cfg;
+    cfg.workers = 1;
+    cfg.hosts_file = hosts_file();
+    return start_gateway(clusters, cfg);
+  }
+};
 
 // backend.tlsgate.test resolves through a hosts file that tlsgate sees as
 // /etc/hosts (private mount namespace). Moving the name from 127.0.0.2 to
 // 127.0.0.3 moves the traffic, and no call fails.
 TEST_F(UpstreamDns, FollowsHostsFileChange) {
-  // tools/test runs as root, where this works; not being able to is a failure.
-  auto why = hosts_namespace_unavailable();
-  ASSERT_EQ(why, "") << "the DNS test needs a private mount namespace";
-  EchoOptions o2;
-  o2.id = "dot2";
-  o2.host = "127.0.0.2";
-  auto& dot2 = add_echo(o2);
-  const int port = dot2.endpoint().port;
-  EchoOptions o3;
-  o3.id = "dot3";
-  o3.host = "127.0.0.3";
-  o3.port = port;
-  add_echo(o3);
+  const int port = add_echo_on("dot2", "127.0.0.2").endpoint().port;
+  add_echo_on("dot3", "127.0.0.3", port);
 
-  const auto hosts = dir_->path() / "hosts";
   const std::string common = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n";
-  write_file(hosts, common + "127.0.0.2 backend.tlsgate.test\n");
-  GatewayConfig cfg;
-  cfg.workers = 1;
-  cfg.hosts_file = hosts;
-  ASSERT_TRUE(start_gateway(
-      cluster_toml("backend", {"backend.tlsgate.test:" + std::to_string(port)}, "dns_refresh = \"500ms\"\n"),
-      cfg));
+  const std::string cluster =
+      cluster_toml("backend", {"backend.tlsgate.test:" + std::to_string(port)}, "dns_refresh = \"500ms\"\n");
+  ASSERT_TRUE(start_gateway_with_hosts(common + "127.0.0.2 backend.tlsgate.test\n", cluster));
   auto s = stub();
   auto first = spread(*s, 20);
   EXPECT_EQ(first["dot2"], 20u) << counts_str(first);
@@ -411,7 +403,7 @@ TEST_F(UpstreamDns, FollowsHostsFileChange) {
   });
   std::this_thread::sleep_for(200ms);  // the stream has started on 127.0.0.2
 
-  rewrite_in_place(hosts, common + "127.0.0.3 backend.tlsgate.test\n");
+  rewrite_in_place(hosts_file(), common + "127.0.0.3 backend.tlsgate.test\n");
   std::map<std::string, uint64_t> moving;
   int failed = 0;
   bool moved = false;
@@ -442,27 +434,16 @@ TEST_F(UpstreamDns, FollowsHostsFileChange) {
 // text and was compared with the resolver's "IP:port" texts, so the first
 // refresh removed it and added it again, fresh.)
 TEST_F(UpstreamDns, SameAddressKeepsTheEndpoint) {
-  auto why = hosts_namespace_unavailable();
-  ASSERT_EQ(why, "") << "the DNS test needs a private mount namespace";
-  EchoOptions o;
-  o.id = "dot2";
-  o.host = "127.0.0.2";
-  auto& b = add_echo(o);
-  const int port = b.endpoint().port;
-  const auto hosts = dir_->path() / "hosts";
-  write_file(hosts, "127.0.0.1 localhost\n127.0.0.2 backend.tlsgate.test\n");
-  GatewayConfig cfg;
-  cfg.workers = 1;
-  cfg.hosts_file = hosts;
-  const std::string name = "backend.tlsgate.test:" + std::to_string(port);
-  ASSERT_TRUE(start_gateway(cluster_toml("backend", {name},
-                                         "dns_refresh = \"200ms\"\n"
-                                         "idle_timeout = \"1h\"\n"
-                                         "[clusters.health_check]\n"
-                                         "interval = \"200ms\"\n"
-                                         "unhealthy_threshold = 1\n"
-                                         "healthy_threshold = 3\n"),
-                            cfg));
+  auto& b = add_echo_on("dot2", "127.0.0.2");
+  const std::string name = "backend.tlsgate.test:" + std::to_string(b.endpoint().port);
+  ASSERT_TRUE(start_gateway_with_hosts("127.0.0.1 localhost\n127.0.0.2 backend.tlsgate.test\n",
+                                       cluster_toml("backend", {name},
+                                                    "dns_refresh = \"200ms\"\n"
+                                                    "idle_timeout = \"1h\"\n"
+                                                    "[clusters.health_check]\n"
+                                                    "interval = \"200ms\"\n"
+                                                    "unhealthy_threshold = 1\n"
+                                                    "healthy_threshold = 3\n")));
   auto s = stub();
   // Calls spread over 3 s: 15 refresh intervals.
   int failed = 0;

@@ -405,6 +405,17 @@ class ForwardTest : public ::testing::Test {
     return {{":status", "200"}, {"content-type", "application/grpc"}, {"x-resp-meta", "from-backend"}};
   }
 
+  // The client sends a request (`h`, `body` as for Peer::request: the body
+  // must outlive the stream) and the bytes move until nothing moves. Returns
+  // the client's stream id; the backend's is then backend_->last_stream.
+  // Sessions that never go quiet fail the test (pump() says so), though not
+  // fatally: a helper that returns a value cannot stop the test.
+  int32_t send_request(const Headers& h, Body* body) {
+    const int32_t id = client_->request(h, body);
+    EXPECT_TRUE(pump());
+    return id;
+  }
+
   // A complete unary exchange on a fresh stream; returns the client stream.
   PeerStream& unary(const std::string& message) {
     Body req{grpc_frame(message)};

@@ -29,8 +29,7 @@ TEST_F(ForwardTest, GrpcRequestReachesBackendWithForwardingHeaders) {
   h.emplace_back("x-real-ip", "6.6.6.6");
   h.emplace_back("x-req-meta", "kept");
   Body req{grpc_frame("hello")};
-  const int32_t cid = client_->request(h, &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(h, &req);
   ASSERT_EQ(down_errors_, 0);
   EXPECT_EQ(router_.calls, 1);
   EXPECT_EQ(router_.last_cluster, 3u) << "the DownstreamSettings route is used";
@@ -67,8 +66,7 @@ TEST_F(ForwardTest, GrpcRequestReachesBackendWithForwardingHeaders) {
 TEST_F(ForwardTest, ResponseHeadersDataAndTrailersReachClientUnchanged) {
   start();
   Body req{grpc_frame("ping")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const int32_t bid = backend_->last_stream;
   ASSERT_GT(bid, 0);
 
@@ -119,8 +117,7 @@ void send_pieces(Peer& from, int32_t id, Body& body, std::initializer_list<const
 TEST_F(ForwardTest, RequestBodyInPiecesReachesBackendAsItArrives) {
   start();
   Body req{grpc_frame("first"), false};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const int32_t bid = backend_->last_stream;
   ASSERT_GT(bid, 0);
   EXPECT_EQ(backend_->streams[bid].body, grpc_frame("first"));
@@ -142,8 +139,7 @@ TEST_F(ForwardTest, RequestBodyInPiecesReachesBackendAsItArrives) {
 TEST_F(ForwardTest, ResponseBodyInPiecesReachesClientAsItArrives) {
   start();
   Body req{grpc_frame("subscribe")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const int32_t bid = backend_->last_stream;
   ASSERT_GT(bid, 0);
   Body resp{grpc_frame("update 1"), false, {{"grpc-status", "0"}}};
@@ -165,8 +161,7 @@ TEST_F(ForwardTest, ResponseBodyInPiecesReachesClientAsItArrives) {
 TEST_F(ForwardTest, TrailersOnlyResponseReachesClient) {
   start();
   Body req{grpc_frame("missing")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const Headers only = {{":status", "200"},
                         {"content-type", "application/grpc"},
                         {"grpc-status", "5"},
@@ -188,8 +183,7 @@ TEST_F(ForwardTest, NoUpstreamAnswersUnavailableWithTheReason) {
   router_.upstream = nullptr;
   router_.why_text = "cluster echo: all 3 endpoints down";
   Body req{grpc_frame("hello")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const PeerStream& c = client_->streams[cid];
   EXPECT_EQ(value(c.headers, ":status"), "200");
   EXPECT_EQ(value(c.headers, "content-type"), "application/grpc");
@@ -207,8 +201,7 @@ TEST_F(ForwardTest, UnavailableMessageIsPercentEncoded) {
   start();
   router_.upstream = nullptr;
   router_.why_text = "50% of \"x\" \xc3\xa9\n";
-  const int32_t cid = client_->request(grpc_request(), nullptr);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), nullptr);
   // gRPC: bytes outside 0x20..0x7e, and '%', are %XX-encoded.
   EXPECT_EQ(value(client_->streams[cid].headers, "grpc-message"), "50%25 of \"x\" %C3%A9%0A");
 }
@@ -216,8 +209,7 @@ TEST_F(ForwardTest, UnavailableMessageIsPercentEncoded) {
 TEST_F(ForwardTest, UpstreamFailMidResponseEndsWithUnavailableTrailers) {
   start();
   Body req{grpc_frame("stream me")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const std::string sent = grpc_frame("part 1") + grpc_frame("part 2");
   Body resp{sent, /*complete=*/false, {}};
   backend_->respond(backend_->last_stream, grpc_response_headers(), &resp);
@@ -248,8 +240,7 @@ TEST_F(ForwardTest, UpstreamFailMidResponseEndsWithUnavailableTrailers) {
 TEST_F(ForwardTest, UpstreamFailBeforeResponseIsTrailersOnlyUnavailable) {
   start();
   Body req{grpc_frame("slow")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   up_->fail("connect timeout");
   ASSERT_TRUE(pump());
   const PeerStream& c = client_->streams[cid];
@@ -263,8 +254,7 @@ TEST_F(ForwardTest, UpstreamFailBeforeResponseIsTrailersOnlyUnavailable) {
 TEST_F(ForwardTest, ClientResetCancelsBackendStream) {
   start();
   Body req{grpc_frame("first message"), /*complete=*/false, {}};  // client keeps streaming
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const int32_t bid = backend_->last_stream;
   ASSERT_EQ(backend_->streams[bid].body, grpc_frame("first message"));
   Body resp{grpc_frame("ack"), false, {}};
@@ -293,8 +283,7 @@ TEST_F(ForwardTest, ClientResetCancelsBackendStream) {
 TEST_F(ForwardTest, ClientResetBeforeBackendAnswersCancelsBackendStream) {
   start();
   Body req{grpc_frame("x"), false, {}};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const int32_t bid = backend_->last_stream;
   client_->reset(cid, NGHTTP2_INTERNAL_ERROR);
   ASSERT_TRUE(pump());
@@ -306,8 +295,7 @@ TEST_F(ForwardTest, ClientResetBeforeBackendAnswersCancelsBackendStream) {
 TEST_F(ForwardTest, BackendResetReachesClientWithItsCode) {
   start();
   Body req{grpc_frame("hello")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   backend_->reset(backend_->last_stream, NGHTTP2_REFUSED_STREAM);
   ASSERT_TRUE(pump());
   const PeerStream& c = client_->streams[cid];
@@ -323,8 +311,7 @@ TEST_F(ForwardTest, RefusedStreamIsRetriedWithItsBody) {
   router_.policy.retry_buffer = 1024;
   start();
   Body req{grpc_frame("hello")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const int32_t first = backend_->last_stream;
   EXPECT_EQ(value(backend_->streams[first].headers, "grpc-timeout"), "5S");  // as the client sent it
   router_.now += 1'200;
@@ -361,8 +348,7 @@ class ForwardRetryTest : public ForwardTest {
     start();
     big_ = pattern(body_bytes);
     Body req{grpc_frame(big_)};
-    const int32_t cid = client_->request(grpc_request(), &req);
-    EXPECT_TRUE(pump());
+    const int32_t cid = send_request(grpc_request(), &req);
     first_ = backend_->last_stream;
     EXPECT_EQ(backend_->streams[first_].body, grpc_frame(big_));
     backend_->reset(first_, NGHTTP2_REFUSED_STREAM);
@@ -405,8 +391,7 @@ TEST_F(ForwardTest, DeadlineAnswersStatus4AndCancelsTheBackend) {
   start();
   Body req{grpc_frame("hello")};
   auto headers = grpc_request();  // grpc-timeout: 5S, above the cluster's 500 ms cap
-  const int32_t cid = client_->request(headers, &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(headers, &req);
   const int32_t bid = backend_->last_stream;
   // The backend is told the capped timeout.
   EXPECT_EQ(value(backend_->streams[bid].headers, "grpc-timeout"), "500m");
@@ -429,8 +414,7 @@ TEST_F(ForwardTest, DeadlineAnswersStatus4AndCancelsTheBackend) {
 TEST_F(ForwardTest, BackendResetMidResponseReachesClient) {
   start();
   Body req{grpc_frame("hello")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const int32_t bid = backend_->last_stream;
   Body resp{grpc_frame("partial"), false, {}};
   backend_->respond(bid, grpc_response_headers(), &resp);
@@ -449,8 +433,7 @@ TEST_F(ForwardTest, SlowClientBoundsBufferingAndBlocksBackend) {
   client_->consume = false;  // the client reads nothing for now
   const size_t total = 2 << 20;
   Body req{grpc_frame("download")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const int32_t bid = backend_->last_stream;
   Body resp{pattern(total), true, {{"grpc-status", "0"}, {"x-custom-trailer", "done"}}};
   backend_->respond(bid, grpc_response_headers(), &resp);
@@ -487,8 +470,7 @@ TEST_F(ForwardTest, LargeRequestBodyIsForwardedWithFlowControl) {
   start();
   const std::string big = grpc_frame(pattern(3 << 20));  // more than every window involved
   Body req{big};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const int32_t bid = backend_->last_stream;
   EXPECT_EQ(backend_->streams[bid].body.size(), big.size());
   EXPECT_TRUE(backend_->streams[bid].body == big);
@@ -505,8 +487,7 @@ TEST_F(ForwardTest, TooManyHeaderFieldsAnswers431OnThatStreamOnly) {
   Headers h = grpc_request();  // 7 fields
   for (int i = 0; h.size() < 65; ++i) h.emplace_back("x-field-" + std::to_string(i), "v");
   ASSERT_EQ(h.size(), 65u);
-  const int32_t cid = client_->request(h, nullptr);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(h, nullptr);
   const PeerStream& c = client_->streams[cid];
   EXPECT_EQ(value(c.headers, ":status"), "431") << "65 fields: 431 Request Header Fields Too Large";
   EXPECT_TRUE(c.closed);
@@ -528,8 +509,7 @@ TEST_F(ForwardTest, SixtyFourHeaderFieldsAreForwarded) {
   // append(), not "literal" + std::to_string(): GCC 12 -O3 -Wrestrict false positive.
   for (int i = 0; h.size() < 64; ++i)
     h.emplace_back(std::string("x-field-").append(std::to_string(i)), std::string("v").append(std::to_string(i)));
-  const int32_t cid = client_->request(h, nullptr);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(h, nullptr);
   ASSERT_EQ(backend_->streams.size(), 1u);
   const PeerStream& b = backend_->streams.begin()->second;
   EXPECT_EQ(b.headers.size(), 64u + 2u);  // plus x-forwarded-for / -proto
@@ -553,8 +533,7 @@ TEST_F(ForwardTest, BigHeaderListsThenSmallOnTheRecycledStream) {
   for (int i = 0; trailers.size() < 20; ++i)
     trailers.emplace_back(std::string("x-trailer-").append(std::to_string(i)), "t");
   Body body{grpc_frame("big")};
-  const int32_t cid = client_->request(req, &body);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(req, &body);
   ASSERT_EQ(backend_->streams.size(), 1u);
   const PeerStream& b = backend_->streams[backend_->last_stream];
   EXPECT_EQ(b.headers.size(), 40u + 2u);  // plus x-forwarded-for / -proto
@@ -585,8 +564,7 @@ TEST_F(ForwardTest, HugeHeaderValueAnswers431OnThatStreamOnly) {
   start();
   Headers h = grpc_request();
   h.emplace_back("x-huge", std::string(70 * 1024, 'h'));
-  const int32_t cid = client_->request(h, nullptr);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(h, nullptr);
   const PeerStream& c = client_->streams[cid];
   EXPECT_EQ(value(c.headers, ":status"), "431") << "a 70 KiB header value";
   EXPECT_TRUE(c.closed);
@@ -605,8 +583,7 @@ TEST_F(ForwardTest, HeaderListOverSixtyFourKiBAnswers431OnThatStreamOnly) {
   // Each field is under nghttp2's own per-field limit; together they pass 64 KiB.
   for (int i = 0; i < 5; ++i) h.emplace_back("x-big-" + std::to_string(i), std::string(14 * 1024, 'b'));
   Body req{grpc_frame("unwanted"), false};
-  const int32_t cid = client_->request(h, &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(h, &req);
   const PeerStream& c = client_->streams[cid];
   EXPECT_EQ(value(c.headers, ":status"), "431");
   EXPECT_TRUE(c.headers_end_stream);
@@ -630,8 +607,7 @@ TEST_F(ForwardTest, HeaderListOverSixtyFourKiBAnswers431OnThatStreamOnly) {
 TEST_F(ForwardTest, HeaderBlockSplitAcrossReceivesKeepsEveryField) {
   start();
   Body req1{grpc_frame("first")};
-  const int32_t c1 = client_->request(grpc_request(), &req1);
-  ASSERT_TRUE(pump());
+  const int32_t c1 = send_request(grpc_request(), &req1);
   const int32_t b1 = backend_->last_stream;
   Body resp1{grpc_frame("re: first"), false};
   backend_->respond(b1, grpc_response_headers(), &resp1);
@@ -710,8 +686,7 @@ TEST_F(ForwardTest, ManyConcurrentStreamsAllCompleteAndNothingLeaks) {
 TEST_F(ForwardTest, ShutdownSendsGoawayAndRunningStreamsFinish) {
   start();
   Body req{grpc_frame("in flight")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   down_->shutdown();
   down_dirty_ = true;  // the shard flushes the session it drained
   ASSERT_TRUE(pump());
@@ -728,8 +703,7 @@ TEST_F(ForwardTest, ShutdownSendsGoawayAndRunningStreamsFinish) {
 TEST_F(ForwardTest, DownstreamDestroyedMidStreamCancelsBackendAndFreesStreams) {
   start();
   Body req{grpc_frame("abandon"), false, {}};
-  client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  send_request(grpc_request(), &req);
   const int32_t bid = backend_->last_stream;
   down_.reset();  // the client connection is gone
   EXPECT_GT(up_owner_.wakes, 0);
@@ -742,8 +716,7 @@ TEST_F(ForwardTest, DownstreamDestroyedMidStreamCancelsBackendAndFreesStreams) {
 TEST_F(ForwardTest, BackendResetNoErrorBeforeResponseEndsClientStream) {
   start();
   Body req{grpc_frame("hello")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   // Legal, if unusual: the backend ends the stream without any response.
   backend_->reset(backend_->last_stream, NGHTTP2_NO_ERROR);
   ASSERT_TRUE(pump());
@@ -783,8 +756,7 @@ TEST_F(ForwardTest, SlowBackendBoundsRequestBufferingAndBlocksClient) {
   backend_->consume = false;  // the backend reads nothing for now
   const std::string upload = grpc_frame(pattern(2 << 20));
   Body req{upload};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const int32_t bid = backend_->last_stream;
   EXPECT_EQ(backend_->data_received, 65535u) << "the backend's default window";
   EXPECT_EQ(nghttp2_session_get_stream_remote_window_size(client_->session(), cid), 0)
@@ -813,8 +785,7 @@ TEST_F(ForwardTest, NoUpstreamStillDrainsTheRequestBody) {
   // window back or the client can never finish sending.
   const std::string upload = grpc_frame(pattern(1 << 20));
   Body req{upload};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const PeerStream& c = client_->streams[cid];
   EXPECT_EQ(value(c.headers, "grpc-status"), "14");
   EXPECT_TRUE(c.closed);
@@ -846,8 +817,7 @@ TEST_F(ForwardTest, TlsBackendHopSaysSchemeHttps) {
   up_dirty_ = true;
   ASSERT_TRUE(pump());
   Body req{grpc_frame("over tls")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   ASSERT_EQ(backend_->streams.size(), 1u);
   EXPECT_EQ(value(backend_->streams.begin()->second.headers, ":scheme"), "https");
   backend_->respond(backend_->last_stream, {{":status", "200"}, {"grpc-status", "0"}}, nullptr);
@@ -864,8 +834,7 @@ TEST_F(ForwardTest, BackendMaxConcurrentStreamsIsHonoured) {
   ASSERT_TRUE(pump());
   EXPECT_TRUE(up_->can_take_stream());
   Body req{grpc_frame("one")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   EXPECT_FALSE(up_->can_take_stream()) << "one stream open, backend allows one";
   backend_->respond(backend_->last_stream, {{":status", "200"}, {"grpc-status", "0"}}, nullptr);
   ASSERT_TRUE(pump());
@@ -876,8 +845,7 @@ TEST_F(ForwardTest, BackendMaxConcurrentStreamsIsHonoured) {
 TEST_F(ForwardTest, UpstreamDestroyedMidStreamAnswersUnavailable) {
   start();
   Body req{grpc_frame("hello")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   up_.reset();  // the shard dropped the backend connection
   router_.upstream = nullptr;
   ASSERT_TRUE(pump());
@@ -890,8 +858,7 @@ TEST_F(ForwardTest, UpstreamDestroyedMidStreamAnswersUnavailable) {
 TEST_F(ForwardTest, ProduceIntoAFullQueueLosesNoFrames) {
   start();
   Body req{grpc_frame("big answer please")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   Body resp{grpc_frame(pattern(48 * 1024)), true, {{"grpc-status", "0"}}};
   backend_->respond(backend_->last_stream, grpc_response_headers(), &resp);
   // Carry the response to the gateway, but do not flush the downstream yet.
@@ -931,8 +898,7 @@ TEST_F(ForwardTest, RequestBodyThePoolRefusesResetsTheStreamAtBothSides) {
   backend_->consume = false;  // the backend reads nothing: the gateway must buffer
   const std::string big = grpc_frame(pattern(1 << 20));
   Body req{big.substr(0, 1000), /*complete=*/false};  // the backend sees the stream start
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const int32_t bid = backend_->last_stream;
   ASSERT_GT(bid, 0);
   EXPECT_EQ(ctx_->counters().body_buffer_resets, 0u);
@@ -968,8 +934,7 @@ TEST_F(ForwardTest, ResponseBodyThePoolRefusesResetsTheStreamAtBothSides) {
   start(/*client_manual_window=*/true);
   client_->consume = false;  // the client reads nothing: the gateway must buffer
   Body req{grpc_frame("download")};
-  const int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  const int32_t cid = send_request(grpc_request(), &req);
   const int32_t bid = backend_->last_stream;
   const std::string big = pattern(1 << 20);
   Body resp{big, true, {{"grpc-status", "0"}}};

@@ -247,8 +247,7 @@ TEST_F(ForwardTest, IdleSessionsReleaseFrameBuffersAndKeepWorking) {
   // Traffic again, with full 16 KiB DATA frames both ways.
   const std::string big = pattern(200 * 1024);
   Body req{grpc_frame(big)};
-  int32_t cid = client_->request(grpc_request(), &req);
-  ASSERT_TRUE(pump());
+  int32_t cid = send_request(grpc_request(), &req);
   Body resp{grpc_frame(big), true, {{"grpc-status", "0"}}};
   backend_->respond(backend_->last_stream, grpc_response_headers(), &resp);
   ASSERT_TRUE(pump());

@@ -32,10 +32,6 @@
 #include "cert_env.hh"
 #include "tls_client.hh"
 
-#ifndef TLSGATE_SOURCE_ROOT
-#error "TLSGATE_SOURCE_ROOT must name the source tree (for tools/gen-cert)"
-#endif
-
 namespace tlsgate::tls {
 namespace {
 using namespace tlsgate::tls::tlstest;
@@ -54,7 +50,6 @@ std::string hex(const uint8_t* p, size_t n) {
 }
 
 Bytes bytes(const std::string& s) { return Bytes(s.begin(), s.end()); }
-std::string as_string(const Bytes& b) { return std::string(b.begin(), b.end()); }
 
 // ------------------------------------------------------------ test client
 
@@ -136,13 +131,6 @@ class KtlsClient : public MemoryBioClient {
  private:
   ClientConnState state_;
 };
-
-Bytes read_plain(Session& s, const Bytes& in, ByteQueue& out) {
-  Bytes got;
-  Result<void> r = s.read(in, out, [&](const uint8_t* p, size_t len) { got.insert(got.end(), p, p + len); });
-  EXPECT_TRUE(r.has_value()) << to_string(r.error()) << ": " << s.failure();
-  return got;
-}
 
 // ------------------------------------------------------------ record crypto
 

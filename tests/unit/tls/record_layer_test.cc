@@ -29,10 +29,6 @@
 #include "tlsgate/config.hh"
 #include "tlsgate/tls.hh"
 
-#ifndef TLSGATE_SOURCE_ROOT
-#error "TLSGATE_SOURCE_ROOT must name the source tree (for tools/gen-cert)"
-#endif
-
 namespace tlsgate::tls {
 namespace {
 using namespace tlsgate::tls::tlstest;
@@ -69,8 +65,6 @@ Bytes pattern(size_t len, uint32_t seed = 7) {
   }
   return v;
 }
-
-std::string as_string(const Bytes& b) { return std::string(b.begin(), b.end()); }
 
 std::string alert_names(const std::vector<uint8_t>& alerts) {
   std::string s;

@@ -1,6 +1,7 @@
-// An in-memory OpenSSL client for tls::Session tests, and the loop that
-// carries handshake bytes between the two. Shared by unit_tls and
-// unit_tls_alloc.
+// An in-memory OpenSSL client for tls::Session tests, the loop that carries
+// handshake bytes between the two, and the server side of one handshake.
+// Shared by unit_tls, unit_tls_ktls, unit_tls_record, unit_tls_alloc and
+// unit_tls_workarounds.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -200,6 +201,43 @@ inline Outcome run_handshake(Session& server, MemoryBioClient& client, ByteQueue
     if (in.empty() && !server_sent && round > 0) break;
   }
   return o;
+}
+
+// Plaintext as text, for comparing with string literals.
+inline std::string as_string(const Bytes& b) { return std::string(b.begin(), b.end()); }
+
+// The plaintext Session::read delivers from `in`. With `result` the caller
+// checks how the read ended; without, it must have succeeded.
+inline Bytes read_plain(Session& s, const Bytes& in, ByteQueue& out, Result<void>* result = nullptr) {
+  Bytes got;
+  Result<void> r = s.read(in, out, [&](const uint8_t* p, size_t len) { got.insert(got.end(), p, p + len); });
+  if (result)
+    *result = r;
+  else
+    EXPECT_TRUE(r.has_value()) << to_string(r.error()) << ": " << s.failure();
+  return got;
+}
+
+// A server Session on a Context, pool and output queue of its own, for a
+// test that looks at one handshake (ConnectedPair is for going on with data).
+struct TestServer {
+  explicit TestServer(const config::TlsSettings& ts = settings()) : ctx(ts), session(ctx, pool) {}
+  Outcome handshake_with(MemoryBioClient& client) { return run_handshake(session, client, out); }
+
+  ChunkPool pool;
+  ByteQueue out{&pool};
+  Context ctx;
+  Session session;
+};
+
+// Both sides gave up the handshake: the server says why, and the client
+// failed with `reason` (SSL_R_*, from the alert the server sent).
+inline void expect_refused(const Outcome& o, const Session& server, const MemoryBioClient& client,
+                           int reason) {
+  EXPECT_EQ(o.server, HandshakeState::Failed);
+  EXPECT_FALSE(server.failure().empty());
+  EXPECT_EQ(o.client, -1);
+  EXPECT_EQ(client.failed_reason(), reason) << client.last_error();
 }
 
 // A server Session and a Client; connect() runs the handshake to the end.

@@ -32,10 +32,6 @@
 #include "cert_env.hh"
 #include "tls_client.hh"
 
-#ifndef TLSGATE_SOURCE_ROOT
-#error "TLSGATE_SOURCE_ROOT must name the source tree (for tools/gen-cert)"
-#endif
-
 namespace tlsgate::tls {
 namespace {
 using namespace tlsgate::tls::tlstest;
@@ -59,16 +55,6 @@ Result<void> feed_read(Session& s, const Bytes& in, const std::vector<size_t>& p
   return {};
 }
 
-Bytes read_plain(Session& s, const Bytes& in, ByteQueue& out, Result<void>* result = nullptr) {
-  Bytes got;
-  Result<void> r = s.read(in, out, [&](const uint8_t* p, size_t len) { got.insert(got.end(), p, p + len); });
-  if (result)
-    *result = r;
-  else
-    EXPECT_TRUE(r.has_value()) << to_string(r.error()) << ": " << s.failure();
-  return got;
-}
-
 Bytes pattern(size_t len) {
   Bytes v(len);
   uint32_t x = 7;
@@ -78,8 +64,6 @@ Bytes pattern(size_t len) {
   }
   return v;
 }
-
-std::string as_string(const Bytes& b) { return std::string(b.begin(), b.end()); }
 
 // A connected pair, handshake done, for the data tests.
 class TlsSessionTest : public ConnectedPair {
@@ -150,64 +134,47 @@ TEST_F(TlsSessionTest, NoAlpnOfferedMeansAlpnNone) {
   EXPECT_EQ(session_->alpn(), Alpn::None);
 }
 
+config::TlsSettings tls13_only() {
+  config::TlsSettings ts = settings();
+  ts.min_version = config::TlsVersion::Tls13;
+  return ts;
+}
+
 TEST(TlsHandshake, UnknownProtocolOnlyFailsWithNoApplicationProtocol) {
-  ChunkPool pool;
-  ByteQueue out(&pool);
-  Context ctx(settings());
-  Session s(ctx, pool);
+  TestServer server;
   Client c({.alpn = {"spdy/3"}});
-  Outcome o = run_handshake(s, c, out);
-  EXPECT_EQ(o.server, HandshakeState::Failed);
-  EXPECT_FALSE(s.failure().empty());
-  EXPECT_EQ(o.client, -1);
-  EXPECT_EQ(c.failed_reason(), SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL) << c.last_error();
+  expect_refused(server.handshake_with(c), server.session, c, SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL);
 }
 
 TEST(TlsHandshake, MinVersion13RejectsTls12OnlyClient) {
-  ChunkPool pool;
-  ByteQueue out(&pool);
-  config::TlsSettings ts = settings();
-  ts.min_version = config::TlsVersion::Tls13;
-  Context ctx(ts);
-  Session s(ctx, pool);
+  TestServer server(tls13_only());
   Client c({.max_version = TLS1_2_VERSION});
-  Outcome o = run_handshake(s, c, out);
-  EXPECT_EQ(o.server, HandshakeState::Failed);
-  EXPECT_FALSE(s.failure().empty());
-  EXPECT_EQ(o.client, -1);
-  EXPECT_EQ(c.failed_reason(), SSL_R_TLSV1_ALERT_PROTOCOL_VERSION) << c.last_error();
+  expect_refused(server.handshake_with(c), server.session, c, SSL_R_TLSV1_ALERT_PROTOCOL_VERSION);
 }
 
 TEST(TlsHandshake, MinVersion13AcceptsTls13Client) {
-  ChunkPool pool;
-  ByteQueue out(&pool);
-  config::TlsSettings ts = settings();
-  ts.min_version = config::TlsVersion::Tls13;
-  Context ctx(ts);
-  Session s(ctx, pool);
+  TestServer server(tls13_only());
   Client c;
-  Outcome o = run_handshake(s, c, out);
-  EXPECT_EQ(o.server, HandshakeState::Done) << s.failure();
-  EXPECT_STREQ(s.version(), "TLSv1.3");
+  Outcome o = server.handshake_with(c);
+  EXPECT_EQ(o.server, HandshakeState::Done) << server.session.failure();
+  EXPECT_STREQ(server.session.version(), "TLSv1.3");
 }
 
 TEST(TlsHandshake, GarbageInsteadOfClientHelloFails) {
-  ChunkPool pool;
-  ByteQueue out(&pool);
-  Context ctx(settings());
-  Session s(ctx, pool);
+  TestServer server;
+  Session& s = server.session;
   const std::string garbage = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
-  HandshakeState st = s.handshake({reinterpret_cast<const uint8_t*>(garbage.data()), garbage.size()}, out);
+  HandshakeState st =
+      s.handshake({reinterpret_cast<const uint8_t*>(garbage.data()), garbage.size()}, server.out);
   EXPECT_EQ(st, HandshakeState::Failed);
   EXPECT_FALSE(s.failure().empty());
   EXPECT_STREQ(to_string(st), "failed");
 }
 
 TEST(TlsHandshake, ClientHelloOneByteAtATime) {
-  ChunkPool pool;
-  ByteQueue out(&pool);
-  Context ctx(settings());
-  Session s(ctx, pool);
+  TestServer server;
+  Session& s = server.session;
+  ByteQueue& out = server.out;
   Client c;
   ASSERT_EQ(c.step(), 0);
   Bytes hello = c.take_output();
@@ -620,14 +587,11 @@ struct Handshake {
 };
 
 Handshake handshake_with(const config::TlsSettings& ts, const Offer& offer) {
-  ChunkPool pool;
-  ByteQueue out(&pool);
-  Context ctx(ts);
-  Session s(ctx, pool);
+  TestServer server(ts);
   std::unique_ptr<Client> c = client_offering(offer);
   Handshake h;
-  h.outcome = run_handshake(s, *c, out);
-  h.server_failure = s.failure();
+  h.outcome = server.handshake_with(*c);
+  h.server_failure = server.session.failure();
   h.client_error = c->last_error();
   if (h.outcome.client == 1) {
     h.cipher = SSL_get_cipher_name(c->ssl());
@@ -732,12 +696,11 @@ TEST_F(TlsSessionTest, EachDefaultSuiteDetachesAndKeepsWorking) {
 TEST(TlsCipherPolicy, SuiteTheRecordLayerLacksStaysWithOpenssl) {
   config::TlsSettings ts = policy_settings();
   ts.cipher_policy.ciphersuites = "TLS_AES_128_CCM_SHA256";
-  ChunkPool pool;
-  ByteQueue out(&pool);
-  Context ctx(ts);
-  Session s(ctx, pool);
+  TestServer server(ts);
+  Session& s = server.session;
+  ByteQueue& out = server.out;
   std::unique_ptr<Client> c = client_offering({.ciphersuites = "TLS_AES_128_CCM_SHA256"});
-  Outcome o = run_handshake(s, *c, out);
+  Outcome o = server.handshake_with(*c);
   ASSERT_EQ(o.server, HandshakeState::Done) << s.failure();
   ASSERT_EQ(o.client, 1) << c->last_error();
   EXPECT_STREQ(s.cipher(), "TLS_AES_128_CCM_SHA256");
