@@ -50,7 +50,8 @@ const char* kUsage =
     "  --check-config FILE  validate FILE (including certificates and keys) and exit\n"
     "  --log-level LEVEL    default info\n"
     "Exit codes: 0 stopped cleanly, 1 runtime failure, 2 bad configuration or usage.\n"
-    "Signals: SIGTERM/SIGINT drain and stop.\n";
+    "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads FILE (refused, and logged,\n"
+    "when it is bad or changes workers or a listener's address).\n";
 
 struct Args {
   std::string config;
@@ -116,23 +117,42 @@ tls::KtlsSupport check_ktls(const config::Config& cfg) {
 }
 
 // Loads every certificate and key once in the main thread, so a bad file is
-// a start-up error and not a shard failure.
+// a start-up error (or a refused reload) and not a shard failure. "" or what
+// is wrong.
+std::string tls_problem(const config::Config& cfg) {
+  try {
+    for (const config::Listener& l : cfg.listeners) tls::Context probe(l.tls);
+    for (const config::Cluster& c : cfg.clusters)
+      if (c.tls.enabled) tls::Context probe(c.tls);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
 void check_tls(const config::Config& cfg) {
-  for (const config::Listener& l : cfg.listeners) {
-    try {
-      tls::Context probe(l.tls);
-    } catch (const std::exception& e) {
-      config_error(e.what());
-    }
+  const std::string problem = tls_problem(cfg);
+  if (!problem.empty()) config_error(problem);
+}
+
+// What a reload cannot change: the shards and their listening sockets. ""
+// or the key that changed.
+std::string reload_refusal(const config::Config& running, const config::Config& next, const tls::KtlsSupport& ktls) {
+  if (next.workers != running.workers)
+    return next.path + ": workers: changed from " + std::to_string(running.workers) + " to " +
+           std::to_string(next.workers) + "; a restart applies it";
+  if (next.listeners.size() != running.listeners.size())
+    return next.path + ": listeners: " + std::to_string(next.listeners.size()) + " instead of " +
+           std::to_string(running.listeners.size()) + "; adding or removing a listener needs a restart";
+  for (size_t i = 0; i < next.listeners.size(); ++i) {
+    const config::Listener& l = next.listeners[i];
+    if (l.listen.text != running.listeners[i].listen.text)
+      return l.listen_origin.to_string() + ": " + l.listen.text + " instead of " + running.listeners[i].listen.text +
+             "; a listener's address needs a restart";
+    if (l.tls.ktls == config::Ktls::On && !ktls.any())
+      return l.tls.ktls_origin.to_string() + ": ktls = \"on\" but this kernel cannot offload TLS";
   }
-  for (const config::Cluster& c : cfg.clusters) {
-    if (!c.tls.enabled) continue;
-    try {
-      tls::Context probe(c.tls);
-    } catch (const std::exception& e) {
-      config_error(e.what());
-    }
-  }
+  return "";
 }
 
 config::SocketAddress with_port(const config::SocketAddress& a, uint16_t port) {
@@ -193,6 +213,54 @@ struct ShardThread {
   std::thread thread;
   std::string error;
 };
+
+// DNS re-resolution of a configuration's names, published to every shard.
+std::unique_ptr<upstream::DnsWatcher> watch_dns(const config::Config& cfg, std::vector<ShardThread>& shards) {
+  return std::make_unique<upstream::DnsWatcher>(
+      cfg, [&shards](uint32_t cluster, uint32_t name, std::vector<config::SocketAddress> addrs) {
+        for (ShardThread& s : shards)
+          if (s.shard) s.shard->update_dns(cluster, name, addrs);
+      });
+}
+
+struct ReloadCounts {
+  uint64_t done = 0;
+  uint64_t refused = 0;
+};
+
+// SIGHUP: the file is read and checked as --check-config does; a good one
+// goes to every shard (new connections use it, running ones finish on
+// theirs), a bad one is refused with the same message as at start-up and
+// the running configuration keeps serving.
+void reload(std::shared_ptr<const config::Config>& running, std::vector<ShardThread>& shards,
+            std::unique_ptr<upstream::DnsWatcher>& dns, const tls::KtlsSupport& ktls, ReloadCounts& counts) {
+  LOG_INFO("main", "SIGHUP: reloading %s", running->path.c_str());
+  auto next = std::make_shared<config::Config>();
+  std::string problem;
+  try {
+    *next = config::load_file(running->path);
+    problem = tls_problem(*next);
+    if (problem.empty()) problem = reload_refusal(*running, *next, ktls);
+  } catch (const config::ConfigError& e) {
+    problem = e.what();
+  }
+  if (!problem.empty()) {
+    ++counts.refused;
+    LOG_ERROR("main", "reload refused, the running configuration stays: %s", problem.c_str());
+    return;
+  }
+  // The old watcher's answers are in the running configuration's indices:
+  // stopped first, and Shard::adopt drops what it queued.
+  dns->stop();
+  running = next;
+  for (ShardThread& s : shards)
+    if (s.shard) s.shard->adopt(running);
+  dns = watch_dns(*running, shards);
+  dns->start();
+  ++counts.done;
+  LOG_INFO("main", "configuration reloaded (%zu listeners, %zu clusters); new connections use it",
+           running->listeners.size(), running->clusters.size());
+}
 
 int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
   // Signals are taken by the main thread alone (sigwait); shards never see them.
@@ -256,26 +324,25 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
       ok = false;
     }
   }
-  upstream::DnsWatcher dns(cfg, [&](uint32_t cluster, uint32_t name, std::vector<config::SocketAddress> addrs) {
-    for (ShardThread& s : shards)
-      if (s.shard) s.shard->update_dns(cluster, name, addrs);
-  });
+  std::shared_ptr<const config::Config> running = shared_cfg;
+  std::unique_ptr<upstream::DnsWatcher> dns = watch_dns(*running, shards);
+  ReloadCounts reloads;
   if (ok) {
-    dns.start();
+    dns->start();
     LOG_INFO("main", "tlsgate %s serving with %u shards (io_uring %s)", TLSGATE_VERSION, n,
              shards[0].shard->ring_features().c_str());
     for (;;) {
       int sig = 0;
       if (sigwait(&sigs, &sig) != 0) continue;
       if (sig == SIGHUP) {
-        LOG_WARN("main", "SIGHUP: configuration reload is not implemented yet; ignored");
+        reload(running, shards, dns, ktls, reloads);
         continue;
       }
       LOG_INFO("main", "%s: draining", strsignal(sig));
       break;
     }
   }
-  dns.stop();
+  dns->stop();
   for (ShardThread& s : shards)
     if (s.shard) s.shard->stop();
   shard::Counters total;
@@ -287,7 +354,8 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
     if (!shards[i].shard)
       for (int fd : fds[i]) ::close(fd);
   shards.clear();
-  LOG_INFO("main", "stopped: %s", total.describe().c_str());
+  LOG_INFO("main", "stopped: %s config_reloads=%lu config_reload_failures=%lu", total.describe().c_str(),
+           reloads.done, reloads.refused);
   return ok ? 0 : kExitRuntime;
 }
 

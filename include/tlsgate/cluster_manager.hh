@@ -34,6 +34,7 @@ struct Connection {
   h2::UpstreamSession* session = nullptr;  // set by Transport::connect; null once closed
   bool ready = false;    // connected (and TLS done): keepalive and idle apply
   bool broken = false;   // a send failed: takes no new stream (the shard closes it)
+  uint32_t generation = 0;  // the cluster's tls_generation when it was opened
   uint64_t last_recv_ms = 0;   // keepalive: any received byte proves the peer alive
   uint64_t ping_sent_ms = 0;   // 0 = no PING outstanding
   uint64_t idle_since_ms = 0;  // 0 = has streams
@@ -122,6 +123,10 @@ struct Cluster {
   uint32_t connections = 0;  // open or opening connections (a gauge)
   uint64_t streams = 0;      // client streams started (a counter)
   bool retired = false;      // gone from the configuration: no new streams
+  // Bumped when a configuration with TLS towards this cluster's backends is
+  // adopted: connections made with the previous TLS settings take no new
+  // stream and close once idle.
+  uint32_t tls_generation = 0;
   std::string no_endpoint;   // grpc-message when no endpoint is usable
 };
 

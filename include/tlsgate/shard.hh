@@ -111,7 +111,9 @@ class Shard {
   void update_dns(uint32_t cluster, uint32_t name, std::vector<config::SocketAddress> addrs);
   // Thread-safe: a new configuration (same listeners). The shard adopts it
   // at its next timer tick: new connections start with it, running ones
-  // keep theirs to their end (include/tlsgate/snapshot.hh).
+  // keep theirs to their end (include/tlsgate/snapshot.hh). DNS answers
+  // queued before it are dropped (they use the old cluster indices): stop
+  // the old DnsWatcher first and start one for the new configuration after.
   void adopt(std::shared_ptr<const config::Config> config);
   // Valid after run() returned.
   const Counters& counters() const;

@@ -105,15 +105,30 @@ void Loop::adopt(std::shared_ptr<const config::Config> cfg) {
               cfg->listeners.size(), listeners.size());
     return;
   }
-  snapshot = Snapshot::build(std::move(cfg), pool, ktls_support.any());
+  try {
+    snapshot = Snapshot::build(std::move(cfg), pool, ktls_support.any());
+  } catch (const std::exception& e) {
+    // The main thread loaded every certificate before posting it; should a
+    // shard still fail, it keeps serving what it has (none at start-up).
+    if (!snapshot) throw;
+    LOG_ERROR("shard", "%u: new configuration not adopted: %s", id, e.what());
+    return;
+  }
   for (auto& lp : listeners) {
     ListenerRt& l = *lp;
     const config::Listener& c = *snapshot->listeners[l.index].cfg;
     l.max_connections = c.max_connections;
+    // Timers already running keep their deadline; a changed duration applies
+    // to those armed from now on (a shorter one may then wait behind a longer
+    // one at the head of the list for at most the old duration).
     l.handshake_timers.set_duration(static_cast<uint64_t>(c.handshake_timeout.count()));
     l.idle_timers.set_duration(static_cast<uint64_t>(c.idle_timeout.count()));
-    const auto shard_resets = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{c.h2_reset_budget} * 10, UINT32_MAX));
-    l.unearned_resets = std::make_unique<h2::Budget>(shard_resets, shard_resets, shard_resets);
+    // Running connections hold this budget: made once, at start-up.
+    if (!l.unearned_resets) {
+      const auto shard_resets =
+          static_cast<uint32_t>(std::min<uint64_t>(uint64_t{c.h2_reset_budget} * 10, UINT32_MAX));
+      l.unearned_resets = std::make_unique<h2::Budget>(shard_resets, shard_resets, shard_resets);
+    }
   }
 }
 
@@ -504,6 +519,9 @@ void Shard::update_dns(uint32_t cluster, uint32_t name, std::vector<config::Sock
 
 void Shard::adopt(std::shared_ptr<const config::Config> config) {
   std::lock_guard<std::mutex> lock(impl_->inbox_mu);
+  // DNS answers still queued name clusters by the old configuration's
+  // indices; the new configuration's watcher answers again.
+  impl_->dns_inbox.clear();
   impl_->config_inbox = std::move(config);
   impl_->inbox_pending.store(true, std::memory_order_release);
 }

@@ -52,6 +52,9 @@ void ClusterManager::configure(Cluster& c, std::shared_ptr<const config::Config>
   const Policy lb = cfg.lb == config::LbPolicy::P2c ? Policy::P2c : Policy::RoundRobin;
   // Seeded per shard and cluster so that shards do not pick in lockstep.
   if (fresh || c.balancer.policy() != lb) c.balancer = Balancer(lb, seed_ ^ (uint64_t{c.index} + 1));
+  // Certificates may have been rewritten in place under the same names, so
+  // any configuration with upstream TLS renews the connections (they drain).
+  if (!fresh && (cfg.tls.enabled || c.cfg->tls.enabled)) ++c.tls_generation;
   c.cfg = &cfg;
   c.config = std::move(config);  // keeps `cfg` alive
   c.retired = false;
@@ -156,7 +159,8 @@ Connection* ClusterManager::pooled_connection(Cluster& c, size_t e, const char*&
   Endpoint& ep = *c.endpoints[e];
   Connection* best = nullptr;
   for (Connection* u : ep.conns) {
-    if (u->broken || u->session == nullptr || !u->session->can_take_stream()) continue;
+    if (u->broken || u->session == nullptr || u->generation != c.tls_generation || !u->session->can_take_stream())
+      continue;
     if (best == nullptr || u->session->active_streams() < best->session->active_streams()) best = u;
   }
   if (best != nullptr) return best;
@@ -176,6 +180,7 @@ Connection* ClusterManager::pooled_connection(Cluster& c, size_t e, const char*&
   u->cluster = c.index;
   u->endpoint = static_cast<uint32_t>(e);
   u->connect_timer.owner = u;
+  u->generation = c.tls_generation;
   ep.conns.push_back(u);
   c.connect_timers.arm(u->connect_timer, now_);
   LOG_DEBUG("upstream", "%u: connecting to %s", id_, ep.addr.text.c_str());
@@ -347,8 +352,9 @@ void ClusterManager::tick() {
 void ClusterManager::keepalive(Connection& u, const config::Cluster& cfg) {
   if (!u.ready || u.broken || u.session == nullptr) return;
   h2::UpstreamSession& s = *u.session;
-  if (!clusters_[u.cluster]->states[u.endpoint].active && s.active_streams() == 0) {
-    transport_.close(u, "endpoint removed", false);
+  const Cluster& c = *clusters_[u.cluster];
+  if (s.active_streams() == 0 && (!c.states[u.endpoint].active || u.generation != c.tls_generation)) {
+    transport_.close(u, c.states[u.endpoint].active ? "upstream TLS settings replaced" : "endpoint removed", false);
     return;
   }
   if (s.active_streams() > 0) {

@@ -210,6 +210,30 @@ TEST_F(ClusterManagerTest, AdoptKeepsDnsAnswersAndSyncsStaticEndpoints) {
   EXPECT_TRUE(active("10.0.0.2:50051")) << "DNS added it; the new configuration keeps the name";
 }
 
+// Upstream TLS may have new certificates under the same file names: a new
+// configuration with TLS to the backends renews the connections (running
+// streams finish on the old one, which then closes).
+TEST_F(ClusterManagerTest, AdoptWithUpstreamTlsRenewsConnections) {
+  auto cfg = one_cluster({"127.0.0.1:50051"});
+  cfg->clusters[0].tls.enabled = true;
+  adopt(cfg);
+  const size_t c = connect_client(&policies_);
+  const int32_t running = call(c);
+  ASSERT_EQ(conns_.size(), 1u);
+  adopt(std::make_shared<config::Config>(*cfg));
+  call(c);
+  ASSERT_EQ(conns_.size(), 2u) << "the stream after the reload takes a new connection";
+  manager_.tick();
+  EXPECT_FALSE(conns_[0]->closed) << "its stream still runs";
+  answer(*conns_[0], conns_[0]->backend->last_stream);
+  pump();
+  EXPECT_EQ(value(seen(c, running).trailers, "grpc-status"), "0");
+  manager_.tick();
+  EXPECT_TRUE(conns_[0]->closed);
+  EXPECT_EQ(conns_[0]->close_why, "upstream TLS settings replaced");
+  EXPECT_FALSE(conns_[1]->closed);
+}
+
 // A cluster the new configuration no longer has is retired: no new streams.
 TEST_F(ClusterManagerTest, AdoptKeepsClustersByNameAndRetiresTheOthers) {
   adopt(one_cluster({"127.0.0.1:50051"}, "a"));

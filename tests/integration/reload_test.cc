@@ -1,0 +1,183 @@
+// SIGHUP reload (issue 18): under steady gRPC load over several connections
+// the certificate and the cluster's endpoints are replaced; no call fails,
+// a new TLS connection gets the new certificate, calls go to the new
+// backend, and a bad file or a changed listener address changes nothing.
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fixtures.hh"
+
+namespace tlsgate::itest {
+namespace {
+
+// The serial number of `cert`, or of the certificate a TLS client gets from
+// 127.0.0.1:port ("serial=..." as openssl prints it).
+std::string serial_of_file(const std::filesystem::path& dir, const std::filesystem::path& cert) {
+  RunResult r = run({"/usr/bin/openssl", "x509", "-noout", "-serial", "-in", cert.string()}, dir, 10s);
+  return r.out;
+}
+
+std::string serial_served(const std::filesystem::path& dir, int port) {
+  RunResult r = run({"/bin/sh", "-c",
+                     "/usr/bin/openssl s_client -connect 127.0.0.1:" + std::to_string(port) +
+                         " -servername localhost -alpn h2 </dev/null 2>/dev/null | /usr/bin/openssl x509 -noout -serial"},
+                    dir, 20s);
+  return r.out;
+}
+
+// Unary calls in a loop on `channels` connections of their own until stop,
+// counting failures and which backend answered.
+class Load {
+ public:
+  Load(const std::string& target, int channels) {
+    for (int i = 0; i < channels; ++i) {
+      threads_.emplace_back([this, target, i] {
+        auto stub = Echo::NewStub(tls_channel(target));
+        for (int n = 0; !stop_ && n < 100'000; ++n) {
+          UnaryOutcome r = unary(*stub, "load-" + std::to_string(i) + "-" + std::to_string(n));
+          ++calls_;
+          if (!r.status.ok()) {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (failed_++ == 0) first_failure_ = status_str(r.status);
+          } else if (r.server_id == "b") {
+            ++on_b_;
+          }
+        }
+      });
+    }
+  }
+  ~Load() { finish(); }
+  void finish() {
+    stop_ = true;
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+  uint64_t calls() const { return calls_; }
+  uint64_t failed() const { return failed_; }
+  uint64_t on_b() const { return on_b_; }
+  std::string first_failure() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return first_failure_;
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> calls_{0}, failed_{0}, on_b_{0};
+  std::mutex mu_;
+  std::string first_failure_;
+  std::vector<std::thread> threads_;
+};
+
+// Waits until `pred` holds, polling; false after `timeout`.
+template <class Pred>
+bool eventually(Pred pred, Ms timeout) {
+  const auto deadline = Clock::now() + timeout;
+  while (!pred()) {
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(20ms);
+  }
+  return true;
+}
+
+class Reload : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (env("TLSGATE_BIN").empty()) GTEST_FAIL() << "TLSGATE_BIN is not set (path to the tlsgate binary)";
+    dir_ = std::make_unique<TempDir>();
+    EchoOptions a;
+    a.id = "a";
+    EchoOptions b;
+    b.id = "b";
+    a_ = std::make_unique<EchoBackend>(dir_->path(), a);
+    b_ = std::make_unique<EchoBackend>(dir_->path(), b);
+    cfg_.endpoints = {a_->endpoint().address()};
+    gw_ = std::make_unique<Gateway>(dir_->path(), cfg_);
+    ASSERT_TRUE(gw_->started());
+  }
+  void TearDown() override {
+    if (gw_) gw_->stop();
+  }
+
+  // Writes `next` over the running file and sends SIGHUP; waits for the
+  // gateway's `reloaded` or `refused` line (the n-th of either).
+  bool reload(const GatewayConfig& next, const std::string& expect) {
+    write_file(gw_->config_path(), next.render());
+    const size_t before = count(expect);
+    gw_->process().signal(SIGHUP);
+    return eventually([&] { return count(expect) > before; }, 10s);
+  }
+  size_t count(const std::string& text) const {
+    const std::string err = gw_->process().stderr_text();
+    size_t n = 0;
+    for (size_t at = err.find(text); at != std::string::npos; at = err.find(text, at + 1)) ++n;
+    return n;
+  }
+
+  std::unique_ptr<TempDir> dir_;
+  std::unique_ptr<EchoBackend> a_, b_;
+  GatewayConfig cfg_;
+  std::unique_ptr<Gateway> gw_;
+};
+
+TEST_F(Reload, CertificateAndEndpointsUnderLoadWithoutAFailedCall) {
+  const std::string ecdsa = serial_of_file(dir_->path(), certs().server_crt);
+  const std::string rsa = serial_of_file(dir_->path(), certs().rsa_crt);
+  ASSERT_NE(ecdsa, rsa);
+  ASSERT_EQ(serial_served(dir_->path(), gw_->endpoint().port), ecdsa);
+
+  Load load(gw_->target(), 8);
+  ASSERT_TRUE(eventually([&] { return load.calls() >= 200; }, 20s)) << "the load did not start";
+
+  GatewayConfig next = cfg_;
+  next.certificate = certs().rsa_crt;
+  next.private_key = certs().rsa_key;
+  next.endpoints = {b_->endpoint().address()};
+  ASSERT_TRUE(reload(next, "configuration reloaded")) << gw_->process().stderr_text();
+  EXPECT_EQ(serial_served(dir_->path(), gw_->endpoint().port), rsa) << "a new connection gets the new certificate";
+  EXPECT_TRUE(eventually([&] { return load.on_b() >= 200; }, 20s))
+      << "calls did not move to the new endpoint: " << load.on_b() << " on b";
+
+  // A bad file: refused with the start-up message, nothing changes.
+  write_file(gw_->config_path(), next.render() + "\n[[listeners]\n");
+  const size_t refused = count("reload refused");
+  gw_->process().signal(SIGHUP);
+  ASSERT_TRUE(eventually([&] { return count("reload refused") > refused; }, 10s));
+  EXPECT_NE(gw_->process().stderr_text().find(gw_->config_path().string() + ":"), std::string::npos)
+      << "the refusal names file:line:column";
+  EXPECT_EQ(serial_served(dir_->path(), gw_->endpoint().port), rsa) << "the running configuration stays";
+  const uint64_t on_b = load.on_b();
+  EXPECT_TRUE(eventually([&] { return load.on_b() >= on_b + 100; }, 20s)) << "calls still go to b";
+
+  load.finish();
+  EXPECT_EQ(load.failed(), 0u) << "of " << load.calls() << " calls; first: " << load.first_failure();
+  EXPECT_GE(load.calls(), 600u);
+  const std::string err = gw_->process().stderr_text();
+  gw_->stop();
+  const auto counters = stopped_counters(gw_->process().stderr_text());
+  ASSERT_TRUE(counters.count("config_reloads")) << err;
+  EXPECT_EQ(counters.at("config_reloads"), "1");
+  EXPECT_EQ(counters.at("config_reload_failures"), "1");
+}
+
+TEST_F(Reload, ChangedListenerAddressIsRefusedNamingTheKey) {
+  std::string text = cfg_.render();
+  const size_t at = text.find("127.0.0.1:0");
+  ASSERT_NE(at, std::string::npos) << text;
+  text.replace(at, 11, "127.0.0.2:0");
+  write_file(gw_->config_path(), text);
+  const size_t refused = count("reload refused");
+  gw_->process().signal(SIGHUP);
+  ASSERT_TRUE(eventually([&] { return count("reload refused") > refused; }, 10s));
+  EXPECT_NE(gw_->process().stderr_text().find("listeners[0].listen: 127.0.0.2:0 instead of 127.0.0.1:0"),
+            std::string::npos)
+      << gw_->process().stderr_text();
+  auto stub = Echo::NewStub(tls_channel(gw_->target()));
+  EXPECT_TRUE(unary(*stub, "still serving").status.ok());
+}
+
+}  // namespace
+}  // namespace tlsgate::itest
