@@ -10,7 +10,9 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -50,7 +52,8 @@ const char* kUsage =
     "  --check-config FILE  validate FILE (including certificates and keys) and exit\n"
     "  --log-level LEVEL    default info\n"
     "Exit codes: 0 stopped cleanly, 1 runtime failure, 2 bad configuration or usage.\n"
-    "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads FILE (refused, and logged,\n"
+    "Signals: SIGTERM/SIGINT drain ([drain] delay, then GOAWAY and [drain] timeout)\n"
+    "and stop, a second one stops at once; SIGHUP reloads FILE (refused, and logged,\n"
     "when it is bad or changes workers or a listener's address).\n";
 
 struct Args {
@@ -262,6 +265,47 @@ void reload(std::shared_ptr<const config::Config>& running, std::vector<ShardThr
            running->listeners.size(), running->clusters.size());
 }
 
+// The next signal of `sigs` within `ms`, or 0.
+int next_signal(const sigset_t& sigs, uint64_t ms) {
+  timespec ts{static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1'000'000};
+  const int sig = sigtimedwait(&sigs, nullptr, &ts);
+  return sig > 0 ? sig : 0;
+}
+
+// [drain] delay: the listeners keep accepting while the load balancer
+// deregisters this target. SIGHUP still reloads; a second SIGTERM or SIGINT
+// ends the delay and the drain at once (returns true).
+bool drain_delay(const sigset_t& sigs, std::shared_ptr<const config::Config>& running,
+                 std::vector<ShardThread>& shards, std::unique_ptr<upstream::DnsWatcher>& dns,
+                 const tls::KtlsSupport& ktls, ReloadCounts& reloads) {
+  const auto delay = static_cast<uint64_t>(running->drain.delay.count());
+  if (delay == 0) return false;
+  LOG_INFO("main", "drain: still accepting for %lu ms ([drain] delay), then GOAWAY", delay);
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(delay);
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    const int sig = next_signal(sigs, static_cast<uint64_t>(left.count()));
+    if (sig == SIGHUP) reload(running, shards, dns, ktls, reloads);
+    if (sig == SIGTERM || sig == SIGINT) {
+      LOG_INFO("main", "%s again: stopping now", strsignal(sig));
+      return true;
+    }
+  }
+}
+
+// The shards drain ([drain] timeout, then they close what is left); a second
+// SIGTERM or SIGINT closes everything now.
+void await_drain(const sigset_t& sigs, std::vector<ShardThread>& shards, const std::atomic<unsigned>& finished) {
+  while (finished.load() < shards.size()) {
+    const int sig = next_signal(sigs, 100);
+    if (sig != SIGTERM && sig != SIGINT) continue;
+    LOG_INFO("main", "%s again: stopping now", strsignal(sig));
+    for (ShardThread& s : shards)
+      if (s.shard) s.shard->stop_now();
+  }
+}
+
 int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
   // Signals are taken by the main thread alone (sigwait); shards never see them.
   sigset_t sigs;
@@ -294,6 +338,7 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
   // One immutable copy every shard's first snapshot shares.
   const auto shared_cfg = std::make_shared<const config::Config>(cfg);
   std::vector<ShardThread> shards(n);
+  std::atomic<unsigned> finished{0};  // shards whose run() returned
   std::mutex mu;
   std::condition_variable cv;
   unsigned ready = 0;
@@ -311,6 +356,7 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
       }
       cv.notify_one();
       if (shards[i].shard) shards[i].shard->run();
+      ++finished;
     });
   }
   {
@@ -342,9 +388,17 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
       break;
     }
   }
+  bool now = !ok;
+  if (!now) now = drain_delay(sigs, running, shards, dns, ktls, reloads);
   dns->stop();
   for (ShardThread& s : shards)
     if (s.shard) s.shard->stop();
+  if (now) {
+    for (ShardThread& s : shards)
+      if (s.shard) s.shard->stop_now();
+  } else {
+    await_drain(sigs, shards, finished);
+  }
   shard::Counters total;
   for (ShardThread& s : shards) {
     s.thread.join();

@@ -216,12 +216,21 @@ struct Admin {
   Origin listen_origin;
 };
 
+// After SIGTERM/SIGINT: keep accepting for `delay` (the load balancer
+// deregisters the target meanwhile), then close the listeners, send every
+// client connection the two-step GOAWAY and give its streams `timeout`.
+struct Drain {
+  std::chrono::milliseconds delay{0};
+  std::chrono::milliseconds timeout{30'000};
+};
+
 struct Config {
   std::string path;
   unsigned workers = 1;  // "auto" resolved to the number of online CPUs
   bool workers_auto = false;
   Admin admin;
   Limits limits;
+  Drain drain;
   std::vector<Listener> listeners;
   std::vector<Cluster> clusters;
 

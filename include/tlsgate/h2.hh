@@ -301,14 +301,25 @@ class DownstreamSession final : public Session {
  public:
   DownstreamSession(Context& ctx, Owner& owner, DownstreamSettings settings);
   ~DownstreamSession();
-  // Graceful drain: GOAWAY with the last stream id; running streams finish.
+  // GOAWAY with the last stream id at once; running streams finish.
   void shutdown();
+  // Graceful drain, RFC 9113 §6.8: a GOAWAY with the largest stream id and a
+  // PING; when the PING's ACK is back (one round trip: every request the
+  // client sent before it saw the first GOAWAY has arrived) or on
+  // finish_drain(), the GOAWAY with the real last stream id.
+  void drain();
+  void finish_drain();
+  // drain() was called and its final GOAWAY is not queued yet.
+  bool drain_pending() const { return drain_ping_pending_; }
   const DownstreamSettings& settings() const { return settings_; }
 
  private:
   friend struct Callbacks;
   friend struct Forward;
   void receive_failed(int lib_error) override;
+  // The ACK of drain()'s PING (`frame`: an nghttp2_frame, which only
+  // src/h2's sources may name).
+  bool is_drain_ack(const void* frame) const;
   // A glitch (a frame that costs the gateway work and serves no request):
   // the connection ends with ENHANCE_YOUR_CALM once the budget is spent.
   void glitch(uint64_t& kind);
@@ -333,6 +344,7 @@ class DownstreamSession final : public Session {
   void stream_opened() { window_update_credit_ += 4; }
   uint64_t window_update_credit_ = 0;
   uint64_t ping_credit_ = 0;
+  bool drain_ping_pending_ = false;
   uint64_t cancelled_ = 0;  // streams cancelled while their backend stream was open
   uint64_t completed_ = 0;  // streams answered in full
 };

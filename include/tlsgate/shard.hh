@@ -103,8 +103,13 @@ class Shard {
 
   // Serves until stop() and the drain that follows are over.
   void run();
-  // Thread-safe: asks the shard to drain and return from run().
+  // Thread-safe: asks the shard to drain and return from run(): listeners
+  // closed, the two-step GOAWAY on every client connection, streams given
+  // [drain] timeout.
   void stop();
+  // Thread-safe: ends the drain now (a second SIGTERM): every connection
+  // closes.
+  void stop_now();
   // Thread-safe: the addresses of clusters[cluster].dns_names[name] changed.
   // The shard adopts them at its next timer tick: new addresses join, gone
   // ones drain (no new streams; running ones finish).

@@ -235,6 +235,19 @@ class Table {
     fail(v, expected + ", got " + quote(s->get()));
   }
 
+  // A duration that may be "0s".
+  milliseconds duration_or_zero(const Value& v) const {
+    const auto* s = v.node->as_string();
+    if (s == nullptr) {
+      fail(v, std::string("expected a duration string such as \"10s\", got ") + type_name(*v.node));
+    }
+    try {
+      return parse_duration(s->get());
+    } catch (const std::invalid_argument& e) {
+      fail(v, e.what());
+    }
+  }
+
   // A duration that must be > 0.
   milliseconds duration(const Value& v) const {
     const auto* s = v.node->as_string();
@@ -356,6 +369,15 @@ void read_admin(const Table& root, Config& cfg) {
   cfg.admin.listen = t.address(listen, false);
   cfg.admin.listen_origin = t.origin(listen);
   cfg.admin.enabled = true;
+}
+
+void read_drain(const Table& root, Config& cfg) {
+  auto v = root.get("drain");
+  if (!v) return;
+  Table t = root.sub(*v);
+  t.check_keys({"delay", "timeout"});
+  if (auto d = t.get("delay")) cfg.drain.delay = t.duration_or_zero(*d);
+  if (auto d = t.get("timeout")) cfg.drain.timeout = t.duration(*d);
 }
 
 void read_limits(const Table& root, Config& cfg) {
@@ -717,9 +739,10 @@ Config build(const toml::table& doc, const std::string& name) {
   Config cfg;
   cfg.path = name;
   Table root(name, doc, "", pos_of(doc.source(), Pos{1, 1}));
-  root.check_keys({"workers", "admin", "limits", "listeners", "clusters"});
+  root.check_keys({"workers", "admin", "drain", "limits", "listeners", "clusters"});
   read_workers(root, cfg);
   read_admin(root, cfg);
+  read_drain(root, cfg);
   read_limits(root, cfg);
   std::vector<Origin> cluster_refs;
   std::vector<FileCheck> files;

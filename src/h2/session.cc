@@ -849,7 +849,10 @@ struct Callbacks {
 
   static int d_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
-    if (frame->hd.stream_id == 0) return 0;
+    if (frame->hd.stream_id == 0) {
+      if (d->is_drain_ack(frame)) d->finish_drain();
+      return 0;
+    }
     Stream* s = down_stream(*d, session, frame->hd.stream_id);
     if (s == nullptr) return 0;
     // Rapid reset (CVE-2023-44487): each cancelled stream cost the backend one.
@@ -1232,8 +1235,36 @@ void DownstreamSession::receive_failed(int lib_error) {
 }
 
 void DownstreamSession::shutdown() {
+  drain_ping_pending_ = false;
   nghttp2_submit_goaway(ng(session_), NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(ng(session_)),
                         NGHTTP2_NO_ERROR, nullptr, 0);
+}
+
+namespace {
+constexpr uint8_t kDrainPing[8] = {'t', 'l', 's', 'g', 'd', 'r', 'a', 'i'};
+}
+
+void DownstreamSession::drain() {
+  if (drain_ping_pending_ || terminating_) return;
+  if (nghttp2_submit_shutdown_notice(ng(session_)) != 0 ||
+      nghttp2_submit_ping(ng(session_), NGHTTP2_FLAG_NONE, kDrainPing) != 0) {
+    shutdown();
+    return;
+  }
+  drain_ping_pending_ = true;
+  owner_.wake();
+}
+
+void DownstreamSession::finish_drain() {
+  if (!drain_ping_pending_) return;
+  shutdown();
+  owner_.wake();
+}
+
+bool DownstreamSession::is_drain_ack(const void* f) const {
+  const auto* frame = static_cast<const nghttp2_frame*>(f);
+  return drain_ping_pending_ && frame->hd.type == NGHTTP2_PING && (frame->hd.flags & NGHTTP2_FLAG_ACK) != 0 &&
+         std::memcmp(frame->ping.opaque_data, kDrainPing, sizeof kDrainPing) == 0;
 }
 
 UpstreamSession::UpstreamSession(Context& ctx, Owner& owner, uint32_t cluster, int endpoint, bool tls)

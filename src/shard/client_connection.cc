@@ -416,12 +416,15 @@ void ClientConnection::begin_drain() {
     close("shutting down");
     return;
   }
-  h2->shutdown();  // GOAWAY: no new streams, running ones finish
+  h2->drain();  // the two-step GOAWAY: running streams finish, no new ones after it
   loop->mark_dirty(this);
 }
 
-void ClientConnection::drain_step(bool late) {
-  if (!late && h2 && h2->active_streams() > 0) return;
+void ClientConnection::drain_step(bool late, bool ack_overdue) {
+  if (h2 && ack_overdue) h2->finish_drain();  // a client that does not answer PINGs
+  // Streams the client sent before it saw the first GOAWAY may still come
+  // until the final one is queued.
+  if (!late && h2 && (h2->active_streams() > 0 || h2->drain_pending())) return;
   if (h2 && !late) {
     close_after_flush = true;
     loop->mark_dirty(this);

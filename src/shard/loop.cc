@@ -198,7 +198,7 @@ void Loop::dispatch(const io::Completion& c) {
       if (UpstreamConnection* u = ups.find(c.user_data)) u->on_connect(c);
       break;
     case Op::Tick: on_tick(); break;
-    case Op::Stop: begin_stop(); break;
+    case Op::Stop: on_stop(); break;
     case Op::Ignore: break;
   }
 }
@@ -471,11 +471,25 @@ void Loop::on_tick() {
   ring.prep_timeout_ms(kTickMs, pack(Op::Tick, 0, 0));
 }
 
+// The main thread wrote the stop eventfd: stop() once to drain, stop_now()
+// to end the drain at once (a second SIGTERM). The read is armed again for
+// the next one.
+void Loop::on_stop() {
+  const uint64_t value = std::exchange(stop_value, 0);
+  ring.prep_read(stop_fd, &stop_value, sizeof stop_value, pack(Op::Stop, 0, 0));
+  begin_stop();
+  if (value >= kStopNow) {
+    drain_deadline = now;
+    drain_step();
+  }
+}
+
 void Loop::begin_stop() {
   if (stopping) return;
   stopping = true;
   pool.stop();
-  drain_deadline = now + kDrainMs;
+  drain_started = now;
+  drain_deadline = now + static_cast<uint64_t>(snapshot->config->drain.timeout.count());
   for (auto& l : listeners)
     if (l->fd >= 0) ring.prep_cancel_fd(l->fd, pack(Op::Ignore, 0, 0));
   for (auto& d : downs.items)
@@ -485,8 +499,14 @@ void Loop::begin_stop() {
 
 void Loop::drain_step() {
   const bool late = now >= drain_deadline;
-  for (auto& d : downs.items)
-    if (d->fd >= 0 && !d->closing) d->drain_step(late);
+  const bool ack_overdue = now - drain_started >= kDrainAckWaitMs;
+  uint64_t cut = 0;
+  for (auto& d : downs.items) {
+    if (d->fd < 0 || d->closing) continue;
+    if (late && d->h2 && d->h2->active_streams() > 0) ++cut;
+    d->drain_step(late, ack_overdue);
+  }
+  if (cut > 0) LOG_WARN("shard", "%u: drain timeout: %lu connections closed with streams running", id, cut);
   if (downs.live == 0)
     for (auto& u : ups.items)
       if (u->fd >= 0 && !u->closing) u->close("gateway shutting down");
@@ -529,6 +549,12 @@ void Shard::adopt(std::shared_ptr<const config::Config> config) {
 void Shard::stop() {
   uint64_t one = 1;
   ssize_t w = ::write(impl_->stop_fd, &one, sizeof one);
+  (void)w;
+}
+
+void Shard::stop_now() {
+  uint64_t now = kStopNow;
+  ssize_t w = ::write(impl_->stop_fd, &now, sizeof now);
   (void)w;
 }
 

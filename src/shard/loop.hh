@@ -39,7 +39,11 @@ inline constexpr uint64_t kTickMs = 100;
 // A send to a client that has not completed for this long, while the I/O
 // pool is full, marks a client that stopped reading (see relieve_chunk_pool).
 inline constexpr uint64_t kSendStallMs = 1000;
-inline constexpr uint64_t kDrainMs = 5000;
+// The two-step GOAWAY's PING: the final GOAWAY goes this long after the
+// first even without its ACK.
+inline constexpr uint64_t kDrainAckWaitMs = 1000;
+// Shard::stop_now() adds this to the stop eventfd's counter.
+inline constexpr uint64_t kStopNow = 1u << 20;
 inline constexpr size_t kProduceBudget = 256 * 1024;
 inline constexpr size_t kOutputHighWater = 1 << 20;  // stop producing above this
 inline constexpr int kSendIovecs = 16;
@@ -168,7 +172,8 @@ struct ClientConnection final : Conn {
   void idle_timer_expired();
   // Stop: GOAWAY, running streams finish; or close at once.
   void begin_drain();
-  void drain_step(bool late);
+  // `ack_overdue`: the drain PING got no ACK within kDrainAckWaitMs.
+  void drain_step(bool late, bool ack_overdue);
 
  private:
   void on_bytes(std::span<const uint8_t> in);
@@ -276,6 +281,7 @@ struct Loop : upstream::Transport {
   int stop_fd = -1;
   uint64_t stop_value = 0;
   bool stopping = false;
+  uint64_t drain_started = 0;
   uint64_t drain_deadline = 0;
   uint64_t now = 0;
   tls::KtlsSupport ktls_support;
@@ -344,6 +350,7 @@ struct Loop : upstream::Transport {
 
   // Timers, stop.
   void on_tick();
+  void on_stop();
   void begin_stop();
   void drain_step();
 };

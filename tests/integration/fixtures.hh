@@ -3,7 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "harness.hh"
 
@@ -159,5 +163,61 @@ inline std::string pattern(size_t n, unsigned seed = 0) {
   for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 31 + seed * 7 + i / 251) % 251);
   return s;
 }
+
+// Unary calls in a loop on `channels` connections of their own until stop,
+// counting failures and which backend answered ("b"); the backend answers
+// each after `delay_ms`. Each call's start (steady clock) and status is kept.
+class Load {
+ public:
+  struct Call {
+    Clock::time_point start;
+    bool ok;
+  };
+  Load(const std::string& target, int channels, uint32_t delay_ms = 0) {
+    for (int i = 0; i < channels; ++i) {
+      threads_.emplace_back([this, target, i, delay_ms] {
+        auto stub = Echo::NewStub(tls_channel(target));
+        for (int n = 0; !stop_ && n < 100'000; ++n) {
+          const Clock::time_point start = Clock::now();
+          UnaryOutcome r = unary(*stub, "load-" + std::to_string(i) + "-" + std::to_string(n), delay_ms);
+          ++calls_;
+          {
+            std::lock_guard<std::mutex> lock(mu_);
+            log_.push_back({start, r.status.ok()});
+          }
+          if (!r.status.ok()) {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (failed_++ == 0) first_failure_ = status_str(r.status);
+          } else if (r.server_id == "b") {
+            ++on_b_;
+          }
+        }
+      });
+    }
+  }
+  ~Load() { finish(); }
+  void finish() {
+    stop_ = true;
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+  uint64_t calls() const { return calls_; }
+  uint64_t failed() const { return failed_; }
+  uint64_t on_b() const { return on_b_; }
+  std::string first_failure() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return first_failure_;
+  }
+  // After finish(): every call, in the order they ended.
+  const std::vector<Call>& calls_log() const { return log_; }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> calls_{0}, failed_{0}, on_b_{0};
+  std::mutex mu_;
+  std::vector<Call> log_;
+  std::string first_failure_;
+  std::vector<std::thread> threads_;
+};
 
 }  // namespace tlsgate::itest

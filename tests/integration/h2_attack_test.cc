@@ -1058,5 +1058,55 @@ TEST_F(H2Attack, TwoThousandHalfOpenHandshakesAreClosedAndTheGoodClientIsServed)
   EXPECT_GE(c["handshake_timeouts"], 2000u);
 }
 
+// ------------------------------------------------------------ drain (issue 18)
+
+// The two-step GOAWAY of RFC 9113 §6.8, seen on the wire: after SIGTERM a
+// GOAWAY with the largest stream id and a PING; a stream the client opens
+// meanwhile is still served; once the client ACKs the PING, a GOAWAY with
+// the real last stream id; the connection closes when its streams are done.
+class H2Drain : public GatewayTest {
+ protected:
+  void configure(GatewayConfig& cfg) override { cfg.extra_top = "[drain]\ntimeout = \"10s\"\n"; }
+};
+
+uint32_t goaway_last_id(const Frame& f) { return be32(f.payload, 0) & 0x7fffffff; }
+
+TEST_F(H2Drain, TwoStepGoawayServesStreamsOpenedBeforeTheFinalOne) {
+  Attacker a;
+  ASSERT_EQ(a.open(gw_->endpoint().port), "");
+  ASSERT_TRUE(a.send(request_headers(1, false)));  // open: its body is still to come
+  ASSERT_TRUE(a.read_until([](const std::vector<Frame>& fs) {
+    for (const Frame& f : fs)
+      if (f.type == kSettings && (f.flags & kAck)) return true;
+    return false;
+  }, 5s));
+  gw_->process().signal(SIGTERM);
+  const Frame* ping = nullptr;
+  ASSERT_TRUE(a.read_until([&](const std::vector<Frame>& fs) {
+    for (const Frame& f : fs)
+      if (f.type == kPing && !(f.flags & kAck)) ping = &f;
+    return ping != nullptr && a.count(kGoaway) >= 1;
+  }, 5s)) << "no GOAWAY and PING after SIGTERM";
+  const std::string opaque = ping->payload;
+  EXPECT_EQ(goaway_last_id(*a.goaway()), 0x7fffffffu) << "the first GOAWAY announces, it refuses nothing";
+  EXPECT_EQ(be32(a.goaway()->payload, 4), uint32_t{kNoError});
+  // A stream opened after the notice, before the client answers the PING.
+  ASSERT_TRUE(a.send(request_headers(3, false)));
+  ASSERT_TRUE(a.send(frame(kPing, kAck, 0, opaque)));
+  ASSERT_TRUE(a.read_until([&](const std::vector<Frame>&) { return a.count(kGoaway) >= 2; }, 5s))
+      << "no final GOAWAY after the PING's ACK";
+  const Frame* last = nullptr;
+  for (const Frame& f : a.frames())
+    if (f.type == kGoaway) last = &f;
+  EXPECT_EQ(goaway_last_id(*last), 3u) << "the final GOAWAY keeps the stream opened after the notice";
+  // Both streams end; the gateway answers them and closes the connection.
+  ASSERT_TRUE(a.send(frame(kData, kEndStream, 1) + frame(kData, kEndStream, 3)));
+  EXPECT_TRUE(a.wait_closed(10s)) << "the connection did not close after its streams ended";
+  EXPECT_NE(a.find(kHeaders, 1), nullptr) << "stream 1 was answered";
+  EXPECT_NE(a.find(kHeaders, 3), nullptr) << "stream 3 was answered";
+  const ExitStatus st = gw_->wait_exit(15s);
+  EXPECT_TRUE(st.exited && st.code == 0) << st.to_string();
+}
+
 }  // namespace
 }  // namespace tlsgate::itest

@@ -478,6 +478,9 @@ std::string GatewayConfig::render() const {
   s << "# written by the integration test harness\n";
   s << "workers = " << workers << "\n";
   s << extra_top << "\n";
+  // The harness stops a gateway with TERM, then KILL after 10 s: tests keep
+  // the drain within that unless they set [drain] themselves.
+  if (extra_top.find("[drain]") == std::string::npos) s << "[drain]\ntimeout = \"5s\"\n";
   s << "[[listeners]]\n"
     << "name = \"public\"\n"
     << "listen = \"127.0.0.1:0\"\n"
@@ -601,6 +604,18 @@ void Gateway::stop() {
     ADD_FAILURE() << "tlsgate exited before the test stopped it: " << st.to_string() << "\n"
                   << proc_->describe();
   }
+}
+
+ExitStatus Gateway::wait_exit(Ms timeout) {
+  stopped_ = true;
+  ExitStatus st = proc_->wait(timeout);
+  if (st.timed_out) {
+    st = proc_->kill();
+    st.timed_out = true;
+  }
+  EXPECT_EQ(sanitizer_report(proc_->stderr_text()), "") << "sanitizer report in tlsgate's stderr\n"
+                                                        << proc_->describe();
+  return st;
 }
 
 // ---------------------------------------------------------------- gRPC

@@ -267,6 +267,10 @@ class Gateway {
   bool started() const { return started_; }
   // Stop (TERM then KILL) and check exit status and sanitizer output.
   void stop();
+  // For a test that signalled the gateway itself: waits for it to exit (KILL
+  // after `timeout`, reported as timed_out) and checks its sanitizer output;
+  // stop() does nothing afterwards.
+  ExitStatus wait_exit(Ms timeout);
   std::filesystem::path config_path() const { return config_path_; }
 
  private:

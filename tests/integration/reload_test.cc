@@ -29,60 +29,6 @@ std::string serial_served(const std::filesystem::path& dir, int port) {
   return r.out;
 }
 
-// Unary calls in a loop on `channels` connections of their own until stop,
-// counting failures and which backend answered.
-class Load {
- public:
-  Load(const std::string& target, int channels) {
-    for (int i = 0; i < channels; ++i) {
-      threads_.emplace_back([this, target, i] {
-        auto stub = Echo::NewStub(tls_channel(target));
-        for (int n = 0; !stop_ && n < 100'000; ++n) {
-          UnaryOutcome r = unary(*stub, "load-" + std::to_string(i) + "-" + std::to_string(n));
-          ++calls_;
-          if (!r.status.ok()) {
-            std::lock_guard<std::mutex> lock(mu_);
-            if (failed_++ == 0) first_failure_ = status_str(r.status);
-          } else if (r.server_id == "b") {
-            ++on_b_;
-          }
-        }
-      });
-    }
-  }
-  ~Load() { finish(); }
-  void finish() {
-    stop_ = true;
-    for (auto& t : threads_)
-      if (t.joinable()) t.join();
-  }
-  uint64_t calls() const { return calls_; }
-  uint64_t failed() const { return failed_; }
-  uint64_t on_b() const { return on_b_; }
-  std::string first_failure() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return first_failure_;
-  }
-
- private:
-  std::atomic<bool> stop_{false};
-  std::atomic<uint64_t> calls_{0}, failed_{0}, on_b_{0};
-  std::mutex mu_;
-  std::string first_failure_;
-  std::vector<std::thread> threads_;
-};
-
-// Waits until `pred` holds, polling; false after `timeout`.
-template <class Pred>
-bool eventually(Pred pred, Ms timeout) {
-  const auto deadline = Clock::now() + timeout;
-  while (!pred()) {
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(20ms);
-  }
-  return true;
-}
-
 class Reload : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -303,6 +303,12 @@ const ErrorCase kErrorCases[] = {
      "demo.toml:2:15: limits.body_buffer: expected an integer from 16384 to 1099511627776, got 100"},
     {"limits_chunk_pool_string", "[limits]\nchunk_pool = \"64MiB\"\n@LISTENER@@CLUSTER@",
      "demo.toml:2:14: limits.chunk_pool: expected an integer from 16384 to 1099511627776, got a string"},
+    // [drain] (issue 18)
+    {"drain_unknown_key", "[drain]\ngrace = \"5s\"\n@LISTENER@@CLUSTER@", "demo.toml:2:1: drain.grace: unknown key"},
+    {"drain_timeout_zero", "[drain]\ntimeout = \"0s\"\n@LISTENER@@CLUSTER@",
+     "demo.toml:2:11: drain.timeout: must be greater than zero, got \"0s\""},
+    {"drain_delay_number", "[drain]\ndelay = 10\n@LISTENER@@CLUSTER@",
+     "demo.toml:2:9: drain.delay: expected a duration string such as \"10s\", got an integer"},
     // HTTP/2 abuse budgets (issue 16)
     {"h2_glitch_budget_zero",
      "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
@@ -537,6 +543,8 @@ const ValidCase kValidCases[] = {
        EXPECT_EQ(l.max_connections, 10000u);
        EXPECT_EQ(c.limits.body_buffer, 128u << 20);
        EXPECT_EQ(c.limits.chunk_pool, 256u << 20);
+       EXPECT_EQ(c.drain.delay, 0s);
+       EXPECT_EQ(c.drain.timeout, 30s);
        EXPECT_EQ(l.h2_glitch_budget, 1000u);
        EXPECT_EQ(l.h2_glitch_rate, 100u);
        EXPECT_EQ(l.h2_reset_budget, 100u);
@@ -824,6 +832,11 @@ endpoints = ["127.0.0.1:1"]
        EXPECT_EQ(c.limits.body_buffer, 1048576u);
        EXPECT_EQ(c.limits.chunk_pool, 16384u);
        EXPECT_EQ(c.listeners[0].max_connections, 5u);
+     }},
+    {"drain", "[drain]\ndelay = \"0s\"\ntimeout = \"45s\"\n@LISTENER@@CLUSTER@",
+     [](const Config& c) {
+       EXPECT_EQ(c.drain.delay, 0s);
+       EXPECT_EQ(c.drain.timeout, 45s);
      }},
 };
 
