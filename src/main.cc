@@ -217,54 +217,6 @@ struct ShardThread {
   std::string error;
 };
 
-// DNS re-resolution of a configuration's names, published to every shard.
-std::unique_ptr<upstream::DnsWatcher> watch_dns(const config::Config& cfg, std::vector<ShardThread>& shards) {
-  return std::make_unique<upstream::DnsWatcher>(
-      cfg, [&shards](uint32_t cluster, uint32_t name, std::vector<config::SocketAddress> addrs) {
-        for (ShardThread& s : shards)
-          if (s.shard) s.shard->update_dns(cluster, name, addrs);
-      });
-}
-
-struct ReloadCounts {
-  uint64_t done = 0;
-  uint64_t refused = 0;
-};
-
-// SIGHUP: the file is read and checked as --check-config does; a good one
-// goes to every shard (new connections use it, running ones finish on
-// theirs), a bad one is refused with the same message as at start-up and
-// the running configuration keeps serving.
-void reload(std::shared_ptr<const config::Config>& running, std::vector<ShardThread>& shards,
-            std::unique_ptr<upstream::DnsWatcher>& dns, const tls::KtlsSupport& ktls, ReloadCounts& counts) {
-  LOG_INFO("main", "SIGHUP: reloading %s", running->path.c_str());
-  auto next = std::make_shared<config::Config>();
-  std::string problem;
-  try {
-    *next = config::load_file(running->path);
-    problem = tls_problem(*next);
-    if (problem.empty()) problem = reload_refusal(*running, *next, ktls);
-  } catch (const config::ConfigError& e) {
-    problem = e.what();
-  }
-  if (!problem.empty()) {
-    ++counts.refused;
-    LOG_ERROR("main", "reload refused, the running configuration stays: %s", problem.c_str());
-    return;
-  }
-  // The old watcher's answers are in the running configuration's indices:
-  // stopped first, and Shard::adopt drops what it queued.
-  dns->stop();
-  running = next;
-  for (ShardThread& s : shards)
-    if (s.shard) s.shard->adopt(running);
-  dns = watch_dns(*running, shards);
-  dns->start();
-  ++counts.done;
-  LOG_INFO("main", "configuration reloaded (%zu listeners, %zu clusters); new connections use it",
-           running->listeners.size(), running->clusters.size());
-}
-
 // The next signal of `sigs` within `ms`, or 0.
 int next_signal(const sigset_t& sigs, uint64_t ms) {
   timespec ts{static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1'000'000};
@@ -272,27 +224,76 @@ int next_signal(const sigset_t& sigs, uint64_t ms) {
   return sig > 0 ? sig : 0;
 }
 
-// [drain] delay: the listeners keep accepting while the load balancer
-// deregisters this target. SIGHUP still reloads; a second SIGTERM or SIGINT
-// ends the delay and the drain at once (returns true).
-bool drain_delay(const sigset_t& sigs, std::shared_ptr<const config::Config>& running,
-                 std::vector<ShardThread>& shards, std::unique_ptr<upstream::DnsWatcher>& dns,
-                 const tls::KtlsSupport& ktls, ReloadCounts& reloads) {
-  const auto delay = static_cast<uint64_t>(running->drain.delay.count());
-  if (delay == 0) return false;
-  LOG_INFO("main", "drain: still accepting for %lu ms ([drain] delay), then GOAWAY", delay);
-  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(delay);
-  for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
-    if (left.count() <= 0) return false;
-    const int sig = next_signal(sigs, static_cast<uint64_t>(left.count()));
-    if (sig == SIGHUP) reload(running, shards, dns, ktls, reloads);
-    if (sig == SIGTERM || sig == SIGINT) {
-      LOG_INFO("main", "%s again: stopping now", strsignal(sig));
-      return true;
+// The main thread while serving: the running configuration, the shards it
+// posts to, the DNS watcher of that configuration, and what reloads did.
+struct Control {
+  std::shared_ptr<const config::Config> running;
+  std::vector<ShardThread>& shards;
+  tls::KtlsSupport ktls;
+  std::unique_ptr<upstream::DnsWatcher> dns;
+  uint64_t reloads = 0;
+  uint64_t reloads_refused = 0;
+
+  // DNS re-resolution of the running configuration's names, published to
+  // every shard.
+  void watch_dns() {
+    dns = std::make_unique<upstream::DnsWatcher>(
+        *running, [this](uint32_t cluster, uint32_t name, std::vector<config::SocketAddress> addrs) {
+          for (ShardThread& s : shards)
+            if (s.shard) s.shard->update_dns(cluster, name, addrs);
+        });
+    dns->start();
+  }
+
+  // SIGHUP: the file is read and checked as --check-config does; a good one
+  // goes to every shard (new connections use it, running ones finish on
+  // theirs), a bad one is refused with the same message as at start-up and
+  // the running configuration keeps serving.
+  void reload() {
+    LOG_INFO("main", "SIGHUP: reloading %s", running->path.c_str());
+    auto next = std::make_shared<config::Config>();
+    std::string problem;
+    try {
+      *next = config::load_file(running->path);
+      problem = tls_problem(*next);
+      if (problem.empty()) problem = reload_refusal(*running, *next, ktls);
+    } catch (const config::ConfigError& e) {
+      problem = e.what();
+    }
+    if (!problem.empty()) {
+      ++reloads_refused;
+      LOG_ERROR("main", "reload refused, the running configuration stays: %s", problem.c_str());
+      return;
+    }
+    // The old watcher's answers are in the running configuration's indices:
+    // stopped first, and Shard::adopt drops what it queued.
+    dns->stop();
+    running = next;
+    for (ShardThread& s : shards)
+      if (s.shard) s.shard->adopt(running);
+    watch_dns();
+    ++reloads;
+    LOG_INFO("main", "configuration reloaded (%zu listeners, %zu clusters); new connections use it",
+             running->listeners.size(), running->clusters.size());
+  }
+
+  // Waits for SIGTERM or SIGINT, reloading on SIGHUP meanwhile, for at most
+  // `ms` (0: no limit). The signal, or 0 when the time is up.
+  int wait_stop(const sigset_t& sigs, uint64_t ms) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    for (;;) {
+      uint64_t left = 1000;
+      if (ms != 0) {
+        const auto rest = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+        if (rest.count() <= 0) return 0;
+        left = static_cast<uint64_t>(rest.count());
+      }
+      const int sig = next_signal(sigs, left);
+      if (sig == SIGHUP) reload();
+      if (sig == SIGTERM || sig == SIGINT) return sig;
     }
   }
-}
+};
 
 // The shards drain ([drain] timeout, then they close what is left); a second
 // SIGTERM or SIGINT closes everything now.
@@ -370,27 +371,25 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
       ok = false;
     }
   }
-  std::shared_ptr<const config::Config> running = shared_cfg;
-  std::unique_ptr<upstream::DnsWatcher> dns = watch_dns(*running, shards);
-  ReloadCounts reloads;
+  Control control{shared_cfg, shards, ktls, nullptr};
+  control.watch_dns();
+  bool now = !ok;
   if (ok) {
-    dns->start();
     LOG_INFO("main", "tlsgate %s serving with %u shards (io_uring %s)", TLSGATE_VERSION, n,
              shards[0].shard->ring_features().c_str());
-    for (;;) {
-      int sig = 0;
-      if (sigwait(&sigs, &sig) != 0) continue;
-      if (sig == SIGHUP) {
-        reload(running, shards, dns, ktls, reloads);
-        continue;
+    LOG_INFO("main", "%s: draining", strsignal(control.wait_stop(sigs, 0)));
+    // [drain] delay: the listeners keep accepting while the load balancer
+    // deregisters this target; a second SIGTERM or SIGINT ends it all now.
+    const auto delay = static_cast<uint64_t>(control.running->drain.delay.count());
+    if (delay > 0) {
+      LOG_INFO("main", "drain: still accepting for %lu ms ([drain] delay), then GOAWAY", delay);
+      if (const int sig = control.wait_stop(sigs, delay)) {
+        LOG_INFO("main", "%s again: stopping now", strsignal(sig));
+        now = true;
       }
-      LOG_INFO("main", "%s: draining", strsignal(sig));
-      break;
     }
   }
-  bool now = !ok;
-  if (!now) now = drain_delay(sigs, running, shards, dns, ktls, reloads);
-  dns->stop();
+  control.dns->stop();
   for (ShardThread& s : shards)
     if (s.shard) s.shard->stop();
   if (now) {
@@ -409,7 +408,7 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
       for (int fd : fds[i]) ::close(fd);
   shards.clear();
   LOG_INFO("main", "stopped: %s config_reloads=%lu config_reload_failures=%lu", total.describe().c_str(),
-           reloads.done, reloads.refused);
+           control.reloads, control.reloads_refused);
   return ok ? 0 : kExitRuntime;
 }
 

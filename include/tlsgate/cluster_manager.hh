@@ -52,8 +52,9 @@ class Transport {
   // nullptr when no socket could be made; `why` then says so.
   virtual Connection* open(uint32_t cluster, uint32_t endpoint, const config::SocketAddress& addr,
                            const char*& why) = 0;
-  // Closes it now: the shard cancels its IO and calls connection_closed().
-  // `lost`: counted as a lost upstream connection.
+  // Closes it now: the shard cancels its IO and calls connection_closed()
+  // (`nothing_sent`: the connection never opened, its streams may be
+  // retried elsewhere).
   virtual void close(Connection& c, const char* why, bool nothing_sent) = 0;
 
  protected:
@@ -144,8 +145,10 @@ class ClusterManager final : public h2::Pool {
   // settings (static endpoints added or drained like DNS changes); a new
   // one is created; one the snapshot no longer has is retired (no new
   // streams; running ones finish). Returns, for each of the snapshot's
-  // clusters in order, its pool id (the index pick() takes).
-  std::vector<uint32_t> adopt(std::shared_ptr<const config::Config> config);
+  // clusters in order, what its streams apply: its pool id (the index
+  // pick() takes) and the stream side of the retry policy (retries, retry
+  // buffer) and the deadline cap.
+  std::vector<h2::ClusterPolicy> adopt(std::shared_ptr<const config::Config> config);
 
   // h2::Pool
   h2::UpstreamSession* pick(uint32_t cluster, int avoid, const char*& why) override;

@@ -317,9 +317,6 @@ class DownstreamSession final : public Session {
   friend struct Callbacks;
   friend struct Forward;
   void receive_failed(int lib_error) override;
-  // The ACK of drain()'s PING (`frame`: an nghttp2_frame, which only
-  // src/h2's sources may name).
-  bool is_drain_ack(const void* frame) const;
   // A glitch (a frame that costs the gateway work and serves no request):
   // the connection ends with ENHANCE_YOUR_CALM once the budget is spent.
   void glitch(uint64_t& kind);

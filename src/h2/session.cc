@@ -27,6 +27,9 @@ namespace tlsgate::h2 {
 
 namespace {
 
+// The opaque data of the drain PING (DownstreamSession::drain).
+constexpr uint8_t kDrainPing[8] = {'t', 'l', 's', 'g', 'd', 'r', 'a', 'i'};
+
 constexpr int32_t kStreamWindow = 256 * 1024;
 constexpr int32_t kDownstreamConnectionWindow = 1 << 20;
 constexpr int32_t kUpstreamConnectionWindow = 16 << 20;
@@ -847,10 +850,16 @@ struct Callbacks {
     return 0;
   }
 
+  // The ACK of DownstreamSession::drain()'s PING.
+  static bool is_drain_ack(const DownstreamSession& d, const nghttp2_frame* frame) {
+    return d.drain_ping_pending_ && frame->hd.type == NGHTTP2_PING && (frame->hd.flags & NGHTTP2_FLAG_ACK) != 0 &&
+           std::memcmp(frame->ping.opaque_data, kDrainPing, sizeof kDrainPing) == 0;
+  }
+
   static int d_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
     if (frame->hd.stream_id == 0) {
-      if (d->is_drain_ack(frame)) d->finish_drain();
+      if (is_drain_ack(*d, frame)) d->finish_drain();
       return 0;
     }
     Stream* s = down_stream(*d, session, frame->hd.stream_id);
@@ -1240,10 +1249,6 @@ void DownstreamSession::shutdown() {
                         NGHTTP2_NO_ERROR, nullptr, 0);
 }
 
-namespace {
-constexpr uint8_t kDrainPing[8] = {'t', 'l', 's', 'g', 'd', 'r', 'a', 'i'};
-}
-
 void DownstreamSession::drain() {
   if (drain_ping_pending_ || terminating_) return;
   if (nghttp2_submit_shutdown_notice(ng(session_)) != 0 ||
@@ -1259,12 +1264,6 @@ void DownstreamSession::finish_drain() {
   if (!drain_ping_pending_) return;
   shutdown();
   owner_.wake();
-}
-
-bool DownstreamSession::is_drain_ack(const void* f) const {
-  const auto* frame = static_cast<const nghttp2_frame*>(f);
-  return drain_ping_pending_ && frame->hd.type == NGHTTP2_PING && (frame->hd.flags & NGHTTP2_FLAG_ACK) != 0 &&
-         std::memcmp(frame->ping.opaque_data, kDrainPing, sizeof kDrainPing) == 0;
 }
 
 UpstreamSession::UpstreamSession(Context& ctx, Owner& owner, uint32_t cluster, int endpoint, bool tls)

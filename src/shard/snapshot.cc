@@ -19,17 +19,10 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const config::Co
                                                 upstream::ClusterManager& pool, bool ktls_any, bool listener_tls) {
   auto s = std::make_shared<Snapshot>();
   s->config = config;
-  const std::vector<uint32_t> ids = pool.adopt(config);
-  for (size_t i = 0; i < config->clusters.size(); ++i) {
-    const config::Cluster& c = config->clusters[i];
-    h2::ClusterPolicy p;
-    p.pool_id = ids[i];
-    p.max_grpc_timeout_ms = static_cast<uint64_t>(c.max_grpc_timeout.count());
-    p.retries = c.retries;
-    p.retry_buffer = c.retry_buffer;
-    s->clusters.push_back(p);
+  // Everything that can fail first: the pool adopts the clusters only once
+  // the snapshot will be used (a throw leaves the shard on its old one).
+  for (const config::Cluster& c : config->clusters)
     s->cluster_tls.push_back(c.tls.enabled ? std::make_unique<tls::Context>(c.tls) : nullptr);
-  }
   for (const config::Listener& l : config->listeners) {
     Listener out;
     out.cfg = &l;
@@ -39,6 +32,7 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const config::Co
     out.routes = route::Table(static_cast<uint32_t>(l.cluster_index), l.routes);
     s->listeners.push_back(std::move(out));
   }
+  s->clusters = pool.adopt(config);
   return s;
 }
 

@@ -57,7 +57,6 @@ void UpstreamConnection::on_connect(const io::Completion& c) {
     loop->pool.connect_failed(*this, what);
     return;
   }
-  last_recv_ms = loop->now;
   if (tls_ctx != nullptr) {
     // The connect timer keeps running until the handshake is done.
     bool is_ip = false;

@@ -18,8 +18,8 @@ ClusterManager::~ClusterManager() = default;
 
 // ------------------------------------------------------------ configuration
 
-std::vector<uint32_t> ClusterManager::adopt(std::shared_ptr<const config::Config> config) {
-  std::vector<uint32_t> ids;
+std::vector<h2::ClusterPolicy> ClusterManager::adopt(std::shared_ptr<const config::Config> config) {
+  std::vector<h2::ClusterPolicy> policies;
   std::vector<bool> kept(clusters_.size(), false);
   for (const config::Cluster& cfg : config->clusters) {
     Cluster* c = nullptr;
@@ -35,7 +35,12 @@ std::vector<uint32_t> ClusterManager::adopt(std::shared_ptr<const config::Config
       c->index = static_cast<uint32_t>(clusters_.size() - 1);
     }
     configure(*c, config, cfg);
-    ids.push_back(c->index);
+    h2::ClusterPolicy p;
+    p.pool_id = c->index;
+    p.max_grpc_timeout_ms = static_cast<uint64_t>(cfg.max_grpc_timeout.count());
+    p.retries = cfg.retries;
+    p.retry_buffer = cfg.retry_buffer;
+    policies.push_back(p);
   }
   for (size_t i = 0; i < clusters_.size(); ++i) {
     if (kept[i] || clusters_[i]->retired) continue;
@@ -44,7 +49,7 @@ std::vector<uint32_t> ClusterManager::adopt(std::shared_ptr<const config::Config
     for (EndpointState& st : c.states) st.active = false;
     LOG_INFO("upstream", "%u: cluster %s retired (not in the new configuration)", id_, c.cfg->name.c_str());
   }
-  return ids;
+  return policies;
 }
 
 void ClusterManager::configure(Cluster& c, std::shared_ptr<const config::Config> config, const config::Cluster& cfg) {

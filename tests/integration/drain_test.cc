@@ -13,13 +13,14 @@ namespace {
 
 class Drain : public GatewayTest {
  protected:
-  void configure(GatewayConfig& cfg) override { cfg.extra_top = "[drain]\ndelay = \"2s\"\ntimeout = \"10s\"\n"; }
+  void configure(GatewayConfig& cfg) override { cfg.drain = "delay = \"2s\"\ntimeout = \"10s\""; }
 };
 
 TEST_F(Drain, DelayServesNewCallsThenGoawayLetsRunningCallsFinish) {
   // Each call waits 50 ms at the backend: some are always in flight.
-  Load load(gw_->target(), 8, 50);
-  ASSERT_TRUE(eventually([&] { return load.calls() >= 50; }, 20s)) << "the load did not start";
+  const std::string target = gw_->target();
+  Load load([&](int) { return tls_channel(target); }, 8, 50);  // 8 connections
+  ASSERT_TRUE(eventually([&] { return load.total() >= 50; }, 20s)) << "the load did not start";
   const Clock::time_point term = Clock::now();
   gw_->process().signal(SIGTERM);
 
@@ -31,19 +32,20 @@ TEST_F(Drain, DelayServesNewCallsThenGoawayLetsRunningCallsFinish) {
 
   const ExitStatus st = gw_->wait_exit(20s);
   EXPECT_TRUE(st.exited && st.code == 0) << st.to_string() << "\n" << gw_->process().stderr_text();
-  load.finish();
+  load.stop();
   // The listeners closed 2 s after SIGTERM; allow the test's own clock some
   // slack before that instant.
   const Clock::time_point closed = term + 2s - 200ms;
   uint64_t before = 0, failed_before = 0, in_delay = 0;
-  for (const Load::Call& c : load.calls_log()) {
+  for (const Load::Call& c : load.calls()) {
     if (c.start >= closed) continue;
     ++before;
     if (c.start > term) ++in_delay;
     if (!c.ok) ++failed_before;
   }
+  const auto failures = load.failures();
   EXPECT_EQ(failed_before, 0u) << "of " << before << " calls started before the listeners closed; first failure: "
-                               << load.first_failure();
+                               << (failures.empty() ? "" : status_str(failures[0]));
   EXPECT_GE(in_delay, 20u) << "the existing connections kept serving during the delay";
   const std::string err = gw_->process().stderr_text();
   EXPECT_NE(err.find("drain: still accepting for 2000 ms"), std::string::npos) << err;

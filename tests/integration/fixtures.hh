@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -164,60 +166,72 @@ inline std::string pattern(size_t n, unsigned seed = 0) {
   return s;
 }
 
-// Unary calls in a loop on `channels` connections of their own until stop,
-// counting failures and which backend answered ("b"); the backend answers
-// each after `delay_ms`. Each call's start (steady clock) and status is kept.
+// Steady unary load from `threads` threads until stop() or a cap (calls per
+// thread, 120 s). Thread i calls on channel(i): one shared channel (one
+// connection) or one each. The backend answers each call after `delay_ms`.
+// Kept per call: when it started and whether it succeeded; per backend
+// (EchoReply.server_id): the calls it answered.
 class Load {
  public:
   struct Call {
     Clock::time_point start;
     bool ok;
   };
-  Load(const std::string& target, int channels, uint32_t delay_ms = 0) {
-    for (int i = 0; i < channels; ++i) {
-      threads_.emplace_back([this, target, i, delay_ms] {
-        auto stub = Echo::NewStub(tls_channel(target));
-        for (int n = 0; !stop_ && n < 100'000; ++n) {
+  Load(const std::function<std::shared_ptr<grpc::Channel>(int)>& channel, int threads, uint32_t delay_ms,
+       int max_calls_per_thread = 20000) {
+    for (int t = 0; t < threads; ++t)
+      threads_.emplace_back([this, stub = Echo::NewStub(channel(t)), t, delay_ms, max_calls_per_thread] {
+        const auto stop_at = Clock::now() + 120s;  // a bound even if the test never calls stop()
+        for (int i = 0; i < max_calls_per_thread && !stop_ && Clock::now() < stop_at; ++i) {
           const Clock::time_point start = Clock::now();
-          UnaryOutcome r = unary(*stub, "load-" + std::to_string(i) + "-" + std::to_string(n), delay_ms);
-          ++calls_;
-          {
-            std::lock_guard<std::mutex> lock(mu_);
-            log_.push_back({start, r.status.ok()});
-          }
-          if (!r.status.ok()) {
-            std::lock_guard<std::mutex> lock(mu_);
-            if (failed_++ == 0) first_failure_ = status_str(r.status);
-          } else if (r.server_id == "b") {
-            ++on_b_;
-          }
+          auto o = unary(*stub, "load-" + std::to_string(t) + "-" + std::to_string(i), delay_ms, 10s);
+          std::lock_guard lock(mu_);
+          if (o.status.ok()) ++by_server_[o.server_id];
+          else failures_.push_back(o.status);
+          calls_.push_back({start, o.status.ok()});
         }
       });
-    }
   }
-  ~Load() { finish(); }
-  void finish() {
+  // All threads on one channel.
+  Load(std::shared_ptr<grpc::Channel> ch, int threads, uint32_t delay_ms, int max_calls_per_thread = 20000)
+      : Load([ch](int) { return ch; }, threads, delay_ms, max_calls_per_thread) {}
+  ~Load() { stop(); }
+
+  void stop() {
     stop_ = true;
     for (auto& t : threads_)
       if (t.joinable()) t.join();
   }
-  uint64_t calls() const { return calls_; }
-  uint64_t failed() const { return failed_; }
-  uint64_t on_b() const { return on_b_; }
-  std::string first_failure() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return first_failure_;
+  uint64_t ok_from(const std::string& id) {
+    std::lock_guard lock(mu_);
+    auto it = by_server_.find(id);
+    return it == by_server_.end() ? 0 : it->second;
   }
-  // After finish(): every call, in the order they ended.
-  const std::vector<Call>& calls_log() const { return log_; }
+  uint64_t total() {
+    std::lock_guard lock(mu_);
+    return calls_.size();
+  }
+  std::vector<grpc::Status> failures() {
+    std::lock_guard lock(mu_);
+    return failures_;
+  }
+  std::map<std::string, uint64_t> by_server() {
+    std::lock_guard lock(mu_);
+    return by_server_;
+  }
+  // Every call so far, in the order they ended.
+  std::vector<Call> calls() {
+    std::lock_guard lock(mu_);
+    return calls_;
+  }
 
  private:
-  std::atomic<bool> stop_{false};
-  std::atomic<uint64_t> calls_{0}, failed_{0}, on_b_{0};
-  std::mutex mu_;
-  std::vector<Call> log_;
-  std::string first_failure_;
   std::vector<std::thread> threads_;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::map<std::string, uint64_t> by_server_;
+  std::vector<grpc::Status> failures_;
+  std::vector<Call> calls_;
 };
 
 }  // namespace tlsgate::itest

@@ -1066,7 +1066,7 @@ TEST_F(H2Attack, TwoThousandHalfOpenHandshakesAreClosedAndTheGoodClientIsServed)
 // the real last stream id; the connection closes when its streams are done.
 class H2Drain : public GatewayTest {
  protected:
-  void configure(GatewayConfig& cfg) override { cfg.extra_top = "[drain]\ntimeout = \"10s\"\n"; }
+  void configure(GatewayConfig& cfg) override { cfg.drain = "timeout = \"10s\""; }
 };
 
 uint32_t goaway_last_id(const Frame& f) { return be32(f.payload, 0) & 0x7fffffff; }
@@ -1104,6 +1104,31 @@ TEST_F(H2Drain, TwoStepGoawayServesStreamsOpenedBeforeTheFinalOne) {
   EXPECT_TRUE(a.wait_closed(10s)) << "the connection did not close after its streams ended";
   EXPECT_NE(a.find(kHeaders, 1), nullptr) << "stream 1 was answered";
   EXPECT_NE(a.find(kHeaders, 3), nullptr) << "stream 3 was answered";
+  const ExitStatus st = gw_->wait_exit(15s);
+  EXPECT_TRUE(st.exited && st.code == 0) << st.to_string();
+}
+
+// A client that never answers the drain PING still gets the final GOAWAY
+// (after 1 s), and its open stream is still served.
+TEST_F(H2Drain, FinalGoawayComesWithoutThePingAck) {
+  Attacker a;
+  ASSERT_EQ(a.open(gw_->endpoint().port), "");
+  ASSERT_TRUE(a.send(request_headers(1, false)));
+  ASSERT_TRUE(a.read_until([](const std::vector<Frame>& fs) {
+    for (const Frame& f : fs)
+      if (f.type == kSettings && (f.flags & kAck)) return true;
+    return false;
+  }, 5s));
+  gw_->process().signal(SIGTERM);
+  ASSERT_TRUE(a.read_until([&](const std::vector<Frame>&) { return a.count(kGoaway) >= 2; }, 5s))
+      << "no final GOAWAY without the PING's ACK";
+  const Frame* last = nullptr;
+  for (const Frame& f : a.frames())
+    if (f.type == kGoaway) last = &f;
+  EXPECT_EQ(goaway_last_id(*last), 1u);
+  ASSERT_TRUE(a.send(frame(kData, kEndStream, 1)));
+  EXPECT_TRUE(a.wait_closed(10s));
+  EXPECT_NE(a.find(kHeaders, 1), nullptr) << "stream 1 was answered";
   const ExitStatus st = gw_->wait_exit(15s);
   EXPECT_TRUE(st.exited && st.code == 0) << st.to_string();
 }

@@ -478,9 +478,7 @@ std::string GatewayConfig::render() const {
   s << "# written by the integration test harness\n";
   s << "workers = " << workers << "\n";
   s << extra_top << "\n";
-  // The harness stops a gateway with TERM, then KILL after 10 s: tests keep
-  // the drain within that unless they set [drain] themselves.
-  if (extra_top.find("[drain]") == std::string::npos) s << "[drain]\ntimeout = \"5s\"\n";
+  s << "[drain]\n" << drain << "\n";
   s << "[[listeners]]\n"
     << "name = \"public\"\n"
     << "listen = \"127.0.0.1:0\"\n"

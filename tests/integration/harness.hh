@@ -222,6 +222,9 @@ struct GatewayConfig {
   std::filesystem::path private_key;  // default: certs().server_key
   std::string extra_listener;         // raw TOML lines appended to [[listeners]]
   std::string extra_top;              // raw TOML lines at the top
+  // The [drain] table's keys. stop() sends TERM, then KILL after 10 s: the
+  // default keeps the drain within that.
+  std::string drain = "timeout = \"5s\"";
   // The listener's default cluster (its `cluster` key).
   std::string cluster = "backend";
   // Raw TOML after [listeners.tls], e.g. [[listeners.routes]] tables.

@@ -25,61 +25,6 @@ std::string counts_str(const std::map<std::string, uint64_t>& m) {
   return "{" + s + "}";
 }
 
-// Steady unary load on one channel from a few threads, until stop() or a cap.
-class Load {
- public:
-  Load(std::shared_ptr<grpc::Channel> ch, int threads, uint32_t delay_ms, int max_calls_per_thread = 20000)
-      : stub_(Echo::NewStub(std::move(ch))) {
-    for (int t = 0; t < threads; ++t)
-      threads_.emplace_back([this, t, delay_ms, max_calls_per_thread] {
-        auto stop_at = Clock::now() + 120s;  // a bound even if the test never calls stop()
-        for (int i = 0; i < max_calls_per_thread && !stop_ && Clock::now() < stop_at; ++i) {
-          auto o = unary(*stub_, "load-" + std::to_string(t) + "-" + std::to_string(i), delay_ms, 10s);
-          std::lock_guard lock(mu_);
-          if (o.status.ok()) {
-            ++by_server_[o.server_id];
-          } else {
-            failures_.push_back(o.status);
-          }
-          ++total_;
-        }
-      });
-  }
-  ~Load() { stop(); }
-
-  void stop() {
-    stop_ = true;
-    for (auto& t : threads_)
-      if (t.joinable()) t.join();
-  }
-  uint64_t ok_from(const std::string& id) {
-    std::lock_guard lock(mu_);
-    auto it = by_server_.find(id);
-    return it == by_server_.end() ? 0 : it->second;
-  }
-  uint64_t total() {
-    std::lock_guard lock(mu_);
-    return total_;
-  }
-  std::vector<grpc::Status> failures() {
-    std::lock_guard lock(mu_);
-    return failures_;
-  }
-  std::map<std::string, uint64_t> by_server() {
-    std::lock_guard lock(mu_);
-    return by_server_;
-  }
-
- private:
-  std::unique_ptr<Echo::Stub> stub_;
-  std::vector<std::thread> threads_;
-  std::atomic<bool> stop_{false};
-  std::mutex mu_;
-  std::map<std::string, uint64_t> by_server_;
-  std::vector<grpc::Status> failures_;
-  uint64_t total_ = 0;
-};
-
 class UpstreamTest : public ::testing::Test {
  protected:
   void SetUp() override {

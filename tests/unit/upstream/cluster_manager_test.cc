@@ -11,22 +11,10 @@ using h2::fwdtest::value;
 
 class ClusterManagerTest : public PoolTest {
  protected:
-  void adopt(std::shared_ptr<config::Config> cfg) {
-    cfg_ = cfg;
-    const std::vector<uint32_t> ids = manager_.adopt(cfg);
-    policies_.clear();
-    for (size_t i = 0; i < cfg->clusters.size(); ++i) {
-      h2::ClusterPolicy p;
-      p.pool_id = ids[i];
-      p.retries = cfg->clusters[i].retries;
-      p.retry_buffer = cfg->clusters[i].retry_buffer;
-      policies_.push_back(p);
-    }
-  }
+  void adopt(std::shared_ptr<config::Config> cfg) { policies_ = manager_.adopt(cfg); }
   // The client's view of stream `id` of client `i`.
   PeerStream& seen(size_t i, int32_t id) { return clients_[i]->streams[id]; }
 
-  std::shared_ptr<config::Config> cfg_;
   std::vector<h2::ClusterPolicy> policies_;
 };
 
