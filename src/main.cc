@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <condition_variable>
@@ -23,11 +24,13 @@
 #include <thread>
 #include <vector>
 
+#include "tlsgate/admin.hh"
 #include "tlsgate/config.hh"
 #include "tlsgate/dns.hh"
 #include "tlsgate/io.hh"
 #include "tlsgate/ktls.hh"
 #include "tlsgate/log.hh"
+#include "tlsgate/metrics.hh"
 #include "tlsgate/shard.hh"
 #include "tlsgate/tls.hh"
 
@@ -224,6 +227,71 @@ int next_signal(const sigset_t& sigs, uint64_t ms) {
   return sig > 0 ? sig : 0;
 }
 
+// What the admin thread reads of the main thread's state; guarded by `mu`.
+struct AdminView {
+  std::mutex mu;
+  std::shared_ptr<const config::Config> running;
+  std::vector<shard::Shard*> shards;  // set once every shard started
+  bool ready = false;                 // serving and not draining
+  uint64_t reloads = 0;
+  uint64_t reloads_refused = 0;
+  double start_time = 0;
+
+  // How long /metrics waits for a shard's answer (each answers at its next
+  // tick, 100 ms): a shard that does not is left out and counted.
+  static constexpr auto kShardWait = std::chrono::seconds(1);
+
+  std::string metrics() {
+    admin::MetricsInput in;
+    std::vector<std::future<shard::Stats>> asked;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (shard::Shard* s : shards) asked.push_back(s->collect());
+      for (const config::Listener& l : running->listeners) in.listener_names.push_back(l.name);
+      in.ready = ready;
+      in.reloads = reloads;
+      in.reload_failures = reloads_refused;
+      in.start_time_seconds = start_time;
+    }
+    in.version = TLSGATE_VERSION;
+    const auto deadline = std::chrono::steady_clock::now() + kShardWait;
+    for (std::future<shard::Stats>& f : asked) {
+      if (f.wait_until(deadline) == std::future_status::ready) in.shards.push_back(f.get());
+      else ++in.shards_unanswered;
+    }
+    return admin::render_metrics(in);
+  }
+  std::string config() {
+    std::lock_guard<std::mutex> lock(mu);
+    return config::to_toml(*running);
+  }
+  bool is_ready() {
+    std::lock_guard<std::mutex> lock(mu);
+    return ready;
+  }
+  void set_ready(bool r) {
+    std::lock_guard<std::mutex> lock(mu);
+    ready = r;
+  }
+};
+
+// The admin listener, bound before the shards start: /ready says 503 until
+// they serve. Null without [admin].
+std::unique_ptr<admin::Server> start_admin(const config::Config& cfg, AdminView& view) {
+  if (!cfg.admin.enabled) return nullptr;
+  const config::SocketAddress& a = cfg.admin.listen;
+  const int fd = io::listen_socket(reinterpret_cast<const sockaddr*>(&a.storage), a.length, 64);
+  if (fd < 0)
+    config_error(cfg.admin.listen_origin.to_string() + ": cannot listen on " + a.text + ": " + std::strerror(-fd));
+  LOG_INFO("admin", "admin listener on %s:%u (/healthz /ready /metrics /config)", host_part(a.text).c_str(),
+           io::local_port(fd));
+  admin::Handlers h;
+  h.ready = [&view] { return view.is_ready(); };
+  h.metrics = [&view] { return view.metrics(); };
+  h.config = [&view] { return view.config(); };
+  return std::make_unique<admin::Server>(fd, std::move(h));
+}
+
 // The main thread while serving: the running configuration, the shards it
 // posts to, the DNS watcher of that configuration, and what reloads did.
 struct Control {
@@ -231,6 +299,7 @@ struct Control {
   std::vector<ShardThread>& shards;
   tls::KtlsSupport ktls;
   std::unique_ptr<upstream::DnsWatcher> dns;
+  AdminView& view;
   uint64_t reloads = 0;
   uint64_t reloads_refused = 0;
 
@@ -262,6 +331,10 @@ struct Control {
     }
     if (!problem.empty()) {
       ++reloads_refused;
+      {
+        std::lock_guard<std::mutex> lock(view.mu);
+        view.reloads_refused = reloads_refused;
+      }
       LOG_ERROR("main", "reload refused, the running configuration stays: %s", problem.c_str());
       return;
     }
@@ -273,6 +346,11 @@ struct Control {
       if (s.shard) s.shard->adopt(running);
     watch_dns();
     ++reloads;
+    {
+      std::lock_guard<std::mutex> lock(view.mu);
+      view.running = running;
+      view.reloads = reloads;
+    }
     LOG_INFO("main", "configuration reloaded (%zu listeners, %zu clusters); new connections use it",
              running->listeners.size(), running->clusters.size());
   }
@@ -332,12 +410,15 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
   if (wa.compiled)
     LOG_INFO("tls", "OpenSSL 3.0 workarounds compiled in: %s%s", wa.active ? "active" : "inactive: ",
              wa.inactive_reason.c_str());
-  if (cfg.admin.enabled)
-    LOG_WARN("admin", "[admin] listen = %s: the admin listener is not implemented yet; not listening",
-             cfg.admin.listen.text.c_str());
-
   // One immutable copy every shard's first snapshot shares.
   const auto shared_cfg = std::make_shared<const config::Config>(cfg);
+  AdminView view;
+  view.running = shared_cfg;
+  view.start_time = static_cast<double>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                            std::chrono::system_clock::now().time_since_epoch())
+                                            .count()) /
+                    1000.0;
+  std::unique_ptr<admin::Server> admin_server = start_admin(cfg, view);
   std::vector<ShardThread> shards(n);
   std::atomic<unsigned> finished{0};  // shards whose run() returned
   std::mutex mu;
@@ -371,13 +452,21 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
       ok = false;
     }
   }
-  Control control{shared_cfg, shards, ktls, nullptr};
+  Control control{shared_cfg, shards, ktls, nullptr, view};
   control.watch_dns();
   bool now = !ok;
   if (ok) {
+    {
+      std::lock_guard<std::mutex> lock(view.mu);
+      for (ShardThread& s : shards) view.shards.push_back(s.shard.get());
+      view.ready = true;
+    }
     LOG_INFO("main", "tlsgate %s serving with %u shards (io_uring %s)", TLSGATE_VERSION, n,
              shards[0].shard->ring_features().c_str());
-    LOG_INFO("main", "%s: draining", strsignal(control.wait_stop(sigs, 0)));
+    const int sig = control.wait_stop(sigs, 0);
+    // /ready fails from now on: the load balancer stops sending new clients.
+    view.set_ready(false);
+    LOG_INFO("main", "%s: draining", strsignal(sig));
     // [drain] delay: the listeners keep accepting while the load balancer
     // deregisters this target; a second SIGTERM or SIGINT ends it all now.
     const auto delay = static_cast<uint64_t>(control.running->drain.delay.count());
@@ -403,6 +492,8 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
     s.thread.join();
     if (s.shard) total.add(s.shard->counters());
   }
+  // Before the shards go: its /metrics reads them.
+  admin_server.reset();
   for (unsigned i = 0; i < n; ++i)
     if (!shards[i].shard)
       for (int fd : fds[i]) ::close(fd);

@@ -244,6 +244,10 @@ Config load_file(const std::string& path);
 // Same, from text; `name` is used in messages. Files named inside are checked.
 Config parse(std::string_view text, const std::string& name);
 
+// The configuration as TOML with every default written out (the admin's
+// /config). parse() of the result gives the same configuration.
+std::string to_toml(const Config& cfg);
+
 // "10s", "250ms", "5m", "1h" -> milliseconds. Throws std::invalid_argument.
 // Digits and a unit (ms, s, m, h) only: no sign, no fraction, no bare number.
 // At most 8760h (365 days), so adding one to any clock cannot overflow.

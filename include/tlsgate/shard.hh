@@ -5,11 +5,13 @@
 #pragma once
 
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "tlsgate/config.hh"
+#include "tlsgate/histogram.hh"
 #include "tlsgate/ktls.hh"
 #include "tlsgate/tls.hh"
 
@@ -90,6 +92,69 @@ struct Counters {
   void take(const upstream::Counters& u);
 };
 
+// Why a client connection closed (tlsgate_connections_closed_total's
+// `reason`).
+enum class CloseReason : uint8_t {
+  Client,            // the client closed (or the connection ended normally)
+  Idle,              // the listener's idle_timeout
+  HandshakeTimeout,  // no PROXY header or TLS handshake within handshake_timeout
+  HandshakeFailed,
+  ProxyProtocol,     // a bad PROXY header
+  Http1,             // ALPN was not h2: answered 426
+  ProtocolError,     // HTTP/2 errors and abuse (GOAWAY sent)
+  TlsError,          // alerts, record violations, records kTLS cannot take
+  Drain,             // the gateway stopped
+  SendStalled,       // not reading while the I/O pool was full
+  SocketError,       // a socket call failed, or no buffer for the PROXY header
+  Count,
+};
+const char* to_string(CloseReason r);
+
+// What /metrics shows of one shard, copied on the shard (Shard::collect).
+struct Stats {
+  struct Listener {
+    uint64_t accepted = 0;
+    uint64_t open = 0;  // client connections (a gauge)
+    uint64_t closed[static_cast<int>(CloseReason::Count)] = {};
+    Histogram handshake;  // from accept to the end of the TLS handshake
+  };
+  // Completed handshakes of one kind. `version` and `cipher` are OpenSSL's
+  // static names.
+  struct Handshakes {
+    uint32_t listener = 0;
+    const char* version = "";
+    const char* cipher = "";
+    bool resumed = false;
+    bool ktls = false;  // record crypto in the kernel (else userspace)
+    uint64_t count = 0;
+  };
+  struct Endpoint {
+    std::string address;
+    const char* state = "";
+    uint64_t connections = 0;
+    uint64_t streams = 0;
+    uint64_t failures = 0;
+    uint64_t ejections = 0;
+  };
+  struct Cluster {
+    std::string name;
+    uint64_t pending = 0;      // streams on its connections (a gauge)
+    uint64_t connections = 0;  // open or opening (a gauge)
+    uint64_t streams = 0;
+    std::vector<Endpoint> endpoints;
+  };
+  unsigned shard = 0;
+  uint64_t cpu_ns = 0;  // the shard thread's CPU time
+  Counters counters;    // with the h2 and upstream modules' own counts taken in
+  std::vector<Listener> listeners;    // by configuration listener index
+  std::vector<Handshakes> handshakes;
+  std::vector<Cluster> clusters;      // by pool id (clusters gone from the configuration too)
+  uint64_t streams_active = 0;
+  uint64_t upstream_connections = 0;
+  uint64_t io_pool_bytes = 0;    // connection I/O chunks in use
+  uint64_t body_pool_bytes = 0;  // stream body chunks in use
+};
+
 class Shard {
  public:
   // `listen_fds[i]` is this shard's SO_REUSEPORT socket for
@@ -120,6 +185,9 @@ class Shard {
   // queued before it are dropped (they use the old cluster indices): stop
   // the old DnsWatcher first and start one for the new configuration after.
   void adopt(std::shared_ptr<const config::Config> config);
+  // Thread-safe: the shard's counters and gauges, copied on the shard at
+  // its next tick (within ~100 ms); after run() returned, its last ones.
+  std::future<Stats> collect();
   // Valid after run() returned.
   const Counters& counters() const;
   std::string ring_features() const;

@@ -136,6 +136,8 @@ class Session {
   Alpn alpn() const { return alpn_; }
   const char* version() const;
   const char* cipher() const;
+  // The handshake resumed a session (a ticket or a session id).
+  bool resumed() const { return resumed_; }
   // Why the handshake failed, for the log (OpenSSL's reason string).
   const std::string& failure() const { return failure_; }
   // Why the detached record layer ended the session (None otherwise).
@@ -234,6 +236,7 @@ class Session {
   // What the OpenSSL objects answered, kept for after they are freed.
   const char* version_name_ = "";
   const char* cipher_name_ = "";
+  bool resumed_ = false;
   KtlsCipher cipher_kind_ = KtlsCipher::Unknown;
   // kTLS bookkeeping.
   RecordCounter tx_records_;

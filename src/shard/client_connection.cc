@@ -46,6 +46,7 @@ void ClientConnection::start(const io::Completion& accepted) {
   // TCP_NODELAY comes from the listening socket (io::listen_socket).
   char ip[64];
   client_ip = io::peer_ip(fd, ip, sizeof ip) ? ip : "unknown";
+  accepted_us = clock_us();
   tls = std::make_unique<tls::Session>(*settings->tls, loop->chunks);
   ktls = settings->ktls ? KtlsState::Pending : KtlsState::Off;
   state = settings->proxy == edge::ProxyMode::Off ? DownState::Handshake : DownState::Proxy;
@@ -63,6 +64,7 @@ void ClientConnection::on_recv(const io::Completion& c) {
         on_ktls_control();
         return;
       }
+      if (c.res != 0) mark(CloseReason::SocketError);
       close(c.res == 0 ? "peer closed" : std::strerror(-c.res));
       return;
     case RecvResult::Bytes: break;
@@ -100,7 +102,10 @@ void ClientConnection::on_proxy_bytes(std::span<const uint8_t> in) {
   }
   edge::ProxyResult r = edge::parse_proxy(settings->proxy, all.data(), all.size());
   if (r.status == edge::ProxyStatus::Incomplete && all.size() < edge::kProxyMaxHeader) {
-    if (proxy_buf == nullptr && !hold_proxy_bytes(in)) close("no buffer for the PROXY header");
+    if (proxy_buf == nullptr && !hold_proxy_bytes(in)) {
+      mark(CloseReason::SocketError);
+      close("no buffer for the PROXY header");
+    }
     return;
   }
   if (r.status != edge::ProxyStatus::Done) {
@@ -110,6 +115,7 @@ void ClientConnection::on_proxy_bytes(std::span<const uint8_t> in) {
     const char* why = r.status == edge::ProxyStatus::Error ? edge::to_string(r.error) : "no header within the cap";
     LOG_DEBUG("shard", "%u: bad PROXY header from %s on %s: %s", loop->id, client_ip.c_str(),
               settings->cfg->name.c_str(), why);
+    mark(CloseReason::ProxyProtocol);
     close("bad PROXY header");  // nothing sent: the sender is no TLS client
     return;
   }
@@ -155,11 +161,13 @@ void ClientConnection::on_handshake_bytes(std::span<const uint8_t> in) {
   if (st == tls::HandshakeState::InProgress) return;
   if (st == tls::HandshakeState::Failed) {
     ++n.handshake_failures;
+    mark(CloseReason::HandshakeFailed);
     LOG_DEBUG("tls", "%u: handshake from %s failed: %s", loop->id, client_ip.c_str(), tls->failure().c_str());
     close_after_flush = true;  // send OpenSSL's alert first
     return;
   }
   ++n.handshakes;
+  handshake_done();
   TimerList::disarm(timer);
   listener->idle_timers.arm(timer, loop->now);
   LOG_DEBUG("tls", "%u: %s %s alpn=%s from %s", loop->id, tls->version(), tls->cipher(), tls::to_string(tls->alpn()),
@@ -168,19 +176,36 @@ void ClientConnection::on_handshake_bytes(std::span<const uint8_t> in) {
     ktls = KtlsState::Off;
     ++n.ktls_unsupported_cipher;
   }
-  if (ktls == KtlsState::Off) ++n.tls_userspace;
+  if (ktls == KtlsState::Off) count_record_layer(false);
   if (tls->alpn() == tls::Alpn::Http11) {
     state = DownState::Http1;
     ++n.http1_rejected;
+    mark(CloseReason::Http1);
     if (ktls == KtlsState::Pending) {
       ktls = KtlsState::Off;
-      ++n.tls_userspace;
+      count_record_layer(false);
     }
   } else {
     start_h2();  // h2 by ALPN, or no ALPN at all: HTTP/2 with prior knowledge
   }
   // Application bytes that came with the client's Finished are pending.
   on_bytes({});
+}
+
+// For /metrics: the handshake's duration and kind (counted by record layer
+// once that is known: count_record_layer).
+void ClientConnection::handshake_done() {
+  listener->handshake.observe(clock_us() - accepted_us);
+  tls_version = tls->version();
+  tls_cipher = tls->cipher();
+  tls_resumed = tls->resumed();
+}
+
+void ClientConnection::count_record_layer(bool kernel) {
+  if (handshake_counted || tls_version == nullptr) return;
+  handshake_counted = true;
+  if (!kernel) ++loop->counters.tls_userspace;
+  loop->count_handshake(listener->index, tls_version, tls_cipher, tls_resumed, kernel);
 }
 
 void ClientConnection::start_h2() {
@@ -220,6 +245,7 @@ void ClientConnection::on_h2_bytes(std::span<const uint8_t> in) {
   }
   if (!r) {
     if (r.error() == Error::Protocol) {
+      mark(CloseReason::TlsError);
       ++loop->counters.tls_violations[static_cast<int>(tls->violation())];
       LOG_DEBUG("tls", "%u: bad record from %s: %s", loop->id, client_ip.c_str(), tls->failure().c_str());
     }
@@ -233,6 +259,7 @@ void ClientConnection::on_h2_bytes(std::span<const uint8_t> in) {
 // out, or after handshake_timeout if the client does not read it.
 void ClientConnection::end_h2() {
   ++loop->counters.downstream_protocol_errors;
+  mark(CloseReason::ProtocolError);
   close_after_flush = true;
   TimerList::disarm(timer);
   listener->handshake_timers.arm(timer, loop->now);
@@ -327,11 +354,12 @@ void ClientConnection::try_offload() {
               tls->version(), tls->cipher(), std::strerror(errno));
     if (r == tls::Offload::Unsupported) ++n.ktls_unsupported_cipher;
     else ++n.ktls_failed;
-    ++n.tls_userspace;
+    count_record_layer(false);
     ktls = KtlsState::Off;
     return;
   }
   ktls = KtlsState::On;
+  count_record_layer(true);
   out.set_pool(&loop->chunks);  // nghttp2's output now: bounded like plain
   const int cipher = static_cast<int>(tls->cipher_kind());
   if (cipher < 3) ++n.ktls_offloaded[tls->is_tls13() ? 1 : 0][cipher];
@@ -351,6 +379,7 @@ void ClientConnection::on_ktls_control() {
     return;
   }
   if (rc < 0) {
+    mark(CloseReason::SocketError);
     close(std::strerror(-rc));
     return;
   }
@@ -361,6 +390,7 @@ void ClientConnection::on_ktls_control() {
       close("close_notify");
     } else {
       ++n.ktls_alerts;
+      mark(CloseReason::TlsError);
       LOG_INFO("tls", "%u: alert from %s: level %u description %u", loop->id, client_ip.c_str(), rec.data[0],
                rec.data[1]);
       close("alert received");
@@ -371,6 +401,7 @@ void ClientConnection::on_ktls_control() {
     // Kernels before 6.13 cannot take new receive keys; a clean close lets
     // the client reconnect instead of failing on records we cannot read.
     ++n.ktls_key_update_closed;
+    mark(CloseReason::TlsError);
     LOG_INFO("tls", "%u: KeyUpdate from %s: kernel TLS cannot rekey; closing", loop->id, client_ip.c_str());
     if (h2) h2->shutdown();
     close_after_flush = true;
@@ -381,6 +412,7 @@ void ClientConnection::on_ktls_control() {
   // client's NewSessionTicket or Finished, a TLS 1.2 renegotiation. The
   // kernel decrypted it; answer as RFC 8446 (and OpenSSL) would.
   ++n.ktls_unexpected_records;
+  mark(CloseReason::TlsError);
   LOG_DEBUG("tls", "%u: unexpected record type %u from %s: closing", loop->id, rec.type, client_ip.c_str());
   tls::send_alert(fd, 2, 10);  // fatal, unexpected_message
   close("unexpected record after the handshake");
@@ -390,7 +422,10 @@ void ClientConnection::on_ktls_control() {
 
 void ClientConnection::handshake_timer_expired() {
   const DownState st = state;
-  if (st == DownState::Proxy || st == DownState::Handshake) ++loop->counters.handshake_timeouts;
+  if (st == DownState::Proxy || st == DownState::Handshake) {
+    ++loop->counters.handshake_timeouts;
+    mark(CloseReason::HandshakeTimeout);
+  }
   close(st == DownState::Proxy       ? "PROXY header timeout"
         : st == DownState::Handshake ? "handshake timeout"
                                      : "linger timeout");
@@ -402,6 +437,7 @@ void ClientConnection::idle_timer_expired() {
     return;
   }
   ++loop->counters.idle_closed;
+  mark(CloseReason::Idle);
   if (!h2) {
     close("idle timeout");
     return;
@@ -412,6 +448,7 @@ void ClientConnection::idle_timer_expired() {
 }
 
 void ClientConnection::begin_drain() {
+  mark(CloseReason::Drain);
   if (!h2) {
     close("shutting down");
     return;
@@ -438,6 +475,10 @@ void ClientConnection::close(const char* why) {
   LOG_DEBUG("shard", "%u: close downstream %s (%s, %s)", loop->id, client_ip.c_str(), to_string(state), why);
   closing = true;
   state = DownState::Closed;
+  // A handshake whose record layer was never decided (closed while a kTLS
+  // switch was pending) did all its records in userspace.
+  count_record_layer(false);
+  if (listener != nullptr) ++listener->closed[static_cast<int>(close_reason)];
   TimerList::disarm(timer);
   if (proxy_buf != nullptr) loop->chunks.put(std::exchange(proxy_buf, nullptr));
   h2.reset();  // cancels the upstream halves of its streams

@@ -135,11 +135,17 @@ void Loop::adopt(std::shared_ptr<const config::Config> cfg) {
 void Loop::take_inbox() {
   std::vector<DnsUpdate> updates;
   std::shared_ptr<const config::Config> cfg;
+  std::vector<std::promise<Stats>> stats_wanted;
   {
     std::lock_guard<std::mutex> lock(inbox_mu);
     updates.swap(dns_inbox);
     cfg = std::move(config_inbox);
+    stats_wanted.swap(stats_inbox);
     inbox_pending.store(false, std::memory_order_release);
+  }
+  if (!stats_wanted.empty()) {
+    const Stats s = make_stats();
+    for (std::promise<Stats>& p : stats_wanted) p.set_value(s);
   }
   if (cfg) adopt(std::move(cfg));
   for (DnsUpdate& u : updates) {
@@ -276,6 +282,7 @@ void Loop::on_accept(const io::Completion& c) {
     return;
   }
   ++counters.accepted;
+  ++l.accepted;
   if (++l.connections >= l.max_connections && !l.full) {
     l.full = true;
     ++counters.accept_paused;
@@ -326,6 +333,7 @@ void Loop::relieve_chunk_pool() {
   for (ClientConnection* d : stalled) {
     if (chunks.in_use() - std::min(freed, chunks.in_use()) < target) break;
     freed += (d->out.size() + d->plain.size()) / Chunk::kCapacity;
+    d->mark(CloseReason::SendStalled);
     d->close("send stalled while the chunk pool is full");
     ++closed;
   }
@@ -399,8 +407,14 @@ void Loop::on_send(Conn* c, const io::Completion& cqe) {
     return;
   }
   if (cqe.res < 0) {
-    if (c->down) static_cast<ClientConnection*>(c)->close(std::strerror(-cqe.res));
-    else static_cast<UpstreamConnection*>(c)->send_failed(-cqe.res);
+    if (c->down) {
+      auto* d = static_cast<ClientConnection*>(c);
+      d->mark(CloseReason::SocketError);
+      d->close(std::strerror(-cqe.res));
+    }
+    else {
+      static_cast<UpstreamConnection*>(c)->send_failed(-cqe.res);
+    }
     return;
   }
   c->out.consume(static_cast<size_t>(cqe.res));
@@ -529,6 +543,13 @@ void Shard::run() {
   Counters& c = impl_->counters;
   c.take(impl_->h2ctx.counters());
   c.take(impl_->pool.counters());
+  // From now on collect() answers at once with these.
+  Stats last = impl_->make_stats();
+  std::lock_guard<std::mutex> lock(impl_->inbox_mu);
+  impl_->final_stats = std::move(last);
+  impl_->finished = true;
+  for (std::promise<Stats>& p : impl_->stats_inbox) p.set_value(impl_->final_stats);
+  impl_->stats_inbox.clear();
 }
 
 void Shard::update_dns(uint32_t cluster, uint32_t name, std::vector<config::SocketAddress> addrs) {
@@ -556,6 +577,19 @@ void Shard::stop_now() {
   uint64_t now = kStopNow;
   ssize_t w = ::write(impl_->stop_fd, &now, sizeof now);
   (void)w;
+}
+
+std::future<Stats> Shard::collect() {
+  std::promise<Stats> p;
+  std::future<Stats> f = p.get_future();
+  std::lock_guard<std::mutex> lock(impl_->inbox_mu);
+  if (impl_->finished) {
+    p.set_value(impl_->final_stats);
+  } else {
+    impl_->stats_inbox.push_back(std::move(p));
+    impl_->inbox_pending.store(true, std::memory_order_release);
+  }
+  return f;
 }
 
 const Counters& Shard::counters() const { return impl_->counters; }

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -67,6 +68,9 @@ constexpr uint32_t gen_of(uint64_t ud) { return static_cast<uint32_t>(ud >> 32) 
 constexpr uint32_t slot_of(uint64_t ud) { return static_cast<uint32_t>(ud); }
 
 uint64_t clock_ms();
+// Microseconds of the monotonic clock, for durations shown in histograms
+// (the loop's millisecond clock is too coarse for a handshake).
+uint64_t clock_us();
 
 // A warning that repeats is logged at most once per kWarnIntervalMs, saying
 // how many times it happened since the last line.
@@ -141,6 +145,10 @@ struct ListenerRt {
   uint32_t max_connections = 0;
   uint32_t connections = 0;  // client connections of this listener in this shard, until their fd is closed
   bool full = false;         // accepting paused at max_connections (counted once per pause)
+  // For /metrics (Stats::Listener).
+  uint64_t accepted = 0;
+  uint64_t closed[static_cast<int>(CloseReason::Count)] = {};
+  Histogram handshake;
   // This shard's budget of streams cancelled on connections that completed
   // fewer than they cancelled (src/h2/README.md, "Budgets"): what rapid reset
   // across reconnects spends.
@@ -162,8 +170,19 @@ struct ClientConnection final : Conn {
   // not hold the whole header (at most edge::kProxyMaxHeader bytes; a chunk
   // of the shard's pool, given back when the header is done or on close).
   Chunk* proxy_buf = nullptr;
+  // For /metrics: when it was accepted, what its handshake was, why it closes.
+  uint64_t accepted_us = 0;
+  const char* tls_version = nullptr;  // set when the handshake is done
+  const char* tls_cipher = nullptr;
+  bool tls_resumed = false;
+  bool handshake_counted = false;     // in Loop::handshake_kinds (once its record layer is known)
+  CloseReason close_reason = CloseReason::Client;
 
   void start(const io::Completion& accepted);
+  // The first reason other than Client names why the connection closes.
+  void mark(CloseReason r) {
+    if (close_reason == CloseReason::Client) close_reason = r;
+  }
   void on_recv(const io::Completion& c);
   void flush();
   void close(const char* why);
@@ -190,6 +209,8 @@ struct ClientConnection final : Conn {
   void on_ktls_control();
   bool finish_session();
   void linger_or_close();
+  void handshake_done();
+  void count_record_layer(bool kernel);
 };
 
 // ------------------------------------------------------------ upstream side
@@ -295,7 +316,12 @@ struct Loop : upstream::Transport {
   std::mutex inbox_mu;
   std::vector<DnsUpdate> dns_inbox;
   std::shared_ptr<const config::Config> config_inbox;
+  std::vector<std::promise<Stats>> stats_inbox;
+  bool finished = false;  // run() returned: collect() answers from final_stats
+  Stats final_stats;
   std::atomic<bool> inbox_pending{false};
+  // Completed handshakes by kind (a handful of rows: linear search).
+  std::vector<Stats::Handshakes> handshake_kinds;
   uint64_t fd_pause_until = 0;  // no accepting before this (out of file descriptors)
   RepeatedWarning fd_warning;
   RepeatedWarning pool_warning;
@@ -319,6 +345,8 @@ struct Loop : upstream::Transport {
   // Configuration.
   void adopt(std::shared_ptr<const config::Config> cfg);
   void take_inbox();
+  Stats make_stats();
+  void count_handshake(uint32_t listener, const char* version, const char* cipher, bool resumed, bool ktls);
 
   // Accept.
   bool accept_blocked(const ListenerRt& l) const;

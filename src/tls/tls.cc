@@ -406,6 +406,7 @@ HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
     unsigned len = 0;
     SSL_get0_alpn_selected(ssl, &proto, &len);
     rx_at_done_ = rx_records_.total;
+    resumed_ = SSL_session_reused(ssl) == 1;
     whole_records_ = detach_allowed_;
     if (len == 2 && std::memcmp(proto, "h2", 2) == 0) alpn_ = Alpn::H2;
     else if (len == 8 && std::memcmp(proto, "http/1.1", 8) == 0) alpn_ = Alpn::Http11;

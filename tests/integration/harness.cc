@@ -478,6 +478,7 @@ std::string GatewayConfig::render() const {
   s << "# written by the integration test harness\n";
   s << "workers = " << workers << "\n";
   s << extra_top << "\n";
+  if (admin) s << "[admin]\nlisten = \"127.0.0.1:0\"\n";
   s << "[drain]\n" << drain << "\n";
   s << "[[listeners]]\n"
     << "name = \"public\"\n"
@@ -585,6 +586,51 @@ Gateway::Gateway(const fs::path& dir, const GatewayConfig& cfg) {
 }
 
 Gateway::~Gateway() { stop(); }
+
+int Gateway::admin_port() {
+  static const std::string kPrefix = "admin listener on 127.0.0.1:";
+  const std::string err = proc_ ? proc_->stderr_text() : "";
+  const size_t at = err.find(kPrefix);
+  if (at == std::string::npos) return 0;
+  return std::atoi(err.c_str() + at + kPrefix.size());
+}
+
+HttpAnswer http_request(int port, const std::string& path, const std::string& method, Ms timeout) {
+  HttpAnswer a;
+  const int fd = tcp_connect("127.0.0.1", port, timeout);
+  if (fd < 0) return a;
+  std::string text;
+  if (send_all(fd, method + " " + path + " HTTP/1.1\r\nHost: admin\r\n\r\n")) {
+    Ms elapsed{};
+    wait_peer_close(fd, timeout, &elapsed, &text);
+  }
+  ::close(fd);
+  const size_t end = text.find("\r\n\r\n");
+  if (end == std::string::npos || text.compare(0, 9, "HTTP/1.1 ") != 0) return a;
+  a.status = std::atoi(text.c_str() + 9);
+  a.head = text.substr(0, end);
+  a.body = text.substr(end + 4);
+  return a;
+}
+
+double metric(const std::string& page, const std::string& name, const std::vector<std::string>& labels) {
+  double sum = 0;
+  bool any = false;
+  std::istringstream in(page);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] == '#' || line.compare(0, name.size(), name) != 0) continue;
+    const char next = line.size() > name.size() ? line[name.size()] : '\0';
+    if (next != '{' && next != ' ') continue;
+    const size_t space = line.rfind(' ');
+    const std::string series = line.substr(0, space);
+    bool match = true;
+    for (const std::string& l : labels) match = match && series.find(l) != std::string::npos;
+    if (!match) continue;
+    sum += std::stod(line.substr(space + 1));
+    any = true;
+  }
+  return any ? sum : -1;
+}
 
 void Gateway::stop() {
   if (stopped_ || !proc_) return;

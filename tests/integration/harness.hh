@@ -242,6 +242,8 @@ struct GatewayConfig {
   // listeners.tls.record_layer; empty: $TLSGATE_RECORD_LAYER if set (meson
   // runs the gateway tests with each), else the default ("tlsgate").
   std::string record_layer;
+  // An [admin] listener on 127.0.0.1:0 (Gateway::admin_port() finds its port).
+  bool admin = false;
   // Not TOML: added to tlsgate's environment (e.g. LD_PRELOAD).
   std::map<std::string, std::string> process_env;
   std::string render() const;
@@ -275,6 +277,8 @@ class Gateway {
   // stop() does nothing afterwards.
   ExitStatus wait_exit(Ms timeout);
   std::filesystem::path config_path() const { return config_path_; }
+  // The admin listener's port from the start-up log, or 0.
+  int admin_port();
 
  private:
   std::filesystem::path config_path_;
@@ -316,6 +320,21 @@ std::string grpc_frame(const std::string& message);
 // One unary call "ping" through `target` over TLS; OK and echoed, or a
 // description of what went wrong ("" on success).
 std::string unary_check(const std::string& target, Ms timeout = 10s);
+
+// One HTTP/1.1 request to the admin listener on 127.0.0.1:port; status 0
+// when there was no complete answer within `timeout`.
+struct HttpAnswer {
+  int status = 0;
+  std::string head;
+  std::string body;
+};
+HttpAnswer http_request(int port, const std::string& path, const std::string& method = "GET", Ms timeout = 5s);
+
+// A Prometheus text page: the sum of the samples of `name` (exactly that
+// name, so a histogram's _bucket lines are not its _count) whose labels
+// contain every one of `labels` (e.g. {"cluster=\"backend\""}). -1 when no
+// sample matched.
+double metric(const std::string& page, const std::string& name, const std::vector<std::string>& labels = {});
 
 // Raw TCP helpers for bad-input tests.
 int tcp_connect(const std::string& host, int port, Ms timeout);
