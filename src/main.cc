@@ -150,6 +150,11 @@ std::string reload_refusal(const config::Config& running, const config::Config& 
   if (next.listeners.size() != running.listeners.size())
     return next.path + ": listeners: " + std::to_string(next.listeners.size()) + " instead of " +
            std::to_string(running.listeners.size()) + "; adding or removing a listener needs a restart";
+  if (next.admin.enabled != running.admin.enabled || next.admin.listen.text != running.admin.listen.text)
+    return (next.admin.enabled ? next.admin.listen_origin.to_string() : next.path + ": admin") + ": " +
+           (next.admin.enabled ? next.admin.listen.text : std::string("removed")) + " instead of " +
+           (running.admin.enabled ? running.admin.listen.text : std::string("none")) +
+           "; the admin listener's address needs a restart";
   for (size_t i = 0; i < next.listeners.size(); ++i) {
     const config::Listener& l = next.listeners[i];
     if (l.listen.text != running.listeners[i].listen.text)

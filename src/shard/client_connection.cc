@@ -176,13 +176,17 @@ void ClientConnection::on_handshake_bytes(std::span<const uint8_t> in) {
     ktls = KtlsState::Off;
     ++n.ktls_unsupported_cipher;
   }
-  if (ktls == KtlsState::Off) count_record_layer(false);
+  if (ktls == KtlsState::Off) {
+    ++n.tls_userspace;
+    count_record_layer(false);
+  }
   if (tls->alpn() == tls::Alpn::Http11) {
     state = DownState::Http1;
     ++n.http1_rejected;
     mark(CloseReason::Http1);
     if (ktls == KtlsState::Pending) {
       ktls = KtlsState::Off;
+      ++n.tls_userspace;
       count_record_layer(false);
     }
   } else {
@@ -204,7 +208,6 @@ void ClientConnection::handshake_done() {
 void ClientConnection::count_record_layer(bool kernel) {
   if (handshake_counted || tls_version == nullptr) return;
   handshake_counted = true;
-  if (!kernel) ++loop->counters.tls_userspace;
   loop->count_handshake(listener->index, tls_version, tls_cipher, tls_resumed, kernel);
 }
 
@@ -354,6 +357,7 @@ void ClientConnection::try_offload() {
               tls->version(), tls->cipher(), std::strerror(errno));
     if (r == tls::Offload::Unsupported) ++n.ktls_unsupported_cipher;
     else ++n.ktls_failed;
+    ++n.tls_userspace;
     count_record_layer(false);
     ktls = KtlsState::Off;
     return;

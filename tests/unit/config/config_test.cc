@@ -1155,5 +1155,37 @@ TEST(ConfigStrings, SocketAddressWithoutFamilyHasNoPort) {
   EXPECT_EQ(a.family(), AF_UNSPEC);
 }
 
+// ---------------------------------------------------------------------------
+// to_toml (the admin's /config): what it writes loads again into the same
+// configuration, every default written out.
+
+TEST_F(ConfigTest, ToTomlLoadsAgainIntoTheSameConfiguration) {
+  const std::string text = expand(
+      "workers = 3\n[admin]\nlisten = \"127.0.0.1:9901\"\n[drain]\ndelay = \"1500ms\"\n"
+      "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+      "proxy_protocol = \"v2\"\nidle_timeout = \"90s\"\n"
+      "  [listeners.tls]\n  certificate = \"@CRT@\"\n  private_key = \"@KEY@\"\n  min_version = \"1.3\"\n"
+      "  [[listeners.routes]]\n  authority = \"api.example.com\"\n  path_prefix = \"/a.\\\"b\"\n"
+      "  cluster = \"other\"\n"
+      "[[clusters]]\nname = \"backend\"\nendpoints = [\"127.0.0.1:50051\", \"backend.test:50052\"]\n"
+      "max_grpc_timeout = \"2h\"\n  [clusters.health_check]\n  service = \"s\"\n"
+      "[[clusters]]\nname = \"other\"\nendpoints = [\"[::1]:50053\"]\nlb = \"round_robin\"\n");
+  const Config first = parse(text, "first.toml");
+  const std::string shown = to_toml(first);
+  const Config second = parse(shown, "second.toml");
+  auto body = [](const std::string& t) { return t.substr(t.find('\n')); };  // after the line naming the file
+  EXPECT_EQ(body(to_toml(second)), body(shown)) << shown;
+  EXPECT_NE(shown.find("idle_timeout = \"90s\""), std::string::npos) << shown;
+  EXPECT_NE(shown.find("handshake_timeout = \"10s\""), std::string::npos) << "a default\n" << shown;
+  EXPECT_NE(shown.find("endpoints = [\"127.0.0.1:50051\", \"backend.test:50052\"]"), std::string::npos)
+      << "a DNS name stays a name\n" << shown;
+  EXPECT_NE(shown.find("path_prefix = \"/a.\\\"b\""), std::string::npos) << "escaped\n" << shown;
+  EXPECT_EQ(second.clusters[0].max_grpc_timeout, std::chrono::hours(2));
+  EXPECT_EQ(second.drain.delay, std::chrono::milliseconds(1500));
+  EXPECT_EQ(second.listeners[0].proxy_protocol, ProxyProtocol::V2);
+  EXPECT_EQ(second.listeners[0].routes.at(0).cluster, "other");
+  EXPECT_EQ(shown.find("MIIE"), std::string::npos) << "no key material";
+}
+
 }  // namespace
 }  // namespace tlsgate::config
