@@ -72,6 +72,7 @@ struct Counters {
   uint64_t endpoints_ejected = 0;
   uint64_t endpoints_ejection_refused = 0;
   uint64_t health_check_failures = 0;
+  uint64_t health_checks_passed = 0;
   uint64_t idle_closed = 0;
   uint64_t keepalive_timeouts = 0;
   uint64_t dns_updates = 0;

@@ -28,6 +28,8 @@ struct Counters {
   uint64_t accepted = 0;
   uint64_t handshakes = 0;
   uint64_t handshake_failures = 0;
+  // By tls::HandshakeFailure (not on the stopped: line; /metrics shows them).
+  uint64_t handshake_failure_reasons[static_cast<int>(tls::HandshakeFailure::Count)] = {};
   uint64_t handshake_timeouts = 0;
   uint64_t http1_rejected = 0;
   uint64_t idle_closed = 0;
@@ -48,6 +50,7 @@ struct Counters {
   uint64_t endpoints_ejected = 0;            // passive outlier ejections
   uint64_t endpoints_ejection_refused = 0;   // ejections max_ejection_percent held back
   uint64_t health_check_failures = 0;
+  uint64_t health_checks_passed = 0;
   uint64_t upstream_idle_closed = 0;
   uint64_t upstream_keepalive_timeouts = 0;
   uint64_t dns_updates = 0;                  // endpoint sets changed by re-resolution

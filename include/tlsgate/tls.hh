@@ -82,6 +82,18 @@ enum class HandshakeState { InProgress, Done, Failed };
 // protocol errors, answered with the RFC 8446 alert of the same name; an
 // empty-record flood gets unexpected_message (as from OpenSSL); KeyUpdate
 // floods and the AEAD limit get close_notify.
+// Why a server handshake failed, from OpenSSL's reason (for metrics).
+enum class HandshakeFailure : uint8_t {
+  Other,
+  NotTls,          // plain HTTP or other bytes that are no TLS record
+  Version,         // no protocol version both sides allow
+  NoSharedCipher,  // no cipher suite, group or signature both sides allow
+  NoAlpn,          // the client offered ALPN without h2 or http/1.1
+  PeerAlert,       // the client ended it with an alert (e.g. it does not trust the certificate)
+  Count,
+};
+const char* to_string(HandshakeFailure f);
+
 enum class TlsViolation : uint8_t {
   None,
   BadRecordMac,       // a record does not authenticate (bad tag, replayed, too short)
@@ -140,6 +152,7 @@ class Session {
   bool resumed() const { return resumed_; }
   // Why the handshake failed, for the log (OpenSSL's reason string).
   const std::string& failure() const { return failure_; }
+  HandshakeFailure handshake_failure() const { return handshake_failure_; }
   // Why the detached record layer ended the session (None otherwise).
   TlsViolation violation() const { return violation_; }
 
@@ -237,6 +250,7 @@ class Session {
   const char* version_name_ = "";
   const char* cipher_name_ = "";
   bool resumed_ = false;
+  HandshakeFailure handshake_failure_ = HandshakeFailure::Other;
   KtlsCipher cipher_kind_ = KtlsCipher::Unknown;
   // kTLS bookkeeping.
   RecordCounter tx_records_;

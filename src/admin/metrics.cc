@@ -37,9 +37,8 @@ struct CounterMetric {
 
 // Entries of one family are contiguous.
 constexpr CounterMetric kCounterMetrics[] = {
-    {"handshake_failures", &Counters::handshake_failures, "tlsgate_handshake_failures_total", "reason", "tls",
-     "TLS handshakes that failed: refused by OpenSSL (tls) or not done within handshake_timeout (timeout)"},
-    {"handshake_timeouts", &Counters::handshake_timeouts, "tlsgate_handshake_failures_total", "reason", "timeout", ""},
+    {"handshake_timeouts", &Counters::handshake_timeouts, "tlsgate_handshake_timeouts_total", nullptr, nullptr,
+     "Connections without a PROXY header or TLS handshake within handshake_timeout"},
     {"http1_rejected", &Counters::http1_rejected, "tlsgate_http1_rejected_total", nullptr, nullptr,
      "Connections that negotiated HTTP/1.1 and were answered 426"},
     {"idle_closed", &Counters::idle_closed, "tlsgate_idle_closed_total", nullptr, nullptr,
@@ -79,8 +78,9 @@ constexpr CounterMetric kCounterMetrics[] = {
     {"endpoints_ejection_refused", &Counters::endpoints_ejection_refused,
      "tlsgate_upstream_ejections_refused_total", nullptr, nullptr,
      "Ejections max_ejection_percent held back"},
-    {"health_check_failures", &Counters::health_check_failures, "tlsgate_health_check_failures_total", nullptr,
-     nullptr, "Active health checks that failed"},
+    {"health_check_failures", &Counters::health_check_failures, "tlsgate_health_checks_total", "result", "failure",
+     "Active health checks (grpc.health.v1), by result"},
+    {"health_checks_passed", &Counters::health_checks_passed, "tlsgate_health_checks_total", "result", "success", ""},
     {"upstream_idle_closed", &Counters::upstream_idle_closed, "tlsgate_upstream_idle_closed_total", nullptr, nullptr,
      "Backend connections closed by the cluster's idle_timeout"},
     {"upstream_keepalive_timeouts", &Counters::upstream_keepalive_timeouts, "tlsgate_upstream_keepalive_timeouts_total",
@@ -146,6 +146,10 @@ void write_counters(Exposition& x, const Counters& total) {
     if (m.label_name != nullptr) x.sample(m.family, {{m.label_name, m.label_value}}, total.*m.field);
     else x.sample(m.family, {}, total.*m.field);
   }
+  x.family("tlsgate_handshake_failures_total", "counter", "TLS handshakes OpenSSL refused, by reason");
+  for (int r = 0; r < static_cast<int>(tls::HandshakeFailure::Count); ++r)
+    x.sample("tlsgate_handshake_failures_total", {{"reason", tls::to_string(static_cast<tls::HandshakeFailure>(r))}},
+             total.handshake_failure_reasons[r]);
   static const char* versions[2] = {"TLSv1.2", "TLSv1.3"};
   x.family("tlsgate_ktls_offloaded_total", "counter", "Client connections whose record crypto went to kernel TLS");
   for (int v = 0; v < 2; ++v)
@@ -327,7 +331,7 @@ std::vector<std::string> counter_keys_without_metric(const std::vector<std::stri
     bool found = false;
     for (const CounterMetric& m : kCounterMetrics) found = found || k == m.key;
     // Families with their own rows (by listener, version and cipher, kind).
-    found = found || k == "accepted" || k == "handshakes" || k.rfind("ktls_tls1.", 0) == 0 ||
+    found = found || k == "accepted" || k == "handshakes" || k == "handshake_failures" || k.rfind("ktls_tls1.", 0) == 0 ||
             k == "tls_openssl_record_errors" || k.rfind("tls_violation_", 0) == 0;
     if (!found) missing.push_back(k);
   }

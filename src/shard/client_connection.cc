@@ -161,6 +161,7 @@ void ClientConnection::on_handshake_bytes(std::span<const uint8_t> in) {
   if (st == tls::HandshakeState::InProgress) return;
   if (st == tls::HandshakeState::Failed) {
     ++n.handshake_failures;
+    ++n.handshake_failure_reasons[static_cast<int>(tls->handshake_failure())];
     mark(CloseReason::HandshakeFailed);
     LOG_DEBUG("tls", "%u: handshake from %s failed: %s", loop->id, client_ip.c_str(), tls->failure().c_str());
     close_after_flush = true;  // send OpenSSL's alert first

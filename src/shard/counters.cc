@@ -19,7 +19,7 @@ std::string Counters::describe() const {
                 "streams_reset_by_client=%lu streams_reset_by_upstream=%lu header_limit_resets=%lu "
                 "deadline_exceeded=%lu retries=%lu circuit_breaker_streams=%lu circuit_breaker_connections=%lu "
                 "no_healthy_endpoint=%lu endpoints_ejected=%lu endpoints_ejection_refused=%lu "
-                "health_check_failures=%lu upstream_idle_closed=%lu upstream_keepalive_timeouts=%lu dns_updates=%lu "
+                "health_check_failures=%lu health_checks_passed=%lu upstream_idle_closed=%lu upstream_keepalive_timeouts=%lu dns_updates=%lu "
                 "proxy_headers=%lu proxy_errors=%lu "
                 "h2_glitch_empty_data=%lu h2_glitch_priority=%lu h2_glitch_unknown_frames=%lu h2_glitch_pings=%lu "
                 "h2_glitch_settings=%lu h2_glitch_window_updates=%lu h2_glitch_invalid_frames=%lu h2_glitch_stale_resets=%lu "
@@ -29,7 +29,7 @@ std::string Counters::describe() const {
                 downstream_protocol_errors, tls_userspace, upstream_connects, upstream_connect_failures, upstream_lost,
                 streams_forwarded, streams_unavailable, streams_reset_by_client, streams_reset_by_upstream,
                 header_limit_resets, deadline_exceeded, retries, circuit_breaker_streams, circuit_breaker_connections,
-                no_healthy_endpoint, endpoints_ejected, endpoints_ejection_refused, health_check_failures,
+                no_healthy_endpoint, endpoints_ejected, endpoints_ejection_refused, health_check_failures, health_checks_passed,
                 upstream_idle_closed, upstream_keepalive_timeouts, dns_updates, proxy_headers, proxy_errors,
                 h2_glitch_empty_data,
                 h2_glitch_priority, h2_glitch_unknown_frames, h2_glitch_pings, h2_glitch_settings,
@@ -63,6 +63,8 @@ void Counters::add(const Counters& o) {
   accepted += o.accepted;
   handshakes += o.handshakes;
   handshake_failures += o.handshake_failures;
+  for (int r = 0; r < static_cast<int>(tls::HandshakeFailure::Count); ++r)
+    handshake_failure_reasons[r] += o.handshake_failure_reasons[r];
   handshake_timeouts += o.handshake_timeouts;
   http1_rejected += o.http1_rejected;
   idle_closed += o.idle_closed;
@@ -83,6 +85,7 @@ void Counters::add(const Counters& o) {
   endpoints_ejected += o.endpoints_ejected;
   endpoints_ejection_refused += o.endpoints_ejection_refused;
   health_check_failures += o.health_check_failures;
+  health_checks_passed += o.health_checks_passed;
   upstream_idle_closed += o.upstream_idle_closed;
   upstream_keepalive_timeouts += o.upstream_keepalive_timeouts;
   dns_updates += o.dns_updates;
@@ -153,6 +156,7 @@ void Counters::take(const upstream::Counters& u) {
   endpoints_ejected = u.endpoints_ejected;
   endpoints_ejection_refused = u.endpoints_ejection_refused;
   health_check_failures = u.health_check_failures;
+  health_checks_passed = u.health_checks_passed;
   upstream_idle_closed = u.idle_closed;
   upstream_keepalive_timeouts = u.keepalive_timeouts;
   upstream_lost += u.keepalive_timeouts;  // the shard counted the other losses

@@ -41,7 +41,48 @@ std::string openssl_error_text() {
   return buf;
 }
 
+const char* to_string(HandshakeFailure f) {
+  switch (f) {
+    case HandshakeFailure::Other: return "other";
+    case HandshakeFailure::NotTls: return "not_tls";
+    case HandshakeFailure::Version: return "version";
+    case HandshakeFailure::NoSharedCipher: return "no_shared_cipher";
+    case HandshakeFailure::NoAlpn: return "no_alpn";
+    case HandshakeFailure::PeerAlert: return "peer_alert";
+    case HandshakeFailure::Count: break;
+  }
+  return "?";
+}
+
 namespace {
+
+HandshakeFailure classify_failure(unsigned long e) {
+  if (ERR_GET_LIB(e) != ERR_LIB_SSL) return HandshakeFailure::Other;
+  const int reason = ERR_GET_REASON(e);
+  // Alerts the peer sent are reported as SSL_AD_REASON_OFFSET + description.
+  if (reason >= SSL_AD_REASON_OFFSET) return HandshakeFailure::PeerAlert;
+  switch (reason) {
+    case SSL_R_HTTP_REQUEST:
+    case SSL_R_HTTPS_PROXY_REQUEST:
+    case SSL_R_WRONG_VERSION_NUMBER:
+    case SSL_R_PACKET_LENGTH_TOO_LONG:
+    case SSL_R_UNKNOWN_PROTOCOL:
+      return HandshakeFailure::NotTls;
+    case SSL_R_UNSUPPORTED_PROTOCOL:
+    case SSL_R_VERSION_TOO_LOW:
+      return HandshakeFailure::Version;
+    case SSL_R_NO_SHARED_CIPHER:
+    case SSL_R_NO_SHARED_GROUPS:
+    case SSL_R_NO_SUITABLE_KEY_SHARE:
+    case SSL_R_NO_SHARED_SIGNATURE_ALGORITHMS:
+    case SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM:
+      return HandshakeFailure::NoSharedCipher;
+    case SSL_R_NO_APPLICATION_PROTOCOL:
+      return HandshakeFailure::NoAlpn;
+    default:
+      return HandshakeFailure::Other;
+  }
+}
 
 #ifdef TLSGATE_MIMALLOC
 void* mi_crypto_malloc(size_t n, const char*, int) { return mi_malloc(n); }
@@ -396,6 +437,7 @@ HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
     if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
       st = HandshakeState::InProgress;
     } else {
+      if (err == SSL_ERROR_SSL) handshake_failure_ = classify_failure(ERR_peek_error());
       failure_ = err == SSL_ERROR_SSL ? openssl_error_text() : "handshake error " + std::to_string(err);
       long verify = SSL_get_verify_result(ssl);
       if (verify != X509_V_OK) failure_ += std::string(" (") + X509_verify_cert_error_string(verify) + ")";

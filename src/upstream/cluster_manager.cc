@@ -418,6 +418,7 @@ void ClusterManager::start_health_check(Cluster& c, size_t e) {
 
 void ClusterManager::health_result(Cluster& c, size_t e, bool ok, const char* why) {
   if (!ok) ++counters_.health_check_failures;
+  else ++counters_.health_checks_passed;
   EndpointState& st = c.states[e];
   if (!st.on_check(ok, c.health)) return;
   if (st.healthy)

@@ -74,6 +74,31 @@ TEST_F(Admin, OneGrpcCallMovesItsCounters) {
 
 // A scrape taken while calls run over many connections is valid Prometheus
 // text (promtool, from Debian's prometheus package, is the judge).
+TEST_F(Admin, HandshakeFailuresAreCountedByReason) {
+  const std::string before = scrape();
+  // Plain HTTP at the TLS port.
+  const int fd = tcp_connect("127.0.0.1", gw_->endpoint().port, 2s);
+  ASSERT_GE(fd, 0);
+  send_all(fd, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  Ms elapsed{};
+  EXPECT_TRUE(wait_peer_close(fd, 5s, &elapsed, nullptr));
+  ::close(fd);
+  // A TLS 1.2 client offering only a CBC suite with RSA key exchange, which
+  // the default policy leaves out.
+  TempDir dir;
+  RunResult r = run({"/usr/bin/openssl", "s_client", "-connect", gw_->target(), "-tls1_2", "-cipher", "AES128-SHA"},
+                    dir.path(), 10s, {}, "");
+  EXPECT_TRUE(r.status.exited && r.status.code == 1) << r.status.to_string() << r.out << r.err;
+  const std::string after = scrape();
+  auto moved = [&](const std::string& reason) {
+    const std::vector<std::string> l = {"reason=\"" + reason + "\""};
+    return metric(after, "tlsgate_handshake_failures_total", l) - metric(before, "tlsgate_handshake_failures_total", l);
+  };
+  EXPECT_EQ(moved("not_tls"), 1) << after;
+  EXPECT_EQ(moved("no_shared_cipher"), 1) << after;
+  EXPECT_EQ(metric(after, "tlsgate_connections_closed_total", {"reason=\"handshake_failed\""}), 2) << after;
+}
+
 TEST_F(Admin, PromtoolAcceptsAScrapeUnderLoad) {
   const std::string target = gw_->target();
   Load load([&](int) { return tls_channel(target); }, 8, 5, 400);
@@ -81,7 +106,8 @@ TEST_F(Admin, PromtoolAcceptsAScrapeUnderLoad) {
   const std::string page = scrape();
   load.stop();
   EXPECT_TRUE(load.failures().empty());
-  EXPECT_GT(metric(page, "tlsgate_streams_forwarded_total"), 0);
+  EXPECT_EQ(metric(page, "tlsgate_shards_unanswered"), 0) << page;
+  EXPECT_GT(metric(page, "tlsgate_streams_forwarded_total"), 0) << page;
   TempDir dir;
   RunResult r = run({"/usr/bin/promtool", "check", "metrics"}, dir.path(), 30s, {}, page);
   EXPECT_TRUE(r.status.exited && r.status.code == 0)
