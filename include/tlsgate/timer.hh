@@ -25,7 +25,10 @@ class TimerList {
   void set_duration(uint64_t ms) { duration_ms_ = ms; }
   uint64_t duration() const { return duration_ms_; }
 
-  // (Re)starts the timer of `t`, expiring at now + duration.
+  // (Re)starts the timer of `t`, expiring at now + duration. A caller may
+  // arm after the fact with an earlier `now_ms` (the time of an event it
+  // only recorded); that entry then sits behind later deadlines and expires
+  // late by at most the current time minus `now_ms`.
   void arm(TimerLink& t, uint64_t now_ms) {
     disarm(t);
     t.deadline_ms = now_ms + duration_ms_;

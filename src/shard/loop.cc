@@ -64,7 +64,8 @@ Loop::Loop(unsigned shard_id, std::shared_ptr<const config::Config> cfg, std::ve
       // Seeded per shard so that shards do not pick in lockstep.
       pool(shard_id, *this, (uint64_t{shard_id} + 1) * 0x9e3779b97f4a7c15ull ^ clock_ms()),
       h2ctx(body_chunks, pool),
-      ktls_support(ktls) {
+      ktls_support(ktls),
+      jitter_state((uint64_t{shard_id} + 7) * 0xbf58476d1ce4e5b9ull ^ clock_ms()) {
   stop_fd = ::eventfd(0, EFD_CLOEXEC);
   if (stop_fd < 0) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
   for (size_t i = 0; i < cfg->listeners.size(); ++i) {
@@ -123,6 +124,10 @@ void Loop::adopt(std::shared_ptr<const config::Config> cfg) {
     // one at the head of the list for at most the old duration).
     l.handshake_timers.set_duration(static_cast<uint64_t>(c.handshake_timeout.count()));
     l.idle_timers.set_duration(static_cast<uint64_t>(c.idle_timeout.count()));
+    // 0 (keepalive turned off by a reload) also stops it on connections
+    // that started with it: ClientConnection::keepalive_due.
+    l.keepalive_timers.set_duration(static_cast<uint64_t>(c.keepalive_interval.count()));
+    l.keepalive_acks.set_duration(static_cast<uint64_t>(c.keepalive_timeout.count()));
     // Running connections hold this budget: made once, at start-up.
     if (!l.unearned_resets) {
       const auto shard_resets =
@@ -451,12 +456,15 @@ void Loop::on_tick() {
     ListenerRt& l = *lp;
     while (TimerLink* t = l.handshake_timers.pop_expired(now)) client_of(t)->handshake_timer_expired();
     while (TimerLink* t = l.idle_timers.pop_expired(now)) client_of(t)->idle_timer_expired();
+    while (TimerLink* t = l.keepalive_timers.pop_expired(now)) client_of(t)->keepalive_due();
+    while (TimerLink* t = l.keepalive_acks.pop_expired(now)) client_of(t)->keepalive_unanswered();
     if (!l.accepting) arm_accept(l);
   }
   if (fd_warning.overdue(now)) warn_fds();
   if (chunk_pool_full()) relieve_chunk_pool();
   if (pool_warning.overdue(now)) warn_pool();
   h2ctx.expire_deadlines(now);
+  expire_ages();
   if (inbox_pending.load(std::memory_order_acquire)) take_inbox();
   // A send failed and the backend did not end the connection within a
   // second (UpstreamConnection::send_failed). By index: closing a connection
@@ -469,6 +477,71 @@ void Loop::on_tick() {
   pool.tick();
   if (stopping) drain_step();
   ring.prep_timeout_ms(kTickMs, pack(Op::Tick, 0, 0));
+}
+
+// ------------------------------------------------------------ connection age
+
+// Uniform in [0.9, 1.1] x ms (splitmix64): connections accepted together,
+// as after a deploy, do not all come back at once.
+uint64_t Loop::jittered(uint64_t ms) {
+  uint64_t z = (jitter_state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return ms - ms / 10 + z % (ms / 5 + 1);
+}
+
+void Loop::age_schedule(ClientConnection* c, uint64_t due_ms) {
+  age_unschedule(c);
+  c->age_due_ms = due_ms;
+  c->age_index = static_cast<uint32_t>(age_heap.size());
+  age_heap.push_back(c);
+  age_sift_up(c->age_index);
+}
+
+void Loop::age_unschedule(ClientConnection* c) {
+  if (c->age_index == kNoAge) return;
+  const size_t i = c->age_index;
+  ClientConnection* last = age_heap.back();
+  age_heap.pop_back();
+  c->age_index = kNoAge;
+  if (i == age_heap.size()) return;
+  age_heap[i] = last;
+  last->age_index = static_cast<uint32_t>(i);
+  age_sift_down(i);
+  age_sift_up(last->age_index);
+}
+
+void Loop::age_sift_up(size_t i) {
+  while (i > 0) {
+    const size_t parent = (i - 1) / 2;
+    if (age_heap[parent]->age_due_ms <= age_heap[i]->age_due_ms) return;
+    std::swap(age_heap[parent], age_heap[i]);
+    age_heap[parent]->age_index = static_cast<uint32_t>(parent);
+    age_heap[i]->age_index = static_cast<uint32_t>(i);
+    i = parent;
+  }
+}
+
+void Loop::age_sift_down(size_t i) {
+  for (;;) {
+    size_t least = i;
+    for (size_t child = 2 * i + 1; child <= 2 * i + 2 && child < age_heap.size(); ++child)
+      if (age_heap[child]->age_due_ms < age_heap[least]->age_due_ms) least = child;
+    if (least == i) return;
+    std::swap(age_heap[least], age_heap[i]);
+    age_heap[least]->age_index = static_cast<uint32_t>(least);
+    age_heap[i]->age_index = static_cast<uint32_t>(i);
+    i = least;
+  }
+}
+
+void Loop::expire_ages() {
+  while (!age_heap.empty() && age_heap.front()->age_due_ms <= now) {
+    ClientConnection* c = age_heap.front();
+    age_unschedule(c);
+    c->age_step();  // may schedule it again
+  }
 }
 
 // The main thread wrote the stop eventfd: stop() once to drain, stop_now()
