@@ -191,13 +191,13 @@ TEST_F(Keepalive, SilentClientIsPingedThenClosed) {
 
 // A gRPC channel left idle answers the PINGs (the library does): it stays
 // on its one connection past several intervals and a call on it succeeds.
-// The timeout is above 5 s on purpose: a gRPC C++ client that only makes
+// The timeout is well above 5 s on purpose: a gRPC C++ client that only makes
 // synchronous calls reads an idle connection only when grpc's backup poller
 // runs, every 5 s (with a 1 s timeout this test saw the gateway close it).
 class KeepaliveGrpc : public Rebalance {
  protected:
   std::string listener_keys() const override {
-    return "keepalive_interval = \"1s\"\nkeepalive_timeout = \"6s\"\n";
+    return "keepalive_interval = \"1s\"\nkeepalive_timeout = \"7s\"\n";
   }
 };
 
@@ -205,7 +205,9 @@ TEST_F(KeepaliveGrpc, IdleChannelAnswersAndStays) {
   auto ch = tls_channel(gw_->target());
   auto stub = Echo::NewStub(ch);
   ASSERT_TRUE(unary(*stub, "before").status.ok());
-  std::this_thread::sleep_for(8s);  // a PING at ~1 s, answered within 5 s, the next one after
+  // A PING at ~1 s, answered within about 5 s, the next one 1 s after the
+  // answer; a client that did not answer would be closed at ~8 s.
+  std::this_thread::sleep_for(9s);
   EXPECT_EQ(ch->GetState(false), GRPC_CHANNEL_READY);
   const UnaryOutcome after = unary(*stub, "after");
   EXPECT_TRUE(after.status.ok()) << status_str(after.status);
