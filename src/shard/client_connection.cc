@@ -212,7 +212,7 @@ void ClientConnection::start_rebalancing() {
   // The age counts from the accept, as gRPC's MAX_CONNECTION_AGE does.
   if (cfg.max_connection_age.count() > 0) {
     const auto limit_ms = static_cast<uint64_t>(cfg.max_connection_age.count());
-    loop->age_schedule(this, accepted_ms + loop->jittered(limit_ms));
+    loop->ages.arm(age_timer, accepted_ms + jittered(limit_ms, loop->jitter_state));
   }
 }
 
@@ -499,12 +499,12 @@ void ClientConnection::age_step() {
       age_goaway_ms = loop->now;
       h2->drain();
       age = Age::AckWait;
-      loop->age_schedule(this, loop->now + kDrainAckWaitMs);
+      loop->ages.arm(age_timer, loop->now + kDrainAckWaitMs);
       return;
     case Age::AckWait:
       if (h2) h2->finish_drain();  // nothing when the ACK came
       age = grace > 0 ? Age::Grace : Age::Done;
-      if (grace > 0) loop->age_schedule(this, age_goaway_ms + grace);
+      if (grace > 0) loop->ages.arm(age_timer, age_goaway_ms + grace);
       return;
     case Age::Grace:
       age = Age::Done;
@@ -544,7 +544,7 @@ void ClientConnection::close(const char* why) {
   state = DownState::Closed;
   TimerList::disarm(timer);
   TimerList::disarm(keepalive_timer);
-  loop->age_unschedule(this);
+  loop->ages.disarm(age_timer);
   if (proxy_buf != nullptr) loop->chunks.put(std::exchange(proxy_buf, nullptr));
   h2.reset();  // cancels the upstream halves of its streams
   tls.reset();

@@ -481,67 +481,9 @@ void Loop::on_tick() {
 
 // ------------------------------------------------------------ connection age
 
-// Uniform in [0.9, 1.1] x ms (splitmix64): connections accepted together,
-// as after a deploy, do not all come back at once.
-uint64_t Loop::jittered(uint64_t ms) {
-  uint64_t z = (jitter_state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  return ms - ms / 10 + z % (ms / 5 + 1);
-}
-
-void Loop::age_schedule(ClientConnection* c, uint64_t due_ms) {
-  age_unschedule(c);
-  c->age_due_ms = due_ms;
-  c->age_index = static_cast<uint32_t>(age_heap.size());
-  age_heap.push_back(c);
-  age_sift_up(c->age_index);
-}
-
-void Loop::age_unschedule(ClientConnection* c) {
-  if (c->age_index == kNoAge) return;
-  const size_t i = c->age_index;
-  ClientConnection* last = age_heap.back();
-  age_heap.pop_back();
-  c->age_index = kNoAge;
-  if (i == age_heap.size()) return;
-  age_heap[i] = last;
-  last->age_index = static_cast<uint32_t>(i);
-  age_sift_down(i);
-  age_sift_up(last->age_index);
-}
-
-void Loop::age_sift_up(size_t i) {
-  while (i > 0) {
-    const size_t parent = (i - 1) / 2;
-    if (age_heap[parent]->age_due_ms <= age_heap[i]->age_due_ms) return;
-    std::swap(age_heap[parent], age_heap[i]);
-    age_heap[parent]->age_index = static_cast<uint32_t>(parent);
-    age_heap[i]->age_index = static_cast<uint32_t>(i);
-    i = parent;
-  }
-}
-
-void Loop::age_sift_down(size_t i) {
-  for (;;) {
-    size_t least = i;
-    for (size_t child = 2 * i + 1; child <= 2 * i + 2 && child < age_heap.size(); ++child)
-      if (age_heap[child]->age_due_ms < age_heap[least]->age_due_ms) least = child;
-    if (least == i) return;
-    std::swap(age_heap[least], age_heap[i]);
-    age_heap[least]->age_index = static_cast<uint32_t>(least);
-    age_heap[i]->age_index = static_cast<uint32_t>(i);
-    i = least;
-  }
-}
-
 void Loop::expire_ages() {
-  while (!age_heap.empty() && age_heap.front()->age_due_ms <= now) {
-    ClientConnection* c = age_heap.front();
-    age_unschedule(c);
-    c->age_step();  // may schedule it again
-  }
+  while (HeapLink* t = ages.pop_expired(now))
+    static_cast<ClientConnection::AgeTimer*>(t)->owner->age_step();  // may arm it again
 }
 
 // The main thread wrote the stop eventfd: stop() once to drain, stop_now()

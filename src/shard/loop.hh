@@ -55,8 +55,6 @@ inline constexpr uint64_t kWarnIntervalMs = 1000;
 // A multishot accept may take the whole listen backlog (main.cc: 4096) in
 // one entry into the kernel, before a cancel can reach it.
 inline constexpr uint32_t kAcceptBatch = 4096;
-// ClientConnection::age_index of a connection not in the age heap.
-inline constexpr uint32_t kNoAge = UINT32_MAX;
 
 // user_data: | op:8 | generation:24 | slot:32 |
 enum class Op : uint8_t { Accept = 1, DownRecv, DownSend, UpRecv, UpSend, UpConnect, Tick, Stop, Ignore };
@@ -169,11 +167,12 @@ struct ClientConnection final : Conn {
   Timer keepalive_timer{{}, this};
   uint64_t last_recv_ms = 0;  // bytes from the client, HTTP/2 state
   uint64_t ping_sent_ms = 0;  // the keepalive PING waiting for an answer
-  // max_connection_age: the next step's time, in the loop's age heap.
+  // max_connection_age: the next step's time, in the loop's `ages`.
   enum class Age : uint8_t { Young, AckWait, Grace, Done };
   Age age = Age::Young;
-  uint32_t age_index = kNoAge;
-  uint64_t age_due_ms = 0;
+  struct AgeTimer : HeapLink {
+    ClientConnection* owner;
+  } age_timer{{}, this};
   uint64_t accepted_ms = 0;
   uint64_t age_goaway_ms = 0;
   // State Proxy only: the header bytes received so far, when one receive did
@@ -324,9 +323,9 @@ struct Loop : upstream::Transport {
   RepeatedWarning fd_warning;
   RepeatedWarning pool_warning;
   // Client connections by the time of their next max_connection_age step
-  // (a min-heap: each connection's age is drawn apart, so no list keeps
-  // them in order); `jitter_state` draws those ages, no syscall each.
-  std::vector<ClientConnection*> age_heap;
+  // (a heap: each connection's age is drawn apart, so no list keeps them in
+  // order); `jitter_state` draws those ages.
+  TimerHeap ages;
   uint64_t jitter_state = 0;
   const char* fd_warning_where = "accept";
   int fd_warning_errno = EMFILE;
@@ -378,11 +377,6 @@ struct Loop : upstream::Transport {
   void close(upstream::Connection& c, const char* why, bool nothing_sent) override;
 
   // Timers, stop.
-  uint64_t jittered(uint64_t ms);
-  void age_schedule(ClientConnection* c, uint64_t due_ms);
-  void age_unschedule(ClientConnection* c);
-  void age_sift_up(size_t i);
-  void age_sift_down(size_t i);
   void expire_ages();
   void on_tick();
   void on_stop();
