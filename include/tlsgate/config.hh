@@ -139,6 +139,18 @@ struct Listener {
   uint32_t h2_glitch_budget = 1000;  // cheap-but-useless frames allowed in a burst
   uint32_t h2_glitch_rate = 100;     // of them forgiven per second
   uint32_t h2_reset_budget = 100;    // streams cancelled (by either side) before one completes
+  // Rebalancing and liveness (src/shard/README.md, "Connection age and
+  // keepalive"). 0 = off.
+  // Past this age (each connection's drawn in [0.9, 1.1] x it) a connection
+  // gets the two-step GOAWAY; its running streams finish.
+  std::chrono::milliseconds max_connection_age{0};
+  // That long after the age GOAWAY, streams still open are cut and the
+  // connection closed. 0 = streams finish however long they take.
+  std::chrono::milliseconds max_connection_age_grace{0};
+  // Nothing received for this long: a PING; nothing received within
+  // keepalive_timeout after it: the connection is closed.
+  std::chrono::milliseconds keepalive_interval{0};
+  std::chrono::milliseconds keepalive_timeout{20'000};  // used only with keepalive_interval
 };
 
 // Per-shard memory bounds ([limits]), in bytes, rounded up to whole 16 KiB

@@ -311,6 +311,15 @@ class DownstreamSession final : public Session {
   void finish_drain();
   // drain() was called and its final GOAWAY is not queued yet.
   bool drain_pending() const { return drain_ping_pending_; }
+  // A PING of the gateway's own (the listener's keepalive_interval). Its
+  // ACK is told apart from the drain's; ACKs are never glitches. False when
+  // the session is ending and sends nothing more.
+  bool keepalive_ping();
+  // Frames whose header the session read, and of them the ACKs of
+  // keepalive_ping(): a receive that carried only those ACKs is no request
+  // activity (the shard's idle timer ignores it).
+  uint64_t frames_seen() const { return frames_seen_; }
+  uint64_t keepalive_acks() const { return keepalive_acks_; }
   const DownstreamSettings& settings() const { return settings_; }
 
  private:
@@ -342,6 +351,9 @@ class DownstreamSession final : public Session {
   uint64_t window_update_credit_ = 0;
   uint64_t ping_credit_ = 0;
   bool drain_ping_pending_ = false;
+  bool goaway_queued_ = false;  // by drain() or shutdown()
+  uint64_t frames_seen_ = 0;
+  uint64_t keepalive_acks_ = 0;
   uint64_t cancelled_ = 0;  // streams cancelled while their backend stream was open
   uint64_t completed_ = 0;  // streams answered in full
 };

@@ -88,6 +88,11 @@ struct Counters {
   uint64_t accept_paused = 0;         // accepting paused: a listener's max_connections reached
   uint64_t send_stalled_closed = 0;   // clients closed: not reading while the I/O pool was full
   uint64_t fd_exhausted = 0;          // accept or upstream connect failed with EMFILE/ENFILE
+  // Connection age and keepalive (issue 18; the listener's keys).
+  uint64_t keepalive_pings = 0;       // PINGs sent to clients quiet for keepalive_interval
+  uint64_t keepalive_timeouts = 0;    // clients closed: nothing received within keepalive_timeout of the PING
+  uint64_t max_age_goaways = 0;       // connections sent the two-step GOAWAY at max_connection_age
+  uint64_t max_age_grace_closed = 0;  // closed with streams still open max_connection_age_grace after it
   std::string describe() const;
   void add(const Counters& o);
   // The modules' own counts, copied in when the shard stops.
@@ -109,6 +114,8 @@ enum class CloseReason : uint8_t {
   Drain,             // the gateway stopped
   SendStalled,       // not reading while the I/O pool was full
   SocketError,       // a socket call failed, or no buffer for the PROXY header
+  KeepaliveTimeout,  // nothing received within keepalive_timeout of a PING
+  MaxConnectionAge,  // the age GOAWAY (then its streams finished, or the grace cut them)
   Count,
 };
 const char* to_string(CloseReason r);

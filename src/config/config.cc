@@ -540,6 +540,27 @@ void read_routes(const Table& t, const Value& v, Listener& l) {
   }
 }
 
+// Off when the key is left out. Below a second, an age would make clients
+// reconnect in a loop and a keepalive would ping faster than the 100 ms tick
+// can time it; neither serves the balancer these keys are for.
+milliseconds at_least_a_second(const Table& t, const Value& v) {
+  const milliseconds d = t.duration(v);
+  if (d < milliseconds(1000)) t.fail(v, "must be at least 1s, got " + quote(t.string(v)));
+  return d;
+}
+
+void read_rebalancing(const Table& t, Listener& l) {
+  if (auto v = t.get("max_connection_age")) l.max_connection_age = at_least_a_second(t, *v);
+  if (auto v = t.get("max_connection_age_grace")) {
+    // A grace counts from the age GOAWAY: without an age it would never start.
+    if (l.max_connection_age.count() == 0)
+      t.fail(*v, "needs max_connection_age (the grace starts at its GOAWAY)");
+    l.max_connection_age_grace = t.duration(*v);
+  }
+  if (auto v = t.get("keepalive_interval")) l.keepalive_interval = at_least_a_second(t, *v);
+  if (auto v = t.get("keepalive_timeout")) l.keepalive_timeout = at_least_a_second(t, *v);
+}
+
 void read_listeners(const Table& root, Config& cfg, std::vector<Origin>& cluster_refs,
                     std::vector<FileCheck>& files) {
   Value list = root.require("listeners");
@@ -551,7 +572,8 @@ void read_listeners(const Table& root, Config& cfg, std::vector<Origin>& cluster
     Table t = root.sub(root.element(list, *a, i));
     t.check_keys({"name", "listen", "proxy_protocol", "cluster", "handshake_timeout", "idle_timeout",
                   "max_concurrent_streams", "max_connections", "h2_glitch_budget", "h2_glitch_rate",
-                  "h2_reset_budget", "tls", "routes"});
+                  "h2_reset_budget", "max_connection_age", "max_connection_age_grace", "keepalive_interval",
+                  "keepalive_timeout", "tls", "routes"});
     Listener l;
     Value name = t.require("name");
     l.name = read_name(t, name);
@@ -595,6 +617,7 @@ void read_listeners(const Table& root, Config& cfg, std::vector<Origin>& cluster
     if (auto v = t.get("h2_glitch_budget")) l.h2_glitch_budget = static_cast<uint32_t>(t.integer(*v, 1, kMaxBudget));
     if (auto v = t.get("h2_glitch_rate")) l.h2_glitch_rate = static_cast<uint32_t>(t.integer(*v, 0, kMaxBudget));
     if (auto v = t.get("h2_reset_budget")) l.h2_reset_budget = static_cast<uint32_t>(t.integer(*v, 1, kMaxBudget));
+    read_rebalancing(t, l);
     read_tls(t.sub(t.require("tls")), l.tls, files);
     if (auto v = t.get("routes")) read_routes(t, *v, l);
     names.push_back(name);

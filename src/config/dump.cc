@@ -75,6 +75,11 @@ void write_listener(Writer& w, const Listener& l) {
   w.num("h2_glitch_budget", l.h2_glitch_budget);
   w.num("h2_glitch_rate", l.h2_glitch_rate);
   w.num("h2_reset_budget", l.h2_reset_budget);
+  // 0 = off: the key unset (the loader refuses "0s" for these).
+  if (l.max_connection_age.count() > 0) w.dur("max_connection_age", l.max_connection_age);
+  if (l.max_connection_age_grace.count() > 0) w.dur("max_connection_age_grace", l.max_connection_age_grace);
+  if (l.keepalive_interval.count() > 0) w.dur("keepalive_interval", l.keepalive_interval);
+  w.dur("keepalive_timeout", l.keepalive_timeout);
   w.header("[listeners.tls]");
   w.str("certificate", l.tls.certificate);
   w.str("private_key", l.tls.private_key);

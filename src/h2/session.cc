@@ -29,6 +29,9 @@ namespace {
 
 // The opaque data of the drain PING (DownstreamSession::drain).
 constexpr uint8_t kDrainPing[8] = {'t', 'l', 's', 'g', 'd', 'r', 'a', 'i'};
+// The opaque data of the keepalive PING (DownstreamSession::keepalive_ping):
+// its ACK is told apart from the drain's and from ACKs the client owes nobody.
+constexpr uint8_t kKeepalivePing[8] = {'t', 'l', 's', 'g', 'k', 'e', 'e', 'p'};
 
 constexpr int32_t kStreamWindow = 256 * 1024;
 constexpr int32_t kDownstreamConnectionWindow = 1 << 20;
@@ -792,6 +795,7 @@ struct Callbacks {
   static int d_begin_frame(nghttp2_session* session, const nghttp2_frame_hd* hd, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
     Counters& c = d->ctx_.counters();
+    ++d->frames_seen_;
     switch (hd->type) {
       case NGHTTP2_DATA:
         if (hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM)) d->glitch(c.glitch_empty_data);
@@ -799,7 +803,8 @@ struct Callbacks {
       case NGHTTP2_PRIORITY: d->glitch(c.glitch_priority); break;
       case NGHTTP2_PING:
         // gRPC's BDP estimation pings as the response data arrives: those
-        // PINGs are paid for by DATA frames, the others are glitches.
+        // PINGs are paid for by DATA frames, the others are glitches. ACKs
+        // never are: they answer the gateway's own (drain, keepalive).
         if (hd->flags & NGHTTP2_FLAG_ACK) break;
         if (d->ping_credit_ > 0) --d->ping_credit_;
         else d->glitch(c.glitch_pings);
@@ -852,14 +857,18 @@ struct Callbacks {
 
   // The ACK of DownstreamSession::drain()'s PING.
   static bool is_drain_ack(const DownstreamSession& d, const nghttp2_frame* frame) {
-    return d.drain_ping_pending_ && frame->hd.type == NGHTTP2_PING && (frame->hd.flags & NGHTTP2_FLAG_ACK) != 0 &&
-           std::memcmp(frame->ping.opaque_data, kDrainPing, sizeof kDrainPing) == 0;
+    return d.drain_ping_pending_ && is_ping_ack(frame, kDrainPing);
+  }
+  static bool is_ping_ack(const nghttp2_frame* frame, const uint8_t (&opaque)[8]) {
+    return frame->hd.type == NGHTTP2_PING && (frame->hd.flags & NGHTTP2_FLAG_ACK) != 0 &&
+           std::memcmp(frame->ping.opaque_data, opaque, sizeof opaque) == 0;
   }
 
   static int d_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
     if (frame->hd.stream_id == 0) {
       if (is_drain_ack(*d, frame)) d->finish_drain();
+      else if (is_ping_ack(frame, kKeepalivePing)) ++d->keepalive_acks_;
       return 0;
     }
     Stream* s = down_stream(*d, session, frame->hd.stream_id);
@@ -1245,12 +1254,17 @@ void DownstreamSession::receive_failed(int lib_error) {
 
 void DownstreamSession::shutdown() {
   drain_ping_pending_ = false;
+  goaway_queued_ = true;
   nghttp2_submit_goaway(ng(session_), NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(ng(session_)),
                         NGHTTP2_NO_ERROR, nullptr, 0);
 }
 
 void DownstreamSession::drain() {
-  if (drain_ping_pending_ || terminating_) return;
+  // Once: a later first-step GOAWAY would raise the last stream id the
+  // client was given, which RFC 9113 6.8 forbids (the shard drains a
+  // connection its age already drains).
+  if (goaway_queued_ || terminating_) return;
+  goaway_queued_ = true;
   if (nghttp2_submit_shutdown_notice(ng(session_)) != 0 ||
       nghttp2_submit_ping(ng(session_), NGHTTP2_FLAG_NONE, kDrainPing) != 0) {
     shutdown();
@@ -1258,6 +1272,12 @@ void DownstreamSession::drain() {
   }
   drain_ping_pending_ = true;
   owner_.wake();
+}
+
+bool DownstreamSession::keepalive_ping() {
+  if (terminating_ || nghttp2_submit_ping(ng(session_), NGHTTP2_FLAG_NONE, kKeepalivePing) != 0) return false;
+  owner_.wake();
+  return true;
 }
 
 void DownstreamSession::finish_drain() {

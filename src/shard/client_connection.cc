@@ -41,6 +41,7 @@ const char* to_string(DownState s) {
 
 void ClientConnection::start(const io::Completion& accepted) {
   fd = accepted.res;
+  accepted_ms = loop->now;
   out.set_pool(&loop->chunks, /*past_bound=*/true);  // ciphertext until a kTLS offload
   plain.set_pool(&loop->chunks);
   // TCP_NODELAY comes from the listening socket (io::listen_socket).
@@ -226,16 +227,41 @@ void ClientConnection::start_h2() {
   s.reset_budget = cfg.h2_reset_budget;
   s.shard_resets = listener->unearned_resets.get();
   h2 = std::make_unique<h2::DownstreamSession>(loop->h2ctx, *this, std::move(s));
+  start_rebalancing();
+}
+
+// The connection's own snapshot says whether it takes part; the durations
+// are the listener's current ones, as for the idle timer.
+void ClientConnection::start_rebalancing() {
+  const config::Listener& cfg = *settings->cfg;
+  if (cfg.keepalive_interval.count() > 0 && listener->keepalive_timers.duration() > 0) {
+    last_recv_ms = loop->now;
+    listener->keepalive_timers.arm(keepalive_timer, loop->now);
+  }
+  // The age counts from the accept, as gRPC's MAX_CONNECTION_AGE does.
+  if (cfg.max_connection_age.count() > 0) {
+    const auto limit_ms = static_cast<uint64_t>(cfg.max_connection_age.count());
+    loop->ages.arm(age_timer, accepted_ms + jittered(limit_ms, loop->jitter_state));
+  }
 }
 
 void ClientConnection::on_h2_bytes(std::span<const uint8_t> in) {
   // Given up on (end_h2): what still arrives is dropped, and neither re-arms
   // the idle timer nor pushes back the bounded wait for the flush.
   if (close_after_flush) return;
-  listener->idle_timers.arm(timer, loop->now);
+  // Any bytes prove the client alive (keepalive): one store, and a timer
+  // moved only when they answer a PING, not per receive.
+  last_recv_ms = loop->now;
+  if (ping_sent_ms != 0) keepalive_answered();
+  const uint64_t frames_before = h2->frames_seen();
+  const uint64_t acks_before = h2->keepalive_acks();
   if (ktls == KtlsState::On) {  // the kernel already decrypted
     loop->mark_dirty(this);
-    if (!in.empty() && !h2->receive(in.data(), in.size())) end_h2();
+    if (!in.empty() && !h2->receive(in.data(), in.size())) {
+      end_h2();
+      return;
+    }
+    rearm_idle(frames_before, acks_before);
     return;
   }
   bool failed = false;
@@ -247,6 +273,7 @@ void ClientConnection::on_h2_bytes(std::span<const uint8_t> in) {
     end_h2();
     return;
   }
+  rearm_idle(frames_before, acks_before);
   if (!r) {
     if (r.error() == Error::Protocol) {
       mark(CloseReason::TlsError);
@@ -256,6 +283,15 @@ void ClientConnection::on_h2_bytes(std::span<const uint8_t> in) {
     if (r.error() == Error::Closed) tls->shutdown(out);
     close_after_flush = true;
   }
+}
+
+// The idle timer measures the client's own activity: a receive that carried
+// nothing but ACKs of keepalive PINGs does not push it back, or a
+// keepalive_interval below idle_timeout would keep idle connections for ever.
+void ClientConnection::rearm_idle(uint64_t frames_before, uint64_t acks_before) {
+  const uint64_t acks = h2->keepalive_acks() - acks_before;
+  if (acks > 0 && h2->frames_seen() - frames_before == acks) return;
+  listener->idle_timers.arm(timer, loop->now);
 }
 
 // The client broke the protocol or spent a budget: nghttp2 has a GOAWAY
@@ -452,6 +488,76 @@ void ClientConnection::idle_timer_expired() {
   loop->mark_dirty(this);
 }
 
+// Nothing received for keepalive_interval: a PING. Any bytes after it count
+// as the answer (keepalive_answered), not only its ACK: the question is
+// whether the peer is alive, and an ACK may wait behind a large upload in
+// the client's own send buffer.
+void ClientConnection::keepalive_due() {
+  const uint64_t interval = listener->keepalive_timers.duration();
+  if (!h2 || state != DownState::H2 || close_after_flush || interval == 0) return;
+  if (loop->now - last_recv_ms < interval) {
+    // Bytes came since it was armed: due `interval` after them. Armed after
+    // the fact, so it may expire late by up to the time since those bytes;
+    // moving the timer on every receive would cost each one a list update.
+    listener->keepalive_timers.arm(keepalive_timer, last_recv_ms);
+    return;
+  }
+  if (!h2->keepalive_ping()) return;  // the session is ending
+  ++loop->counters.keepalive_pings;
+  LOG_DEBUG("shard", "%u: keepalive PING to %s, quiet for %lu ms", loop->id, client_ip.c_str(),
+            loop->now - last_recv_ms);
+  ping_sent_ms = loop->now;
+  listener->keepalive_acks.arm(keepalive_timer, loop->now);
+}
+
+// Bytes after the PING: the next one is due an interval from now.
+void ClientConnection::keepalive_answered() {
+  ping_sent_ms = 0;
+  if (listener->keepalive_timers.duration() > 0) listener->keepalive_timers.arm(keepalive_timer, loop->now);
+  else TimerList::disarm(keepalive_timer);  // keepalive turned off by a reload
+}
+
+// Nothing at all came within keepalive_timeout of the PING (any bytes would
+// have taken the connection off this list: keepalive_answered).
+void ClientConnection::keepalive_unanswered() {
+  if (!h2 || state != DownState::H2 || ping_sent_ms == 0) return;
+  ++loop->counters.keepalive_timeouts;
+  mark(CloseReason::KeepaliveTimeout);
+  close("keepalive timeout: nothing received after the PING");
+}
+
+// max_connection_age, in three steps: the two-step GOAWAY the drain uses
+// (a stream the client sent before it saw the first is still served); the
+// final GOAWAY when the PING's ACK is in or kDrainAckWaitMs later; with a
+// grace, a close of whatever still runs. The connection closes by itself
+// once its streams are done and the final GOAWAY is out (finish_session).
+void ClientConnection::age_step() {
+  const uint64_t grace = static_cast<uint64_t>(settings->cfg->max_connection_age_grace.count());
+  switch (age) {
+    case Age::Young:
+      // A connection the shard drains, or one already ending, is left to that.
+      if (loop->stopping || !h2 || state != DownState::H2 || close_after_flush || h2->terminating()) return;
+      ++loop->counters.max_age_goaways;
+      mark(CloseReason::MaxConnectionAge);
+      age_goaway_ms = loop->now;
+      h2->drain();
+      age = Age::AckWait;
+      loop->ages.arm(age_timer, loop->now + kDrainAckWaitMs);
+      return;
+    case Age::AckWait:
+      if (h2) h2->finish_drain();  // nothing when the ACK came
+      age = grace > 0 ? Age::Grace : Age::Done;
+      if (grace > 0) loop->ages.arm(age_timer, age_goaway_ms + grace);
+      return;
+    case Age::Grace:
+      age = Age::Done;
+      if (h2 && h2->active_streams() > 0) ++loop->counters.max_age_grace_closed;
+      close("max_connection_age_grace: streams cut");
+      return;
+    case Age::Done: return;
+  }
+}
+
 void ClientConnection::begin_drain() {
   mark(CloseReason::Drain);
   if (!h2) {
@@ -485,6 +591,8 @@ void ClientConnection::close(const char* why) {
   count_record_layer(false);
   if (listener != nullptr) ++listener->closed[static_cast<int>(close_reason)];
   TimerList::disarm(timer);
+  TimerList::disarm(keepalive_timer);
+  loop->ages.disarm(age_timer);
   if (proxy_buf != nullptr) loop->chunks.put(std::exchange(proxy_buf, nullptr));
   h2.reset();  // cancels the upstream halves of its streams
   tls.reset();

@@ -51,6 +51,10 @@ std::string Counters::describe() const {
   std::snprintf(buf, sizeof buf, " body_buffer_resets=%lu accept_paused=%lu fd_exhausted=%lu send_stalled_closed=%lu",
                 body_buffer_resets, accept_paused, fd_exhausted, send_stalled_closed);
   s += buf;
+  std::snprintf(buf, sizeof buf,
+                " keepalive_pings=%lu keepalive_timeouts=%lu max_age_goaways=%lu max_age_grace_closed=%lu",
+                keepalive_pings, keepalive_timeouts, max_age_goaways, max_age_grace_closed);
+  s += buf;
   // Index 0 (none): protocol errors OpenSSL's own record layer found.
   s += " tls_openssl_record_errors=" + std::to_string(tls_violations[0]);
   for (int v = 1; v < static_cast<int>(tls::TlsViolation::Count); ++v)
@@ -119,6 +123,10 @@ void Counters::add(const Counters& o) {
   accept_paused += o.accept_paused;
   fd_exhausted += o.fd_exhausted;
   send_stalled_closed += o.send_stalled_closed;
+  keepalive_pings += o.keepalive_pings;
+  keepalive_timeouts += o.keepalive_timeouts;
+  max_age_goaways += o.max_age_goaways;
+  max_age_grace_closed += o.max_age_grace_closed;
 }
 
 

@@ -64,7 +64,8 @@ Loop::Loop(unsigned shard_id, std::shared_ptr<const config::Config> cfg, std::ve
       // Seeded per shard so that shards do not pick in lockstep.
       pool(shard_id, *this, (uint64_t{shard_id} + 1) * 0x9e3779b97f4a7c15ull ^ clock_ms()),
       h2ctx(body_chunks, pool),
-      ktls_support(ktls) {
+      ktls_support(ktls),
+      jitter_state((uint64_t{shard_id} + 7) * 0xbf58476d1ce4e5b9ull ^ clock_ms()) {
   stop_fd = ::eventfd(0, EFD_CLOEXEC);
   if (stop_fd < 0) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
   for (size_t i = 0; i < cfg->listeners.size(); ++i) {
@@ -123,6 +124,10 @@ void Loop::adopt(std::shared_ptr<const config::Config> cfg) {
     // one at the head of the list for at most the old duration).
     l.handshake_timers.set_duration(static_cast<uint64_t>(c.handshake_timeout.count()));
     l.idle_timers.set_duration(static_cast<uint64_t>(c.idle_timeout.count()));
+    // 0 (keepalive turned off by a reload) also stops it on connections
+    // that started with it: ClientConnection::keepalive_due.
+    l.keepalive_timers.set_duration(static_cast<uint64_t>(c.keepalive_interval.count()));
+    l.keepalive_acks.set_duration(static_cast<uint64_t>(c.keepalive_timeout.count()));
     // Running connections hold this budget: made once, at start-up.
     if (!l.unearned_resets) {
       const auto shard_resets =
@@ -465,12 +470,15 @@ void Loop::on_tick() {
     ListenerRt& l = *lp;
     while (TimerLink* t = l.handshake_timers.pop_expired(now)) client_of(t)->handshake_timer_expired();
     while (TimerLink* t = l.idle_timers.pop_expired(now)) client_of(t)->idle_timer_expired();
+    while (TimerLink* t = l.keepalive_timers.pop_expired(now)) client_of(t)->keepalive_due();
+    while (TimerLink* t = l.keepalive_acks.pop_expired(now)) client_of(t)->keepalive_unanswered();
     if (!l.accepting) arm_accept(l);
   }
   if (fd_warning.overdue(now)) warn_fds();
   if (chunk_pool_full()) relieve_chunk_pool();
   if (pool_warning.overdue(now)) warn_pool();
   h2ctx.expire_deadlines(now);
+  expire_ages();
   if (inbox_pending.load(std::memory_order_acquire)) take_inbox();
   // A send failed and the backend did not end the connection within a
   // second (UpstreamConnection::send_failed). By index: closing a connection
@@ -483,6 +491,13 @@ void Loop::on_tick() {
   pool.tick();
   if (stopping) drain_step();
   ring.prep_timeout_ms(kTickMs, pack(Op::Tick, 0, 0));
+}
+
+// ------------------------------------------------------------ connection age
+
+void Loop::expire_ages() {
+  while (HeapLink* t = ages.pop_expired(now))
+    static_cast<ClientConnection::AgeTimer*>(t)->owner->age_step();  // may arm it again
 }
 
 // The main thread wrote the stop eventfd: stop() once to drain, stop_now()

@@ -141,6 +141,10 @@ struct ListenerRt {
   int fd = -1;
   TimerList handshake_timers;  // PROXY header and TLS handshake, then linger
   TimerList idle_timers;
+  // keepalive_interval: connections armed at their last receive (lazily:
+  // see ClientConnection::keepalive_due); keepalive_timeout: PINGs unanswered.
+  TimerList keepalive_timers;
+  TimerList keepalive_acks;
   bool accepting = false;
   uint32_t max_connections = 0;
   uint32_t connections = 0;  // client connections of this listener in this shard, until their fd is closed
@@ -166,6 +170,19 @@ struct ClientConnection final : Conn {
   std::unique_ptr<h2::DownstreamSession> h2;
   // The socket's peer, replaced by the PROXY header's source when it has one.
   std::string client_ip;
+  // Keepalive (the listener's keepalive_interval): the receive path only
+  // stores the time; the timer is moved when it expires, not per receive.
+  Timer keepalive_timer{{}, this};
+  uint64_t last_recv_ms = 0;  // bytes from the client, HTTP/2 state
+  uint64_t ping_sent_ms = 0;  // the keepalive PING waiting for an answer
+  // max_connection_age: the next step's time, in the loop's `ages`.
+  enum class Age : uint8_t { Young, AckWait, Grace, Done };
+  Age age = Age::Young;
+  struct AgeTimer : HeapLink {
+    ClientConnection* owner;
+  } age_timer{{}, this};
+  uint64_t accepted_ms = 0;
+  uint64_t age_goaway_ms = 0;
   // State Proxy only: the header bytes received so far, when one receive did
   // not hold the whole header (at most edge::kProxyMaxHeader bytes; a chunk
   // of the shard's pool, given back when the header is done or on close).
@@ -189,6 +206,10 @@ struct ClientConnection final : Conn {
   // Timers.
   void handshake_timer_expired();
   void idle_timer_expired();
+  void keepalive_due();         // keepalive_timers expired
+  void keepalive_answered();    // bytes after the PING
+  void keepalive_unanswered();  // keepalive_acks expired
+  void age_step();              // the age heap's time for this connection came
   // Stop: GOAWAY, running streams finish; or close at once.
   void begin_drain();
   // `ack_overdue`: the drain PING got no ACK within kDrainAckWaitMs.
@@ -202,6 +223,8 @@ struct ClientConnection final : Conn {
   void on_handshake_bytes(std::span<const uint8_t> in);
   void start_h2();
   void on_h2_bytes(std::span<const uint8_t> in);
+  void rearm_idle(uint64_t frames_before, uint64_t acks_before);
+  void start_rebalancing();
   void end_h2();
   void on_http1_bytes(std::span<const uint8_t> in);
   void arm_recv();
@@ -325,6 +348,11 @@ struct Loop : upstream::Transport {
   uint64_t fd_pause_until = 0;  // no accepting before this (out of file descriptors)
   RepeatedWarning fd_warning;
   RepeatedWarning pool_warning;
+  // Client connections by the time of their next max_connection_age step
+  // (a heap: each connection's age is drawn apart, so no list keeps them in
+  // order); `jitter_state` draws those ages.
+  TimerHeap ages;
+  uint64_t jitter_state = 0;
   const char* fd_warning_where = "accept";
   int fd_warning_errno = EMFILE;
 
@@ -377,6 +405,7 @@ struct Loop : upstream::Transport {
   void close(upstream::Connection& c, const char* why, bool nothing_sent) override;
 
   // Timers, stop.
+  void expire_ages();
   void on_tick();
   void on_stop();
   void begin_stop();

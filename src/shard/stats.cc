@@ -24,6 +24,8 @@ const char* to_string(CloseReason r) {
     case CloseReason::Drain: return "drain";
     case CloseReason::SendStalled: return "send_stalled";
     case CloseReason::SocketError: return "socket_error";
+    case CloseReason::KeepaliveTimeout: return "keepalive_timeout";
+    case CloseReason::MaxConnectionAge: return "max_connection_age";
     case CloseReason::Count: break;
   }
   return "?";

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <random>
 #include <vector>
 
 namespace tlsgate {
@@ -127,6 +129,79 @@ TEST(TimerList, ManyEntriesStayOrderedUnderChurn) {
   EXPECT_EQ(pop_all(list, 1099), std::vector<TimerLink*>{});
   EXPECT_EQ(pop_all(list, 1100), want);
   EXPECT_TRUE(list.empty());
+}
+
+// TimerHeap: entries of differing durations (max_connection_age with
+// jitter) expire in deadline order whatever order they were armed in, and an
+// entry removed from the middle (a connection closed) never comes out.
+TEST(TimerHeap, ExpiresInDeadlineOrderAndOnlyWhenDue) {
+  TimerHeap heap;
+  HeapLink a, b, c;
+  heap.arm(a, 300);
+  heap.arm(b, 100);
+  heap.arm(c, 200);
+  EXPECT_EQ(heap.pop_expired(99), nullptr);
+  EXPECT_EQ(heap.pop_expired(250), &b);
+  EXPECT_EQ(heap.pop_expired(250), &c);
+  EXPECT_EQ(heap.pop_expired(250), nullptr);
+  EXPECT_FALSE(b.linked());
+  EXPECT_TRUE(a.linked());
+  EXPECT_EQ(heap.pop_expired(300), &a);
+  EXPECT_TRUE(heap.empty());
+}
+
+TEST(TimerHeap, RearmMovesAnEntryAndDisarmIsIdempotent) {
+  TimerHeap heap;
+  HeapLink a, b;
+  heap.arm(a, 100);
+  heap.arm(b, 200);
+  heap.arm(a, 300);  // later than b now
+  EXPECT_EQ(heap.size(), 2u);
+  heap.disarm(b);
+  heap.disarm(b);
+  EXPECT_EQ(heap.pop_expired(250), nullptr);
+  EXPECT_EQ(heap.pop_expired(300), &a);
+}
+
+// Thousands of entries armed in random order, a third removed from
+// anywhere: what comes out is exactly the rest, in deadline order.
+TEST(TimerHeap, RandomArmsAndRemovalsKeepTheOrder) {
+  std::mt19937_64 rng(18);
+  std::vector<HeapLink> links(3000);
+  TimerHeap heap;
+  for (HeapLink& l : links) heap.arm(l, rng() % 100000);
+  std::vector<uint64_t> expected;
+  for (size_t i = 0; i < links.size(); ++i) {
+    if (i % 3 == 1) heap.disarm(links[i]);
+    else expected.push_back(links[i].deadline_ms);
+  }
+  std::sort(expected.begin(), expected.end());
+  std::vector<uint64_t> got;
+  while (HeapLink* l = heap.pop_expired(UINT64_MAX)) got.push_back(l->deadline_ms);
+  EXPECT_EQ(got, expected);
+  for (const HeapLink& l : links) EXPECT_FALSE(l.linked());
+}
+
+// max_connection_age's jitter: every draw within [0.9, 1.1] x the age, and
+// the draws spread over that range rather than clustering.
+TEST(Jittered, UniformWithinTenPercent) {
+  uint64_t state = 42;
+  uint64_t lo = UINT64_MAX, hi = 0;
+  int low_fifth = 0, high_fifth = 0;
+  for (int i = 0; i < 10000; ++i) {
+    const uint64_t v = jittered(600000, state);
+    ASSERT_GE(v, 540000u);
+    ASSERT_LE(v, 660000u);
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+    low_fifth += v < 564000;
+    high_fifth += v >= 636000;
+  }
+  EXPECT_LT(lo, 541000u);
+  EXPECT_GT(hi, 659000u);
+  // A fifth of the range each: ~2,000 draws expected.
+  EXPECT_GT(low_fifth, 1700);
+  EXPECT_GT(high_fifth, 1700);
 }
 
 }  // namespace

@@ -322,6 +322,47 @@ const ErrorCase kErrorCases[] = {
      "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
      "h2_reset_budget = \"100\"\n@CLUSTER@",
      "demo.toml:5:19: listeners[0].h2_reset_budget: expected an integer from 1 to 1073741824, got a string"},
+    // Connection age and keepalive (issue 18)
+    {"max_connection_age_zero",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "max_connection_age = \"0s\"\n@CLUSTER@",
+     "demo.toml:5:22: listeners[0].max_connection_age: must be greater than zero, got \"0s\""},
+    {"max_connection_age_negative",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "max_connection_age = \"-1m\"\n@CLUSTER@",
+     "demo.toml:5:22: listeners[0].max_connection_age: invalid duration \"-1m\": must not be negative"},
+    {"max_connection_age_under_a_second",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "max_connection_age = \"500ms\"\n@CLUSTER@",
+     "demo.toml:5:22: listeners[0].max_connection_age: must be at least 1s, got \"500ms\""},
+    {"max_connection_age_number",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "max_connection_age = 600\n@CLUSTER@",
+     "demo.toml:5:22: listeners[0].max_connection_age: expected a duration string such as \"10s\", got an integer"},
+    {"max_connection_age_grace_without_age",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "max_connection_age_grace = \"30s\"\n@CLUSTER@",
+     "demo.toml:5:28: listeners[0].max_connection_age_grace: needs max_connection_age (the grace starts at its GOAWAY)"},
+    {"max_connection_age_grace_zero",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "max_connection_age = \"10m\"\nmax_connection_age_grace = \"0s\"\n@CLUSTER@",
+     "demo.toml:6:28: listeners[0].max_connection_age_grace: must be greater than zero, got \"0s\""},
+    {"keepalive_interval_zero",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "keepalive_interval = \"0s\"\n@CLUSTER@",
+     "demo.toml:5:22: listeners[0].keepalive_interval: must be greater than zero, got \"0s\""},
+    {"keepalive_interval_under_a_second",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "keepalive_interval = \"100ms\"\n@CLUSTER@",
+     "demo.toml:5:22: listeners[0].keepalive_interval: must be at least 1s, got \"100ms\""},
+    {"keepalive_timeout_negative",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "keepalive_timeout = \"-20s\"\n@CLUSTER@",
+     "demo.toml:5:21: listeners[0].keepalive_timeout: invalid duration \"-20s\": must not be negative"},
+    {"keepalive_timeout_under_a_second",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "keepalive_interval = \"60s\"\nkeepalive_timeout = \"999ms\"\n@CLUSTER@",
+     "demo.toml:6:21: listeners[0].keepalive_timeout: must be at least 1s, got \"999ms\""},
     // [listeners.tls]
     {"tls_missing",
      "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n@CLUSTER@",
@@ -548,6 +589,10 @@ const ValidCase kValidCases[] = {
        EXPECT_EQ(l.h2_glitch_budget, 1000u);
        EXPECT_EQ(l.h2_glitch_rate, 100u);
        EXPECT_EQ(l.h2_reset_budget, 100u);
+       EXPECT_EQ(l.max_connection_age, 0ms);
+       EXPECT_EQ(l.max_connection_age_grace, 0ms);
+       EXPECT_EQ(l.keepalive_interval, 0ms);
+       EXPECT_EQ(l.keepalive_timeout, 20s);
        EXPECT_EQ(l.tls.alpn, (std::vector<std::string>{"h2", "http/1.1"}));
        EXPECT_EQ(l.tls.min_version, TlsVersion::Tls12);
        EXPECT_EQ(l.tls.ktls, Ktls::Auto);
@@ -766,6 +811,18 @@ endpoints = ["127.0.0.1:1"]
        EXPECT_EQ(l.h2_glitch_budget, 50u);
        EXPECT_EQ(l.h2_glitch_rate, 0u);
        EXPECT_EQ(l.h2_reset_budget, 7u);
+     }},
+    {"rebalancing",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
+     "max_connection_age = \"30m\"\nmax_connection_age_grace = \"5m\"\nkeepalive_interval = \"1s\"\n"
+     "keepalive_timeout = \"1s\"\n"
+     "  [listeners.tls]\n  certificate = \"@CRT@\"\n  private_key = \"@KEY@\"\n@CLUSTER@",
+     [](const Config& c) {
+       const Listener& l = c.listeners.at(0);
+       EXPECT_EQ(l.max_connection_age, 30min);
+       EXPECT_EQ(l.max_connection_age_grace, 5min);
+       EXPECT_EQ(l.keepalive_interval, 1s);
+       EXPECT_EQ(l.keepalive_timeout, 1s);
      }},
     {"workers_bounds", "workers = 256\n@LISTENER@@CLUSTER@",
      [](const Config& c) { EXPECT_EQ(c.workers, 256u); }},
@@ -1163,7 +1220,8 @@ TEST_F(ConfigTest, ToTomlLoadsAgainIntoTheSameConfiguration) {
   const std::string text = expand(
       "workers = 3\n[admin]\nlisten = \"127.0.0.1:9901\"\n[drain]\ndelay = \"1500ms\"\n"
       "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
-      "proxy_protocol = \"v2\"\nidle_timeout = \"90s\"\n"
+      "proxy_protocol = \"v2\"\nidle_timeout = \"90s\"\nmax_connection_age = \"30m\"\n"
+      "max_connection_age_grace = \"1m\"\nkeepalive_interval = \"2m\"\n"
       "  [listeners.tls]\n  certificate = \"@CRT@\"\n  private_key = \"@KEY@\"\n  min_version = \"1.3\"\n"
       "  [[listeners.routes]]\n  authority = \"api.example.com\"\n  path_prefix = \"/a.\\\"b\"\n"
       "  cluster = \"other\"\n"
@@ -1182,6 +1240,8 @@ TEST_F(ConfigTest, ToTomlLoadsAgainIntoTheSameConfiguration) {
   EXPECT_NE(shown.find("path_prefix = \"/a.\\\"b\""), std::string::npos) << "escaped\n" << shown;
   EXPECT_EQ(second.clusters[0].max_grpc_timeout, std::chrono::hours(2));
   EXPECT_EQ(second.drain.delay, std::chrono::milliseconds(1500));
+  EXPECT_EQ(second.listeners[0].max_connection_age, std::chrono::minutes(30));
+  EXPECT_EQ(second.listeners[0].keepalive_interval, std::chrono::minutes(2));
   EXPECT_EQ(second.listeners[0].proxy_protocol, ProxyProtocol::V2);
   EXPECT_EQ(second.listeners[0].routes.at(0).cluster, "other");
   EXPECT_EQ(shown.find("MIIE"), std::string::npos) << "no key material";

@@ -958,6 +958,59 @@ TEST_F(ForwardTest, ResponseBodyThePoolRefusesResetsTheStreamAtBothSides) {
   EXPECT_EQ(value(next.trailers, "grpc-status"), "0");
 }
 
+// ------------------------------------------------------------ the gateway's own PINGs (issue 18)
+
+// A PING ACK as a client sends it, with `opaque` (8 bytes).
+std::vector<uint8_t> ping_ack(const std::string& opaque) {
+  std::vector<uint8_t> f = {0, 0, 8, NGHTTP2_PING, NGHTTP2_FLAG_ACK, 0, 0, 0, 0};
+  for (char c : opaque) f.push_back(static_cast<uint8_t>(c));
+  return f;
+}
+
+TEST_F(ForwardTest, KeepalivePingIsAnsweredCountedAndNoGlitch) {
+  start();
+  const uint64_t frames_before = down_->frames_seen();
+  down_owner_.woken = false;
+  ASSERT_TRUE(down_->keepalive_ping());
+  EXPECT_TRUE(down_owner_.woken) << "the shard must flush the PING";
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(down_->keepalive_acks(), 1u);
+  EXPECT_EQ(down_->frames_seen() - frames_before, 1u) << "the client sent the ACK and nothing else";
+  EXPECT_EQ(ctx_->counters().glitch_pings, 0u);
+  EXPECT_EQ(down_errors_, 0);
+}
+
+// The drain's final GOAWAY waits for the drain PING's ACK: a keepalive ACK
+// arriving meanwhile is not it.
+TEST_F(ForwardTest, KeepaliveAckDoesNotEndTheDrain) {
+  start();
+  down_->drain();
+  ASSERT_TRUE(down_->drain_pending());
+  GatewayScope scope;
+  const auto keep = ping_ack("tlsgkeep");
+  ASSERT_TRUE(down_->receive(keep.data(), keep.size()));
+  EXPECT_TRUE(down_->drain_pending()) << "a keepalive ACK ended the drain";
+  EXPECT_EQ(down_->keepalive_acks(), 1u);
+  const auto drain = ping_ack("tlsgdrai");
+  ASSERT_TRUE(down_->receive(drain.data(), drain.size()));
+  EXPECT_FALSE(down_->drain_pending()) << "the drain PING's ACK brings the final GOAWAY";
+  EXPECT_EQ(down_->keepalive_acks(), 1u);
+}
+
+// A connection that already got its final GOAWAY (an idle close, or an age
+// drain that finished) and is then drained at stop gets no second notice:
+// the last stream id the client was given never rises (RFC 9113 6.8).
+TEST_F(ForwardTest, DrainAfterTheFinalGoawayAddsNoNotice) {
+  start();
+  down_->shutdown();
+  down_->drain();
+  EXPECT_FALSE(down_->drain_pending());
+  down_dirty_ = true;
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->goaway);
+  EXPECT_EQ(client_->goaway_last_stream, 0) << "a GOAWAY with the largest stream id came after the final one";
+}
+
 // ------------------------------------------------------------ Budget
 
 TEST(BudgetTest, EmptiesThenRefillsWithTimeUpToItsStart) {
