@@ -53,6 +53,10 @@ void ClientConnection::start(const io::Completion& accepted) {
   arm_recv();
 }
 
+void ClientConnection::stream_ended(const h2::StreamEnd&) {
+  // The access log and the /metrics histograms take the record here.
+}
+
 // ------------------------------------------------------------ receive
 
 void ClientConnection::on_recv(const io::Completion& c) {

@@ -163,10 +163,16 @@ struct ClientConnection final : Conn {
   // of the shard's pool, given back when the header is done or on close).
   Chunk* proxy_buf = nullptr;
 
+  // Its session reports its streams' ends while it is destroyed: first,
+  // while the members stream_ended() reads are alive.
+  ~ClientConnection() { h2.reset(); }
+
   void start(const io::Completion& accepted);
   void on_recv(const io::Completion& c);
   void flush();
   void close(const char* why);
+  // h2::Owner: the end-of-stream record (the access log, the metrics).
+  void stream_ended(const h2::StreamEnd& e) override;
   // Timers.
   void handshake_timer_expired();
   void idle_timer_expired();
