@@ -19,6 +19,9 @@ struct Counters;
 namespace tlsgate::upstream {
 struct Counters;
 }
+namespace tlsgate::accesslog {
+class Buffer;
+}
 
 namespace tlsgate::shard {
 
@@ -83,6 +86,10 @@ struct Counters {
   uint64_t accept_paused = 0;         // accepting paused: a listener's max_connections reached
   uint64_t send_stalled_closed = 0;   // clients closed: not reading while the I/O pool was full
   uint64_t fd_exhausted = 0;          // accept or upstream connect failed with EMFILE/ENFILE
+  // The access log (issue 18): lines put in the shard's buffer, and lines
+  // dropped because the writer had not taken the buffer yet.
+  uint64_t access_log_lines = 0;
+  uint64_t access_log_dropped = 0;
   std::string describe() const;
   void add(const Counters& o);
   // The modules' own counts, copied in when the shard stops.
@@ -95,8 +102,10 @@ class Shard {
   // `listen_fds[i]` is this shard's SO_REUSEPORT socket for
   // config.listeners[i]; the shard owns and closes them. Throws on a set-up
   // failure (io_uring refused, TLS context), with a message saying what.
+  // `access_log`: this shard's buffer of the process's accesslog::Writer
+  // (which outlives the shard), or null for none.
   Shard(unsigned id, std::shared_ptr<const config::Config> config, std::vector<int> listen_fds,
-        const tls::KtlsSupport& ktls);
+        const tls::KtlsSupport& ktls, accesslog::Buffer* access_log = nullptr);
   ~Shard();
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;

@@ -136,6 +136,9 @@ class Session {
   Alpn alpn() const { return alpn_; }
   const char* version() const;
   const char* cipher() const;
+  // The handshake resumed a session (a ticket). Ask at the end of the
+  // handshake: a detached session no longer knows.
+  bool resumed() const;
   // Why the handshake failed, for the log (OpenSSL's reason string).
   const std::string& failure() const { return failure_; }
   // Why the detached record layer ended the session (None otherwise).

@@ -2,12 +2,15 @@
 // 426 for HTTP/1.1), the kTLS hand-off and its control records, flushing
 // nghttp2's output through TLS, drain and close. The loop owns the object
 // (loop.cc); this file is what happens to it.
+#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <string_view>
 
 #include "loop.hh"
 #include "tlsgate/log.hh"
@@ -45,7 +48,7 @@ void ClientConnection::start(const io::Completion& accepted) {
   plain.set_pool(&loop->chunks);
   // TCP_NODELAY comes from the listening socket (io::listen_socket).
   char ip[64];
-  client_ip = io::peer_ip(fd, ip, sizeof ip) ? ip : "unknown";
+  client_ip = io::peer_ip(fd, ip, sizeof ip, &client_port) ? ip : "unknown";
   tls = std::make_unique<tls::Session>(*settings->tls, loop->chunks);
   ktls = settings->ktls ? KtlsState::Pending : KtlsState::Off;
   state = settings->proxy == edge::ProxyMode::Off ? DownState::Handshake : DownState::Proxy;
@@ -53,8 +56,54 @@ void ClientConnection::start(const io::Completion& accepted) {
   arm_recv();
 }
 
-void ClientConnection::stream_ended(const h2::StreamEnd&) {
-  // The access log and the /metrics histograms take the record here.
+namespace {
+
+// "203.0.113.7:50051" / "[2001:db8::1]:50051" of an endpoint, into `out`.
+std::string_view endpoint_text(const config::SocketAddress& a, char* out, size_t cap) {
+  char ip[INET6_ADDRSTRLEN] = {0};
+  const bool v6 = a.family() == AF_INET6;
+  const void* src = v6 ? static_cast<const void*>(&reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr)
+                       : static_cast<const void*>(&reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr);
+  if (::inet_ntop(a.family(), src, ip, sizeof ip) == nullptr) return {};
+  const int n = std::snprintf(out, cap, v6 ? "[%s]:%u" : "%s:%u", ip, a.port());
+  return n > 0 && static_cast<size_t>(n) < cap ? std::string_view(out, static_cast<size_t>(n)) : std::string_view();
+}
+
+}  // namespace
+
+// One access log line per client stream: what the session knows of the
+// stream, and what the connection knows of the client and the backend.
+void ClientConnection::stream_ended(const h2::StreamEnd& e) {
+  accesslog::Buffer* log = loop->access_log;
+  if (log == nullptr || log->mode() == accesslog::Mode::Off) return;
+  accesslog::Record r;
+  r.listener = settings->cfg->name;
+  r.client_ip = client_ip;
+  r.client_port = client_port;
+  r.tls_version = tls_version;
+  r.tls_resumed = tls_resumed;
+  r.authority = e.authority;
+  r.path = e.path;
+  r.http_status = e.http_status;
+  r.grpc_status = e.grpc_status;
+  if (e.reset_by != h2::ResetBy::None) r.reset_by = h2::to_string(e.reset_by);
+  r.reset_code = e.reset_code;
+  r.request_bytes = e.request_bytes;
+  r.response_bytes = e.response_bytes;
+  r.duration_us = e.end_us >= e.start_us ? e.end_us - e.start_us : 0;
+  r.retries = e.retries();
+  char upstream[64];
+  const auto& clusters = snapshot->config->clusters;
+  if (e.cluster >= 0 && static_cast<size_t>(e.cluster) < clusters.size()) {
+    r.cluster = clusters[static_cast<size_t>(e.cluster)].name;
+    const uint32_t pool_id = snapshot->clusters[static_cast<size_t>(e.cluster)].pool_id;
+    const auto& pool = loop->pool.clusters();
+    if (e.endpoint >= 0 && pool_id < pool.size() && static_cast<size_t>(e.endpoint) < pool[pool_id]->endpoints.size())
+      r.upstream = endpoint_text(pool[pool_id]->endpoints[static_cast<size_t>(e.endpoint)]->addr, upstream,
+                                 sizeof upstream);
+  }
+  if (log->append(r)) ++loop->counters.access_log_lines;
+  else ++loop->counters.access_log_dropped;
 }
 
 // ------------------------------------------------------------ receive
@@ -150,6 +199,7 @@ void ClientConnection::adopt_proxy_source(const edge::ProxyResult& r) {
   LOG_DEBUG("shard", "%u: PROXY v%u from %s: client %s port %u", loop->id, r.version, client_ip.c_str(), ip,
             r.source.port);
   client_ip = ip;
+  client_port = r.source.port;
 }
 
 void ClientConnection::on_handshake_bytes(std::span<const uint8_t> in) {
@@ -164,6 +214,8 @@ void ClientConnection::on_handshake_bytes(std::span<const uint8_t> in) {
     return;
   }
   ++n.handshakes;
+  tls_version = tls->version();
+  tls_resumed = tls->resumed();
   TimerList::disarm(timer);
   listener->idle_timers.arm(timer, loop->now);
   LOG_DEBUG("tls", "%u: %s %s alpn=%s from %s", loop->id, tls->version(), tls->cipher(), tls::to_string(tls->alpn()),

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "tlsgate/access_log.hh"
 #include "tlsgate/buffer.hh"
 #include "tlsgate/cluster_manager.hh"
 #include "tlsgate/edge.hh"
@@ -158,6 +159,11 @@ struct ClientConnection final : Conn {
   std::unique_ptr<h2::DownstreamSession> h2;
   // The socket's peer, replaced by the PROXY header's source when it has one.
   std::string client_ip;
+  uint16_t client_port = 0;
+  // From the handshake, for the access log (the session may free its
+  // OpenSSL objects later): static text.
+  const char* tls_version = "";
+  bool tls_resumed = false;
   // State Proxy only: the header bytes received so far, when one receive did
   // not hold the whole header (at most edge::kProxyMaxHeader bytes; a chunk
   // of the shard's pool, given back when the header is done or on close).
@@ -291,6 +297,7 @@ struct Loop : upstream::Transport {
   uint64_t drain_deadline = 0;
   uint64_t now = 0;
   tls::KtlsSupport ktls_support;
+  accesslog::Buffer* access_log = nullptr;  // the Writer's, for this shard; null: none
   // From the main thread, taken on the tick (a mutex-guarded mailbox,
   // checked with one atomic load): DNS answers and configuration snapshots.
   struct DnsUpdate {

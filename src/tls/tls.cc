@@ -420,6 +420,8 @@ const char* Session::version() const {
   return ssl_ ? SSL_get_version(static_cast<SSL*>(ssl_)) : version_name_;
 }
 
+bool Session::resumed() const { return ssl_ != nullptr && SSL_session_reused(static_cast<SSL*>(ssl_)) == 1; }
+
 const char* Session::cipher() const {
   return ssl_ ? SSL_get_cipher_name(static_cast<SSL*>(ssl_)) : cipher_name_;
 }
