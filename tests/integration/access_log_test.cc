@@ -169,6 +169,22 @@ TEST_F(AccessLogText, OneLinePerCall) {
   EXPECT_NE(l.find(" backend " + echo_->endpoint().address() + " retries=0"), std::string::npos) << l;
 }
 
+class AccessLogStdout : public AccessLog {
+ protected:
+  void configure(GatewayConfig& cfg) override { cfg.extra_top = "[access_log]\npath = \"-\"\n"; }
+};
+
+TEST_F(AccessLogStdout, LinesGoToStandardOutput) {
+  auto s = stub();
+  ASSERT_TRUE(unary(*s, "to stdout").status.ok());
+  ASSERT_TRUE(gw_->process().wait_for(
+      Stream::Stdout, [](const std::string& out) { return out.find("\"path\":\"/tlsgate.test.Echo/Unary\"") != std::string::npos; },
+      10s))
+      << gw_->process().stdout_text();
+  stop_gateway();
+  EXPECT_EQ(lines_of(gw_->process().stdout_text()).size(), 1u) << gw_->process().stdout_text();
+}
+
 // logrotate: the file is renamed, SIGHUP, and new lines go to a new file at
 // the configured path; the old file keeps what was written before.
 TEST_F(AccessLog, RenameAndSighupOpensANewFile) {
