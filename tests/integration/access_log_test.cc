@@ -226,6 +226,23 @@ TEST_F(AccessLog, ReloadToAFileThatCannotBeOpenedIsRefused) {
   EXPECT_EQ(lines_of(read_file(log_path())).size(), 1u);
 }
 
+// At start-up, a path that cannot be opened is a configuration error: exit
+// 2 and one line naming the file, line and key.
+TEST(AccessLogStart, AFileThatCannotBeOpenedStopsTheStart) {
+  if (env("TLSGATE_BIN").empty()) GTEST_FAIL() << "TLSGATE_BIN is not set";
+  TempDir dir;
+  GatewayConfig cfg;
+  cfg.endpoints = {"127.0.0.1:1"};
+  cfg.extra_top = "[access_log]\npath = \"" + (dir / "missing" / "access.log").string() + "\"\n";
+  write_file(dir / "gw.toml", cfg.render());
+  RunResult r = run({env("TLSGATE_BIN"), "--config", (dir / "gw.toml").string()}, dir.path(), 20s, gateway_env());
+  EXPECT_TRUE(r.status.exited && r.status.code == 2) << r.status.to_string() << r.err;
+  EXPECT_NE(r.err.find("gw.toml:4:8: access_log.path: cannot open \"" + (dir / "missing" / "access.log").string() +
+                       "\": No such file or directory"),
+            std::string::npos)
+      << r.err;
+}
+
 // A writer that cannot keep up (a FIFO nobody reads): calls still succeed,
 // lines are dropped and counted.
 class AccessLogStuck : public AccessLog {
