@@ -123,7 +123,7 @@ class Writer {
 
  private:
   void run();
-  void take_pending_fd();
+  void take_pending_fd(bool flush_first);
   void write_pass(bool final);
   bool write_all(const char* data, size_t len, bool final);
   void close_fd();

@@ -313,13 +313,21 @@ void Writer::close_fd() {
   fd_ = -1;
 }
 
-void Writer::take_pending_fd() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!fd_pending_) return;
+// Lines handed over before a reload go to the new file (logrotate renamed the
+// old one), except when the reload turned the log off (`flush_first`, not
+// while a write is waiting): those are written to the old file first.
+void Writer::take_pending_fd(bool flush_first) {
+  int next;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!fd_pending_) return;
+    next = pending_fd_;
+    pending_fd_ = -1;
+    fd_pending_ = false;
+  }
+  if (next < 0 && flush_first) write_pass(false);
   close_fd();
-  fd_ = pending_fd_;
-  pending_fd_ = -1;
-  fd_pending_ = false;
+  fd_ = next;
 }
 
 void Writer::run() {
@@ -330,7 +338,7 @@ void Writer::run() {
       cv_.wait_for(lock, std::chrono::milliseconds(kIntervalMs));
       stopping = stopping_;
     }
-    take_pending_fd();
+    take_pending_fd(true);
     write_pass(false);
     if (stopping) break;
   }
@@ -395,7 +403,7 @@ bool Writer::write_all(const char* data, size_t len, bool final) {
         final = true;
         give_up = steady_ms() + kStopWaitMs;
       }
-      take_pending_fd();
+      take_pending_fd(false);
       continue;
     }
     LOG_ERROR("accesslog", "write: %s: %zu bytes of access log lost", std::strerror(w < 0 ? errno : EIO), len - off);

@@ -201,5 +201,25 @@ TEST_F(AccessLogWriter, ConfigureAgainReopensThePath) {
   EXPECT_EQ(lines(read("d.log")), 1u);
 }
 
+// A reload that turns the log off: the lines handed over before it still
+// reach the file.
+TEST_F(AccessLogWriter, TurningTheLogOffWritesWhatWasHandedOver) {
+  Writer w(1);
+  ASSERT_EQ(w.configure(cfg("e.log")), "");
+  w.start();
+  ASSERT_TRUE(w.buffer(0).append(sample()));
+  w.buffer(0).flush();
+  for (int i = 0; i < 100 && lines(read("e.log")) < 1; ++i) ::usleep(20'000);  // the writer has the file
+  ASSERT_EQ(lines(read("e.log")), 1u);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(w.buffer(0).append(sample()));
+  w.buffer(0).flush();
+  config::AccessLog off;
+  ASSERT_EQ(w.configure(off), "");
+  EXPECT_TRUE(w.buffer(0).append(sample())) << "off: nothing to drop";
+  w.stop();
+  EXPECT_EQ(lines(read("e.log")), 4u);
+  EXPECT_EQ(w.lines_lost(), 0u);
+}
+
 }  // namespace
 }  // namespace tlsgate::accesslog
