@@ -134,9 +134,11 @@ void text_line(Out& o, const Record& r, std::string_view time) {
   };
   o.put(time);
   field(r.listener);
-  o.put(' ');
+  // "[2001:db8::7]:4242": an IPv6 address's colons would swallow the port.
+  const bool v6 = r.client_ip.find(':') != std::string_view::npos;
+  o.put(v6 ? " [" : " ");
   o.put(r.client_ip);
-  o.put(':');
+  o.put(v6 ? "]:" : ":");
   o.num(r.client_port);
   field(r.tls_version);
   o.put(r.tls_resumed ? " resumed" : " full");

@@ -87,9 +87,11 @@ TEST(AccessLogFormat, TextIsOneLineWithTheClientFieldsQuoted) {
   r.grpc_status = -1;
   r.cluster = "";
   r.upstream = "";
+  r.client_ip = "2001:db8::7";
   const std::string reset = line(Mode::Text, r);
   EXPECT_NE(reset.find(" grpc=- reset=backend/2 "), std::string::npos) << reset;
   EXPECT_NE(reset.find("ms - - retries=1\n"), std::string::npos) << reset;
+  EXPECT_NE(reset.find(" public [2001:db8::7]:40000 "), std::string::npos) << reset;
 }
 
 TEST(AccessLogFormat, ALineThatDoesNotFitIsNotWritten) {
