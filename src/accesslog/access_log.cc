@@ -253,7 +253,7 @@ bool Buffer::append(const Record& r) {
 
 void Buffer::flush() {
   Half& h = halves_[cur_];
-  if (h.state.load(std::memory_order_relaxed) != Free || h.len == 0) return;
+  if (h.state.load(std::memory_order_acquire) != Free || h.len == 0) return;  // acquire: the writer may just have emptied it
   if (halves_[cur_ ^ 1].state.load(std::memory_order_acquire) != Free) return;  // keep filling this one
   hand_over(h);
   cur_ ^= 1;
