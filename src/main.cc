@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "tlsgate/admin.hh"
+#include "tlsgate/access_log.hh"
 #include "tlsgate/config.hh"
 #include "tlsgate/dns.hh"
 #include "tlsgate/io.hh"
@@ -241,6 +243,7 @@ struct AdminView {
   uint64_t reloads = 0;
   uint64_t reloads_refused = 0;
   double start_time = 0;
+  const accesslog::Writer* access_log = nullptr;  // outlives the admin server
 
   // How long /metrics waits for a shard's answer (each answers at its next
   // tick, 100 ms): a shard that does not is left out and counted.
@@ -256,6 +259,7 @@ struct AdminView {
       in.ready = ready;
       in.reloads = reloads;
       in.reload_failures = reloads_refused;
+      in.access_log_lost = access_log != nullptr ? access_log->lines_lost() : 0;
       in.start_time_seconds = start_time;
     }
     in.version = TLSGATE_VERSION;
@@ -305,6 +309,7 @@ struct Control {
   tls::KtlsSupport ktls;
   std::unique_ptr<upstream::DnsWatcher> dns;
   AdminView& view;
+  accesslog::Writer& access_log;
   uint64_t reloads = 0;
   uint64_t reloads_refused = 0;
 
@@ -331,6 +336,10 @@ struct Control {
       *next = config::load_file(running->path);
       problem = tls_problem(*next);
       if (problem.empty()) problem = reload_refusal(*running, *next, ktls);
+      // Last, once nothing else can refuse the file: the access log's file
+      // (re)opened. One that cannot be opened refuses the reload like any
+      // other bad setting, and the lines keep going to the old file.
+      if (problem.empty()) problem = access_log.configure(next->access_log);
     } catch (const config::ConfigError& e) {
       problem = e.what();
     }
@@ -371,7 +380,8 @@ struct Control {
         if (rest.count() <= 0) return 0;
         left = static_cast<uint64_t>(rest.count());
       }
-      const int sig = next_signal(sigs, left);
+      const int sig = next_signal(sigs, std::min<uint64_t>(left, 1000));
+      log::flush_suppressed();  // the summaries of rate-limited lines, about once a second
       if (sig == SIGHUP) reload();
       if (sig == SIGTERM || sig == SIGINT) return sig;
     }
@@ -383,6 +393,7 @@ struct Control {
 void await_drain(const sigset_t& sigs, std::vector<ShardThread>& shards, const std::atomic<unsigned>& finished) {
   while (finished.load() < shards.size()) {
     const int sig = next_signal(sigs, 100);
+    log::flush_suppressed();
     if (sig != SIGTERM && sig != SIGINT) continue;
     LOG_INFO("main", "%s again: stopping now", strsignal(sig));
     for (ShardThread& s : shards)
@@ -415,10 +426,17 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
   if (wa.compiled)
     LOG_INFO("tls", "OpenSSL 3.0 workarounds compiled in: %s%s", wa.active ? "active" : "inactive: ",
              wa.inactive_reason.c_str());
+  // Opened before any shard runs: a file that cannot be opened is a
+  // configuration error (exit 2) like a missing certificate.
+  accesslog::Writer access_log(n);
+  if (std::string problem = access_log.configure(cfg.access_log); !problem.empty()) config_error(problem);
+  access_log.start();
+
   // One immutable copy every shard's first snapshot shares.
   const auto shared_cfg = std::make_shared<const config::Config>(cfg);
   AdminView view;
   view.running = shared_cfg;
+  view.access_log = &access_log;
   view.start_time = static_cast<double>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                             std::chrono::system_clock::now().time_since_epoch())
                                             .count()) /
@@ -433,7 +451,7 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
     shards[i].thread = std::thread([&, i] {
       pin_to_cpu(i);
       try {
-        shards[i].shard = std::make_unique<shard::Shard>(i, shared_cfg, fds[i], ktls);
+        shards[i].shard = std::make_unique<shard::Shard>(i, shared_cfg, fds[i], ktls, &access_log.buffer(i));
       } catch (const std::exception& e) {
         shards[i].error = e.what();
       }
@@ -457,7 +475,7 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
       ok = false;
     }
   }
-  Control control{shared_cfg, shards, ktls, nullptr, view};
+  Control control{shared_cfg, shards, ktls, nullptr, view, access_log};
   control.watch_dns();
   bool now = !ok;
   if (ok) {
@@ -503,8 +521,10 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
     if (!shards[i].shard)
       for (int fd : fds[i]) ::close(fd);
   shards.clear();
-  LOG_INFO("main", "stopped: %s config_reloads=%lu config_reload_failures=%lu", total.describe().c_str(),
-           control.reloads, control.reloads_refused);
+  access_log.stop();  // the shards' last lines written
+  log::flush_suppressed();
+  LOG_INFO("main", "stopped: %s config_reloads=%lu config_reload_failures=%lu access_log_lost=%lu",
+           total.describe().c_str(), control.reloads, control.reloads_refused, access_log.lines_lost());
   return ok ? 0 : kExitRuntime;
 }
 

@@ -60,6 +60,7 @@ enum class RecordLayer { Tlsgate, Openssl };
 enum class TlsVersion { Tls12, Tls13 };
 enum class LbPolicy { RoundRobin, P2c };
 enum class AllUnhealthy { Fail, Panic };
+enum class AccessLogFormat { Json, Text };
 
 const char* to_string(ProxyProtocol v);
 const char* to_string(Ktls v);
@@ -67,6 +68,7 @@ const char* to_string(RecordLayer v);
 const char* to_string(TlsVersion v);
 const char* to_string(LbPolicy v);
 const char* to_string(AllUnhealthy v);
+const char* to_string(AccessLogFormat v);
 
 // The defaults: Mozilla's "intermediate" profile
 // (https://wiki.mozilla.org/Security/Server_Side_TLS). TLS 1.2: ECDHE key
@@ -236,6 +238,15 @@ struct Drain {
   std::chrono::milliseconds timeout{30'000};
 };
 
+// [access_log]: one line per client stream (src/accesslog). Off unless the
+// section is there.
+struct AccessLog {
+  bool enabled = false;
+  std::string path;  // "-" = standard output
+  Origin path_origin;
+  AccessLogFormat format = AccessLogFormat::Json;
+};
+
 struct Config {
   std::string path;
   unsigned workers = 1;  // "auto" resolved to the number of online CPUs
@@ -243,6 +254,7 @@ struct Config {
   Admin admin;
   Limits limits;
   Drain drain;
+  AccessLog access_log;
   std::vector<Listener> listeners;
   std::vector<Cluster> clusters;
 

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tlsgate/buffer.hh"
@@ -36,6 +37,42 @@ class Session;
 class UpstreamSession;
 class DownstreamSession;
 
+// Who ended a client stream with RST_STREAM (StreamEnd::reset_by).
+enum class ResetBy : uint8_t {
+  None,        // the stream ended normally (END_STREAM both ways)
+  Client,      // the client sent RST_STREAM
+  Backend,     // the backend reset its stream and the gateway passed the code on
+  Gateway,     // the gateway reset it (body it could not buffer, a protocol error, GOAWAY)
+  Connection,  // the client connection closed with the stream still open
+};
+const char* to_string(ResetBy by);
+
+// The end of one client stream, for the access log and the metrics
+// (Owner::stream_ended). Filled without allocating: the views point into the
+// stream's header fields and are valid only during the call.
+struct StreamEnd {
+  std::string_view authority;  // :authority (or host), empty if none
+  std::string_view path;       // :path, empty if none
+  int http_status = 0;         // the :status sent to the client; 0 if none was sent
+  // Sent to the client in the trailers or a trailers-only response (the
+  // backend's or one the gateway made: 14, 4); -1 if none.
+  int grpc_status = -1;
+  ResetBy reset_by = ResetBy::None;
+  uint32_t reset_code = 0;     // RST_STREAM error code when reset_by != None
+  uint64_t request_bytes = 0;  // DATA payload received from the client
+  uint64_t response_bytes = 0; // DATA payload sent to the client
+  // Microseconds of CLOCK_MONOTONIC: when its HEADERS arrived, and now.
+  uint64_t start_us = 0;
+  uint64_t end_us = 0;
+  int cluster = -1;            // configuration cluster index; -1 if not routed (431)
+  int endpoint = -1;           // pool endpoint index of the last attempt; -1 if none
+  uint32_t attempts = 0;       // upstream streams opened for it
+  uint32_t retries() const { return attempts > 1 ? attempts - 1 : 0; }
+};
+
+// CLOCK_MONOTONIC in microseconds (a vDSO call, no system call).
+uint64_t monotonic_us();
+
 // The connection that owns a session; implemented by the shard.
 class Owner {
  public:
@@ -44,6 +81,10 @@ class Owner {
   // Nothing moved for Context::kIdleReleaseMs and nothing waits to be sent:
   // the session gave back what it can; the owner may do the same.
   virtual void idle() {}
+  // A client stream ended (its downstream half closed, reset, or its
+  // connection went away): called exactly once per client stream, also for
+  // those the gateway answered itself. Must not call back into the session.
+  virtual void stream_ended(const StreamEnd&) {}
 
  protected:
   ~Owner() = default;

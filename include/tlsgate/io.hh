@@ -94,7 +94,8 @@ int listen_socket(const sockaddr* addr, socklen_t len, int backlog);
 int tcp_socket(int family);
 // The port a socket is bound to (after binding port 0), or 0.
 uint16_t local_port(int fd);
-// "1.2.3.4" / "::1" of a connected peer; false if unknown.
-bool peer_ip(int fd, char* out, size_t out_len);
+// "1.2.3.4" / "::1" of a connected peer, and its port if `port` is given;
+// false if unknown.
+bool peer_ip(int fd, char* out, size_t out_len, uint16_t* port = nullptr);
 
 }  // namespace tlsgate::io

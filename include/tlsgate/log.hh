@@ -14,7 +14,17 @@ void set_level(Level l);
 Level level();
 bool enabled(Level l);
 
+// Warn and error lines are rate-limited per kind, a kind being the same
+// (component, format string) pair: past kMaxPerSecond lines of one kind in a
+// second, the rest are counted and not written, and flush_suppressed() writes
+// "<N> more like this suppressed: <format>" for each kind that had any. A
+// failure that repeats per connection or per stream then costs a few lines a
+// second, not one per event, whoever calls (shards and main alike).
+inline constexpr unsigned kMaxPerSecond = 10;
 void write(Level l, const char* component, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+// Writes the summaries of suppressed lines; the main thread calls it about
+// once a second, and before it exits.
+void flush_suppressed();
 
 #define TLSGATE_LOG(lvl, comp, ...)                                           \
   do {                                                                        \

@@ -17,6 +17,7 @@ struct MetricsInput {
   bool ready = false;
   uint64_t reloads = 0;
   uint64_t reload_failures = 0;
+  uint64_t access_log_lost = 0;
   double start_time_seconds = 0;
 };
 

@@ -21,6 +21,9 @@ struct Counters;
 namespace tlsgate::upstream {
 struct Counters;
 }
+namespace tlsgate::accesslog {
+class Buffer;
+}
 
 namespace tlsgate::shard {
 
@@ -93,6 +96,10 @@ struct Counters {
   uint64_t keepalive_timeouts = 0;    // clients closed: nothing received within keepalive_timeout of the PING
   uint64_t max_age_goaways = 0;       // connections sent the two-step GOAWAY at max_connection_age
   uint64_t max_age_grace_closed = 0;  // closed with streams still open max_connection_age_grace after it
+  // The access log (issue 18): lines put in the shard's buffer, and lines
+  // dropped because the writer had not taken the buffer yet.
+  uint64_t access_log_lines = 0;
+  uint64_t access_log_dropped = 0;
   std::string describe() const;
   void add(const Counters& o);
   // The modules' own counts, copied in when the shard stops.
@@ -153,12 +160,28 @@ struct Stats {
     uint64_t streams = 0;
     std::vector<Endpoint> endpoints;
   };
+  // Client streams by grpc-status: columns 0..16, then other codes, then
+  // none (reset, or an answer without grpc-status).
+  static constexpr size_t kStatusOther = 17;
+  static constexpr size_t kStatusNone = 18;
+  static constexpr size_t kStatusColumns = 19;
+  struct Streams {
+    uint32_t listener = 0;
+    std::string cluster;  // "none": refused before a cluster was chosen
+    uint64_t by_status[kStatusColumns] = {};
+  };
+  struct Durations {
+    std::string cluster;
+    Histogram duration;  // from the request's HEADERS to the stream's end
+  };
   unsigned shard = 0;
   uint64_t cpu_ns = 0;  // the shard thread's CPU time
   Counters counters;    // with the h2 and upstream modules' own counts taken in
   std::vector<Listener> listeners;    // by configuration listener index
   std::vector<Handshakes> handshakes;
   std::vector<Cluster> clusters;      // by pool id (clusters gone from the configuration too)
+  std::vector<Streams> streams;
+  std::vector<Durations> stream_durations;
   uint64_t streams_active = 0;
   uint64_t upstream_connections = 0;
   uint64_t io_pool_bytes = 0;    // connection I/O chunks in use
@@ -170,8 +193,10 @@ class Shard {
   // `listen_fds[i]` is this shard's SO_REUSEPORT socket for
   // config.listeners[i]; the shard owns and closes them. Throws on a set-up
   // failure (io_uring refused, TLS context), with a message saying what.
+  // `access_log`: this shard's buffer of the process's accesslog::Writer
+  // (which outlives the shard), or null for none.
   Shard(unsigned id, std::shared_ptr<const config::Config> config, std::vector<int> listen_fds,
-        const tls::KtlsSupport& ktls);
+        const tls::KtlsSupport& ktls, accesslog::Buffer* access_log = nullptr);
   ~Shard();
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;

@@ -134,6 +134,10 @@ constexpr CounterMetric kCounterMetrics[] = {
      "Client connections sent the graceful GOAWAY at their max_connection_age"},
     {"max_age_grace_closed", &Counters::max_age_grace_closed, "tlsgate_max_connection_age_grace_closed_total", nullptr,
      nullptr, "Client connections closed with streams still running at max_connection_age + grace"},
+    {"access_log_lines", &Counters::access_log_lines, "tlsgate_access_log_lines_total", nullptr, nullptr,
+     "Access log lines put in the shards' buffers"},
+    {"access_log_dropped", &Counters::access_log_dropped, "tlsgate_access_log_dropped_total", nullptr, nullptr,
+     "Access log lines dropped because the writer had not taken the shard's buffer yet"},
     {"body_buffer_resets", &Counters::body_buffer_resets, "tlsgate_body_buffer_resets_total", nullptr, nullptr,
      "Streams reset because the shard's body pool could not hold their bytes"},
     {"accept_paused", &Counters::accept_paused, "tlsgate_accept_paused_total", nullptr, nullptr,
@@ -206,6 +210,39 @@ void write_listeners(Exposition& x, const MetricsInput& in) {
            "From accept (PROXY header included) to the end of the TLS handshake");
   for (size_t i = 0; i < n; ++i)
     write_histogram(x, "tlsgate_handshake_duration_seconds", {{"listener", in.listener_names[i]}}, sum[i].handshake);
+}
+
+const char* status_label(size_t column) {
+  static const char* names[Stats::kStatusColumns] = {"0",  "1",  "2",  "3",  "4",  "5",  "6",  "7",  "8",    "9",
+                                                     "10", "11", "12", "13", "14", "15", "16", "other", "none"};
+  return names[column];
+}
+
+// Streams by listener, cluster and grpc-status; durations by cluster.
+void write_streams(Exposition& x, const MetricsInput& in) {
+  std::map<std::pair<uint32_t, std::string>, std::vector<uint64_t>> rows;
+  std::map<std::string, Histogram> durations;
+  for (const Stats& s : in.shards) {
+    for (const Stats::Streams& r : s.streams) {
+      std::vector<uint64_t>& sum = rows[{r.listener, r.cluster}];
+      sum.resize(Stats::kStatusColumns);
+      for (size_t c = 0; c < Stats::kStatusColumns; ++c) sum[c] += r.by_status[c];
+    }
+    for (const Stats::Durations& d : s.stream_durations) durations[d.cluster].add(d.duration);
+  }
+  x.family("tlsgate_streams_total", "counter",
+           "Client streams ended, by listener, cluster and the grpc-status sent to the client (none: reset, or "
+           "an answer without grpc-status; cluster none: refused before routing)");
+  for (const auto& [key, sum] : rows) {
+    const std::string listener = key.first < in.listener_names.size() ? in.listener_names[key.first] : "?";
+    for (size_t c = 0; c < Stats::kStatusColumns; ++c)
+      if (sum[c] > 0 || c == 0)
+        x.sample("tlsgate_streams_total",
+                 {{"listener", listener}, {"cluster", key.second}, {"grpc_status", status_label(c)}}, sum[c]);
+  }
+  x.family("tlsgate_stream_duration_seconds", "histogram",
+           "Client streams from their request HEADERS to their end, by cluster");
+  for (const auto& [cluster, h] : durations) write_histogram(x, "tlsgate_stream_duration_seconds", {{"cluster", cluster}}, h);
 }
 
 void write_handshakes(Exposition& x, const MetricsInput& in) {
@@ -292,6 +329,8 @@ void write_process(Exposition& x, const MetricsInput& in) {
   x.sample("tlsgate_info", {{"version", in.version}}, uint64_t{1});
   x.family("tlsgate_ready", "gauge", "1 when /ready answers 200");
   x.sample("tlsgate_ready", {}, uint64_t{in.ready ? 1u : 0u});
+  x.family("tlsgate_access_log_lost_total", "counter", "Access log lines the writer could not write");
+  x.sample("tlsgate_access_log_lost_total", {}, in.access_log_lost);
   x.family("tlsgate_config_reloads_total", "counter", "SIGHUP reloads, by result");
   x.sample("tlsgate_config_reloads_total", {{"result", "success"}}, in.reloads);
   x.sample("tlsgate_config_reloads_total", {{"result", "failure"}}, in.reload_failures);
@@ -353,6 +392,7 @@ std::string render_metrics(const MetricsInput& in) {
   write_process(x, in);
   write_listeners(x, in);
   write_handshakes(x, in);
+  write_streams(x, in);
   write_counters(x, total);
   write_gauges(x, in);
   write_clusters(x, in);

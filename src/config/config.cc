@@ -380,6 +380,24 @@ void read_drain(const Table& root, Config& cfg) {
   if (auto d = t.get("timeout")) cfg.drain.timeout = t.duration(*d);
 }
 
+bool has_control(std::string_view s);
+
+// A path the gateway opens for appending: "-" or a file name.
+void read_access_log(const Table& root, Config& cfg) {
+  auto v = root.get("access_log");
+  if (!v) return;
+  Table t = root.sub(*v);
+  t.check_keys({"path", "format"});
+  Value path = t.require("path");
+  cfg.access_log.path = t.string(path);
+  if (cfg.access_log.path.empty()) t.fail(path, "expected \"-\" (standard output) or a file path, got \"\"");
+  if (has_control(cfg.access_log.path)) t.fail(path, "a control character in the path");
+  cfg.access_log.path_origin = t.origin(path);
+  if (auto f = t.get("format"))
+    cfg.access_log.format = t.choice<AccessLogFormat>(*f, {{"json", AccessLogFormat::Json}, {"text", AccessLogFormat::Text}});
+  cfg.access_log.enabled = true;
+}
+
 void read_limits(const Table& root, Config& cfg) {
   auto v = root.get("limits");
   if (!v) return;
@@ -762,10 +780,11 @@ Config build(const toml::table& doc, const std::string& name) {
   Config cfg;
   cfg.path = name;
   Table root(name, doc, "", pos_of(doc.source(), Pos{1, 1}));
-  root.check_keys({"workers", "admin", "drain", "limits", "listeners", "clusters"});
+  root.check_keys({"workers", "admin", "drain", "access_log", "limits", "listeners", "clusters"});
   read_workers(root, cfg);
   read_admin(root, cfg);
   read_drain(root, cfg);
+  read_access_log(root, cfg);
   read_limits(root, cfg);
   std::vector<Origin> cluster_refs;
   std::vector<FileCheck> files;
@@ -914,6 +933,14 @@ const char* to_string(AllUnhealthy v) {
   switch (v) {
     case AllUnhealthy::Fail: return "fail";
     case AllUnhealthy::Panic: return "panic";
+  }
+  return "?";
+}
+
+const char* to_string(AccessLogFormat v) {
+  switch (v) {
+    case AccessLogFormat::Json: return "json";
+    case AccessLogFormat::Text: return "text";
   }
   return "?";
 }

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <new>
 #include <string_view>
 
@@ -104,7 +105,39 @@ void percent_encode(const char* in, char* out, size_t cap) {
   out[o] = 0;
 }
 
+// A grpc-status value: decimal digits, else -1.
+int parse_status(const uint8_t* v, size_t len) {
+  if (len == 0 || len > 4) return -1;
+  int n = 0;
+  for (size_t i = 0; i < len; ++i) {
+    if (v[i] < '0' || v[i] > '9') return -1;
+    n = n * 10 + (v[i] - '0');
+  }
+  return n;
+}
+
+std::string_view view(const uint8_t* v, size_t len) {
+  return std::string_view(reinterpret_cast<const char*>(v), len);
+}
+
 }  // namespace
+
+uint64_t monotonic_us() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000u + static_cast<uint64_t>(ts.tv_nsec) / 1000u;
+}
+
+const char* to_string(ResetBy by) {
+  switch (by) {
+    case ResetBy::None: return "none";
+    case ResetBy::Client: return "client";
+    case ResetBy::Backend: return "backend";
+    case ResetBy::Gateway: return "gateway";
+    case ResetBy::Connection: return "connection";
+  }
+  return "?";
+}
 
 // ---------------------------------------------------------------- HeaderList
 
@@ -336,7 +369,9 @@ struct Forward {
     if (d == nullptr || s->resp_eof) return;
     percent_encode(why, s->message, sizeof s->message);
     const size_t code_len = std::strlen(code);
+    s->grpc_status = static_cast<int16_t>(parse_status(reinterpret_cast<const uint8_t*>(code), code_len));
     if (!s->resp_started) {
+      s->http_status = 200;
       nghttp2_nv nva[4] = {literal_nv(":status", "200"), literal_nv("content-type", "application/grpc"),
                            make_nv("grpc-status", code, code_len),
                            make_nv("grpc-message", s->message, std::strlen(s->message))};
@@ -377,6 +412,7 @@ struct Forward {
       s->up->owner_.wake();
     }
     if (s->down != nullptr) {
+      s->reset_by = ResetBy::Gateway;
       s->resp_eof = true;  // nothing more goes to the client but the reset
       nghttp2_submit_rst_stream(ng(s->down->session_), NGHTTP2_FLAG_NONE, s->down_id, NGHTTP2_ENHANCE_YOUR_CALM);
       s->down->owner_.wake();
@@ -453,6 +489,7 @@ struct Forward {
                                     uint32_t* flags, nghttp2_data_source* source, void*) {
     auto* s = static_cast<Stream*>(source->ptr);
     size_t n = s->resp_body.read(buf, length);
+    s->resp_bytes += n;
     if (s->down != nullptr) s->down->data_frame_sent();  // this call makes a DATA frame
     if (n > 0 && s->up) {
       size_t give = std::min(n, s->resp_unconsumed);
@@ -478,7 +515,7 @@ struct Forward {
 
   // The cluster for a request (src/edge route.cc), and what the client
   // connection's snapshot says of it: the stream keeps that copy to its end.
-  static ClusterPolicy route(const DownstreamSession& d, const Stream* s) {
+  static ClusterPolicy route(const DownstreamSession& d, Stream* s) {
     uint32_t cluster = d.settings_.cluster;
     if (d.settings_.routes != nullptr && !d.settings_.routes->empty()) {
       route::Field authority, path;
@@ -487,6 +524,7 @@ struct Forward {
       s->req_headers.find(":path", &path.data, &path.len);
       cluster = d.settings_.routes->cluster_for(authority, path);
     }
+    s->cluster = static_cast<int32_t>(cluster);
     const std::vector<ClusterPolicy>* clusters = d.settings_.clusters;
     if (clusters != nullptr && cluster < clusters->size()) return (*clusters)[cluster];
     ClusterPolicy p;
@@ -563,6 +601,7 @@ struct Forward {
     s->up_id = id;
     s->req_deferred = false;  // a new data source (a retry's earlier one is gone)
     ++s->attempts;
+    s->endpoint = u->endpoint_;
     link_up(*u, s);
     ++ctx.counters().streams_forwarded;
     u->owner_.wake();
@@ -633,6 +672,10 @@ struct Forward {
     nghttp2_data_provider prd{};
     prd.source.ptr = s;
     prd.read_callback = read_response_body;
+    const uint8_t* status = nullptr;
+    size_t status_len = 0;
+    if (s->resp_headers.find(":status", &status, &status_len))
+      s->http_status = static_cast<uint16_t>(std::max(0, parse_status(status, status_len)));
     s->resp_started = true;
     if (end_stream) s->resp_eof = true;
     if (s->replayable) stop_keeping(s);  // the backend answers: no retry from here
@@ -640,10 +683,48 @@ struct Forward {
     d->owner_.wake();
   }
 
+  // The grpc-status the client was sent: the gateway's own, else the
+  // backend's (trailers, or a trailers-only response) unless the stream was
+  // reset before it went out.
+  static int grpc_status_sent(const Stream* s) {
+    if (s->grpc_status >= 0) return s->grpc_status;
+    if (s->reset_by != ResetBy::None) return -1;
+    const uint8_t* v = nullptr;
+    size_t len = 0;
+    if (s->resp_trailers.find("grpc-status", &v, &len) || s->resp_headers.find("grpc-status", &v, &len))
+      return parse_status(v, len);
+    return -1;
+  }
+
+  static void report_end(DownstreamSession& d, const Stream* s) {
+    StreamEnd e;
+    const uint8_t* v = nullptr;
+    size_t len = 0;
+    if (s->req_headers.find(":authority", &v, &len) || s->req_headers.find("host", &v, &len)) e.authority = view(v, len);
+    if (s->req_headers.find(":path", &v, &len)) e.path = view(v, len);
+    e.http_status = s->http_status;
+    e.grpc_status = grpc_status_sent(s);
+    e.reset_by = s->reset_by;
+    e.reset_code = s->reset_code;
+    e.request_bytes = s->req_bytes;
+    e.response_bytes = s->resp_bytes;
+    e.start_us = s->start_us;
+    e.end_us = monotonic_us();
+    e.cluster = s->cluster;
+    e.endpoint = s->endpoint;
+    e.attempts = s->attempts;
+    d.owner_.stream_ended(e);
+  }
+
   // The downstream half ended (client closed or reset it, or its connection
   // went away).
   static void release_down(Context& ctx, Stream* s, uint32_t error_code, bool session_alive) {
     DownstreamSession* d = s->down;
+    if (!session_alive) {
+      s->reset_by = ResetBy::Connection;
+      s->reset_code = error_code;
+    }
+    report_end(*d, s);
     if (session_alive && s->req_unconsumed > 0)
       nghttp2_session_consume_connection(ng(d->session_), s->req_unconsumed);
     s->req_unconsumed = 0;
@@ -692,6 +773,7 @@ struct Forward {
     if (!s->resp_eof) {
       if (error_code != NGHTTP2_NO_ERROR) {
         ++ctx.counters().streams_reset_by_upstream;
+        s->reset_by = ResetBy::Backend;
         nghttp2_submit_rst_stream(ng(s->down->session_), NGHTTP2_FLAG_NONE, s->down_id, error_code);
       } else if (!s->resp_started) {
         // Closed cleanly without a response (RST_STREAM NO_ERROR first): the
@@ -736,6 +818,7 @@ struct Callbacks {
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
     d->stream_opened();
     Stream* s = d->ctx_.new_stream();
+    s->start_us = monotonic_us();
     s->down_id = frame->hd.stream_id;
     Forward::link_down(*d, s);
     nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
@@ -780,6 +863,7 @@ struct Callbacks {
   // Header Fields Too Large (RFC 6585), the stream ended by the response.
   static void reject_headers(DownstreamSession& d, nghttp2_session* session, Stream* s) {
     d.glitch(d.ctx_.counters().header_limit_resets);
+    s->http_status = 431;
     s->resp_started = true;
     s->resp_eof = true;
     const nghttp2_nv nva[] = {literal_nv(":status", "431")};
@@ -849,7 +933,8 @@ struct Callbacks {
     auto* d = static_cast<DownstreamSession*>(user);
     d->glitch(d->ctx_.counters().glitch_invalid_frames);
     if (frame->hd.stream_id != 0) {
-      const Stream* s = down_stream(*d, session, frame->hd.stream_id);
+      Stream* s = down_stream(*d, session, frame->hd.stream_id);
+      if (s != nullptr && s->reset_by == ResetBy::None) s->reset_by = ResetBy::Gateway;
       if (s != nullptr && s->up != nullptr) d->stream_cancelled();
     }
     return 0;
@@ -875,6 +960,7 @@ struct Callbacks {
     if (s == nullptr) return 0;
     // Rapid reset (CVE-2023-44487): each cancelled stream cost the backend one.
     if (frame->hd.type == NGHTTP2_RST_STREAM) {
+      s->reset_by = ResetBy::Client;
       if (s->up != nullptr) d->stream_cancelled();
       return 0;
     }
@@ -902,6 +988,7 @@ struct Callbacks {
                           void* user) {
     auto* d = static_cast<DownstreamSession*>(user);
     Stream* s = down_stream(*d, session, stream_id);
+    if (s != nullptr) s->req_bytes += len;
     if (s == nullptr || s->up == nullptr || s->gateway_cancelled) {
       // Nobody will forward these bytes: give the window back at once.
       nghttp2_session_consume(session, stream_id, len);
@@ -918,6 +1005,11 @@ struct Callbacks {
     Stream* s = down_stream(*d, session, stream_id);
     if (s == nullptr) return 0;
     nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
+    // Reset by nobody who said so (a reset nghttp2 sent itself, a GOAWAY's
+    // refused stream): the gateway's doing.
+    if (error_code == NGHTTP2_NO_ERROR) s->reset_by = ResetBy::None;
+    else if (s->reset_by == ResetBy::None) s->reset_by = ResetBy::Gateway;
+    s->reset_code = error_code;
     // A stream answered in full pays for one cancelled stream (the resets
     // themselves are counted as they arrive: d_frame_recv, d_invalid_frame).
     if (error_code == NGHTTP2_NO_ERROR && s->resp_eof) {

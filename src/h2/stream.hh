@@ -101,6 +101,16 @@ struct Stream {
   // Routing, retries, deadline.
   ClusterPolicy policy;       // of its cluster, from its connection's snapshot
   uint32_t attempts = 0;      // upstream streams opened for this client stream
+  // The end-of-stream record (StreamEnd): what the client was sent and who reset it.
+  int32_t cluster = -1;       // configuration index of its route; -1 until routed
+  int32_t endpoint = -1;      // the last attempt's pool endpoint
+  uint16_t http_status = 0;   // :status sent downstream
+  int16_t grpc_status = -1;   // a gateway-made grpc-status (the backend's is read from its fields)
+  ResetBy reset_by = ResetBy::None;
+  uint32_t reset_code = 0;
+  uint64_t start_us = 0;
+  uint64_t req_bytes = 0;     // DATA payload from the client
+  uint64_t resp_bytes = 0;    // DATA payload to the client
   bool replayable = true;     // everything sent upstream is still in req_body (req_kept)
   bool gateway_cancelled = false;  // the gateway reset the upstream half (deadline, unbufferable body)
   bool headers_rejected = false;   // past HeaderList's limits: answered 431, not forwarded
@@ -151,6 +161,15 @@ struct Stream {
     message[0] = 0;
     policy = ClusterPolicy{};
     attempts = 0;
+    cluster = -1;
+    endpoint = -1;
+    http_status = 0;
+    grpc_status = -1;
+    reset_by = ResetBy::None;
+    reset_code = 0;
+    start_us = 0;
+    req_bytes = 0;
+    resp_bytes = 0;
     replayable = true;
     gateway_cancelled = false;
     headers_rejected = false;

@@ -50,14 +50,20 @@ uint16_t local_port(int fd) {
   return 0;
 }
 
-bool peer_ip(int fd, char* out, size_t out_len) {
+bool peer_ip(int fd, char* out, size_t out_len, uint16_t* port) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) return false;
-  if (ss.ss_family == AF_INET)
-    return ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, out, out_len) != nullptr;
-  if (ss.ss_family == AF_INET6)
-    return ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, out, out_len) != nullptr;
+  if (ss.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    if (port != nullptr) *port = ntohs(a->sin_port);
+    return ::inet_ntop(AF_INET, &a->sin_addr, out, out_len) != nullptr;
+  }
+  if (ss.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    if (port != nullptr) *port = ntohs(a->sin6_port);
+    return ::inet_ntop(AF_INET6, &a->sin6_addr, out, out_len) != nullptr;
+  }
   return false;
 }
 

@@ -2,12 +2,15 @@
 // 426 for HTTP/1.1), the kTLS hand-off and its control records, flushing
 // nghttp2's output through TLS, drain and close. The loop owns the object
 // (loop.cc); this file is what happens to it.
+#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <string_view>
 
 #include "loop.hh"
 #include "tlsgate/log.hh"
@@ -46,13 +49,68 @@ void ClientConnection::start(const io::Completion& accepted) {
   plain.set_pool(&loop->chunks);
   // TCP_NODELAY comes from the listening socket (io::listen_socket).
   char ip[64];
-  client_ip = io::peer_ip(fd, ip, sizeof ip) ? ip : "unknown";
-  accepted_us = clock_us();
+  client_ip = io::peer_ip(fd, ip, sizeof ip, &client_port) ? ip : "unknown";
+  accepted_us = h2::monotonic_us();
   tls = std::make_unique<tls::Session>(*settings->tls, loop->chunks);
   ktls = settings->ktls ? KtlsState::Pending : KtlsState::Off;
   state = settings->proxy == edge::ProxyMode::Off ? DownState::Handshake : DownState::Proxy;
   listener->handshake_timers.arm(timer, loop->now);  // covers the PROXY header too
   arm_recv();
+}
+
+namespace {
+
+// "203.0.113.7:50051" / "[2001:db8::1]:50051" of an endpoint, into `out`.
+std::string_view endpoint_text(const config::SocketAddress& a, char* out, size_t cap) {
+  char ip[INET6_ADDRSTRLEN] = {0};
+  const bool v6 = a.family() == AF_INET6;
+  const void* src = v6 ? static_cast<const void*>(&reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr)
+                       : static_cast<const void*>(&reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr);
+  if (::inet_ntop(a.family(), src, ip, sizeof ip) == nullptr) return {};
+  const int n = std::snprintf(out, cap, v6 ? "[%s]:%u" : "%s:%u", ip, a.port());
+  return n > 0 && static_cast<size_t>(n) < cap ? std::string_view(out, static_cast<size_t>(n)) : std::string_view();
+}
+
+}  // namespace
+
+// One access log line per client stream: what the session knows of the
+// stream, and what the connection knows of the client and the backend.
+void ClientConnection::stream_ended(const h2::StreamEnd& e) {
+  const auto& policies = snapshot->clusters;
+  const int pool_cluster = e.cluster >= 0 && static_cast<size_t>(e.cluster) < policies.size()
+                               ? static_cast<int>(policies[static_cast<size_t>(e.cluster)].pool_id)
+                               : -1;
+  loop->count_stream(listener->index, pool_cluster, e);
+  accesslog::Buffer* log = loop->access_log;
+  if (log == nullptr || log->mode() == accesslog::Mode::Off) return;
+  accesslog::Record r;
+  r.listener = settings->cfg->name;
+  r.client_ip = client_ip;
+  r.client_port = client_port;
+  r.tls_version = tls_version != nullptr ? tls_version : "";
+  r.tls_resumed = tls_resumed;
+  r.authority = e.authority;
+  r.path = e.path;
+  r.http_status = e.http_status;
+  r.grpc_status = e.grpc_status;
+  if (e.reset_by != h2::ResetBy::None) r.reset_by = h2::to_string(e.reset_by);
+  r.reset_code = e.reset_code;
+  r.request_bytes = e.request_bytes;
+  r.response_bytes = e.response_bytes;
+  r.duration_us = e.end_us >= e.start_us ? e.end_us - e.start_us : 0;
+  r.retries = e.retries();
+  char upstream[64];
+  const auto& clusters = snapshot->config->clusters;
+  if (e.cluster >= 0 && static_cast<size_t>(e.cluster) < clusters.size()) {
+    r.cluster = clusters[static_cast<size_t>(e.cluster)].name;
+    const uint32_t pool_id = snapshot->clusters[static_cast<size_t>(e.cluster)].pool_id;
+    const auto& pool = loop->pool.clusters();
+    if (e.endpoint >= 0 && pool_id < pool.size() && static_cast<size_t>(e.endpoint) < pool[pool_id]->endpoints.size())
+      r.upstream = endpoint_text(pool[pool_id]->endpoints[static_cast<size_t>(e.endpoint)]->addr, upstream,
+                                 sizeof upstream);
+  }
+  if (log->append(r)) ++loop->counters.access_log_lines;
+  else ++loop->counters.access_log_dropped;
 }
 
 // ------------------------------------------------------------ receive
@@ -153,6 +211,7 @@ void ClientConnection::adopt_proxy_source(const edge::ProxyResult& r) {
   LOG_DEBUG("shard", "%u: PROXY v%u from %s: client %s port %u", loop->id, r.version, client_ip.c_str(), ip,
             r.source.port);
   client_ip = ip;
+  client_port = r.source.port;
 }
 
 void ClientConnection::on_handshake_bytes(std::span<const uint8_t> in) {
@@ -201,7 +260,7 @@ void ClientConnection::on_handshake_bytes(std::span<const uint8_t> in) {
 // For /metrics: the handshake's duration and kind (counted by record layer
 // once that is known: count_record_layer).
 void ClientConnection::handshake_done() {
-  listener->handshake.observe(clock_us() - accepted_us);
+  listener->handshake.observe(h2::monotonic_us() - accepted_us);
   tls_version = tls->version();
   tls_cipher = tls->cipher();
   tls_resumed = tls->resumed();

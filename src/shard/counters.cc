@@ -48,8 +48,11 @@ std::string Counters::describe() const {
                 ktls_unsupported_cipher, ktls_failed, ktls_close_notify, ktls_alerts, ktls_key_update_closed,
                 ktls_unexpected_records);
   s += buf;
-  std::snprintf(buf, sizeof buf, " body_buffer_resets=%lu accept_paused=%lu fd_exhausted=%lu send_stalled_closed=%lu",
-                body_buffer_resets, accept_paused, fd_exhausted, send_stalled_closed);
+  std::snprintf(buf, sizeof buf,
+                " body_buffer_resets=%lu accept_paused=%lu fd_exhausted=%lu send_stalled_closed=%lu"
+                " access_log_lines=%lu access_log_dropped=%lu",
+                body_buffer_resets, accept_paused, fd_exhausted, send_stalled_closed, access_log_lines,
+                access_log_dropped);
   s += buf;
   std::snprintf(buf, sizeof buf,
                 " keepalive_pings=%lu keepalive_timeouts=%lu max_age_goaways=%lu max_age_grace_closed=%lu",
@@ -122,6 +125,8 @@ void Counters::add(const Counters& o) {
   body_buffer_resets += o.body_buffer_resets;
   accept_paused += o.accept_paused;
   fd_exhausted += o.fd_exhausted;
+  access_log_lines += o.access_log_lines;
+  access_log_dropped += o.access_log_dropped;
   send_stalled_closed += o.send_stalled_closed;
   keepalive_pings += o.keepalive_pings;
   keepalive_timeouts += o.keepalive_timeouts;

@@ -115,6 +115,7 @@ void Loop::adopt(std::shared_ptr<const config::Config> cfg) {
     LOG_ERROR("shard", "%u: new configuration not adopted: %s", id, e.what());
     return;
   }
+  size_stream_tables(pool.clusters().size() + 1);
   for (auto& lp : listeners) {
     ListenerRt& l = *lp;
     const config::Listener& c = *snapshot->listeners[l.index].cfg;
@@ -466,6 +467,7 @@ bool Loop::kernel_offers(tls::KtlsCipher c) const {
 
 void Loop::on_tick() {
   h2ctx.release_idle_memory(now);
+  if (access_log != nullptr) access_log->flush();  // lines wait at most a tick and the writer's interval
   for (auto& lp : listeners) {
     ListenerRt& l = *lp;
     while (TimerLink* t = l.handshake_timers.pop_expired(now)) client_of(t)->handshake_timer_expired();
@@ -548,13 +550,16 @@ struct Shard::Impl : Loop {
 };
 
 Shard::Shard(unsigned id, std::shared_ptr<const config::Config> config, std::vector<int> listen_fds,
-             const tls::KtlsSupport& ktls)
-    : impl_(std::make_unique<Impl>(id, std::move(config), std::move(listen_fds), ktls)) {}
+             const tls::KtlsSupport& ktls, accesslog::Buffer* access_log)
+    : impl_(std::make_unique<Impl>(id, std::move(config), std::move(listen_fds), ktls)) {
+  impl_->access_log = access_log;
+}
 
 Shard::~Shard() = default;
 
 void Shard::run() {
   impl_->run();
+  if (impl_->access_log != nullptr) impl_->access_log->flush();
   Counters& c = impl_->counters;
   c.take(impl_->h2ctx.counters());
   c.take(impl_->pool.counters());

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "tlsgate/access_log.hh"
 #include "tlsgate/buffer.hh"
 #include "tlsgate/cluster_manager.hh"
 #include "tlsgate/edge.hh"
@@ -68,9 +69,6 @@ constexpr uint32_t gen_of(uint64_t ud) { return static_cast<uint32_t>(ud >> 32) 
 constexpr uint32_t slot_of(uint64_t ud) { return static_cast<uint32_t>(ud); }
 
 uint64_t clock_ms();
-// Microseconds of the monotonic clock, for durations shown in histograms
-// (the loop's millisecond clock is too coarse for a handshake).
-uint64_t clock_us();
 
 // A warning that repeats is logged at most once per kWarnIntervalMs, saying
 // how many times it happened since the last line.
@@ -183,6 +181,7 @@ struct ClientConnection final : Conn {
   } age_timer{{}, this};
   uint64_t accepted_ms = 0;
   uint64_t age_goaway_ms = 0;
+  uint16_t client_port = 0;
   // State Proxy only: the header bytes received so far, when one receive did
   // not hold the whole header (at most edge::kProxyMaxHeader bytes; a chunk
   // of the shard's pool, given back when the header is done or on close).
@@ -195,6 +194,10 @@ struct ClientConnection final : Conn {
   bool handshake_counted = false;     // in Loop::handshake_kinds (once its record layer is known)
   CloseReason close_reason = CloseReason::Client;
 
+  // Its session reports its streams' ends while it is destroyed: first,
+  // while the members stream_ended() reads are alive.
+  ~ClientConnection() { h2.reset(); }
+
   void start(const io::Completion& accepted);
   // The first reason other than Client names why the connection closes.
   void mark(CloseReason r) {
@@ -203,6 +206,8 @@ struct ClientConnection final : Conn {
   void on_recv(const io::Completion& c);
   void flush();
   void close(const char* why);
+  // h2::Owner: the end-of-stream record (the access log, the metrics).
+  void stream_ended(const h2::StreamEnd& e) override;
   // Timers.
   void handshake_timer_expired();
   void idle_timer_expired();
@@ -329,6 +334,7 @@ struct Loop : upstream::Transport {
   uint64_t drain_deadline = 0;
   uint64_t now = 0;
   tls::KtlsSupport ktls_support;
+  accesslog::Buffer* access_log = nullptr;  // the Writer's, for this shard; null: none
   // From the main thread, taken on the tick (a mutex-guarded mailbox,
   // checked with one atomic load): DNS answers and configuration snapshots.
   struct DnsUpdate {
@@ -345,6 +351,11 @@ struct Loop : upstream::Transport {
   std::atomic<bool> inbox_pending{false};
   // Completed handshakes by kind (a handful of rows: linear search).
   std::vector<Stats::Handshakes> handshake_kinds;
+  // Client streams ended, by [pool cluster][listener][grpc status column]
+  // (pool ids are stable across reloads: the pool keeps clusters by name),
+  // and their durations by pool cluster; grown when a reload adds a cluster.
+  std::vector<uint64_t> stream_counts;
+  std::vector<Histogram> stream_durations;
   uint64_t fd_pause_until = 0;  // no accepting before this (out of file descriptors)
   RepeatedWarning fd_warning;
   RepeatedWarning pool_warning;
@@ -375,6 +386,8 @@ struct Loop : upstream::Transport {
   void take_inbox();
   Stats make_stats();
   void count_handshake(uint32_t listener, const char* version, const char* cipher, bool resumed, bool ktls);
+  void count_stream(uint32_t listener, int pool_cluster, const h2::StreamEnd& e);
+  void size_stream_tables(size_t rows);
 
   // Accept.
   bool accept_blocked(const ListenerRt& l) const;

@@ -31,12 +31,6 @@ const char* to_string(CloseReason r) {
   return "?";
 }
 
-uint64_t clock_us() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000 + static_cast<uint64_t>(ts.tv_nsec) / 1000;
-}
-
 namespace {
 
 uint64_t thread_cpu_ns() {
@@ -76,6 +70,28 @@ void Loop::count_handshake(uint32_t listener, const char* version, const char* c
   handshake_kinds.push_back(Stats::Handshakes{listener, version, cipher, resumed, kernel, 1});
 }
 
+// Column of a stream's grpc-status: 0..16, other, none (a reset or an
+// answer without one).
+size_t status_column(int grpc_status) {
+  if (grpc_status < 0) return Stats::kStatusNone;
+  return grpc_status <= 16 ? static_cast<size_t>(grpc_status) : Stats::kStatusOther;
+}
+
+void Loop::count_stream(uint32_t listener, int pool_cluster, const h2::StreamEnd& e) {
+  const size_t row = pool_cluster >= 0 ? static_cast<size_t>(pool_cluster) + 1 : 0;  // 0: never routed
+  if (row >= stream_durations.size()) size_stream_tables(row + 1);
+  const size_t per_row = listeners.size() * Stats::kStatusColumns;
+  ++stream_counts[row * per_row + listener * Stats::kStatusColumns + status_column(e.grpc_status)];
+  stream_durations[row].observe(e.end_us >= e.start_us ? e.end_us - e.start_us : 0);
+}
+
+// Done when a configuration is adopted, so that no stream allocates.
+void Loop::size_stream_tables(size_t rows) {
+  if (rows <= stream_durations.size()) return;
+  stream_durations.resize(rows);
+  stream_counts.resize(rows * listeners.size() * Stats::kStatusColumns);
+}
+
 Stats Loop::make_stats() {
   Stats s;
   s.shard = id;
@@ -91,6 +107,17 @@ Stats Loop::make_stats() {
     l.handshake = lp->handshake;
   }
   s.handshakes = handshake_kinds;
+  const size_t per_row = listeners.size() * Stats::kStatusColumns;
+  for (size_t row = 0; row < stream_durations.size(); ++row) {
+    const std::string name = row == 0 ? "none" : pool.clusters()[row - 1]->cfg->name;
+    s.stream_durations.push_back({name, stream_durations[row]});
+    for (uint32_t l = 0; l < listeners.size(); ++l) {
+      Stats::Streams& out = s.streams.emplace_back();
+      out.listener = l;
+      out.cluster = name;
+      std::memcpy(out.by_status, &stream_counts[row * per_row + l * Stats::kStatusColumns], sizeof out.by_status);
+    }
+  }
   for (const auto& cp : pool.clusters()) {
     const upstream::Cluster& c = *cp;
     Stats::Cluster& out = s.clusters.emplace_back();

@@ -64,6 +64,11 @@ TEST_F(Admin, OneGrpcCallMovesItsCounters) {
   EXPECT_EQ(moved("tlsgate_cluster_streams_total", {"cluster=\"backend\""}), 1) << after;
   EXPECT_EQ(moved("tlsgate_endpoint_streams_total", {"cluster=\"backend\""}), 1) << after;
   EXPECT_EQ(moved("tlsgate_handshake_duration_seconds_count", {"listener=\"public\""}), 1) << after;
+  EXPECT_EQ(moved("tlsgate_streams_total", {"listener=\"public\"", "cluster=\"backend\"", "grpc_status=\"0\""}), 1)
+      << after;
+  EXPECT_EQ(moved("tlsgate_streams_total"), 1) << "no other stream\n" << after;
+  EXPECT_EQ(moved("tlsgate_stream_duration_seconds_count", {"cluster=\"backend\""}), 1) << after;
+  EXPECT_EQ(moved("tlsgate_stream_duration_seconds_bucket", {"cluster=\"backend\"", "le=\"+Inf\""}), 1) << after;
   EXPECT_EQ(metric(after, "tlsgate_connections_open", {"listener=\"public\""}), 1) << "the channel is still open";
   EXPECT_GE(metric(after, "tlsgate_upstream_connections"), 1);
   EXPECT_EQ(metric(after, "tlsgate_ready"), 1);

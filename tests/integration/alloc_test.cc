@@ -25,6 +25,8 @@ class AllocationFree : public GatewayTest {
     c.process_env["LD_PRELOAD"] = lib;
     c.process_env["TLSGATE_ALLOC_COUNTER"] = counter_.string();
     c.workers = 1;  // one shard: every call takes the same pools
+    // Every call also writes its access log line (formatted without allocating).
+    c.extra_top = "[access_log]\npath = \"" + (dir_->path() / "access.log").string() + "\"\n";
   }
 
   // From now on the library logs the call stack of every allocation.

@@ -589,7 +589,10 @@ Gateway::~Gateway() { stop(); }
 
 int Gateway::admin_port() {
   static const std::string kPrefix = "admin listener on 127.0.0.1:";
-  const std::string err = proc_ ? proc_->stderr_text() : "";
+  if (!proc_) return 0;
+  // Logged after the listeners' lines, which is what the constructor waited for.
+  proc_->wait_for(Stream::Stderr, [](const std::string& t) { return t.find(kPrefix) != std::string::npos; }, 5s);
+  const std::string err = proc_->stderr_text();
   const size_t at = err.find(kPrefix);
   if (at == std::string::npos) return 0;
   return std::atoi(err.c_str() + at + kPrefix.size());

@@ -243,6 +243,22 @@ TEST_F(ProxyV2, Tls_GrpcUnary) {
   EXPECT_EQ(stopped_counter("proxy_errors"), 0);
 }
 
+// The access log names the client the balancer saw, with its port.
+class ProxyV2Logged : public ProxyV2 {
+  void configure(GatewayConfig& cfg) override {
+    ProxyV2::configure(cfg);
+    cfg.extra_top = "[access_log]\npath = \"" + (dir_->path() / "access.log").string() + "\"\n";
+  }
+};
+
+TEST_F(ProxyV2Logged, AccessLogHasTheHeadersSource) {
+  HeaderRelay relay(gw_->endpoint().port, v2_inet_header(gw_->endpoint().port));
+  EXPECT_EQ(call_and_get_xff(relay.target()), "203.0.113.7");
+  gw_->stop();
+  const std::string log = read_file(dir_->path() / "access.log");
+  EXPECT_NE(log.find("\"client\":\"203.0.113.7\",\"client_port\":4242,"), std::string::npos) << log;
+}
+
 TEST_F(ProxyV2, Tls_GrpcUnaryIpv6Source) {
   HeaderRelay relay(gw_->endpoint().port, v2_inet6_header(gw_->endpoint().port));
   EXPECT_EQ(call_and_get_xff(relay.target()), "2001:db8::7");

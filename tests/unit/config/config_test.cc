@@ -309,6 +309,21 @@ const ErrorCase kErrorCases[] = {
      "demo.toml:2:11: drain.timeout: must be greater than zero, got \"0s\""},
     {"drain_delay_number", "[drain]\ndelay = 10\n@LISTENER@@CLUSTER@",
      "demo.toml:2:9: drain.delay: expected a duration string such as \"10s\", got an integer"},
+    // [access_log] (issue 18)
+    {"access_log_unknown_key", "[access_log]\npath = \"-\"\nrotate = true\n@LISTENER@@CLUSTER@",
+     "demo.toml:3:1: access_log.rotate: unknown key"},
+    {"access_log_path_missing", "[access_log]\nformat = \"json\"\n@LISTENER@@CLUSTER@",
+     "demo.toml:1:1: access_log.path: required key is missing"},
+    {"access_log_path_empty", "[access_log]\npath = \"\"\n@LISTENER@@CLUSTER@",
+     "demo.toml:2:8: access_log.path: expected \"-\" (standard output) or a file path, got \"\""},
+    {"access_log_path_number", "[access_log]\npath = 1\n@LISTENER@@CLUSTER@",
+     "demo.toml:2:8: access_log.path: expected a string, got an integer"},
+    {"access_log_path_control", "[access_log]\npath = \"a\\nb\"\n@LISTENER@@CLUSTER@",
+     "demo.toml:2:8: access_log.path: a control character in the path"},
+    {"access_log_format_unknown", "[access_log]\npath = \"-\"\nformat = \"clf\"\n@LISTENER@@CLUSTER@",
+     "demo.toml:3:10: access_log.format: expected one of \"json\", \"text\", got \"clf\""},
+    {"access_log_not_table", "access_log = \"-\"\n@LISTENER@@CLUSTER@",
+     "demo.toml:1:14: access_log: expected a table, got a string"},
     // HTTP/2 abuse budgets (issue 16)
     {"h2_glitch_budget_zero",
      "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
@@ -569,6 +584,7 @@ const ValidCase kValidCases[] = {
        EXPECT_EQ(c.workers, 1u);
        EXPECT_FALSE(c.workers_auto);
        EXPECT_FALSE(c.admin.enabled);
+       EXPECT_FALSE(c.access_log.enabled) << "no access log unless asked for";
        ASSERT_EQ(c.listeners.size(), 1u);
        const Listener& l = c.listeners[0];
        EXPECT_EQ(l.name, "public");
@@ -889,6 +905,18 @@ endpoints = ["127.0.0.1:1"]
        EXPECT_EQ(c.limits.body_buffer, 1048576u);
        EXPECT_EQ(c.limits.chunk_pool, 16384u);
        EXPECT_EQ(c.listeners[0].max_connections, 5u);
+     }},
+    {"access_log_text", "[access_log]\npath = \"/var/log/tlsgate/access.log\"\nformat = \"text\"\n@LISTENER@@CLUSTER@",
+     [](const Config& c) {
+       EXPECT_TRUE(c.access_log.enabled);
+       EXPECT_EQ(c.access_log.path, "/var/log/tlsgate/access.log");
+       EXPECT_EQ(c.access_log.format, AccessLogFormat::Text);
+     }},
+    {"access_log_stdout_json_by_default", "[access_log]\npath = \"-\"\n@LISTENER@@CLUSTER@",
+     [](const Config& c) {
+       EXPECT_TRUE(c.access_log.enabled);
+       EXPECT_EQ(c.access_log.path, "-");
+       EXPECT_EQ(c.access_log.format, AccessLogFormat::Json);
      }},
     {"drain", "[drain]\ndelay = \"0s\"\ntimeout = \"45s\"\n@LISTENER@@CLUSTER@",
      [](const Config& c) {

@@ -255,15 +255,29 @@ class Peer {
 
 // ------------------------------------------------------------ gateway side
 
+// A StreamEnd with its views copied (they die with the call).
+struct EndRecord {
+  StreamEnd end;
+  std::string authority;
+  std::string path;
+};
+
 struct TestOwner final : Owner {
   void wake() override {
     ++wakes;
     woken = true;
   }
   void idle() override { ++idles; }
+  void stream_ended(const StreamEnd& e) override {
+    ++ended;
+    if (keep_ends) ends.push_back(EndRecord{e, std::string(e.authority), std::string(e.path)});
+  }
   int wakes = 0;
   bool woken = false;
   int idles = 0;  // times the session told it was quiet
+  int ended = 0;                // stream_ended() calls
+  bool keep_ends = true;        // false: the copies would count as the gateway's allocations (alloc_test)
+  std::vector<EndRecord> ends;  // what stream_ended() said, in order
 };
 
 // The pool the stream layer asks, and the policy of every cluster (the

@@ -197,6 +197,110 @@ TEST_F(ForwardTest, NoUpstreamAnswersUnavailableWithTheReason) {
   EXPECT_EQ(ctx_->streams_in_use(), 0u);
 }
 
+// ------------------------------------------------------------ end-of-stream record
+
+TEST_F(ForwardTest, StreamEndRecordOfANormalCall) {
+  start();
+  const uint64_t before = monotonic_us();
+  const std::string message(100, 'm');
+  const PeerStream& c = unary(message);
+  ASSERT_TRUE(c.closed);
+  ASSERT_EQ(down_owner_.ends.size(), 1u);
+  EXPECT_TRUE(up_owner_.ends.empty()) << "only the client's side reports streams";
+  const EndRecord& r = down_owner_.ends[0];
+  EXPECT_EQ(r.authority, "localhost:8443");
+  EXPECT_EQ(r.path, "/echo.Echo/Unary");
+  EXPECT_EQ(r.end.http_status, 200);
+  EXPECT_EQ(r.end.grpc_status, 0);
+  EXPECT_EQ(r.end.reset_by, ResetBy::None);
+  EXPECT_EQ(r.end.reset_code, 0u);
+  EXPECT_EQ(r.end.request_bytes, grpc_frame(message).size());
+  EXPECT_EQ(r.end.response_bytes, grpc_frame("re: " + message).size());
+  EXPECT_GE(r.end.start_us, before);
+  EXPECT_GE(r.end.end_us, r.end.start_us);
+  EXPECT_LE(r.end.end_us, monotonic_us());
+  EXPECT_EQ(r.end.cluster, 3);  // the default route
+  EXPECT_EQ(r.end.endpoint, 0);
+  EXPECT_EQ(r.end.attempts, 1u);
+  EXPECT_EQ(r.end.retries(), 0u);
+}
+
+TEST_F(ForwardTest, StreamEndRecordOfAGatewayMadeUnavailable) {
+  start();
+  router_.upstream = nullptr;
+  Body req{grpc_frame("hello")};
+  send_request(grpc_request("/echo.Echo/Nowhere"), &req);
+  ASSERT_EQ(down_owner_.ends.size(), 1u);
+  const StreamEnd& e = down_owner_.ends[0].end;
+  EXPECT_EQ(down_owner_.ends[0].path, "/echo.Echo/Nowhere");
+  EXPECT_EQ(e.http_status, 200);
+  EXPECT_EQ(e.grpc_status, 14);
+  EXPECT_EQ(e.reset_by, ResetBy::None);
+  EXPECT_EQ(e.response_bytes, 0u);
+  EXPECT_EQ(e.endpoint, -1);
+  EXPECT_EQ(e.attempts, 0u);
+}
+
+TEST_F(ForwardTest, StreamEndRecordOfAClientReset) {
+  start();
+  Body req{grpc_frame("first"), /*complete=*/false, {}};
+  const int32_t cid = send_request(grpc_request(), &req);
+  Body resp{grpc_frame("ack"), false, {}};
+  backend_->respond(backend_->last_stream, grpc_response_headers(), &resp);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(down_owner_.ends.empty()) << "reported before it ended";
+  client_->reset(cid, NGHTTP2_CANCEL);
+  ASSERT_TRUE(pump());
+  ASSERT_EQ(down_owner_.ends.size(), 1u);
+  const StreamEnd& e = down_owner_.ends[0].end;
+  EXPECT_EQ(e.reset_by, ResetBy::Client);
+  EXPECT_EQ(e.reset_code, static_cast<uint32_t>(NGHTTP2_CANCEL));
+  EXPECT_EQ(e.http_status, 200);
+  EXPECT_EQ(e.grpc_status, -1);
+  EXPECT_EQ(e.request_bytes, grpc_frame("first").size());
+  EXPECT_EQ(e.response_bytes, grpc_frame("ack").size());
+  EXPECT_EQ(e.attempts, 1u);
+}
+
+TEST_F(ForwardTest, StreamEndRecordOfABackendResetAndOfADeadline) {
+  router_.policy.max_grpc_timeout_ms = 500;
+  start();
+  Body req{grpc_frame("hello")};
+  send_request(grpc_request(), &req);
+  backend_->reset(backend_->last_stream, NGHTTP2_INTERNAL_ERROR);
+  ASSERT_TRUE(pump());
+  send_request(grpc_request(), &req);
+  ctx_->expire_deadlines(router_.now + 500);
+  ASSERT_TRUE(pump());
+  ASSERT_EQ(down_owner_.ends.size(), 2u);
+  const StreamEnd& reset = down_owner_.ends[0].end;
+  EXPECT_EQ(reset.reset_by, ResetBy::Backend);
+  EXPECT_EQ(reset.reset_code, static_cast<uint32_t>(NGHTTP2_INTERNAL_ERROR));
+  EXPECT_EQ(reset.http_status, 0);
+  EXPECT_EQ(reset.grpc_status, -1);
+  const StreamEnd& late = down_owner_.ends[1].end;
+  EXPECT_EQ(late.reset_by, ResetBy::None);
+  EXPECT_EQ(late.grpc_status, 4);
+  EXPECT_EQ(late.http_status, 200);
+}
+
+TEST_F(ForwardTest, StreamEndRecordOf431AndOfAConnectionGone) {
+  start();
+  Headers big = grpc_request();
+  for (int i = 0; i < 70; ++i) big.emplace_back("x-field-" + std::to_string(i), "v");
+  send_request(big, nullptr);
+  Body req{grpc_frame("x"), false, {}};
+  send_request(grpc_request(), &req);
+  down_.reset();  // the client connection goes away with the second stream open
+  ASSERT_EQ(down_owner_.ends.size(), 2u);
+  EXPECT_EQ(down_owner_.ends[0].end.http_status, 431);
+  EXPECT_EQ(down_owner_.ends[0].end.cluster, -1);
+  EXPECT_EQ(down_owner_.ends[0].end.attempts, 0u);
+  EXPECT_EQ(down_owner_.ends[1].end.reset_by, ResetBy::Connection);
+  EXPECT_EQ(down_owner_.ends[1].end.attempts, 1u);
+  pump();
+}
+
 TEST_F(ForwardTest, UnavailableMessageIsPercentEncoded) {
   start();
   router_.upstream = nullptr;

@@ -6,7 +6,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace tlsgate::log {
 namespace {
@@ -97,6 +100,64 @@ TEST_F(LogTest, LongMessagesAreTruncatedToOneLine) {
   EXPECT_EQ(out.rfind("warn comp: aaaa", 0), 0u);
   EXPECT_EQ(out.back(), '\n');
   EXPECT_EQ(out.find('\n'), out.size() - 1) << "exactly one line";
+}
+
+// Counts the lines of `text` that contain `what`.
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+TEST_F(LogTest, RepeatedErrorsOfOneKindAreSuppressedAndSummarised) {
+  StderrCapture cap;
+  for (int i = 0; i < 100; ++i) LOG_ERROR("upstream", "connect to endpoint %d failed", i);
+  LOG_WARN("upstream", "another kind %d", 1);  // not held back by the first kind
+  for (int i = 0; i < 20; ++i) LOG_INFO("upstream", "info is never limited %d", i);
+  flush_suppressed();
+  flush_suppressed();  // nothing new: no second summary
+  const std::string out = cap.take();
+  EXPECT_EQ(count(out, "error upstream: connect to endpoint"), kMaxPerSecond) << out;
+  EXPECT_EQ(count(out, "warn upstream: another kind 1\n"), 1u) << out;
+  EXPECT_EQ(count(out, "info is never limited"), 20u);
+  EXPECT_EQ(count(out, "error upstream: 90 more like this suppressed: connect to endpoint %d failed\n"), 1u) << out;
+  EXPECT_EQ(count(out, "suppressed"), 1u) << out;
+}
+
+TEST_F(LogTest, SuppressionEndsWithTheSecond) {
+  StderrCapture cap;
+  for (int i = 0; i < 15; ++i) LOG_WARN("shard", "pool full %d", i);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  LOG_WARN("shard", "pool full %d", 99);
+  flush_suppressed();
+  const std::string out = cap.take();
+  EXPECT_EQ(count(out, "warn shard: pool full"), kMaxPerSecond + 1) << out;
+  EXPECT_NE(out.find("warn shard: pool full 99\n"), std::string::npos) << out;
+  EXPECT_EQ(count(out, "warn shard: 5 more like this suppressed: pool full %d"), 1u) << out;
+}
+
+TEST_F(LogTest, RateLimitIsThreadSafe) {
+  StderrCapture cap;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([] {
+      for (int i = 0; i < 1000; ++i) LOG_ERROR("h2", "from a shard %d", i);
+    });
+  for (auto& t : threads) t.join();
+  flush_suppressed();
+  const std::string out = cap.take();
+  // Within one or two seconds of windows: at most 2 * kMaxPerSecond written,
+  // and written + suppressed = 4,000.
+  const size_t written = count(out, "error h2: from a shard");
+  EXPECT_GE(written, kMaxPerSecond);
+  EXPECT_LE(written, 2 * kMaxPerSecond);
+  ASSERT_NE(out.find(" more like this suppressed: from a shard %d"), std::string::npos) << out;
+  uint64_t suppressed = 0;
+  for (size_t p = out.find("error h2: "); p != std::string::npos; p = out.find("error h2: ", p)) {
+    p += 10;
+    if (out.compare(p, 4, "from") != 0) suppressed += std::stoull(out.substr(p));
+  }
+  EXPECT_EQ(written + suppressed, 4000u) << out;
 }
 
 }  // namespace

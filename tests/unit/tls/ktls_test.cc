@@ -432,6 +432,7 @@ class KtlsTest : public ::testing::Test {
     ASSERT_EQ(client_->unread_input(), 0u) << "client left server bytes unread";
     ASSERT_TRUE(client_->take_output().empty()) << "client answered the tickets";
     EXPECT_EQ(SSL_session_reused(client_->ssl()), resume ? 1 : 0);
+    EXPECT_EQ(session_->resumed(), resume) << "what the access log says of the handshake";
     if (SSL_SESSION* s = client_->take_session()) {
       if (resume_ != nullptr) SSL_SESSION_free(resume_);
       resume_ = s;
