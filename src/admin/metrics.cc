@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -234,6 +235,8 @@ void write_streams(Exposition& x, const MetricsInput& in) {
            "Client streams ended, by listener, cluster and the grpc-status sent to the client (none: reset, or "
            "an answer without grpc-status; cluster none: refused before routing)");
   for (const auto& [key, sum] : rows) {
+    // The row of streams refused before routing shows once there is one.
+    if (key.second == "none" && std::all_of(sum.begin(), sum.end(), [](uint64_t n) { return n == 0; })) continue;
     const std::string listener = key.first < in.listener_names.size() ? in.listener_names[key.first] : "?";
     for (size_t c = 0; c < Stats::kStatusColumns; ++c)
       if (sum[c] > 0 || c == 0)

@@ -154,6 +154,11 @@ std::string to_toml(const Config& cfg) {
     w.header("[admin]");
     w.str("listen", cfg.admin.listen.text);
   }
+  if (cfg.access_log.enabled) {
+    w.header("[access_log]");
+    w.str("path", cfg.access_log.path);
+    w.str("format", to_string(cfg.access_log.format));
+  }
   w.header("[drain]");
   w.dur("delay", cfg.drain.delay);
   w.dur("timeout", cfg.drain.timeout);

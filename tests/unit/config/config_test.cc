@@ -1247,6 +1247,7 @@ TEST(ConfigStrings, SocketAddressWithoutFamilyHasNoPort) {
 TEST_F(ConfigTest, ToTomlLoadsAgainIntoTheSameConfiguration) {
   const std::string text = expand(
       "workers = 3\n[admin]\nlisten = \"127.0.0.1:9901\"\n[drain]\ndelay = \"1500ms\"\n"
+      "[access_log]\npath = \"-\"\nformat = \"text\"\n"
       "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n"
       "proxy_protocol = \"v2\"\nidle_timeout = \"90s\"\nmax_connection_age = \"30m\"\n"
       "max_connection_age_grace = \"1m\"\nkeepalive_interval = \"2m\"\n"
@@ -1268,6 +1269,7 @@ TEST_F(ConfigTest, ToTomlLoadsAgainIntoTheSameConfiguration) {
   EXPECT_NE(shown.find("path_prefix = \"/a.\\\"b\""), std::string::npos) << "escaped\n" << shown;
   EXPECT_EQ(second.clusters[0].max_grpc_timeout, std::chrono::hours(2));
   EXPECT_EQ(second.drain.delay, std::chrono::milliseconds(1500));
+  EXPECT_EQ(second.access_log.format, AccessLogFormat::Text);
   EXPECT_EQ(second.listeners[0].max_connection_age, std::chrono::minutes(30));
   EXPECT_EQ(second.listeners[0].keepalive_interval, std::chrono::minutes(2));
   EXPECT_EQ(second.listeners[0].proxy_protocol, ProxyProtocol::V2);
