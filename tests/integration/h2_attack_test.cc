@@ -1,9 +1,10 @@
 // HTTP/2 abuse from clients (issue 16), against the real gateway over real
-// TLS on loopback. The attacker is hand-made: OpenSSL does the TLS, this file
-// writes the HTTP/2 frames (RFC 9113) and HPACK blocks (RFC 7541, literal
-// fields only) that no well-behaved client library would send. Beside every
-// attack a good gRPC client keeps calling through the same gateway (one
-// worker, so the same shard) and must keep at least 99% of its calls.
+// TLS on loopback. The attacker is hand-made (RawH2Client, h2_client.hh):
+// OpenSSL does the TLS, this file writes the HTTP/2 frames (RFC 9113) and
+// HPACK blocks (RFC 7541, literal fields only) that no well-behaved client
+// library would send. Beside every attack a good gRPC client keeps calling
+// through the same gateway (one worker, so the same shard) and must keep at
+// least 99% of its calls.
 //
 // Each flood is bounded in frames and in time; where the gateway closes the
 // attacker, the test checks the GOAWAY's error code and that the close came
@@ -11,9 +12,6 @@
 // line. The budgets are the defaults (src/h2/README.md, "Budgets").
 #include <netinet/in.h>
 #include <nghttp2/nghttp2.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -22,7 +20,6 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <sstream>
 #include <string>
@@ -30,6 +27,7 @@
 #include <vector>
 
 #include "fixtures.hh"
+#include "h2_client.hh"
 
 namespace tlsgate::itest {
 namespace {
@@ -39,45 +37,6 @@ namespace {
 constexpr Ms kCloseBound = 5s;
 
 // ------------------------------------------------------------ HTTP/2 frames
-
-enum FrameType : uint8_t {
-  kData = 0,
-  kHeaders = 1,
-  kPriority = 2,
-  kRstStream = 3,
-  kSettings = 4,
-  kPing = 6,
-  kGoaway = 7,
-  kWindowUpdate = 8,
-  kContinuation = 9,
-};
-constexpr uint8_t kEndStream = 0x1;
-constexpr uint8_t kAck = 0x1;
-constexpr uint8_t kEndHeaders = 0x4;
-
-enum ErrorCode : uint32_t {
-  kNoError = 0,
-  kProtocolError = 1,
-  kFlowControlError = 3,
-  kRefusedStream = 7,
-  kCancel = 8,
-  kCompressionError = 9,
-  kEnhanceYourCalm = 0xb,
-};
-
-const std::string kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-std::string u32(uint32_t v) {
-  return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8), static_cast<char>(v)};
-}
-
-std::string frame(uint8_t type, uint8_t flags, uint32_t stream, const std::string& payload = "") {
-  const size_t n = payload.size();
-  std::string f = {static_cast<char>(n >> 16), static_cast<char>(n >> 8), static_cast<char>(n),
-                   static_cast<char>(type), static_cast<char>(flags)};
-  f += u32(stream);
-  return f + payload;
-}
 
 std::string rst_stream(uint32_t stream, uint32_t code) { return frame(kRstStream, 0, stream, u32(code)); }
 std::string window_update(uint32_t stream, uint32_t increment) {
@@ -132,18 +91,6 @@ std::string request_headers(uint32_t stream, bool end_stream, const Fields& extr
                request_block(extra));
 }
 
-struct Frame {
-  uint8_t type = 0;
-  uint8_t flags = 0;
-  uint32_t stream = 0;
-  std::string payload;
-};
-
-uint32_t be32(const std::string& s, size_t at) {
-  return uint32_t(uint8_t(s[at])) << 24 | uint32_t(uint8_t(s[at + 1])) << 16 | uint32_t(uint8_t(s[at + 2])) << 8 |
-         uint8_t(s[at + 3]);
-}
-
 // The header fields of stream `stream`'s first HEADERS block, decoded with
 // nghttp2's HPACK inflater over every block in `fs` in order (the dynamic
 // table depends on all of them).
@@ -196,135 +143,6 @@ std::string field(const Fields& fs, const std::string& name) {
     if (n == name) return v;
   return "<absent>";
 }
-
-// ------------------------------------------------------------ the attacker
-
-// One TLS connection (ALPN h2) that writes raw HTTP/2 bytes and reads the
-// server's frames.
-class Attacker {
- public:
-  Attacker() = default;
-  Attacker(const Attacker&) = delete;
-  Attacker& operator=(const Attacker&) = delete;
-  ~Attacker() {
-    if (ssl_ != nullptr) SSL_free(ssl_);
-    if (ctx_ != nullptr) SSL_CTX_free(ctx_);
-    if (fd_ >= 0) ::close(fd_);
-  }
-
-  // TCP, TLS handshake, client preface and an empty SETTINGS. "" or why not.
-  std::string open(int port, bool preface = true) {
-    fd_ = tcp_connect("127.0.0.1", port, 5s);
-    if (fd_ < 0) return "cannot connect";
-    timeval tv{5, 0};
-    setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    ctx_ = SSL_CTX_new(TLS_client_method());
-    ssl_ = SSL_new(ctx_);
-    static const unsigned char kAlpn[] = {2, 'h', '2'};
-    SSL_set_alpn_protos(ssl_, kAlpn, sizeof kAlpn);
-    SSL_set_tlsext_host_name(ssl_, "localhost");
-    SSL_set_fd(ssl_, fd_);
-    if (SSL_connect(ssl_) != 1) return "TLS handshake failed";
-    if (preface && !send(kPreface + frame(kSettings, 0, 0))) return "cannot send the preface";
-    return "";
-  }
-
-  // False once the server stopped taking bytes (closed).
-  bool send(const std::string& bytes) {
-    size_t off = 0;
-    while (off < bytes.size()) {
-      const int chunk = static_cast<int>(std::min<size_t>(bytes.size() - off, 16384));
-      const int n = SSL_write(ssl_, bytes.data() + off, chunk);
-      if (n <= 0) {
-        ERR_clear_error();
-        return false;
-      }
-      off += static_cast<size_t>(n);
-      sent_ += static_cast<size_t>(n);
-    }
-    return true;
-  }
-
-  // Reads frames until `done` holds for what arrived, the server closes or
-  // `timeout` passes. True if `done` held.
-  bool read_until(const std::function<bool(const std::vector<Frame>&)>& done, Ms timeout) {
-    const auto deadline = Clock::now() + timeout;
-    for (;;) {
-      if (done(frames_)) return true;
-      if (closed_) return false;
-      const auto left = std::chrono::duration_cast<Ms>(deadline - Clock::now());
-      if (left.count() <= 0) return false;
-      if (SSL_pending(ssl_) == 0) {
-        pollfd p{fd_, POLLIN, 0};
-        if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
-      }
-      char buf[16384];
-      const int n = SSL_read(ssl_, buf, sizeof buf);
-      if (n <= 0) {
-        const int err = SSL_get_error(ssl_, n);
-        ERR_clear_error();
-        if (err == SSL_ERROR_WANT_READ) continue;
-        closed_ = true;
-        closed_at_ = Clock::now();
-        continue;
-      }
-      in_.append(buf, static_cast<size_t>(n));
-      parse();
-    }
-  }
-
-  // Reads until the server closes the connection; true if it did in time.
-  bool wait_closed(Ms timeout) {
-    read_until([](const std::vector<Frame>&) { return false; }, timeout);
-    return closed_;
-  }
-
-  const Frame* goaway() const {
-    for (const Frame& f : frames_)
-      if (f.type == kGoaway && f.stream == 0 && f.payload.size() >= 8) return &f;
-    return nullptr;
-  }
-  // The GOAWAY's error code, or -1 if none arrived.
-  int64_t goaway_code() const { return goaway() ? int64_t{be32(goaway()->payload, 4)} : -1; }
-  const std::vector<Frame>& frames() const { return frames_; }
-  const Frame* find(uint8_t type, uint32_t stream) const {
-    for (const Frame& f : frames_)
-      if (f.type == type && f.stream == stream) return &f;
-    return nullptr;
-  }
-  size_t count(uint8_t type) const {
-    size_t n = 0;
-    for (const Frame& f : frames_) n += f.type == type;
-    return n;
-  }
-  int fd() const { return fd_; }
-
- private:
-  void parse() {
-    size_t off = 0;
-    while (in_.size() - off >= 9) {
-      const size_t len = size_t(uint8_t(in_[off])) << 16 | size_t(uint8_t(in_[off + 1])) << 8 | uint8_t(in_[off + 2]);
-      if (in_.size() - off - 9 < len) break;
-      Frame f;
-      f.type = static_cast<uint8_t>(in_[off + 3]);
-      f.flags = static_cast<uint8_t>(in_[off + 4]);
-      f.stream = be32(in_, off + 5) & 0x7fffffff;
-      f.payload = in_.substr(off + 9, len);
-      frames_.push_back(std::move(f));
-      off += 9 + len;
-    }
-    in_.erase(0, off);
-  }
-
-  int fd_ = -1;
-  SSL_CTX* ctx_ = nullptr;
-  SSL* ssl_ = nullptr;
-  std::string in_;
-  std::vector<Frame> frames_;
-  bool closed_ = false;
-  Clock::time_point closed_at_{};
-  size_t sent_ = 0;
-};
 
 // ------------------------------------------------------------ the good client
 
@@ -440,7 +258,7 @@ class H2Attack : public GatewayTest {
 
   // Sends `attack` on a fresh connection, then expects a GOAWAY with `code`
   // and the close, both within kCloseBound. Returns how long the close took.
-  Ms expect_closed_with(Attacker& a, const std::string& attack, uint32_t code) {
+  Ms expect_closed_with(RawH2Client& a, const std::string& attack, uint32_t code) {
     const auto start = Clock::now();
     a.send(attack);  // may fail part-way: the gateway stopped reading
     EXPECT_TRUE(a.wait_closed(kCloseBound)) << "the attacker was not closed within " << kCloseBound.count() << " ms";
@@ -452,7 +270,7 @@ class H2Attack : public GatewayTest {
   // A flood of `n` copies of `unit` after `prefix`, expected to end in
   // GOAWAY ENHANCE_YOUR_CALM.
   void flood(const std::string& prefix, const std::string& unit, int n) {
-    Attacker a;
+    RawH2Client a;
     ASSERT_EQ(a.open(port()), "");
     std::string attack = prefix;
     for (int i = 0; i < n; ++i) attack += unit;
@@ -521,7 +339,7 @@ TEST_F(H2Attack, WindowUpdateFloodIsClosedWithEnhanceYourCalm) {
 TEST_F(H2Attack, ResetFloodOnClosedStreamsIsClosedWithEnhanceYourCalm) {
   // One request, answered and closed, then RST_STREAM for it again and again:
   // nghttp2 drops each without a word.
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(port()), "");
   ASSERT_TRUE(a.send(request_headers(1, true)));
   ASSERT_TRUE(a.read_until([](const std::vector<Frame>& fs) {
@@ -554,7 +372,7 @@ std::string rapid_resets(uint32_t first_stream, int n) {
 TEST_F(H2Attack, RapidResetIsClosedAtTheResetBudget) {
   constexpr int kConnections = 5;
   for (int i = 0; i < kConnections; ++i) {
-    Attacker a;
+    RawH2Client a;
     ASSERT_EQ(a.open(port()), "");
     expect_closed_with(a, rapid_resets(1, 1000), kEnhanceYourCalm);
   }
@@ -578,7 +396,7 @@ TEST_F(H2Attack, RapidResetJustUnderTheBudgetAcrossReconnectsIsBoundedPerShard) 
   int first_closed = -1;
   const auto start = Clock::now();
   for (int i = 0; i < kConnections; ++i) {
-    Attacker a;
+    RawH2Client a;
     ASSERT_EQ(a.open(port()), "");
     a.send(rapid_resets(1, kResets) + frame(kPing, 0, 0, "finished"));
     // The PING's ACK comes after every frame before it was processed.
@@ -612,7 +430,7 @@ TEST_F(H2Attack, MadeYouResetIsClosedAtTheResetBudget) {
   std::string attack;
   for (uint32_t i = 0, s = 1; i < 1000; ++i, s += 2)
     attack += request_headers(s, false) + window_update(s, 0x7fffffff);
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(port()), "");
   const Ms took = expect_closed_with(a, attack, kEnhanceYourCalm);
   auto c = stop_and_count();
@@ -630,7 +448,7 @@ TEST_F(H2Attack, MadeYouResetIsClosedAtTheResetBudget) {
 // twenty cancelled while the backend works on it) is never closed, over
 // more calls than any budget holds.
 TEST_F(H2Attack, BusyWellBehavedClientIsNeverClosed) {
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(port()), "");
   constexpr uint32_t kBatches = 30;
   constexpr uint32_t kCalls = 50;  // per batch: 1,500 calls in all
@@ -680,7 +498,7 @@ TEST_F(H2Attack, BusyWellBehavedClientIsNeverClosed) {
 
 // CVE-2024-27316 class: a header block that never ends.
 TEST_F(H2Attack, ContinuationWithoutEndHeadersIsClosed) {
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(port()), "");
   std::string attack = frame(kHeaders, 0, 1, request_block());
   std::string filler;
@@ -694,7 +512,7 @@ TEST_F(H2Attack, ContinuationWithoutEndHeadersIsClosed) {
 TEST_F(H2Attack, TooManyHeaderFieldsAreAnswered431) {
   Fields extra;
   for (int i = 0; i < 70; ++i) extra.emplace_back("x-field-" + std::to_string(i), "v");
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(port()), "");
   ASSERT_TRUE(a.send(request_headers(1, true, extra)));
   ASSERT_TRUE(a.read_until([](const std::vector<Frame>& fs) {
@@ -720,7 +538,7 @@ TEST_F(H2Attack, HeaderListPastSixtyFourKiBIsAnswered431) {
                     static_cast<uint8_t>((last ? kEndHeaders : 0) | (off == 0 ? kEndStream : 0)), 1,
                     block.substr(off, 16000));
   }
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(port()), "");
   ASSERT_TRUE(a.send(attack));
   ASSERT_TRUE(a.read_until([](const std::vector<Frame>& fs) {
@@ -739,7 +557,7 @@ TEST_F(H2Attack, HpackTableSizeUpdatePastTheLimitIsACompressionError) {
   std::string block;
   hpack_int(block, 0x20, 5, 1u << 30);
   block += request_block();
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(port()), "");
   expect_closed_with(a, frame(kHeaders, kEndHeaders | kEndStream, 1, block), kCompressionError);
 }
@@ -747,7 +565,7 @@ TEST_F(H2Attack, HpackTableSizeUpdatePastTheLimitIsACompressionError) {
 // ...and filling the table with new entries, over and over, costs the client
 // as much as the gateway: every call still gets its answer.
 TEST_F(H2Attack, HpackTableChurnIsServed) {
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(port()), "");
   constexpr uint32_t kStreams = 200;
   std::string attack;
@@ -769,7 +587,7 @@ TEST_F(H2Attack, HpackTableChurnIsServed) {
 // ------------------------------------------------------------ protocol limits
 
 TEST_F(H2Attack, BadPrefaceGetsGoawayProtocolError) {
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(port(), false), "");
   expect_closed_with(a, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", kProtocolError);
   auto c = stop_and_count();
@@ -796,7 +614,7 @@ TEST_F(H2AttackFewStreams, StreamsPastMaxConcurrentStreamsAreRefusedThenEndTheCo
   std::string eleven;
   for (uint32_t i = 0, s = 1; i < 11; ++i, s += 2) eleven += request_headers(s, false) + frame(kData, kEndStream, s, body);
   {
-    Attacker a;  // never acknowledges the server's SETTINGS
+    RawH2Client a;  // never acknowledges the server's SETTINGS
     ASSERT_EQ(a.open(port()), "");
     ASSERT_TRUE(a.send(eleven));
     ASSERT_TRUE(a.read_until([](const std::vector<Frame>& fs) {
@@ -809,7 +627,7 @@ TEST_F(H2AttackFewStreams, StreamsPastMaxConcurrentStreamsAreRefusedThenEndTheCo
     EXPECT_EQ(be32(rst->payload, 0), uint32_t{kRefusedStream});
     EXPECT_EQ(a.find(kRstStream, 19), nullptr) << "the 10th stream was refused too";
   }
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(port()), "");
   ASSERT_TRUE(a.read_until([](const std::vector<Frame>& fs) {
     for (const Frame& f : fs)
@@ -827,7 +645,7 @@ TEST_F(H2AttackFewStreams, StreamsPastMaxConcurrentStreamsAreRefusedThenEndTheCo
 // RFC 9113 6.9.1; nghttp2 makes an overrun of the connection window, 1 MiB,
 // a connection error, hence the GOAWAY alternative).
 TEST_F(H2Attack, DataPastTheFlowControlWindowIsAFlowControlError) {
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(port()), "");
   std::string attack = request_headers(1, false);
   for (int i = 0; i < 64; ++i) attack += frame(kData, 0, 1, std::string(16000, 'd'));
@@ -851,7 +669,7 @@ TEST_F(H2Attack, DataPastTheFlowControlWindowIsAFlowControlError) {
 // rest of the shard goes on.
 TEST_F(H2Attack, ClientThatNeverReadsDoesNotHoldTheShard) {
   const uint64_t rss_before = rss_kib(gw_->process().pid());
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(port()), "");
   // Raise the client's windows so the gateway has much to push: 64 MiB.
   std::string attack = frame(kSettings, 0, 0, std::string("\x00\x04\x04\x00\x00\x00", 6)) +
@@ -889,7 +707,7 @@ TEST_F(H2Attack, ClientThatNeverReadsDoesNotHoldTheShard) {
 // gateway) and EOF; had the gateway kept waiting, reading would have let the
 // GOAWAY out.
 TEST_F(H2Attack, FlooderThatNeverReadsIsClosedAfterTheHandshakeTimeout) {
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(port()), "");
   std::string big = frame(kSettings, 0, 0, std::string("\x00\x04\x04\x00\x00\x00", 6)) + window_update(0, 64u << 20);
   for (uint32_t i = 0, s = 1; i < 8; ++i, s += 2) {
@@ -931,9 +749,9 @@ class H2AttackSmallPool : public H2Attack {
 
 TEST_F(H2AttackSmallPool, ClientsThatStopReadingAreClosedWhenTheyFillTheIoPool) {
   constexpr int kStalled = 12;  // ~1 MiB of output each once the kernel's buffers are full
-  std::vector<std::unique_ptr<Attacker>> stalled;
+  std::vector<std::unique_ptr<RawH2Client>> stalled;
   for (int i = 0; i < kStalled; ++i) {
-    auto a = std::make_unique<Attacker>();
+    auto a = std::make_unique<RawH2Client>();
     ASSERT_EQ(a->open(port()), "");
     EchoRequest req;
     req.set_response_size(1 << 20);
@@ -1074,7 +892,7 @@ class H2Drain : public GatewayTest {
 uint32_t goaway_last_id(const Frame& f) { return be32(f.payload, 0) & 0x7fffffff; }
 
 TEST_F(H2Drain, TwoStepGoawayServesStreamsOpenedBeforeTheFinalOne) {
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(gw_->endpoint().port), "");
   ASSERT_TRUE(a.send(request_headers(1, false)));  // open: its body is still to come
   ASSERT_TRUE(a.read_until([](const std::vector<Frame>& fs) {
@@ -1113,7 +931,7 @@ TEST_F(H2Drain, TwoStepGoawayServesStreamsOpenedBeforeTheFinalOne) {
 // A client that never answers the drain PING still gets the final GOAWAY
 // (after 1 s), and its open stream is still served.
 TEST_F(H2Drain, FinalGoawayComesWithoutThePingAck) {
-  Attacker a;
+  RawH2Client a;
   ASSERT_EQ(a.open(gw_->endpoint().port), "");
   ASSERT_TRUE(a.send(request_headers(1, false)));
   ASSERT_TRUE(a.read_until([](const std::vector<Frame>& fs) {

@@ -2,140 +2,28 @@
 // keepalive_timeout (a PING to a quiet client; no answer, closed) and
 // max_connection_age / max_connection_age_grace (the two-step GOAWAY past
 // the age; with a grace, what still runs is cut). Real tlsgate, real echo
-// backend, real gRPC clients, and a hand-made TLS + HTTP/2 client for a
-// peer that stops answering. The counters come from the "stopped:" line.
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <poll.h>
-#include <unistd.h>
-
+// backend, real gRPC clients, and a hand-made TLS + HTTP/2 client
+// (RawH2Client, h2_client.hh) for a peer that stops answering. The counters
+// come from the "stopped:" line.
 #include <chrono>
 #include <csignal>
-#include <cstring>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <thread>
-#include <vector>
 
 #include "fixtures.hh"
+#include "h2_client.hh"
 
 namespace tlsgate::itest {
 namespace {
 
-constexpr uint8_t kSettings = 4;
-constexpr uint8_t kPing = 6;
-constexpr uint8_t kGoaway = 7;
-constexpr uint8_t kAck = 0x1;
-
-std::string h2_frame(uint8_t type, uint8_t flags, const std::string& payload = "") {
-  const size_t n = payload.size();
-  std::string f = {static_cast<char>(n >> 16),
-                   static_cast<char>(n >> 8),
-                   static_cast<char>(n),
-                   static_cast<char>(type),
-                   static_cast<char>(flags),
-                   0,
-                   0,
-                   0,
-                   0};
-  return f + payload;
+// The PINGs the gateway sent (not its ACKs of ours).
+size_t pings_from(const RawH2Client& c) {
+  size_t n = 0;
+  for (const Frame& f : c.frames()) n += f.type == kPing && !(f.flags & kAck);
+  return n;
 }
-
-struct RawFrame {
-  uint8_t type = 0;
-  uint8_t flags = 0;
-  std::string payload;
-};
-
-// TLS (ALPN h2) with the client preface and an empty SETTINGS, then only
-// what the test tells it: it reads the gateway's frames and, when asked,
-// ACKs its PINGs; nothing else.
-class QuietClient {
- public:
-  ~QuietClient() {
-    if (ssl_ != nullptr) SSL_free(ssl_);
-    if (ctx_ != nullptr) SSL_CTX_free(ctx_);
-    if (fd_ >= 0) ::close(fd_);
-  }
-
-  std::string open(int port) {
-    fd_ = tcp_connect("127.0.0.1", port, 5s);
-    if (fd_ < 0) return "cannot connect";
-    ctx_ = SSL_CTX_new(TLS_client_method());
-    ssl_ = SSL_new(ctx_);
-    static const unsigned char kAlpn[] = {2, 'h', '2'};
-    SSL_set_alpn_protos(ssl_, kAlpn, sizeof kAlpn);
-    SSL_set_tlsext_host_name(ssl_, "localhost");
-    SSL_set_fd(ssl_, fd_);
-    if (SSL_connect(ssl_) != 1) return "TLS handshake failed";
-    if (!send("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(kSettings, 0))) return "cannot send the preface";
-    return "";
-  }
-
-  // Reads frames until the gateway closes or `timeout` passes; with
-  // `answer_pings`, each PING is ACKed as a live client would. True if the
-  // gateway closed.
-  bool read_until_closed(Ms timeout, bool answer_pings) {
-    const auto deadline = Clock::now() + timeout;
-    while (Clock::now() < deadline) {
-      if (SSL_pending(ssl_) == 0) {
-        pollfd p{fd_, POLLIN, 0};
-        const auto left = std::chrono::duration_cast<Ms>(deadline - Clock::now());
-        if (::poll(&p, 1, static_cast<int>(std::max<int64_t>(left.count(), 1))) <= 0) continue;
-      }
-      char buf[16384];
-      const int n = SSL_read(ssl_, buf, sizeof buf);
-      if (n <= 0) {
-        const int err = SSL_get_error(ssl_, n);
-        ERR_clear_error();
-        if (err == SSL_ERROR_WANT_READ) continue;
-        return true;
-      }
-      in_.append(buf, static_cast<size_t>(n));
-      for (const RawFrame& f : parse())
-        if (answer_pings && f.type == kPing && !(f.flags & kAck)) send(h2_frame(kPing, kAck, f.payload));
-    }
-    return false;
-  }
-
-  size_t pings() const {
-    size_t n = 0;
-    for (const RawFrame& f : frames_) n += f.type == kPing && !(f.flags & kAck);
-    return n;
-  }
-  size_t goaways() const {
-    size_t n = 0;
-    for (const RawFrame& f : frames_) n += f.type == kGoaway;
-    return n;
-  }
-
- private:
-  bool send(const std::string& bytes) {
-    return SSL_write(ssl_, bytes.data(), static_cast<int>(bytes.size())) == static_cast<int>(bytes.size());
-  }
-  std::vector<RawFrame> parse() {
-    std::vector<RawFrame> fresh;
-    size_t off = 0;
-    while (in_.size() - off >= 9) {
-      const size_t len =
-          size_t(uint8_t(in_[off])) << 16 | size_t(uint8_t(in_[off + 1])) << 8 | uint8_t(in_[off + 2]);
-      if (in_.size() - off - 9 < len) break;
-      RawFrame f{static_cast<uint8_t>(in_[off + 3]), static_cast<uint8_t>(in_[off + 4]),
-                 in_.substr(off + 9, len)};
-      fresh.push_back(f);
-      frames_.push_back(std::move(f));
-      off += 9 + len;
-    }
-    in_.erase(0, off);
-    return fresh;
-  }
-
-  int fd_ = -1;
-  SSL_CTX* ctx_ = nullptr;
-  SSL* ssl_ = nullptr;
-  std::string in_;
-  std::vector<RawFrame> frames_;
-};
 
 // One worker, so that every count is one shard's; the listener's keys from
 // the test.
@@ -175,15 +63,15 @@ class Keepalive : public Rebalance {
 // connection the balancer dropped looks like): a PING after 1 s, closed 1 s
 // later when nothing came back.
 TEST_F(Keepalive, SilentClientIsPingedThenClosed) {
-  QuietClient c;
+  RawH2Client c;  // answers nothing, PINGs included
   ASSERT_EQ(c.open(gw_->endpoint().port), "");
   const auto start = Clock::now();
-  ASSERT_TRUE(c.read_until_closed(10s, /*answer_pings=*/false)) << "still open after 10 s";
+  ASSERT_TRUE(c.wait_closed(10s)) << "still open after 10 s";
   const double took = seconds(Clock::now() - start);
   std::cout << "[ measured ] silent client closed after " << took << " s\n";
   EXPECT_GE(took, 1.9) << "closed before keepalive_interval + keepalive_timeout";
   EXPECT_LE(took, 5.0) << "interval 1 s + timeout 1 s, checked every 100 ms";
-  EXPECT_GE(c.pings(), 1u) << "no PING before the close";
+  EXPECT_GE(pings_from(c), 1u) << "no PING before the close";
   auto n = stop_and_count();
   EXPECT_EQ(n["keepalive_timeouts"], 1u);
   EXPECT_GE(n["keepalive_pings"], 1u);
@@ -228,16 +116,17 @@ class KeepaliveAndIdle : public Rebalance {
 // answers them but sends no request is still closed at idle_timeout (with a
 // GOAWAY), and never as a keepalive timeout nor for glitches.
 TEST_F(KeepaliveAndIdle, PingAcksDoNotKeepAnIdleConnection) {
-  QuietClient c;
+  RawH2Client c;
+  c.answer_pings(true);
   ASSERT_EQ(c.open(gw_->endpoint().port), "");
   const auto start = Clock::now();
-  ASSERT_TRUE(c.read_until_closed(10s, /*answer_pings=*/true)) << "the ACKs kept an idle connection open";
+  ASSERT_TRUE(c.wait_closed(10s)) << "the ACKs kept an idle connection open";
   const double took = seconds(Clock::now() - start);
   std::cout << "[ measured ] answering idle client closed after " << took << " s\n";
   EXPECT_GE(took, 2.9);
   EXPECT_LE(took, 6.0);
-  EXPECT_GE(c.pings(), 2u);
-  EXPECT_GE(c.goaways(), 1u) << "an idle close says GOAWAY";
+  EXPECT_GE(pings_from(c), 2u);
+  EXPECT_GE(c.count(kGoaway), 1u) << "an idle close says GOAWAY";
   auto n = stop_and_count();
   EXPECT_EQ(n["idle_closed"], 1u);
   EXPECT_EQ(n["keepalive_timeouts"], 0u);
