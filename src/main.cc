@@ -45,6 +45,9 @@ namespace {
 using namespace tlsgate;
 
 constexpr int kExitRuntime = 1;
+// The drain ended before every stream did ([drain] timeout, or a second
+// SIGTERM): a supervisor sees that calls were cut.
+constexpr int kExitDrainCut = 3;
 constexpr int kExitConfig = 2;
 
 const char* kUsage =
@@ -56,7 +59,8 @@ const char* kUsage =
     "  --config FILE        serve with this TOML configuration\n"
     "  --check-config FILE  validate FILE (including certificates and keys) and exit\n"
     "  --log-level LEVEL    default info\n"
-    "Exit codes: 0 stopped cleanly, 1 runtime failure, 2 bad configuration or usage.\n"
+    "Exit codes: 0 stopped cleanly, 1 runtime failure, 2 bad configuration or usage,\n"
+    "3 the drain closed connections with streams still running.\n"
     "Signals: SIGTERM/SIGINT drain ([drain] delay, then GOAWAY and [drain] timeout)\n"
     "and stop, a second one stops at once; SIGHUP reloads FILE (refused, and logged,\n"
     "when it is bad or changes workers or a listener's address).\n";
@@ -525,7 +529,13 @@ int serve(const config::Config& cfg, const tls::KtlsSupport& ktls) {
   log::flush_suppressed();
   LOG_INFO("main", "stopped: %s config_reloads=%lu config_reload_failures=%lu access_log_lost=%lu",
            total.describe().c_str(), control.reloads, control.reloads_refused, access_log.lines_lost());
-  return ok ? 0 : kExitRuntime;
+  if (!ok) return kExitRuntime;
+  if (total.drain_cut_connections > 0) {
+    LOG_WARN("main", "exit %d: the drain closed %lu connections with streams still running", kExitDrainCut,
+             total.drain_cut_connections);
+    return kExitDrainCut;
+  }
+  return 0;
 }
 
 }  // namespace

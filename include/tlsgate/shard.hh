@@ -91,6 +91,7 @@ struct Counters {
   uint64_t accept_paused = 0;         // accepting paused: a listener's max_connections reached
   uint64_t send_stalled_closed = 0;   // clients closed: not reading while the I/O pool was full
   uint64_t fd_exhausted = 0;          // accept or upstream connect failed with EMFILE/ENFILE
+  uint64_t drain_cut_connections = 0; // closed by the drain's end ([drain] timeout, second SIGTERM) with streams running
   // Connection age and keepalive (issue 18; the listener's keys).
   uint64_t keepalive_pings = 0;       // PINGs sent to clients quiet for keepalive_interval
   uint64_t keepalive_timeouts = 0;    // clients closed: nothing received within keepalive_timeout of the PING

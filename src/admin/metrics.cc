@@ -139,6 +139,8 @@ constexpr CounterMetric kCounterMetrics[] = {
      "Access log lines put in the shards' buffers"},
     {"access_log_dropped", &Counters::access_log_dropped, "tlsgate_access_log_dropped_total", nullptr, nullptr,
      "Access log lines dropped because the writer had not taken the shard's buffer yet"},
+    {"drain_cut_connections", &Counters::drain_cut_connections, "tlsgate_drain_cut_connections_total", nullptr,
+     nullptr, "Client connections the drain's end closed with streams still running"},
     {"body_buffer_resets", &Counters::body_buffer_resets, "tlsgate_body_buffer_resets_total", nullptr, nullptr,
      "Streams reset because the shard's body pool could not hold their bytes"},
     {"accept_paused", &Counters::accept_paused, "tlsgate_accept_paused_total", nullptr, nullptr,

@@ -60,16 +60,6 @@ void ClientConnection::start(const io::Completion& accepted) {
 
 namespace {
 
-// "203.0.113.7:50051" / "[2001:db8::1]:50051" of an endpoint, into `out`.
-std::string_view endpoint_text(const config::SocketAddress& a, char* out, size_t cap) {
-  char ip[INET6_ADDRSTRLEN] = {0};
-  const bool v6 = a.family() == AF_INET6;
-  const void* src = v6 ? static_cast<const void*>(&reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr)
-                       : static_cast<const void*>(&reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr);
-  if (::inet_ntop(a.family(), src, ip, sizeof ip) == nullptr) return {};
-  const int n = std::snprintf(out, cap, v6 ? "[%s]:%u" : "%s:%u", ip, a.port());
-  return n > 0 && static_cast<size_t>(n) < cap ? std::string_view(out, static_cast<size_t>(n)) : std::string_view();
-}
 
 }  // namespace
 
@@ -99,14 +89,14 @@ void ClientConnection::stream_ended(const h2::StreamEnd& e) {
   r.response_bytes = e.response_bytes;
   r.duration_us = e.end_us >= e.start_us ? e.end_us - e.start_us : 0;
   r.retries = e.retries();
-  char upstream[64];
+  char upstream[kAddressText];
   const auto& clusters = snapshot->config->clusters;
   if (e.cluster >= 0 && static_cast<size_t>(e.cluster) < clusters.size()) {
     r.cluster = clusters[static_cast<size_t>(e.cluster)].name;
     const uint32_t pool_id = snapshot->clusters[static_cast<size_t>(e.cluster)].pool_id;
     const auto& pool = loop->pool.clusters();
     if (e.endpoint >= 0 && pool_id < pool.size() && static_cast<size_t>(e.endpoint) < pool[pool_id]->endpoints.size())
-      r.upstream = endpoint_text(pool[pool_id]->endpoints[static_cast<size_t>(e.endpoint)]->addr, upstream,
+      r.upstream = numeric_address(pool[pool_id]->endpoints[static_cast<size_t>(e.endpoint)]->addr, upstream,
                                  sizeof upstream);
   }
   if (log->append(r)) ++loop->counters.access_log_lines;

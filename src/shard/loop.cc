@@ -537,6 +537,7 @@ void Loop::drain_step() {
     if (late && d->h2 && d->h2->active_streams() > 0) ++cut;
     d->drain_step(late, ack_overdue);
   }
+  counters.drain_cut_connections += cut;
   if (cut > 0) LOG_WARN("shard", "%u: drain timeout: %lu connections closed with streams running", id, cut);
   if (downs.live == 0)
     for (auto& u : ups.items)

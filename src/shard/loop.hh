@@ -70,6 +70,12 @@ constexpr uint32_t slot_of(uint64_t ud) { return static_cast<uint32_t>(ud); }
 
 uint64_t clock_ms();
 
+// "203.0.113.7:50051" / "[2001:db8::1]:50051" into `out` (kAddressText
+// bytes hold any): endpoints of one DNS name share their config text (the
+// name), so metrics and the access log name them by address.
+inline constexpr size_t kAddressText = 64;
+std::string_view numeric_address(const config::SocketAddress& a, char* out, size_t cap);
+
 // A warning that repeats is logged at most once per kWarnIntervalMs, saying
 // how many times it happened since the last line.
 struct RepeatedWarning {

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <time.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include "loop.hh"
@@ -45,20 +46,18 @@ const char* endpoint_state(const upstream::EndpointState& s, uint64_t now) {
   return s.healthy ? "healthy" : "unhealthy";
 }
 
-// The numeric address: endpoints of one DNS name share their text (the name).
-std::string numeric(const config::SocketAddress& a) {
-  char ip[INET6_ADDRSTRLEN] = "?";
-  if (a.family() == AF_INET) {
-    const auto* in = reinterpret_cast<const sockaddr_in*>(&a.storage);
-    inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
-    return std::string(ip) + ":" + std::to_string(a.port());
-  }
-  const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&a.storage);
-  inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip);
-  return "[" + std::string(ip) + "]:" + std::to_string(a.port());
-}
 
 }  // namespace
+
+std::string_view numeric_address(const config::SocketAddress& a, char* out, size_t cap) {
+  char ip[INET6_ADDRSTRLEN] = {0};
+  const bool v6 = a.family() == AF_INET6;
+  const void* src = v6 ? static_cast<const void*>(&reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr)
+                       : static_cast<const void*>(&reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr);
+  if (::inet_ntop(a.family(), src, ip, sizeof ip) == nullptr) return {};
+  const int n = std::snprintf(out, cap, v6 ? "[%s]:%u" : "%s:%u", ip, a.port());
+  return n > 0 && static_cast<size_t>(n) < cap ? std::string_view(out, static_cast<size_t>(n)) : std::string_view();
+}
 
 void Loop::count_handshake(uint32_t listener, const char* version, const char* cipher, bool resumed, bool kernel) {
   for (Stats::Handshakes& h : handshake_kinds)
@@ -128,7 +127,8 @@ Stats Loop::make_stats() {
     for (size_t e = 0; e < c.endpoints.size(); ++e) {
       const upstream::Endpoint& ep = *c.endpoints[e];
       Stats::Endpoint& row = out.endpoints.emplace_back();
-      row.address = numeric(ep.addr);
+      char text[kAddressText];
+      row.address = numeric_address(ep.addr, text, sizeof text);
       row.state = endpoint_state(c.states[e], now);
       row.connections = ep.conns.size();
       row.streams = ep.stats.streams;

@@ -66,7 +66,8 @@ TEST_F(Drain, SecondSigtermStopsAtOnce) {
   const ExitStatus st = gw_->wait_exit(20s);
   const auto took = Clock::now() - term;
   call.join();
-  EXPECT_TRUE(st.exited && st.code == 0) << st.to_string();
+  EXPECT_TRUE(st.exited && st.code == 3) << "exit 3: a running call was cut; " << st.to_string();
+  EXPECT_EQ(stopped_counters(gw_->process().stderr_text())["drain_cut_connections"], "1");
   EXPECT_LT(took, 5s) << "a second SIGTERM must not wait for the 8 s call nor the 10 s timeout";
   EXPECT_NE(gw_->process().stderr_text().find("again: stopping now"), std::string::npos);
 }

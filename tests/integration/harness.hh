@@ -244,6 +244,10 @@ struct GatewayConfig {
   std::string record_layer;
   // An [admin] listener on 127.0.0.1:0 (Gateway::admin_port() finds its port).
   bool admin = false;
+  // Not TOML: the test leaves streams running when it stops the gateway
+  // (clients that never finish them), so stop() accepts exit 3 (the drain
+  // cut them) besides 0.
+  bool leaves_streams = false;
   // Not TOML: added to tlsgate's environment (e.g. LD_PRELOAD).
   std::map<std::string, std::string> process_env;
   std::string render() const;
@@ -286,6 +290,7 @@ class Gateway {
   Endpoint endpoint_;
   bool started_ = false;
   bool stopped_ = false;
+  bool leaves_streams_ = false;
 };
 
 // The environment every tlsgate child gets (sanitizer settings).
