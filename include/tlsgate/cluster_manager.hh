@@ -176,7 +176,8 @@ class ClusterManager final : public h2::Pool {
   // Every ~100 ms: connect timeouts, keepalive PINGs, idle connections and
   // drained DNS-removed endpoints closed, health checks started or timed out.
   void tick();
-  // No new streams from now on (the gateway drains).
+  // The gateway drains: no more health checks. Streams the client
+  // connections still accept before their final GOAWAY are served as usual.
   void stop() { stopping_ = true; }
   // The name the backend's certificate must carry: server_name, else the
   // endpoint's DNS name, else its IP address (`is_ip`).

@@ -130,11 +130,10 @@ Endpoint& ClusterManager::add_endpoint(Cluster& c, const config::SocketAddress& 
 
 // ------------------------------------------------------------ streams
 
+// While the gateway drains, streams still come on client connections until
+// their final GOAWAY (RFC 9113 6.8): they are forwarded and retried like any
+// other; [drain] timeout bounds them.
 h2::UpstreamSession* ClusterManager::pick(uint32_t cluster, int avoid, const char*& why) {
-  if (stopping_) {
-    why = "gateway is shutting down";
-    return nullptr;
-  }
   Cluster& c = *clusters_.at(cluster);
   if (c.pending >= c.cfg->max_pending_streams) {
     ++counters_.circuit_breaker_streams;
@@ -155,7 +154,7 @@ h2::UpstreamSession* ClusterManager::pick(uint32_t cluster, int avoid, const cha
 // Retry where: pick() with the failed endpoint to avoid. Retry whether: a
 // stream the backend never processed, while the cluster's retries last.
 bool ClusterManager::may_retry(const h2::ClusterPolicy& policy, uint32_t attempts) {
-  return !stopping_ && attempts <= policy.retries;
+  return attempts <= policy.retries;
 }
 
 // The least busy connection to the endpoint that takes another stream, or a
