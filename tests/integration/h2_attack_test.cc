@@ -894,15 +894,20 @@ class H2Drain : public GatewayTest {
 
 uint32_t goaway_last_id(const Frame& f) { return be32(f.payload, 0) & 0x7fffffff; }
 
+// The gateway acknowledged the client's SETTINGS: its session is up.
+bool settings_acked(RawH2Client& a) {
+  return a.read_until([](const std::vector<Frame>& fs) {
+    for (const Frame& f : fs)
+      if (f.type == kSettings && (f.flags & kAck)) return true;
+    return false;
+  }, 5s);
+}
+
 TEST_F(H2Drain, TwoStepGoawayServesStreamsOpenedBeforeTheFinalOne) {
   RawH2Client a;
   ASSERT_EQ(a.open(gw_->endpoint().port), "");
   ASSERT_TRUE(a.send(request_headers(1, false)));  // open: its body is still to come
-  ASSERT_TRUE(a.read_until([](const std::vector<Frame>& fs) {
-    for (const Frame& f : fs)
-      if (f.type == kSettings && (f.flags & kAck)) return true;
-    return false;
-  }, 5s));
+  ASSERT_TRUE(settings_acked(a));
   gw_->process().signal(SIGTERM);
   const Frame* ping = nullptr;
   ASSERT_TRUE(a.read_until([&](const std::vector<Frame>& fs) {
@@ -937,11 +942,7 @@ TEST_F(H2Drain, FinalGoawayComesWithoutThePingAck) {
   RawH2Client a;
   ASSERT_EQ(a.open(gw_->endpoint().port), "");
   ASSERT_TRUE(a.send(request_headers(1, false)));
-  ASSERT_TRUE(a.read_until([](const std::vector<Frame>& fs) {
-    for (const Frame& f : fs)
-      if (f.type == kSettings && (f.flags & kAck)) return true;
-    return false;
-  }, 5s));
+  ASSERT_TRUE(settings_acked(a));
   gw_->process().signal(SIGTERM);
   ASSERT_TRUE(a.read_until([&](const std::vector<Frame>&) { return a.count(kGoaway) >= 2; }, 5s))
       << "no final GOAWAY without the PING's ACK";
