@@ -43,8 +43,7 @@ struct Fixture {
   Fixture(const char* cert, const char* key, int version) {
     init_once();
     tlsgate::config::TlsSettings s;
-    s.certificate = cert_dir() + "/" + cert;
-    s.private_key = cert_dir() + "/" + key;
+    s.certificates.push_back({cert_dir() + "/" + cert, cert_dir() + "/" + key, "", {}, {}, {}});
     server = std::make_unique<tlsgate::tls::Context>(s);
     client = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_min_proto_version(client, version);

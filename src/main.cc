@@ -131,9 +131,12 @@ tls::KtlsSupport check_ktls(const config::Config& cfg) {
 // Loads every certificate and key once in the main thread, so a bad file is
 // a start-up error (or a refused reload) and not a shard failure. "" or what
 // is wrong.
-std::string tls_problem(const config::Config& cfg) {
+std::string tls_problem(const config::Config& cfg, std::vector<std::string>* warnings = nullptr) {
   try {
-    for (const config::Listener& l : cfg.listeners) tls::Context probe(l.tls);
+    for (const config::Listener& l : cfg.listeners) {
+      tls::Context probe(l.tls);
+      if (warnings) warnings->insert(warnings->end(), probe.warnings().begin(), probe.warnings().end());
+    }
     for (const config::Cluster& c : cfg.clusters)
       if (c.tls.enabled) tls::Context probe(c.tls);
   } catch (const std::exception& e) {
@@ -142,9 +145,17 @@ std::string tls_problem(const config::Config& cfg) {
   return "";
 }
 
-void check_tls(const config::Config& cfg) {
-  const std::string problem = tls_problem(cfg);
+// What is allowed but probably wrong (a private key others can read, an
+// expired certificate): said on stderr by --check-config, logged otherwise.
+std::vector<std::string> check_tls(const config::Config& cfg) {
+  std::vector<std::string> warnings = cfg.warnings;
+  const std::string problem = tls_problem(cfg, &warnings);
   if (!problem.empty()) config_error(problem);
+  return warnings;
+}
+
+void log_warnings(const std::vector<std::string>& warnings) {
+  for (const std::string& w : warnings) LOG_WARN("config", "%s", w.c_str());
 }
 
 // What a reload cannot change: the shards and their listening sockets. ""
@@ -336,9 +347,11 @@ struct Control {
     LOG_INFO("main", "SIGHUP: reloading %s", running->path.c_str());
     auto next = std::make_shared<config::Config>();
     std::string problem;
+    std::vector<std::string> warnings;
     try {
       *next = config::load_file(running->path);
-      problem = tls_problem(*next);
+      warnings = next->warnings;
+      problem = tls_problem(*next, &warnings);
       if (problem.empty()) problem = reload_refusal(*running, *next, ktls);
       // Last, once nothing else can refuse the file: the access log's file
       // (re)opened. One that cannot be opened refuses the reload like any
@@ -358,6 +371,7 @@ struct Control {
     }
     // The old watcher's answers are in the running configuration's indices:
     // stopped first, and Shard::adopt drops what it queued.
+    log_warnings(warnings);
     dns->stop();
     running = next;
     for (ShardThread& s : shards)
@@ -568,13 +582,15 @@ int main(int argc, char** argv) {
   } catch (const config::ConfigError& e) {
     config_error(e.what());
   }
-  check_tls(cfg);
+  const std::vector<std::string> warnings = check_tls(cfg);
   tls::KtlsSupport ktls = check_ktls(cfg);
   if (args.check) {
+    for (const std::string& w : warnings) std::fprintf(stderr, "tlsgate: warning: %s\n", w.c_str());
     std::printf("%s: configuration OK (%zu listeners, %zu clusters, %u workers)\n", args.config.c_str(),
                 cfg.listeners.size(), cfg.clusters.size(), cfg.workers);
     return 0;
   }
+  log_warnings(warnings);
   try {
     return serve(cfg, ktls);
   } catch (const std::exception& e) {

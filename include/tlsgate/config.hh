@@ -98,17 +98,55 @@ struct CipherPolicy {
   Origin groups_origin;
 };
 
+// One certificate of a listener: the names it serves are its subjectAltName
+// DNS entries (read when the tls::Context is made, not repeated here).
+struct CertificateFiles {
+  std::string certificate;    // path, PEM chain (leaf first)
+  std::string private_key;    // path, PEM
+  std::string ocsp_response;  // path, DER OCSP response to staple; "" = none
+  Origin certificate_origin;
+  Origin private_key_origin;
+  Origin ocsp_response_origin;
+};
+
+// One session-ticket key from a ticket_keys file: its name (which key sealed
+// a ticket), HMAC-SHA256 key and AES-256 key, in the file's order. Wiped when
+// freed.
+struct TicketKey {
+  static constexpr size_t kSize = 80;
+  uint8_t name[16] = {};
+  uint8_t hmac[32] = {};
+  uint8_t aes[32] = {};
+  TicketKey() = default;
+  TicketKey(const TicketKey&) = default;
+  TicketKey& operator=(const TicketKey&) = default;
+  ~TicketKey();
+};
+
+// The keys of a ticket_keys file's text: one per line, base64 of 80 bytes
+// (16 name, 32 HMAC, 32 AES); blank lines and lines starting with '#' are
+// skipped; at least one, at most kMaxTicketKeys, no name twice. Throws
+// std::invalid_argument "<file>:<line>: <problem>" naming the file `name`.
+inline constexpr size_t kMaxTicketKeys = 64;
+std::vector<TicketKey> parse_ticket_keys(std::string_view text, const std::string& name);
+
 struct TlsSettings {
-  std::string certificate;  // path, PEM chain (leaf first)
-  std::string private_key;  // path, PEM
+  // At least one; the first is the default for a ClientHello whose server
+  // name no certificate carries (or that sends none).
+  std::vector<CertificateFiles> certificates;
+  // True when written as the list [[listeners.tls.certificates]] (for /config).
+  bool certificate_list = false;
+  // Session tickets: "" = keys made at random per process (shared by its
+  // shards); else the file's keys, the first sealing new tickets.
+  std::string ticket_keys;
+  Origin ticket_keys_origin;
+  std::vector<TicketKey> ticket_key_set;
   std::vector<std::string> alpn{"h2", "http/1.1"};
   TlsVersion min_version = TlsVersion::Tls12;
   Ktls ktls = Ktls::Auto;
   RecordLayer record_layer = RecordLayer::Tlsgate;
   uint32_t session_tickets = 1;  // TLS 1.3 tickets per handshake; 0 = no tickets at all
   CipherPolicy cipher_policy;
-  Origin certificate_origin;
-  Origin private_key_origin;
   Origin ktls_origin;
 };
 
@@ -249,6 +287,9 @@ struct AccessLog {
 
 struct Config {
   std::string path;
+  // What is allowed but probably a mistake (a private key others can read):
+  // logged at start-up and on reload, printed by --check-config.
+  std::vector<std::string> warnings;
   unsigned workers = 1;  // "auto" resolved to the number of online CPUs
   bool workers_auto = false;
   Admin admin;

@@ -13,6 +13,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -63,19 +64,37 @@ class Context {
   ~Context();
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
+  // The default context (a server's first certificate).
   void* native() const { return ctx_; }
+  // Server: the context whose certificates carry `server_name` (exact, or a
+  // wildcard for its first label; any case), else the default one.
+  void* context_for(std::string_view server_name) const;
+  // Server: SSL_CTXs made (one per group of certificates serving the same
+  // names); 1 for a client context.
+  size_t contexts() const;
+  // Server: what the operator should hear about its certificates (expired,
+  // unreachable), for start-up, --check-config and reloads.
+  const std::vector<std::string>& warnings() const;
+  struct Server;
   bool detach() const { return detach_; }
   // Whether its sessions may leave OpenSSL after the handshake (kTLS or the
   // detached record layer), which needs their traffic secrets kept current.
   bool leaves_openssl() const { return detach_ || ktls_; }
 
  private:
+  void* make_server_ctx(const config::TlsSettings& settings);
   void* ctx_ = nullptr;  // SSL_CTX*
+  std::unique_ptr<Server> server_;
   bool detach_ = false;
   bool ktls_ = false;
 };
 
 enum class HandshakeState { InProgress, Done, Failed };
+
+// The host_name of the server_name extension of the ClientHello that starts
+// `record` (a whole TLS record as received), or "" when there is none or the
+// record cannot be read as one (client_hello.cc).
+std::string_view server_name_of(std::span<const uint8_t> record);
 
 // Why tlsgate's own record layer (a detached TLS 1.3 session) ended a
 // connection; each is counted by the shard. The first five are the peer's
@@ -150,6 +169,10 @@ class Session {
   const char* cipher() const;
   // The handshake resumed a session (a ticket or a session id).
   bool resumed() const { return resumed_; }
+  // The client asked for a server name no certificate carries (and got the
+  // default certificate).
+  bool unknown_server_name() const { return unknown_server_name_; }
+  void note_unknown_server_name() { unknown_server_name_ = true; }
   // Why the handshake failed, for the log (OpenSSL's reason string).
   const std::string& failure() const { return failure_; }
   HandshakeFailure handshake_failure() const { return handshake_failure_; }
@@ -250,6 +273,7 @@ class Session {
   const char* version_name_ = "";
   const char* cipher_name_ = "";
   bool resumed_ = false;
+  bool unknown_server_name_ = false;
   HandshakeFailure handshake_failure_ = HandshakeFailure::Other;
   KtlsCipher cipher_kind_ = KtlsCipher::Unknown;
   // kTLS bookkeeping.

@@ -48,6 +48,8 @@ constexpr CounterMetric kCounterMetrics[] = {
      nullptr, nullptr, "Client connections ended by an HTTP/2 protocol error or a spent abuse budget"},
     {"tls_userspace", &Counters::tls_userspace, "tlsgate_tls_userspace_connections_total", nullptr, nullptr,
      "Client connections whose record crypto stayed in userspace"},
+    {"tls_unknown_server_name", &Counters::tls_unknown_server_name, "tlsgate_tls_unknown_server_name_total", nullptr,
+     nullptr, "TLS handshakes whose server name no certificate carries (the default certificate was sent)"},
     {"upstream_connects", &Counters::upstream_connects, "tlsgate_upstream_connects_total", nullptr, nullptr,
      "Connections opened to backends"},
     {"upstream_connect_failures", &Counters::upstream_connect_failures, "tlsgate_upstream_connect_failures_total",

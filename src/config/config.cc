@@ -293,9 +293,14 @@ class Table {
 
 // A file that must be readable, checked once the whole document is valid.
 struct FileCheck {
+  enum Kind { Plain, PrivateKey, TicketKeys };
   std::string path;
   Origin origin;
+  Kind kind = Plain;
 };
+
+constexpr size_t kMaxCertificates = 10000;
+constexpr size_t kMaxTicketFile = 64 << 10;  // 64 keys are 7 KiB
 
 std::optional<std::string> readable_problem(const std::string& path) {
   if (path.empty()) return std::string("must not be empty");
@@ -314,6 +319,53 @@ std::optional<std::string> readable_problem(const std::string& path) {
   if (S_ISDIR(st.st_mode)) return "cannot read '" + path + "': " + errno_text(EISDIR);
   if (!S_ISREG(st.st_mode)) return "'" + path + "' is not a regular file";
   return std::nullopt;
+}
+
+// Secrets others can read: a private key is a warning (some deployments
+// share a group on purpose), ticket keys readable by everyone an error (they
+// decrypt every resumed session's traffic until rotated).
+void check_file_mode(const std::string& config_name, const FileCheck& f, std::vector<std::string>& warnings) {
+  if (f.kind == FileCheck::Plain) return;
+  struct stat st {};
+  if (::stat(f.path.c_str(), &st) != 0) return;  // readable_problem() just opened it
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+  if (f.kind == FileCheck::PrivateKey && (st.st_mode & 077) != 0)
+    warnings.push_back(format_error(config_name, {f.origin.line, f.origin.column}, f.origin.key,
+                                    "private key '" + f.path + "' is readable by group or others (mode " + mode +
+                                        "); chmod 600 it"));
+  if (f.kind == FileCheck::TicketKeys && (st.st_mode & S_IROTH) != 0)
+    throw ConfigError(format_error(config_name, {f.origin.line, f.origin.column}, f.origin.key,
+                                   "'" + f.path + "' is readable by others (mode " + mode +
+                                       "): whoever reads it can decrypt resumed sessions; chmod 600 (or 640)"));
+}
+
+std::vector<TicketKey> load_ticket_keys(const std::string& config_name, const TlsSettings& tls) {
+  const Origin& o = tls.ticket_keys_origin;
+  auto fail = [&](const std::string& problem) {
+    return ConfigError(format_error(config_name, {o.line, o.column}, o.key, problem));
+  };
+  int fd = ::open(tls.ticket_keys.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) throw fail("cannot read '" + tls.ticket_keys + "': " + errno_text(errno));
+  std::string text(kMaxTicketFile + 1, '\0');
+  size_t got = 0;
+  while (got < text.size()) {
+    ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  if (got > kMaxTicketFile) throw fail("'" + tls.ticket_keys + "' is larger than 64 KiB; not a ticket key file");
+  text.resize(got);
+  try {
+    std::vector<TicketKey> keys = parse_ticket_keys(text, tls.ticket_keys);
+    explicit_bzero(text.data(), text.size());
+    return keys;
+  } catch (const std::invalid_argument& e) {
+    explicit_bzero(text.data(), text.size());
+    throw fail(e.what());
+  }
 }
 
 bool same_address(const SocketAddress& a, const SocketAddress& b) {
@@ -467,15 +519,59 @@ void read_cipher_policy(const Table& t, CipherPolicy& p) {
   }
 }
 
-void read_tls(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
-  t.check_keys({"certificate", "private_key", "alpn", "min_version", "ktls", "record_layer", "session_tickets",
-                "ciphers", "ciphersuites", "groups"});
+// One certificate's keys, in [listeners.tls] itself or in an entry of its
+// certificates list.
+CertificateFiles read_certificate_files(const Table& t, std::vector<FileCheck>& files) {
+  CertificateFiles c;
   Value cert = t.require("certificate");
   Value key = t.require("private_key");
-  tls.certificate = t.string(cert);
-  tls.certificate_origin = t.origin(cert);
-  tls.private_key = t.string(key);
-  tls.private_key_origin = t.origin(key);
+  c.certificate = t.string(cert);
+  c.certificate_origin = t.origin(cert);
+  c.private_key = t.string(key);
+  c.private_key_origin = t.origin(key);
+  files.push_back({c.certificate, c.certificate_origin});
+  files.push_back({c.private_key, c.private_key_origin, FileCheck::PrivateKey});
+  if (auto v = t.get("ocsp_response")) {
+    c.ocsp_response = t.string(*v);
+    c.ocsp_response_origin = t.origin(*v);
+    files.push_back({c.ocsp_response, c.ocsp_response_origin});
+  }
+  return c;
+}
+
+// Either one pair in the table or a list of them, never both: a pair beside
+// a list would leave unclear which one is the default.
+void read_certificates(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
+  auto list = t.get("certificates");
+  if (!list) {
+    tls.certificates.push_back(read_certificate_files(t, files));
+    return;
+  }
+  for (std::string_view single : {"certificate", "private_key", "ocsp_response"})
+    if (auto v = t.get(single))
+      t.fail(*v, "not allowed beside \"certificates\"; move it into the list's first entry");
+  const auto* a = list->node->as_array();
+  if (a == nullptr) t.fail(*list, std::string("expected an array of tables, got ") + type_name(*list->node));
+  if (a->empty()) t.fail(*list, "at least one certificate is required");
+  if (a->size() > kMaxCertificates)
+    t.fail(*list, "at most " + std::to_string(kMaxCertificates) + " certificates, got " + std::to_string(a->size()));
+  for (size_t i = 0; i < a->size(); ++i) {
+    Table e = t.sub(t.element(*list, *a, i));
+    e.check_keys({"certificate", "private_key", "ocsp_response"});
+    tls.certificates.push_back(read_certificate_files(e, files));
+  }
+  tls.certificate_list = true;
+}
+
+void read_tls(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
+  t.check_keys({"certificate", "private_key", "ocsp_response", "certificates", "ticket_keys", "alpn", "min_version",
+                "ktls", "record_layer", "session_tickets", "ciphers", "ciphersuites", "groups"});
+  read_certificates(t, tls, files);
+  if (auto v = t.get("ticket_keys")) {
+    tls.ticket_keys = t.string(*v);
+    tls.ticket_keys_origin = t.origin(*v);
+    files.push_back({tls.ticket_keys, tls.ticket_keys_origin, FileCheck::TicketKeys});
+  }
 
   if (auto v = t.get("alpn")) {
     const toml::array& a = t.array(*v);
@@ -511,8 +607,6 @@ void read_tls(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
   }
   if (auto v = t.get("session_tickets")) tls.session_tickets = static_cast<uint32_t>(t.integer(*v, 0, 8));
   read_cipher_policy(t, tls.cipher_policy);
-  files.push_back({tls.certificate, tls.certificate_origin});
-  files.push_back({tls.private_key, tls.private_key_origin});
 }
 
 std::string read_name(const Table& t, const Value& v) {
@@ -694,7 +788,7 @@ void read_upstream_tls(const Table& t, UpstreamTls& tls, std::vector<FileCheck>&
     tls.certificate = t.string(*cert);
     tls.private_key = t.string(*key);
     files.push_back({tls.certificate, t.origin(*cert)});
-    files.push_back({tls.private_key, t.origin(*key)});
+    files.push_back({tls.private_key, t.origin(*key), FileCheck::PrivateKey});
   }
   read_cipher_policy(t, tls.cipher_policy);
 }
@@ -815,7 +909,10 @@ Config build(const toml::table& doc, const std::string& name) {
     if (auto problem = readable_problem(f.path)) {
       throw ConfigError(format_error(name, {f.origin.line, f.origin.column}, f.origin.key, *problem));
     }
+    check_file_mode(name, f, cfg.warnings);
   }
+  for (Listener& l : cfg.listeners)
+    if (!l.tls.ticket_keys.empty()) l.tls.ticket_key_set = load_ticket_keys(name, l.tls);
   return cfg;
 }
 

@@ -62,6 +62,12 @@ void write_ciphers(Writer& w, const CipherPolicy& p) {
   w.str("groups", p.groups);
 }
 
+void write_certificate(Writer& w, const CertificateFiles& c) {
+  w.str("certificate", c.certificate);
+  w.str("private_key", c.private_key);
+  if (!c.ocsp_response.empty()) w.str("ocsp_response", c.ocsp_response);
+}
+
 void write_listener(Writer& w, const Listener& l) {
   w.header("[[listeners]]");
   w.str("name", l.name);
@@ -81,8 +87,8 @@ void write_listener(Writer& w, const Listener& l) {
   if (l.keepalive_interval.count() > 0) w.dur("keepalive_interval", l.keepalive_interval);
   w.dur("keepalive_timeout", l.keepalive_timeout);
   w.header("[listeners.tls]");
-  w.str("certificate", l.tls.certificate);
-  w.str("private_key", l.tls.private_key);
+  if (!l.tls.certificate_list) write_certificate(w, l.tls.certificates.front());
+  if (!l.tls.ticket_keys.empty()) w.str("ticket_keys", l.tls.ticket_keys);  // the path, never a key
   std::string alpn = "[";
   for (size_t i = 0; i < l.tls.alpn.size(); ++i) alpn += (i ? ", " : "") + quoted(l.tls.alpn[i]);
   w.line("alpn", alpn + "]");
@@ -91,6 +97,12 @@ void write_listener(Writer& w, const Listener& l) {
   w.str("record_layer", to_string(l.tls.record_layer));
   w.num("session_tickets", l.tls.session_tickets);
   write_ciphers(w, l.tls.cipher_policy);
+  if (l.tls.certificate_list) {
+    for (const CertificateFiles& c : l.tls.certificates) {
+      w.header("[[listeners.tls.certificates]]");
+      write_certificate(w, c);
+    }
+  }
   for (const Route& r : l.routes) {
     w.header("[[listeners.routes]]");
     if (!r.authority.empty()) w.str("authority", r.authority);

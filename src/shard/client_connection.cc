@@ -254,6 +254,7 @@ void ClientConnection::handshake_done() {
   tls_version = tls->version();
   tls_cipher = tls->cipher();
   tls_resumed = tls->resumed();
+  if (tls->unknown_server_name()) ++loop->counters.tls_unknown_server_name;
 }
 
 void ClientConnection::count_record_layer(bool kernel) {

@@ -14,7 +14,7 @@ std::string Counters::describe() const {
   char buf[4096];
   std::snprintf(buf, sizeof buf,
                 "accepted=%lu handshakes=%lu handshake_failures=%lu handshake_timeouts=%lu http1_rejected=%lu "
-                "idle_closed=%lu downstream_protocol_errors=%lu tls_userspace=%lu upstream_connects=%lu "
+                "idle_closed=%lu downstream_protocol_errors=%lu tls_userspace=%lu tls_unknown_server_name=%lu upstream_connects=%lu "
                 "upstream_connect_failures=%lu upstream_lost=%lu streams_forwarded=%lu streams_unavailable=%lu "
                 "streams_reset_by_client=%lu streams_reset_by_upstream=%lu header_limit_resets=%lu "
                 "deadline_exceeded=%lu retries=%lu circuit_breaker_streams=%lu circuit_breaker_connections=%lu "
@@ -26,7 +26,7 @@ std::string Counters::describe() const {
                 "h2_streams_cancelled=%lu h2_closed_glitch_budget=%lu h2_closed_reset_budget=%lu "
                 "h2_closed_shard_reset_budget=%lu h2_closed_flood=%lu h2_closed_bad_preface=%lu",
                 accepted, handshakes, handshake_failures, handshake_timeouts, http1_rejected, idle_closed,
-                downstream_protocol_errors, tls_userspace, upstream_connects, upstream_connect_failures, upstream_lost,
+                downstream_protocol_errors, tls_userspace, tls_unknown_server_name, upstream_connects, upstream_connect_failures, upstream_lost,
                 streams_forwarded, streams_unavailable, streams_reset_by_client, streams_reset_by_upstream,
                 header_limit_resets, deadline_exceeded, retries, circuit_breaker_streams, circuit_breaker_connections,
                 no_healthy_endpoint, endpoints_ejected, endpoints_ejection_refused, health_check_failures, health_checks_passed,
@@ -114,6 +114,7 @@ void Counters::add(const Counters& o) {
   h2_closed_flood += o.h2_closed_flood;
   h2_closed_bad_preface += o.h2_closed_bad_preface;
   tls_userspace += o.tls_userspace;
+  tls_unknown_server_name += o.tls_unknown_server_name;
   for (int v = 0; v < 2; ++v)
     for (int c = 0; c < 3; ++c) ktls_offloaded[v][c] += o.ktls_offloaded[v][c];
   ktls_unsupported_cipher += o.ktls_unsupported_cipher;

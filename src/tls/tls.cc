@@ -9,9 +9,11 @@
 // are files of their own.
 #include "tlsgate/tls.hh"
 
+#include "certificates.hh"
 #include "cipher_policy.hh"
 #include "internal.hh"
 #include "record.hh"
+#include "tickets.hh"
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -100,10 +102,9 @@ constexpr uint8_t kAlertFatal = 2;
 constexpr uint8_t kAlertWarning = 1;
 constexpr uint8_t kCloseNotify = 0;
 
-// Session ticket keys (name 16 + HMAC 32 + AES 32), made once per process so
-// that a client resumes on whichever shard its next connection lands on.
-// Loading them from a file shared by every instance is a later step.
-unsigned char g_ticket_keys[80];
+// The session-ticket key of listeners without a ticket_keys file, made once
+// per process so that a client resumes on whichever shard it lands on.
+TicketKeys g_random_ticket_keys;
 
 int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned inlen,
                 void* arg) {
@@ -223,8 +224,8 @@ void init_library() {
 #ifdef TLSGATE_OPENSSL_WORKAROUNDS
   activate_workarounds();  // after OpenSSL loaded its configuration and providers
 #endif
-  if (RAND_bytes(g_ticket_keys, sizeof g_ticket_keys) != 1)
-    throw std::runtime_error("RAND_bytes for session ticket keys failed");
+  init_tickets();
+  g_random_ticket_keys = random_ticket_keys();
   g_bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tlsgate");
   BIO_meth_set_read(g_bio_method, BioAccess::read);
   BIO_meth_set_write(g_bio_method, BioAccess::write);
@@ -250,10 +251,48 @@ const char* to_string(HandshakeState s) {
   return "?";
 }
 
-Context::Context(const config::TlsSettings& settings, bool ktls) {
+// A listener's certificates, one SSL_CTX per group of them, and what every
+// one of those contexts shares (ALPN list, ticket keys).
+struct Context::Server {
+  explicit Server(const config::TlsSettings& settings) : certs(settings.certificates) {}
+  ~Server() {
+    for (SSL_CTX* c : contexts) SSL_CTX_free(c);
+  }
+  CertificateSet certs;
+  std::vector<SSL_CTX*> contexts;  // [g] holds certificate group g; [0] is the default
+  std::string alpn_wire;
+  TicketKeys ticket_keys;  // empty: the process's random key
+};
+
+namespace {
+
+// Picks the context of the certificate for the client's server name when
+// the ClientHello did not fit the early parse (server_name_of), and counts a
+// name no certificate carries. Called on every handshake; switches only when
+// the early choice was not already right.
+int servername_cb(SSL* ssl, int*, void* arg) {
+  const auto* server = static_cast<const Context::Server*>(arg);
+  const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  if (name == nullptr) return SSL_TLSEXT_ERR_OK;
+  const int g = server->certs.find(name);
+  if (g < 0) {
+    if (auto* s = static_cast<Session*>(SSL_get_app_data(ssl))) s->note_unknown_server_name();
+    return SSL_TLSEXT_ERR_OK;  // the default certificate; the client decides whether it will do
+  }
+  SSL_CTX* want = server->contexts[static_cast<size_t>(g)];
+  if (SSL_get_SSL_CTX(ssl) != want && SSL_set_SSL_CTX(ssl, want) == nullptr) return SSL_TLSEXT_ERR_ALERT_FATAL;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+}  // namespace
+
+// Everything but the certificates: the same for each of a listener's
+// contexts, since OpenSSL reads some settings from the context a session
+// switched to and others from the one it was made from.
+void* Context::make_server_ctx(const config::TlsSettings& settings) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) throw std::runtime_error("SSL_CTX_new: " + openssl_error_text());
-  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> owner(ctx, &SSL_CTX_free);  // a throw below frees it
+  server_->contexts.push_back(ctx);  // freed with server_ from here on, also by a throw below
   SSL_CTX_set_min_proto_version(ctx, settings.min_version == config::TlsVersion::Tls13 ? TLS1_3_VERSION
                                                                                       : TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
@@ -261,7 +300,7 @@ Context::Context(const config::TlsSettings& settings, bool ktls) {
   // (the largest part of its memory); mimalloc makes getting them back cheap.
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
   apply_cipher_policy(ctx, settings.cipher_policy);
-  SSL_CTX_set_tlsext_ticket_keys(ctx, g_ticket_keys, sizeof g_ticket_keys);
+  install_ticket_keys(ctx, server_->ticket_keys.keys.empty() ? &g_random_ticket_keys : &server_->ticket_keys);
   // OpenSSL sends two TLS 1.3 tickets by default; each costs ~6% of a new
   // connection's CPU (an encoded, encrypted session). A gRPC client keeps one
   // connection and resumes with one ticket, and gets a fresh one each time.
@@ -270,29 +309,44 @@ Context::Context(const config::TlsSettings& settings, bool ktls) {
     SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   }
-  if (SSL_CTX_use_certificate_chain_file(ctx, settings.certificate.c_str()) != 1)
-    throw std::runtime_error(settings.certificate_origin.to_string() + ": cannot load certificate '" +
-                             settings.certificate + "': " + openssl_error_text());
-  if (SSL_CTX_use_PrivateKey_file(ctx, settings.private_key.c_str(), SSL_FILETYPE_PEM) != 1)
-    throw std::runtime_error(settings.private_key_origin.to_string() + ": cannot load private key '" +
-                             settings.private_key + "': " + openssl_error_text());
-  if (SSL_CTX_check_private_key(ctx) != 1)
-    throw std::runtime_error(settings.private_key_origin.to_string() + ": private key '" + settings.private_key +
-                             "' does not match certificate '" + settings.certificate + "'");
-  // ALPN in wire format, kept alive as long as the context.
-  auto* wire = new std::string;
-  for (const std::string& p : settings.alpn) {
-    wire->push_back(static_cast<char>(p.size()));
-    *wire += p;
-  }
-  SSL_CTX_set_app_data(ctx, wire);
-  SSL_CTX_set_alpn_select_cb(ctx, alpn_select, wire);
+  SSL_CTX_set_alpn_select_cb(ctx, alpn_select, &server_->alpn_wire);
+  SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
+  SSL_CTX_set_tlsext_servername_arg(ctx, server_.get());
   // The traffic secrets are needed either way: for kernel TLS, or for the
   // session's own record layer once it detaches from OpenSSL.
   install_keylog(ctx);
+  return ctx;
+}
+
+Context::Context(const config::TlsSettings& settings, bool ktls) : server_(std::make_unique<Server>(settings)) {
+  for (const std::string& p : settings.alpn) {  // wire format
+    server_->alpn_wire.push_back(static_cast<char>(p.size()));
+    server_->alpn_wire += p;
+  }
+  server_->ticket_keys.keys = settings.ticket_key_set;
+  for (size_t g = 0; g < server_->certs.groups(); ++g) {
+    auto* ctx = static_cast<SSL_CTX*>(make_server_ctx(settings));
+    if (!server_->certs.install(ctx, g)) {
+      const config::CertificateFiles& f = settings.certificates[server_->certs.members(g).front()];
+      throw std::runtime_error(f.certificate_origin.to_string() + ": OpenSSL refused certificate '" + f.certificate +
+                               "': " + openssl_error_text());
+    }
+  }
   detach_ = !ktls && settings.record_layer == config::RecordLayer::Tlsgate;
   ktls_ = ktls;
-  ctx_ = owner.release();
+  ctx_ = server_->contexts.front();
+}
+
+void* Context::context_for(std::string_view server_name) const {
+  const int g = server_name.empty() ? -1 : server_->certs.find(server_name);
+  return server_->contexts[g < 0 ? 0 : static_cast<size_t>(g)];
+}
+
+size_t Context::contexts() const { return server_ ? server_->contexts.size() : 1; }
+
+const std::vector<std::string>& Context::warnings() const {
+  static const std::vector<std::string> none;
+  return server_ ? server_->certs.warnings() : none;
 }
 
 Context::Context(const config::UpstreamTls& settings) {
@@ -320,14 +374,11 @@ Context::Context(const config::UpstreamTls& settings) {
       throw std::runtime_error(where + ".private_key: private key '" + settings.private_key +
                                "' does not match certificate '" + settings.certificate + "'");
   }
-  SSL_CTX_set_app_data(ctx, nullptr);
   ctx_ = owner.release();
 }
 
 Context::~Context() {
-  auto* ctx = static_cast<SSL_CTX*>(ctx_);
-  delete static_cast<std::string*>(SSL_CTX_get_app_data(ctx));
-  SSL_CTX_free(ctx);
+  if (!server_) SSL_CTX_free(static_cast<SSL_CTX*>(ctx_));  // a server's contexts go with server_
 }
 
 // No SSL object yet: OpenSSL's objects for a connection in the handshake
@@ -339,7 +390,9 @@ Session::Session(Context& ctx, ChunkPool& pool)
     : server_ctx_(&ctx), pending_in_(&pool), detach_allowed_(ctx.detach()) {}
 
 bool Session::make_server_ssl() {
-  SSL* ssl = SSL_new(static_cast<SSL_CTX*>(server_ctx_->native()));
+  // Made from the context of the certificate for the client's server name,
+  // so that OpenSSL does not copy another certificate set to switch.
+  SSL* ssl = SSL_new(static_cast<SSL_CTX*>(server_ctx_->context_for(server_name_of(hello_))));
   if (ssl == nullptr) return false;
   BIO* bio = BIO_new(bio_method());
   if (bio == nullptr) {

@@ -70,7 +70,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (cfg.find_cluster(l.cluster) == nullptr || l.listen.length == 0) __builtin_trap();
       if (l.handshake_timeout.count() <= 0 || l.idle_timeout.count() <= 0) __builtin_trap();
       if (l.max_concurrent_streams < 1 || l.max_concurrent_streams > 0x7fffffffu) __builtin_trap();
-      if (l.listen_origin.line == 0 || l.tls.certificate_origin.line == 0) __builtin_trap();
+      if (l.listen_origin.line == 0 || l.tls.certificates.at(0).certificate_origin.line == 0) __builtin_trap();
     }
     for (const auto& c : cfg.clusters) {
       if (c.endpoints.empty() || c.connect_timeout.count() <= 0) __builtin_trap();

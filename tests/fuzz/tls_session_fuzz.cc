@@ -92,8 +92,7 @@ struct Process {
     const std::string cmd = "bash '" TLSGATE_SOURCE_ROOT "/tools/gen-cert' '" + dir + "' >/dev/null";
     if (std::system(cmd.c_str()) != 0) fail("tools/gen-cert failed", cmd);
     config::TlsSettings s;
-    s.certificate = dir + "/server.crt";
-    s.private_key = dir + "/server.key";
+    s.certificates.push_back({dir + "/server.crt", dir + "/server.key", "", {}, {}, {}});
     server = std::make_unique<Context>(s);
     client = SSL_CTX_new(TLS_client_method());
     if (client == nullptr || SSL_CTX_load_verify_locations(client, (dir + "/ca.crt").c_str(), nullptr) != 1)

@@ -744,11 +744,11 @@ endpoints = ["127.0.0.1:1"]
        EXPECT_EQ(l.tls.ktls, Ktls::On);
        EXPECT_EQ(l.tls.session_tickets, 0u);
        EXPECT_EQ(l.tls.ktls_origin.to_string(), "demo.toml:17:10: listeners[0].tls.ktls");
-       EXPECT_EQ(l.tls.certificate_origin.file, "demo.toml");
-       EXPECT_EQ(l.tls.certificate_origin.key, "listeners[0].tls.certificate");
-       EXPECT_EQ(l.tls.certificate_origin.line, 13u);
-       EXPECT_EQ(l.tls.certificate_origin.column, 17u);
-       EXPECT_EQ(l.tls.private_key_origin.to_string(), "demo.toml:14:17: listeners[0].tls.private_key");
+       EXPECT_EQ(l.tls.certificates.at(0).certificate_origin.file, "demo.toml");
+       EXPECT_EQ(l.tls.certificates.at(0).certificate_origin.key, "listeners[0].tls.certificate");
+       EXPECT_EQ(l.tls.certificates.at(0).certificate_origin.line, 13u);
+       EXPECT_EQ(l.tls.certificates.at(0).certificate_origin.column, 17u);
+       EXPECT_EQ(l.tls.certificates.at(0).private_key_origin.to_string(), "demo.toml:14:17: listeners[0].tls.private_key");
        EXPECT_EQ(l.tls.cipher_policy.ciphers, "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-SHA");
        EXPECT_EQ(l.tls.cipher_policy.ciphers_origin.to_string(), "demo.toml:19:13: listeners[0].tls.ciphers");
        // The array form is joined with ':'.
@@ -883,7 +883,7 @@ endpoints = ["127.0.0.1:1"]
      "tls.private_key = \"@KEY@\" }]\nclusters = [{ name = \"c\", endpoints = [\"10.0.0.1:2\"] }]\n",
      [](const Config& c) {
        EXPECT_EQ(c.listeners.at(0).name, "x");
-       EXPECT_EQ(c.listeners[0].tls.certificate_origin.line, 1u);
+       EXPECT_EQ(c.listeners[0].tls.certificates.at(0).certificate_origin.line, 1u);
        EXPECT_EQ(c.clusters.at(0).endpoints.at(0).text, "10.0.0.1:2");
      }},
     {"several_clusters_in_any_order",
@@ -1038,8 +1038,8 @@ TEST_F(ConfigTest, DemoConfigShape) {
   EXPECT_EQ(c.listeners[0].name, "public");
   EXPECT_EQ(c.listeners[0].listen.text, "127.0.0.1:8443");
   EXPECT_EQ(c.listeners[0].cluster, "backend");
-  EXPECT_EQ(c.listeners[0].tls.certificate, dir_ + "/server.crt");
-  EXPECT_EQ(c.listeners[0].tls.private_key, dir_ + "/server.key");
+  EXPECT_EQ(c.listeners[0].tls.certificates.at(0).certificate, dir_ + "/server.crt");
+  EXPECT_EQ(c.listeners[0].tls.certificates.at(0).private_key, dir_ + "/server.key");
   ASSERT_EQ(c.clusters.size(), 1u);
   EXPECT_EQ(c.clusters[0].name, "backend");
   ASSERT_EQ(c.clusters[0].endpoints.size(), 1u);

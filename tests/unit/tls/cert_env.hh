@@ -55,10 +55,11 @@ inline config::Origin origin(const char* key, uint32_t line) {
 
 inline config::TlsSettings settings(const char* cert = "server.crt", const char* key = "server.key") {
   config::TlsSettings s;
-  s.certificate = cert_path(cert);
-  s.private_key = cert_path(key);
-  s.certificate_origin = origin("listeners[0].tls.certificate", 7);
-  s.private_key_origin = origin("listeners[0].tls.private_key", 8);
+  config::CertificateFiles& c = s.certificates.emplace_back();
+  c.certificate = cert_path(cert);
+  c.private_key = cert_path(key);
+  c.certificate_origin = origin("listeners[0].tls.certificate", 7);
+  c.private_key_origin = origin("listeners[0].tls.private_key", 8);
   return s;
 }
 

@@ -505,7 +505,7 @@ TEST(TlsContext, GarbageKeyFileNamesTheKey) {
   const std::string path = g_cert_dir + "/garbage.key";
   write_text(path, "-----BEGIN PRIVATE KEY-----\nnot base64 at all\n-----END PRIVATE KEY-----\n");
   config::TlsSettings ts = settings();
-  ts.private_key = path;
+  ts.certificates.at(0).private_key = path;
   std::string msg = construct_error(ts);
   ASSERT_FALSE(msg.empty()) << "a garbage key was accepted";
   EXPECT_NE(msg.find("listeners[0].tls.private_key"), std::string::npos) << msg;
@@ -517,7 +517,7 @@ TEST(TlsContext, GarbageCertificateFileNamesTheCertificateKey) {
   const std::string path = g_cert_dir + "/garbage.crt";
   write_text(path, "hello\n");
   config::TlsSettings ts = settings();
-  ts.certificate = path;
+  ts.certificates.at(0).certificate = path;
   std::string msg = construct_error(ts);
   ASSERT_FALSE(msg.empty()) << "a garbage certificate was accepted";
   EXPECT_NE(msg.find("listeners[0].tls.certificate"), std::string::npos) << msg;
