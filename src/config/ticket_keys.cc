@@ -89,7 +89,8 @@ std::vector<TicketKey> parse_ticket_keys(std::string_view text, const std::strin
     size_t len = 0;
     std::string problem = decode_base64(line, raw, sizeof raw, &len);
     if (problem.empty() && len != TicketKey::kSize)
-      problem = std::to_string(len) + " bytes, expected 80 (16 name, 32 HMAC, 32 AES: openssl rand -base64 80)";
+      problem = std::to_string(len) +
+                " bytes, expected 80 (16 name, 32 HMAC, 32 AES), one key per line: openssl rand -base64 80 | tr -d '\\n'";
     if (!problem.empty()) {
       explicit_bzero(raw, sizeof raw);
       throw fail(problem);

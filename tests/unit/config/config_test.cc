@@ -416,6 +416,30 @@ const ErrorCase kErrorCases[] = {
      "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n"
      "certificate = \"@CRT@\"\nprivate_key = \"@KEY@\\u0000.bak\"\n@CLUSTER@",
      "demo.toml:7:15: listeners[0].tls.private_key: contains a NUL character"},
+    // A list of certificates (issue 19).
+    {"certificates_beside_a_pair",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n"
+     "certificate = \"@CRT@\"\nprivate_key = \"@KEY@\"\n[[listeners.tls.certificates]]\ncertificate = \"@CRT@\"\n"
+     "private_key = \"@KEY@\"\n@CLUSTER@",
+     "demo.toml:6:15: listeners[0].tls.certificate: not allowed beside \"certificates\"; move it into the list's first entry"},
+    {"certificates_empty", "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n" "certificates = []\n@CLUSTER@", "demo.toml:6:16: listeners[0].tls.certificates: at least one certificate is required"},
+    {"certificates_not_tables", "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n" "certificates = [\"@CRT@\"]\n@CLUSTER@", "demo.toml:6:17: listeners[0].tls.certificates[0]: expected a table, got a string"},
+    {"certificates_string", "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n" "certificates = \"@CRT@\"\n@CLUSTER@", "demo.toml:6:16: listeners[0].tls.certificates: expected an array of tables, got a string"},
+    {"certificates_entry_unknown_key",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n" "[[listeners.tls.certificates]]\ncertificate = \"@CRT@\"\nprivate_key = \"@KEY@\"\nname = \"api\"\n"
+     "@CLUSTER@",
+     "demo.toml:9:1: listeners[0].tls.certificates[0].name: unknown key"},
+    {"certificates_entry_without_key",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n" "[[listeners.tls.certificates]]\ncertificate = \"@CRT@\"\nprivate_key = \"@KEY@\"\n"
+     "[[listeners.tls.certificates]]\ncertificate = \"@CRT@\"\n@CLUSTER@",
+     "demo.toml:9:1: listeners[0].tls.certificates[1].private_key: required key is missing"},
+    {"certificates_entry_unreadable",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n" "[[listeners.tls.certificates]]\ncertificate = \"@CRT@\"\nprivate_key = \"@DIR@/gone.key\"\n@CLUSTER@",
+     "demo.toml:8:15: listeners[0].tls.certificates[0].private_key: cannot read '@DIR@/gone.key': No such file or directory"},
+    {"ocsp_response_unreadable", "@LISTENER@  ocsp_response = \"@DIR@/gone.der\"\n@CLUSTER@", "demo.toml:8:19: listeners[0].tls.ocsp_response: cannot read '@DIR@/gone.der': No such file or directory"},
+    {"ocsp_response_type", "@LISTENER@  ocsp_response = 1\n@CLUSTER@", "demo.toml:8:19: listeners[0].tls.ocsp_response: expected a string, got an integer"},
+    {"ticket_keys_missing", "@LISTENER@  ticket_keys = \"@DIR@/gone.keys\"\n@CLUSTER@", "demo.toml:8:17: listeners[0].tls.ticket_keys: cannot read '@DIR@/gone.keys': No such file or directory"},
+    {"ticket_keys_empty_path", "@LISTENER@  ticket_keys = \"\"\n@CLUSTER@", "demo.toml:8:17: listeners[0].tls.ticket_keys: must not be empty"},
     {"alpn_empty", "@LISTENER@  alpn = []\n@CLUSTER@",
      "demo.toml:8:10: listeners[0].tls.alpn: must contain \"h2\" (gRPC runs over HTTP/2)"},
     {"alpn_without_h2", "@LISTENER@  alpn = [\"http/1.1\"]\n@CLUSTER@",
@@ -1026,6 +1050,92 @@ TEST_F(ConfigTest, ShippedExamplesParse) {
       ADD_FAILURE() << e.what();
     }
   }
+}
+
+// ---------------------------------------------------------------------------
+// ticket_keys files (issue 19)
+
+// 80 bytes whose first 16 (the key's name) are all `tag`, as base64.
+std::string key_line(uint8_t tag) {
+  static const char* digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string raw(80, '\0');
+  for (size_t i = 0; i < raw.size(); ++i) raw[i] = static_cast<char>(i < 16 ? tag : i * 7 + tag);
+  std::string out;
+  for (size_t i = 0; i < raw.size(); i += 3) {
+    const size_t n = std::min<size_t>(3, raw.size() - i);
+    uint32_t v = 0;
+    for (size_t j = 0; j < 3; ++j) v = v << 8 | (j < n ? static_cast<uint8_t>(raw[i + j]) : 0);
+    for (size_t j = 0; j < 4; ++j) out += j <= n ? digits[(v >> (18 - 6 * j)) & 63] : '=';
+  }
+  return out;
+}
+
+class TicketKeyFile : public ConfigTest {
+ protected:
+  // The error (or "no error") of a listener whose ticket_keys file holds `text` with `mode`.
+  std::string with_file(const std::string& text, mode_t mode = 0600) {
+    write_file(dir_ + "/t.keys", text);
+    ::chmod((dir_ + "/t.keys").c_str(), mode);
+    return error_of("@LISTENER@  ticket_keys = \"@DIR@/t.keys\"\n@CLUSTER@");
+  }
+  std::string prefix() const { return "demo.toml:8:17: listeners[0].tls.ticket_keys: " + dir_ + "/t.keys:"; }
+};
+
+TEST_F(TicketKeyFile, KeysInFileOrderWithCommentsBlankLinesAndCrlf) {
+  write_file(dir_ + "/t.keys", "# rotated 2026-12-07\n" + key_line(2) + "\r\n\n  " + key_line(1) + "  \n");
+  ::chmod((dir_ + "/t.keys").c_str(), 0640);
+  Config c = parse(expand("@LISTENER@  ticket_keys = \"@DIR@/t.keys\"\n@CLUSTER@"), "demo.toml");
+  const TlsSettings& tls = c.listeners.at(0).tls;
+  EXPECT_EQ(tls.ticket_keys, dir_ + "/t.keys");
+  ASSERT_EQ(tls.ticket_key_set.size(), 2u);
+  EXPECT_EQ(tls.ticket_key_set[0].name[0], 2);
+  EXPECT_EQ(tls.ticket_key_set[1].name[15], 1);
+  EXPECT_EQ(tls.ticket_key_set[0].hmac[0], static_cast<uint8_t>(16 * 7 + 2));
+  EXPECT_EQ(tls.ticket_key_set[0].aes[31], static_cast<uint8_t>(79 * 7 + 2));
+  // The dump names the file, never a key.
+  const std::string dumped = to_toml(c);
+  EXPECT_NE(dumped.find("ticket_keys = \"" + dir_ + "/t.keys\""), std::string::npos);
+  EXPECT_EQ(dumped.find(key_line(2).substr(0, 20)), std::string::npos);
+}
+
+TEST_F(TicketKeyFile, BadFilesAreErrorsWithTheFileAndLine) {
+  EXPECT_EQ(with_file(key_line(1) + "\n" + key_line(2), 0644),
+            "demo.toml:8:17: listeners[0].tls.ticket_keys: '" + dir_ +
+                "/t.keys' is readable by others (mode 0644): whoever reads it can decrypt resumed sessions; "
+                "chmod 600 (or 640)");
+  std::string bad = key_line(2);
+  bad[4] = '!';
+  EXPECT_EQ(with_file(key_line(1) + "\n" + bad + "\n"), prefix() + "2: not base64 (column 5)");
+  EXPECT_EQ(with_file(key_line(1).substr(0, 80) + "\n"),
+            prefix() + "1: 60 bytes, expected 80 (16 name, 32 HMAC, 32 AES), one key per line: "
+                       "openssl rand -base64 80 | tr -d '\\n'");
+  // openssl rand -base64 80 without tr: its 64-column lines.
+  EXPECT_EQ(with_file(key_line(1).substr(0, 64) + "\n" + key_line(1).substr(64) + "\n"),
+            prefix() + "1: 48 bytes, expected 80 (16 name, 32 HMAC, 32 AES), one key per line: "
+                       "openssl rand -base64 80 | tr -d '\\n'");
+  EXPECT_EQ(with_file(key_line(1).substr(0, 107) + "\n"),
+            prefix() + "1: base64 of 107 characters (not a multiple of 4)");
+  EXPECT_EQ(with_file(key_line(1) + "\n" + key_line(3) + "\n" + key_line(1) + "\n"),
+            prefix() + "3: the same key name (first 16 bytes) as the key on an earlier line");
+  EXPECT_EQ(with_file("# nothing yet\n\n"),
+            prefix() + "2: no key (one base64 line of 80 random bytes per key: openssl rand -base64 80)");
+  EXPECT_EQ(with_file(""), prefix() + "1: no key (one base64 line of 80 random bytes per key: openssl rand -base64 80)");
+  std::string many;
+  for (int i = 0; i <= 64; ++i) many += key_line(static_cast<uint8_t>(i)) + "\n";
+  EXPECT_EQ(with_file(many), prefix() + "65: more than 64 keys");
+  EXPECT_EQ(with_file(std::string(70 << 10, 'A')),
+            "demo.toml:8:17: listeners[0].tls.ticket_keys: '" + dir_ +
+                "/t.keys' is larger than 64 KiB; not a ticket key file");
+}
+
+TEST_F(ConfigTest, PrivateKeyReadableByOthersIsAWarning) {
+  ::chmod((dir_ + "/server.key").c_str(), 0644);
+  Config c = parse(expand("@LISTENER@@CLUSTER@"), "demo.toml");
+  ASSERT_EQ(c.warnings.size(), 1u);
+  EXPECT_EQ(c.warnings[0], "demo.toml:7:17: listeners[0].tls.private_key: private key '" + dir_ +
+                               "/server.key' is readable by group or others (mode 0644); chmod 600 it");
+  ::chmod((dir_ + "/server.key").c_str(), 0600);
+  EXPECT_TRUE(parse(expand("@LISTENER@@CLUSTER@"), "demo.toml").warnings.empty());
 }
 
 TEST_F(ConfigTest, DemoConfigShape) {
