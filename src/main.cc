@@ -339,6 +339,20 @@ struct Control {
     dns->start();
   }
 
+  // Each shard takes a new configuration at its next loop turn; the reload
+  // is said to be done once every one serves under it (a stats request
+  // posted after it is answered after it), so that a connection made after
+  // "configuration reloaded" gets the new certificates and keys.
+  void wait_for_adoption() {
+    std::vector<std::future<shard::Stats>> turns;
+    for (ShardThread& s : shards)
+      if (s.shard) turns.push_back(s.shard->collect());
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (auto& t : turns)
+      if (t.wait_until(deadline) != std::future_status::ready)
+        LOG_WARN("main", "a shard has not taken the new configuration within 10 s; it will at its next loop turn");
+  }
+
   // SIGHUP: the file is read and checked as --check-config does; a good one
   // goes to every shard (new connections use it, running ones finish on
   // theirs), a bad one is refused with the same message as at start-up and
@@ -376,6 +390,7 @@ struct Control {
     running = next;
     for (ShardThread& s : shards)
       if (s.shard) s.shard->adopt(running);
+    wait_for_adoption();
     watch_dns();
     ++reloads;
     {

@@ -149,11 +149,14 @@ void Loop::take_inbox() {
     stats_wanted.swap(stats_inbox);
     inbox_pending.store(false, std::memory_order_release);
   }
+  // A configuration first: a collect() posted after adopt() is answered
+  // once the shard serves under it (main waits on that before it says a
+  // reload is done).
+  if (cfg) adopt(std::move(cfg));
   if (!stats_wanted.empty()) {
     const Stats s = make_stats();
     for (std::promise<Stats>& p : stats_wanted) p.set_value(s);
   }
-  if (cfg) adopt(std::move(cfg));
   for (DnsUpdate& u : updates) {
     // Indices of the configuration the watcher reads: the current snapshot's.
     if (u.cluster >= snapshot->clusters.size()) continue;

@@ -490,9 +490,11 @@ std::string GatewayConfig::render() const {
                                                     : std::string("2s"))
     << "\"\n"
     << extra_listener << "\n"
-    << "  [listeners.tls]\n"
-    << "  certificate = \"" << (certificate.empty() ? certs().server_crt : certificate).string() << "\"\n"
-    << "  private_key = \"" << (private_key.empty() ? certs().server_key : private_key).string() << "\"\n"
+    << "  [listeners.tls]\n";
+  if (!certificate_list)
+    s << "  certificate = \"" << (certificate.empty() ? certs().server_crt : certificate).string() << "\"\n"
+      << "  private_key = \"" << (private_key.empty() ? certs().server_key : private_key).string() << "\"\n";
+  s << tls_extra << "\n"
     << "  alpn = [\"h2\", \"http/1.1\"]\n"
     << "  min_version = \"1.2\"\n";
   const std::string mode = ktls.empty() ? env("TLSGATE_KTLS") : ktls;
