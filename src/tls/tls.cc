@@ -10,6 +10,7 @@
 #include "tlsgate/tls.hh"
 
 #include "cipher_policy.hh"
+#include "client_auth.hh"
 #include "internal.hh"
 #include "record.hh"
 
@@ -49,6 +50,7 @@ const char* to_string(HandshakeFailure f) {
     case HandshakeFailure::NoSharedCipher: return "no_shared_cipher";
     case HandshakeFailure::NoAlpn: return "no_alpn";
     case HandshakeFailure::PeerAlert: return "peer_alert";
+    case HandshakeFailure::ClientCertificate: return "client_certificate";
     case HandshakeFailure::Count: break;
   }
   return "?";
@@ -79,6 +81,9 @@ HandshakeFailure classify_failure(unsigned long e) {
       return HandshakeFailure::NoSharedCipher;
     case SSL_R_NO_APPLICATION_PROTOCOL:
       return HandshakeFailure::NoAlpn;
+    case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
+    case SSL_R_CERTIFICATE_VERIFY_FAILED:
+      return HandshakeFailure::ClientCertificate;
     default:
       return HandshakeFailure::Other;
   }
@@ -279,6 +284,7 @@ Context::Context(const config::TlsSettings& settings, bool ktls) {
   if (SSL_CTX_check_private_key(ctx) != 1)
     throw std::runtime_error(settings.private_key_origin.to_string() + ": private key '" + settings.private_key +
                              "' does not match certificate '" + settings.certificate + "'");
+  apply_client_auth(ctx, settings);
   // ALPN in wire format, kept alive as long as the context.
   auto* wire = new std::string;
   for (const std::string& p : settings.alpn) {
@@ -449,6 +455,7 @@ HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
     SSL_get0_alpn_selected(ssl, &proto, &len);
     rx_at_done_ = rx_records_.total;
     resumed_ = SSL_session_reused(ssl) == 1;
+    if (server_ctx_ != nullptr) client_cert_header_ = tls::client_cert_header(ssl);  // before the SSL may be freed
     whole_records_ = detach_allowed_;
     if (len == 2 && std::memcmp(proto, "h2", 2) == 0) alpn_ = Alpn::H2;
     else if (len == 8 && std::memcmp(proto, "http/1.1", 8) == 0) alpn_ = Alpn::Http11;
