@@ -4,6 +4,8 @@
 // receives for a verified certificate (its hash checked against `openssl
 // x509 -fingerprint`); a client's forged x-forwarded-client-cert never
 // reaching a backend; resumption with a client certificate.
+#include <grpc/grpc_security.h>
+
 #include <algorithm>
 #include <cctype>
 
@@ -67,8 +69,10 @@ std::string fingerprint(const fs::path& crt, const fs::path& dir) {
   return hex;
 }
 
-// A gRPC channel to the gateway presenting `crt`/`key` (none when empty).
-std::shared_ptr<grpc::Channel> cert_channel(const std::string& target, const fs::path& crt, const fs::path& key) {
+// A gRPC channel to the gateway presenting `crt`/`key` (none when empty);
+// with `sessions`, TLS sessions are kept there and resumed.
+std::shared_ptr<grpc::Channel> cert_channel(const std::string& target, const fs::path& crt, const fs::path& key,
+                                            grpc_ssl_session_cache* sessions = nullptr) {
   grpc::SslCredentialsOptions o;
   o.pem_root_certs = read_file(certs().ca);
   if (!crt.empty()) {
@@ -78,6 +82,10 @@ std::shared_ptr<grpc::Channel> cert_channel(const std::string& target, const fs:
   grpc::ChannelArguments args;
   args.SetSslTargetNameOverride("localhost");
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  if (sessions != nullptr) {
+    grpc_arg a = grpc_ssl_session_cache_create_channel_arg(sessions);
+    args.SetPointerWithVtable(a.key, a.value.pointer.p, a.value.pointer.vtable);
+  }
   return grpc::CreateCustomChannel(target, grpc::SslCredentials(o), args);
 }
 
@@ -229,6 +237,24 @@ TEST_F(MtlsRequire, SessionWithClientCertificateResumes) {
   EXPECT_TRUE(eventually(
       [&] { return metric_now("tlsgate_handshakes_total", {"resumed=\"true\""}) == 2; }, 5s));
   EXPECT_EQ(metric_now("tlsgate_handshake_failures_total", {"reason=\"client_certificate\""}), 0);
+}
+
+// A gRPC client that resumes (a session cache shared by two channels) is
+// still known by its certificate: the resumed session carries it.
+TEST_F(MtlsRequire, ResumedConnectionStillSendsTheHeader) {
+  const std::string want = "Hash=" + fingerprint(certs().client_crt, dir_->path()) +
+                           ";Subject=\"CN=tlsgate test client,O=tlsgate test\"";
+  grpc_ssl_session_cache* sessions = grpc_ssl_session_cache_create_lru(4);
+  for (int i = 0; i < 2; ++i) {
+    grpc::Status st = call(cert_channel(gw_->target(), certs().client_crt, certs().client_key, sessions));
+    ASSERT_TRUE(st.ok()) << i << ": " << status_str(st);
+    EXPECT_EQ(last_xfcc(*echo_), want) << i;
+  }
+  grpc_ssl_session_cache_destroy(sessions);
+  EXPECT_TRUE(eventually(
+      [&] { return metric_now("tlsgate_handshakes_total", {"resumed=\"true\""}) == 1; }, 5s))
+      << "the second connection resumed";
+  EXPECT_EQ(metric_now("tlsgate_client_certificates_total"), 2);
 }
 
 TEST_F(MtlsOptional, WithoutCertificateCallWorksAndNoHeader) {
