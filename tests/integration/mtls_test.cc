@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <csignal>
 
 #include "fixtures.hh"
 
@@ -267,6 +268,41 @@ TEST_F(MtlsOptional, WithoutCertificateCallWorksAndNoHeader) {
 TEST_F(MtlsOptional, WithCertificateHeaderAdded) {
   grpc::Status st = call(cert_channel(gw_->target(), certs().client_crt, certs().client_key));
   ASSERT_TRUE(st.ok()) << status_str(st);
+  EXPECT_EQ(last_xfcc(*echo_), "Hash=" + fingerprint(certs().client_crt, dir_->path()) +
+                                   ";Subject=\"CN=tlsgate test client,O=tlsgate test\"");
+}
+
+// SIGHUP reads client_ca and client_auth again: a CA file without a
+// certificate is refused with the key named (nothing changes), "require"
+// then applies to new connections.
+TEST_F(MtlsOptional, ReloadReadsClientCaAndModeAgain) {
+  auto count = [&](const std::string& text) {
+    const std::string err = gw_->process().stderr_text();
+    size_t n = 0;
+    for (size_t at = err.find(text); at != std::string::npos; at = err.find(text, at + 1)) ++n;
+    return n;
+  };
+  auto reload = [&](const std::string& ca, const std::string& mode, const std::string& expect) {
+    GatewayConfig cfg;
+    cfg.endpoints = {echo_->endpoint().address()};
+    cfg.admin = true;
+    cfg.listener_tail = "  client_ca = \"" + ca + "\"\n  client_auth = \"" + mode + "\"\n";
+    write_file(gw_->config_path(), cfg.render());
+    const size_t before = count(expect);
+    gw_->process().signal(SIGHUP);
+    return eventually([&] { return count(expect) > before; }, 10s);
+  };
+  const fs::path empty = dir_->path() / "no-certificate.pem";
+  write_file(empty, "not a certificate\n");
+  ASSERT_TRUE(reload(empty.string(), "require", "reload refused")) << gw_->process().stderr_text();
+  EXPECT_NE(gw_->process().stderr_text().find("listeners[0].tls.client_ca"), std::string::npos)
+      << gw_->process().stderr_text();
+  EXPECT_TRUE(call(tls_channel(gw_->target())).ok()) << "still optional";
+
+  ASSERT_TRUE(reload(certs().ca.string(), "require", "configuration reloaded")) << gw_->process().stderr_text();
+  EXPECT_FALSE(call(tls_channel(gw_->target())).ok()) << "require applies to a new connection";
+  grpc::Status st = call(cert_channel(gw_->target(), certs().client_crt, certs().client_key));
+  EXPECT_TRUE(st.ok()) << status_str(st);
   EXPECT_EQ(last_xfcc(*echo_), "Hash=" + fingerprint(certs().client_crt, dir_->path()) +
                                    ";Subject=\"CN=tlsgate test client,O=tlsgate test\"");
 }
