@@ -105,7 +105,8 @@ void apply_client_auth(SSL_CTX* ctx, const config::TlsSettings& s) {
   if (s.client_ca.empty()) return;
   const std::string where = s.client_ca_origin.to_string();
   if (SSL_CTX_load_verify_locations(ctx, s.client_ca.c_str(), nullptr) != 1)
-    throw std::runtime_error(where + ": cannot load CA certificates '" + s.client_ca + "': " + openssl_error_text());
+    throw std::runtime_error(where + ": cannot load CA certificates '" + s.client_ca +
+                             "': " + openssl_error_text());
   // The names sent in CertificateRequest, so a client holding several
   // certificates picks one this CA signed.
   STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(s.client_ca.c_str());

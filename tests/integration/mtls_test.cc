@@ -26,8 +26,8 @@ constexpr const char* kForged = "By=spiffe://evil;Hash=00;Subject=\"CN=admin\";U
 struct MadeCert {
   fs::path crt, key;
 };
-MadeCert make_cert(const fs::path& dir, const std::string& name, const std::string& subject, const std::string& ext,
-                   bool by_test_ca = true) {
+MadeCert make_cert(const fs::path& dir, const std::string& name, const std::string& subject,
+                   const std::string& ext, bool by_test_ca = true) {
   MadeCert m{dir / (name + ".crt"), dir / (name + ".key")};
   const fs::path csr = dir / (name + ".csr"), extfile = dir / (name + ".ext");
   write_file(extfile, ext);
@@ -35,20 +35,22 @@ MadeCert make_cert(const fs::path& dir, const std::string& name, const std::stri
     if (!r.status.exited || r.status.code != 0)
       throw std::runtime_error(std::string(what) + " failed: " + r.status.to_string() + "\n" + r.out + r.err);
   };
-  check(run({kOpenssl, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", m.key.string()},
+  check(run({kOpenssl, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out",
+             m.key.string()},
             dir, 30s),
         "genpkey");
-  check(run({kOpenssl, "req", "-new", "-key", m.key.string(), "-subj", subject, "-out", csr.string()}, dir, 30s),
+  check(run({kOpenssl, "req", "-new", "-key", m.key.string(), "-subj", subject, "-out", csr.string()}, dir,
+            30s),
         "req");
   if (by_test_ca) {
     check(run({kOpenssl, "x509", "-req", "-in", csr.string(), "-CA", certs().ca.string(), "-CAkey",
-               (certs().dir / "ca.key").string(), "-CAcreateserial", "-CAserial", (dir / "ca.srl").string(), "-days",
-               "30", "-sha256", "-extfile", extfile.string(), "-out", m.crt.string()},
+               (certs().dir / "ca.key").string(), "-CAcreateserial", "-CAserial", (dir / "ca.srl").string(),
+               "-days", "30", "-sha256", "-extfile", extfile.string(), "-out", m.crt.string()},
               dir, 30s),
           "x509 -req");
   } else {
-    check(run({kOpenssl, "x509", "-req", "-in", csr.string(), "-signkey", m.key.string(), "-days", "30", "-sha256",
-               "-extfile", extfile.string(), "-out", m.crt.string()},
+    check(run({kOpenssl, "x509", "-req", "-in", csr.string(), "-signkey", m.key.string(), "-days", "30",
+               "-sha256", "-extfile", extfile.string(), "-out", m.crt.string()},
               dir, 30s),
           "x509 -req -signkey");
   }
@@ -72,8 +74,8 @@ std::string fingerprint(const fs::path& crt, const fs::path& dir) {
 
 // A gRPC channel to the gateway presenting `crt`/`key` (none when empty);
 // with `sessions`, TLS sessions are kept there and resumed.
-std::shared_ptr<grpc::Channel> cert_channel(const std::string& target, const fs::path& crt, const fs::path& key,
-                                            grpc_ssl_session_cache* sessions = nullptr) {
+std::shared_ptr<grpc::Channel> cert_channel(const std::string& target, const fs::path& crt,
+                                            const fs::path& key, grpc_ssl_session_cache* sessions = nullptr) {
   grpc::SslCredentialsOptions o;
   o.pem_root_certs = read_file(certs().ca);
   if (!crt.empty()) {
@@ -105,10 +107,11 @@ grpc::Status call(const std::shared_ptr<grpc::Channel>& ch, bool forge = false) 
 // client certificate when `crt` is set); -ign_eof keeps it reading until the
 // gateway closes, so a TLS 1.3 refusal (sent after the client's Finished)
 // is printed too. stdout and stderr together.
-RunResult s_client(const std::string& target, const char* version, const fs::path& dir, const fs::path& crt = {},
-                   const fs::path& key = {}, const std::vector<std::string>& extra = {}) {
-  std::vector<std::string> argv = {kOpenssl, "s_client", "-connect", target, version, "-alpn", "h2", "-ign_eof",
-                                   "-CAfile", certs().ca.string()};
+RunResult s_client(const std::string& target, const char* version, const fs::path& dir,
+                   const fs::path& crt = {}, const fs::path& key = {},
+                   const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> argv = {kOpenssl, "s_client", "-connect", target,    version,
+                                   "-alpn",  "h2",       "-ign_eof", "-CAfile", certs().ca.string()};
   if (!crt.empty()) argv.insert(argv.end(), {"-cert", crt.string(), "-key", key.string()});
   argv.insert(argv.end(), extra.begin(), extra.end());
   RunResult r = run(argv, dir, 30s);
@@ -129,7 +132,8 @@ class MtlsBase : public GatewayTest {
   void configure(GatewayConfig& cfg) override {
     cfg.admin = true;
     if (!mode_.empty())
-      cfg.listener_tail = "  client_ca = \"" + certs().ca.string() + "\"\n  client_auth = \"" + mode_ + "\"\n";
+      cfg.listener_tail =
+          "  client_ca = \"" + certs().ca.string() + "\"\n  client_auth = \"" + mode_ + "\"\n";
   }
   double metric_now(const std::string& name, const std::vector<std::string>& labels = {}) {
     HttpAnswer a = http_request(gw_->admin_port(), "/metrics");
@@ -155,7 +159,8 @@ TEST_F(MtlsRequire, Tls13WithoutCertificateGetsCertificateRequired) {
   EXPECT_NE(r.out.find("certificate required"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("SSL alert number 116"), std::string::npos) << r.out;
   EXPECT_TRUE(eventually(
-      [&] { return metric_now("tlsgate_handshake_failures_total", {"reason=\"client_certificate\""}) == 1; }, 5s));
+      [&] { return metric_now("tlsgate_handshake_failures_total", {"reason=\"client_certificate\""}) == 1; },
+      5s));
   EXPECT_EQ(last_xfcc(*echo_), "<absent>");
 }
 
@@ -165,7 +170,8 @@ TEST_F(MtlsRequire, Tls12WithoutCertificateGetsHandshakeFailure) {
   EXPECT_TRUE(r.status.exited && r.status.code != 0) << r.status.to_string() << "\n" << r.out;
   EXPECT_NE(r.out.find("SSL alert number 40"), std::string::npos) << r.out;
   EXPECT_TRUE(eventually(
-      [&] { return metric_now("tlsgate_handshake_failures_total", {"reason=\"client_certificate\""}) == 1; }, 5s));
+      [&] { return metric_now("tlsgate_handshake_failures_total", {"reason=\"client_certificate\""}) == 1; },
+      5s));
 }
 
 // A certificate the listener's CA did not sign: unknown_ca (48), in both
@@ -179,7 +185,8 @@ TEST_F(MtlsRequire, CertificateFromAnotherCaGetsUnknownCa) {
   EXPECT_FALSE(call(cert_channel(gw_->target(), other.crt, other.key)).ok());
   EXPECT_EQ(last_xfcc(*echo_), "<absent>");
   EXPECT_TRUE(eventually(
-      [&] { return metric_now("tlsgate_handshake_failures_total", {"reason=\"client_certificate\""}) >= 2; }, 5s));
+      [&] { return metric_now("tlsgate_handshake_failures_total", {"reason=\"client_certificate\""}) >= 2; },
+      5s));
   EXPECT_EQ(metric_now("tlsgate_client_certificates_total"), 0);
 }
 
@@ -197,11 +204,13 @@ TEST_F(MtlsRequire, VerifiedCertificateReachesTheBackendAsXfcc) {
 // SAN URIs on both sides: the client's as URI=, the gateway's own as By=.
 TEST_F(MtlsRequire, SanUrisBecomeUriAndBy) {
   gw_->stop();
-  MadeCert server = make_cert(dir_->path(), "gw", "/CN=localhost",
-                              "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n"
-                              "subjectAltName=DNS:localhost,IP:127.0.0.1,URI:spiffe://tlsgate.test/gateway\n");
-  MadeCert client = make_cert(dir_->path(), "svc", "/O=tlsgate test/CN=svc a", std::string(kClientExt) +
-                              "subjectAltName=URI:spiffe://tlsgate.test/svc/a,URI:urn:x?a=1\n");
+  MadeCert server =
+      make_cert(dir_->path(), "gw", "/CN=localhost",
+                "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                "subjectAltName=DNS:localhost,IP:127.0.0.1,URI:spiffe://tlsgate.test/gateway\n");
+  MadeCert client =
+      make_cert(dir_->path(), "svc", "/O=tlsgate test/CN=svc a",
+                std::string(kClientExt) + "subjectAltName=URI:spiffe://tlsgate.test/svc/a,URI:urn:x?a=1\n");
   TempDir dir;
   GatewayConfig cfg;
   cfg.endpoints = {echo_->endpoint().address()};
@@ -212,9 +221,10 @@ TEST_F(MtlsRequire, SanUrisBecomeUriAndBy) {
   ASSERT_TRUE(gw.started());
   grpc::Status st = call(cert_channel(gw.target(), client.crt, client.key));
   ASSERT_TRUE(st.ok()) << status_str(st);
-  EXPECT_EQ(last_xfcc(*echo_), "By=spiffe://tlsgate.test/gateway;Hash=" + fingerprint(client.crt, dir_->path()) +
-                                   ";Subject=\"CN=svc a,O=tlsgate test\";URI=spiffe://tlsgate.test/svc/a;"
-                                   "URI=\"urn:x?a=1\"");
+  EXPECT_EQ(last_xfcc(*echo_),
+            "By=spiffe://tlsgate.test/gateway;Hash=" + fingerprint(client.crt, dir_->path()) +
+                ";Subject=\"CN=svc a,O=tlsgate test\";URI=spiffe://tlsgate.test/svc/a;"
+                "URI=\"urn:x?a=1\"");
   gw.stop();
 }
 
@@ -229,14 +239,14 @@ TEST_F(MtlsRequire, SessionWithClientCertificateResumes) {
     // TLS 1.3 ticket) and then closes on its own.
     std::string script = "(sleep 0.5; echo) | /usr/bin/openssl s_client -connect " + target + " " + v +
                          " -alpn h2 -cert " + crt + " -key " + key + " -sess_out " + sess +
-                         " >/dev/null 2>&1; (sleep 0.5; echo) | /usr/bin/openssl s_client -connect " + target + " " +
-                         v + " -alpn h2 -cert " + crt + " -key " + key + " -sess_in " + sess +
+                         " >/dev/null 2>&1; (sleep 0.5; echo) | /usr/bin/openssl s_client -connect " +
+                         target + " " + v + " -alpn h2 -cert " + crt + " -key " + key + " -sess_in " + sess +
                          " 2>/dev/null | grep -a -E '^(New|Reused),'";
     RunResult r = run({"/bin/bash", "-c", script}, dir_->path(), 60s);
     EXPECT_EQ(r.out.rfind("Reused,", 0), 0u) << v << ": " << r.out << r.err;
   }
-  EXPECT_TRUE(eventually(
-      [&] { return metric_now("tlsgate_handshakes_total", {"resumed=\"true\""}) == 2; }, 5s));
+  EXPECT_TRUE(
+      eventually([&] { return metric_now("tlsgate_handshakes_total", {"resumed=\"true\""}) == 2; }, 5s));
   EXPECT_EQ(metric_now("tlsgate_handshake_failures_total", {"reason=\"client_certificate\""}), 0);
 }
 
@@ -252,8 +262,8 @@ TEST_F(MtlsRequire, ResumedConnectionStillSendsTheHeader) {
     EXPECT_EQ(last_xfcc(*echo_), want) << i;
   }
   grpc_ssl_session_cache_destroy(sessions);
-  EXPECT_TRUE(eventually(
-      [&] { return metric_now("tlsgate_handshakes_total", {"resumed=\"true\""}) == 1; }, 5s))
+  EXPECT_TRUE(
+      eventually([&] { return metric_now("tlsgate_handshakes_total", {"resumed=\"true\""}) == 1; }, 5s))
       << "the second connection resumed";
   EXPECT_EQ(metric_now("tlsgate_client_certificates_total"), 2);
 }
@@ -299,7 +309,8 @@ TEST_F(MtlsOptional, ReloadReadsClientCaAndModeAgain) {
       << gw_->process().stderr_text();
   EXPECT_TRUE(call(tls_channel(gw_->target())).ok()) << "still optional";
 
-  ASSERT_TRUE(reload(certs().ca.string(), "require", "configuration reloaded")) << gw_->process().stderr_text();
+  ASSERT_TRUE(reload(certs().ca.string(), "require", "configuration reloaded"))
+      << gw_->process().stderr_text();
   // Each shard adopts the new configuration at its next loop turn, after the
   // log line: a new connection is refused once they have.
   EXPECT_TRUE(eventually([&] { return !call(tls_channel(gw_->target())).ok(); }, 10s))

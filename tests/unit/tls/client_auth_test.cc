@@ -2,6 +2,8 @@
 // real OpenSSL client with and without a certificate against a Session whose
 // Context has client_ca: the header, its survival when the session leaves
 // OpenSSL, resumption, and the refusals.
+#include "../../../src/tls/client_auth.hh"
+
 #include <gtest/gtest.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -10,7 +12,6 @@
 #include <cstdio>
 #include <string>
 
-#include "../../../src/tls/client_auth.hh"
 #include "cert_env.hh"
 #include "tls_client.hh"
 
@@ -25,9 +26,10 @@ TEST(Xfcc, EnvoysExampleField) {
   f.hash = "468ed33be74eee6556d90c0149c1309e9ba61d6425303443c0748a02dd8de688";
   f.subject = "/C=US/ST=CA/L=San Francisco/OU=Lyft/CN=Test Client";
   f.uris = {"http://testclient.lyft.com"};
-  EXPECT_EQ(format_xfcc(f),
-            "By=http://frontend.lyft.com;Hash=468ed33be74eee6556d90c0149c1309e9ba61d6425303443c0748a02dd8de688;"
-            "Subject=\"/C=US/ST=CA/L=San Francisco/OU=Lyft/CN=Test Client\";URI=http://testclient.lyft.com");
+  EXPECT_EQ(
+      format_xfcc(f),
+      "By=http://frontend.lyft.com;Hash=468ed33be74eee6556d90c0149c1309e9ba61d6425303443c0748a02dd8de688;"
+      "Subject=\"/C=US/ST=CA/L=San Francisco/OU=Lyft/CN=Test Client\";URI=http://testclient.lyft.com");
 }
 
 TEST(Xfcc, WithoutOwnOrClientUrisOnlyHashAndSubject) {
@@ -43,8 +45,9 @@ TEST(Xfcc, EveryUriAPairOfItsOwn) {
   f.hash = "00";
   f.subject = "";
   f.uris = {"spiffe://x/1", "spiffe://x/2"};
-  EXPECT_EQ(format_xfcc(f), "By=spiffe://edge/a;By=spiffe://edge/b;Hash=00;Subject=\"\";URI=spiffe://x/1;"
-                            "URI=spiffe://x/2");
+  EXPECT_EQ(format_xfcc(f),
+            "By=spiffe://edge/a;By=spiffe://edge/b;Hash=00;Subject=\"\";URI=spiffe://x/1;"
+            "URI=spiffe://x/2");
 }
 
 // A value holding , ; = " or \ is quoted; inside quotes " and \ are
@@ -55,8 +58,9 @@ TEST(Xfcc, SeparatorsQuotedQuotesAndBackslashesEscaped) {
   f.hash = "00";
   f.subject = "CN=say \\\"hi\\\",O=a\\;b";
   f.uris = {"https://x.test/p?a=1;b=2", "urn:plain"};
-  EXPECT_EQ(format_xfcc(f), "Hash=00;Subject=\"CN=say \\\\\\\"hi\\\\\\\",O=a\\\\;b\";"
-                            "URI=\"https://x.test/p?a=1;b=2\";URI=urn:plain");
+  EXPECT_EQ(format_xfcc(f),
+            "Hash=00;Subject=\"CN=say \\\\\\\"hi\\\\\\\",O=a\\\\;b\";"
+            "URI=\"https://x.test/p?a=1;b=2\";URI=urn:plain");
 }
 
 // No byte a header value cannot carry (CR, LF, NUL, DEL, non-ASCII) gets
@@ -85,11 +89,13 @@ class CertClient : public MemoryBioClient {
   explicit CertClient(bool with_cert, SSL_SESSION* resume = nullptr) {
     ctx_ = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
-    EXPECT_EQ(SSL_CTX_load_verify_locations(ctx_, cert_path("ca.crt").c_str(), nullptr), 1) << openssl_errors();
+    EXPECT_EQ(SSL_CTX_load_verify_locations(ctx_, cert_path("ca.crt").c_str(), nullptr), 1)
+        << openssl_errors();
     SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
     SSL_CTX_set_session_cache_mode(ctx_, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     if (with_cert) {
-      EXPECT_EQ(SSL_CTX_use_certificate_chain_file(ctx_, cert_path("client.crt").c_str()), 1) << openssl_errors();
+      EXPECT_EQ(SSL_CTX_use_certificate_chain_file(ctx_, cert_path("client.crt").c_str()), 1)
+          << openssl_errors();
       EXPECT_EQ(SSL_CTX_use_PrivateKey_file(ctx_, cert_path("client.key").c_str(), SSL_FILETYPE_PEM), 1);
     }
     SSL* ssl = SSL_new(ctx_);
@@ -133,7 +139,8 @@ TEST(ClientAuth, RequireWithoutCertificateFailsWithItsReason) {
   CertClient client(false);
   Outcome o = server.handshake_with(client);
   EXPECT_EQ(o.server, HandshakeState::Failed);
-  EXPECT_EQ(server.session.handshake_failure(), HandshakeFailure::ClientCertificate) << server.session.failure();
+  EXPECT_EQ(server.session.handshake_failure(), HandshakeFailure::ClientCertificate)
+      << server.session.failure();
   EXPECT_TRUE(server.session.client_cert_header().empty());
 }
 
@@ -166,7 +173,8 @@ TEST(ClientAuth, CertificateFromAnotherCaRefusedEvenWhenOptional) {
   CertClient client(true);
   Outcome o = server.handshake_with(client);
   EXPECT_EQ(o.server, HandshakeState::Failed);
-  EXPECT_EQ(server.session.handshake_failure(), HandshakeFailure::ClientCertificate) << server.session.failure();
+  EXPECT_EQ(server.session.handshake_failure(), HandshakeFailure::ClientCertificate)
+      << server.session.failure();
 }
 
 TEST(ClientAuth, UnreadableCaNamesTheKey) {
@@ -178,7 +186,8 @@ TEST(ClientAuth, UnreadableCaNamesTheKey) {
     Context ctx(mtls_settings(config::ClientAuth::Require, empty));
     FAIL() << "a CA file without certificates was accepted";
   } catch (const std::runtime_error& e) {
-    EXPECT_EQ(std::string(e.what()).rfind("gateway.toml:9:15: listeners[0].tls.client_ca: ", 0), 0u) << e.what();
+    EXPECT_EQ(std::string(e.what()).rfind("gateway.toml:9:15: listeners[0].tls.client_ca: ", 0), 0u)
+        << e.what();
   }
 }
 
