@@ -61,6 +61,10 @@ enum class TlsVersion { Tls12, Tls13 };
 enum class LbPolicy { RoundRobin, P2c };
 enum class AllUnhealthy { Fail, Panic };
 enum class AccessLogFormat { Json, Text };
+// Client certificates on a listener ([listeners.tls] client_auth): none asked
+// (no client_ca), required (a handshake without a verified one fails), or
+// asked for and verified when sent.
+enum class ClientAuth { Off, Require, Optional };
 
 const char* to_string(ProxyProtocol v);
 const char* to_string(Ktls v);
@@ -69,6 +73,7 @@ const char* to_string(TlsVersion v);
 const char* to_string(LbPolicy v);
 const char* to_string(AllUnhealthy v);
 const char* to_string(AccessLogFormat v);
+const char* to_string(ClientAuth v);
 
 // The defaults: Mozilla's "intermediate" profile
 // (https://wiki.mozilla.org/Security/Server_Side_TLS). TLS 1.2: ECDHE key
@@ -148,6 +153,12 @@ struct TlsSettings {
   uint32_t session_tickets = 1;  // TLS 1.3 tickets per handshake; 0 = no tickets at all
   CipherPolicy cipher_policy;
   Origin ktls_origin;
+  // mTLS from clients: the CA file (PEM) whose certificates sign the clients
+  // allowed in; empty = no client certificates asked. client_auth is Off
+  // exactly when client_ca is empty.
+  std::string client_ca;
+  ClientAuth client_auth = ClientAuth::Off;
+  Origin client_ca_origin;
 };
 
 // A listener's routing rule: the first rule whose present fields all match

@@ -260,6 +260,10 @@ struct DownstreamSettings {
   const std::vector<ClusterPolicy>* clusters = nullptr;
   uint32_t max_concurrent_streams = 1000;
   std::string client_ip;  // for x-forwarded-for
+  // x-forwarded-client-cert for every request (the client certificate the
+  // TLS handshake verified, tls::Session::client_cert_header()); empty: none
+  // is added. A client's own is dropped either way.
+  std::string client_cert;
   // Abuse budgets (config::Listener's h2_* keys).
   uint32_t glitch_budget = 1000;
   uint32_t glitch_rate = 100;  // per second

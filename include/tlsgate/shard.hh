@@ -34,6 +34,7 @@ struct Counters {
   // By tls::HandshakeFailure (not on the stopped: line; /metrics shows them).
   uint64_t handshake_failure_reasons[static_cast<int>(tls::HandshakeFailure::Count)] = {};
   uint64_t handshake_timeouts = 0;
+  uint64_t client_certificates = 0;  // handshakes that verified a client certificate (client_ca)
   uint64_t http1_rejected = 0;
   uint64_t idle_closed = 0;
   uint64_t downstream_protocol_errors = 0;

@@ -15,6 +15,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "tlsgate/buffer.hh"
@@ -109,6 +110,7 @@ enum class HandshakeFailure : uint8_t {
   NoSharedCipher,  // no cipher suite, group or signature both sides allow
   NoAlpn,          // the client offered ALPN without h2 or http/1.1
   PeerAlert,       // the client ended it with an alert (e.g. it does not trust the certificate)
+  ClientCertificate,  // client_ca: no client certificate where required, or one that does not verify
   Count,
 };
 const char* to_string(HandshakeFailure f);
@@ -176,6 +178,12 @@ class Session {
   // Why the handshake failed, for the log (OpenSSL's reason string).
   const std::string& failure() const { return failure_; }
   HandshakeFailure handshake_failure() const { return handshake_failure_; }
+  // mTLS ([listeners.tls] client_ca): the x-forwarded-client-cert value for
+  // the client certificate the handshake verified (Envoy's format, made once
+  // when the handshake is done, resumed sessions included); empty without one.
+  const std::string& client_cert_header() const { return client_cert_header_; }
+  // Moves it out (to the connection's HTTP/2 session), leaving it empty.
+  std::string take_client_cert_header() { return std::move(client_cert_header_); }
   // Why the detached record layer ended the session (None otherwise).
   TlsViolation violation() const { return violation_; }
 
@@ -298,6 +306,7 @@ class Session {
   uint64_t key_update_window_ms_ = 0;
   TlsViolation violation_ = TlsViolation::None;
   std::string failure_;
+  std::string client_cert_header_;
 };
 
 template <typename Sink>

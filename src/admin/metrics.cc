@@ -143,6 +143,8 @@ constexpr CounterMetric kCounterMetrics[] = {
      "Access log lines dropped because the writer had not taken the shard's buffer yet"},
     {"drain_cut_connections", &Counters::drain_cut_connections, "tlsgate_drain_cut_connections_total", nullptr,
      nullptr, "Client connections the drain's end closed with streams still running"},
+    {"client_certificates", &Counters::client_certificates, "tlsgate_client_certificates_total", nullptr, nullptr,
+     "TLS handshakes that verified a client certificate (listeners with client_ca)"},
     {"body_buffer_resets", &Counters::body_buffer_resets, "tlsgate_body_buffer_resets_total", nullptr, nullptr,
      "Streams reset because the shard's body pool could not hold their bytes"},
     {"accept_paused", &Counters::accept_paused, "tlsgate_accept_paused_total", nullptr, nullptr,

@@ -519,6 +519,21 @@ void read_cipher_policy(const Table& t, CipherPolicy& p) {
   }
 }
 
+// mTLS from clients: client_ca turns it on, client_auth only says how strict
+// it is, so it is refused alone rather than silently meaning nothing.
+void read_client_auth(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
+  auto ca = t.get("client_ca");
+  auto mode = t.get("client_auth");
+  if (mode && !ca) t.fail(*mode, "needs client_ca (the CA file that signs the client certificates)");
+  if (!ca) return;
+  tls.client_ca = t.string(*ca);
+  tls.client_ca_origin = t.origin(*ca);
+  tls.client_auth = ClientAuth::Require;
+  if (mode)
+    tls.client_auth = t.choice<ClientAuth>(*mode, {{"require", ClientAuth::Require}, {"optional", ClientAuth::Optional}});
+  files.push_back({tls.client_ca, tls.client_ca_origin});
+}
+
 // One certificate's keys, in [listeners.tls] itself or in an entry of its
 // certificates list.
 CertificateFiles read_certificate_files(const Table& t, std::vector<FileCheck>& files) {
@@ -565,7 +580,8 @@ void read_certificates(const Table& t, TlsSettings& tls, std::vector<FileCheck>&
 
 void read_tls(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
   t.check_keys({"certificate", "private_key", "ocsp_response", "certificates", "ticket_keys", "alpn", "min_version",
-                "ktls", "record_layer", "session_tickets", "ciphers", "ciphersuites", "groups"});
+                "ktls", "record_layer", "session_tickets", "ciphers", "ciphersuites", "groups", "client_ca",
+                "client_auth"});
   read_certificates(t, tls, files);
   if (auto v = t.get("ticket_keys")) {
     tls.ticket_keys = t.string(*v);
@@ -607,6 +623,7 @@ void read_tls(const Table& t, TlsSettings& tls, std::vector<FileCheck>& files) {
   }
   if (auto v = t.get("session_tickets")) tls.session_tickets = static_cast<uint32_t>(t.integer(*v, 0, 8));
   read_cipher_policy(t, tls.cipher_policy);
+  read_client_auth(t, tls, files);
 }
 
 std::string read_name(const Table& t, const Value& v) {
@@ -997,6 +1014,15 @@ const char* to_string(RecordLayer v) {
   switch (v) {
     case RecordLayer::Tlsgate: return "tlsgate";
     case RecordLayer::Openssl: return "openssl";
+  }
+  return "?";
+}
+
+const char* to_string(ClientAuth v) {
+  switch (v) {
+    case ClientAuth::Off: return "off";
+    case ClientAuth::Require: return "require";
+    case ClientAuth::Optional: return "optional";
   }
   return "?";
 }

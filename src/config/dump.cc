@@ -97,6 +97,10 @@ void write_listener(Writer& w, const Listener& l) {
   w.str("record_layer", to_string(l.tls.record_layer));
   w.num("session_tickets", l.tls.session_tickets);
   write_ciphers(w, l.tls.cipher_policy);
+  if (!l.tls.client_ca.empty()) {  // a path: the CA's certificates are public, but /config shows paths only
+    w.str("client_ca", l.tls.client_ca);
+    w.str("client_auth", to_string(l.tls.client_auth));
+  }
   if (l.tls.certificate_list) {
     for (const CertificateFiles& c : l.tls.certificates) {
       w.header("[[listeners.tls.certificates]]");

@@ -61,8 +61,9 @@ bool is(const nghttp2_vec& v, std::string_view want) {
 }
 
 // Request fields the gateway does not forward: hop-by-hop ones, its own
-// x-forwarded-*, and the other fields a client could use to claim another
-// address or scheme (`forwarded`, RFC 7239; `x-real-ip`): a backend behind
+// x-forwarded-* (x-forwarded-client-cert on every listener, mTLS or not: a
+// backend must never take a client's claim for a verified certificate), and
+// the other fields a client could use to claim another address or scheme (`forwarded`, RFC 7239; `x-real-ip`): a backend behind
 // tlsgate trusts only what the gateway set. Called for every field of every
 // request, so it looks at the length first; pseudo-headers and most names
 // match no length.
@@ -75,6 +76,7 @@ bool dropped_request_field(nghttp2_rcbuf* name) {
     case 15: return is(v, "x-forwarded-for");
     case 16: return is(v, "proxy-connection");
     case 17: return is(v, "x-forwarded-proto") || is(v, "transfer-encoding");
+    case 23: return is(v, "x-forwarded-client-cert");
     default: return false;
   }
 }
@@ -589,6 +591,11 @@ struct Forward {
     }
     nva[n++] = make_nv("x-forwarded-for", d.settings_.client_ip.data(), d.settings_.client_ip.size());
     nva[n++] = literal_nv("x-forwarded-proto", "https");
+    // Copied like x-forwarded-for: nghttp2 packs a request's fields into the
+    // one block it allocates per request anyway (no allocation added), and
+    // the HEADERS frame may be sent after the client connection is gone.
+    if (!d.settings_.client_cert.empty())
+      nva[n++] = make_nv("x-forwarded-client-cert", d.settings_.client_cert.data(), d.settings_.client_cert.size());
     nghttp2_data_provider prd{};
     prd.source.ptr = s;
     prd.read_callback = read_request_body;

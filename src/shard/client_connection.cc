@@ -218,6 +218,7 @@ void ClientConnection::on_handshake_bytes(std::span<const uint8_t> in) {
     return;
   }
   ++n.handshakes;
+  if (!tls->client_cert_header().empty()) ++n.client_certificates;
   handshake_done();
   TimerList::disarm(timer);
   listener->idle_timers.arm(timer, loop->now);
@@ -272,6 +273,7 @@ void ClientConnection::start_h2() {
   s.clusters = &snapshot->clusters;
   s.max_concurrent_streams = cfg.max_concurrent_streams;
   s.client_ip = client_ip;
+  s.client_cert = tls->take_client_cert_header();
   s.glitch_budget = cfg.h2_glitch_budget;
   s.glitch_rate = cfg.h2_glitch_rate;
   s.reset_budget = cfg.h2_reset_budget;

@@ -56,8 +56,9 @@ std::string Counters::describe() const {
   s += buf;
   std::snprintf(buf, sizeof buf,
                 " keepalive_pings=%lu keepalive_timeouts=%lu max_age_goaways=%lu max_age_grace_closed=%lu"
-                " drain_cut_connections=%lu",
-                keepalive_pings, keepalive_timeouts, max_age_goaways, max_age_grace_closed, drain_cut_connections);
+                " drain_cut_connections=%lu client_certificates=%lu",
+                keepalive_pings, keepalive_timeouts, max_age_goaways, max_age_grace_closed, drain_cut_connections,
+                client_certificates);
   s += buf;
   // Index 0 (none): protocol errors OpenSSL's own record layer found.
   s += " tls_openssl_record_errors=" + std::to_string(tls_violations[0]);
@@ -131,6 +132,7 @@ void Counters::add(const Counters& o) {
   access_log_dropped += o.access_log_dropped;
   send_stalled_closed += o.send_stalled_closed;
   drain_cut_connections += o.drain_cut_connections;
+  client_certificates += o.client_certificates;
   keepalive_pings += o.keepalive_pings;
   keepalive_timeouts += o.keepalive_timeouts;
   max_age_goaways += o.max_age_goaways;

@@ -11,6 +11,7 @@
 
 #include "certificates.hh"
 #include "cipher_policy.hh"
+#include "client_auth.hh"
 #include "internal.hh"
 #include "record.hh"
 #include "tickets.hh"
@@ -51,6 +52,7 @@ const char* to_string(HandshakeFailure f) {
     case HandshakeFailure::NoSharedCipher: return "no_shared_cipher";
     case HandshakeFailure::NoAlpn: return "no_alpn";
     case HandshakeFailure::PeerAlert: return "peer_alert";
+    case HandshakeFailure::ClientCertificate: return "client_certificate";
     case HandshakeFailure::Count: break;
   }
   return "?";
@@ -81,6 +83,9 @@ HandshakeFailure classify_failure(unsigned long e) {
       return HandshakeFailure::NoSharedCipher;
     case SSL_R_NO_APPLICATION_PROTOCOL:
       return HandshakeFailure::NoAlpn;
+    case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
+    case SSL_R_CERTIFICATE_VERIFY_FAILED:
+      return HandshakeFailure::ClientCertificate;
     default:
       return HandshakeFailure::Other;
   }
@@ -309,6 +314,7 @@ void* Context::make_server_ctx(const config::TlsSettings& settings) {
     SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   }
+  apply_client_auth(ctx, settings);
   SSL_CTX_set_alpn_select_cb(ctx, alpn_select, &server_->alpn_wire);
   SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
   SSL_CTX_set_tlsext_servername_arg(ctx, server_.get());
@@ -502,6 +508,7 @@ HandshakeState Session::handshake(std::span<const uint8_t> in, ByteQueue& out) {
     SSL_get0_alpn_selected(ssl, &proto, &len);
     rx_at_done_ = rx_records_.total;
     resumed_ = SSL_session_reused(ssl) == 1;
+    if (server_ctx_ != nullptr) client_cert_header_ = tls::client_cert_header(ssl);  // before the SSL may be freed
     whole_records_ = detach_allowed_;
     if (len == 2 && std::memcmp(proto, "h2", 2) == 0) alpn_ = Alpn::H2;
     else if (len == 8 && std::memcmp(proto, "http/1.1", 8) == 0) alpn_ = Alpn::Http11;

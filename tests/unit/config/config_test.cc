@@ -464,6 +464,20 @@ const ErrorCase kErrorCases[] = {
      "demo.toml:8:21: listeners[0].tls.session_tickets: expected an integer from 0 to 8, got 9"},
     {"session_tickets_type", "@LISTENER@  session_tickets = \"1\"\n@CLUSTER@",
      "demo.toml:8:21: listeners[0].tls.session_tickets: expected an integer from 0 to 8, got a string"},
+    // mTLS from clients (issue 19).
+    {"client_auth_without_client_ca", "@LISTENER@  client_auth = \"require\"\n@CLUSTER@",
+     "demo.toml:8:17: listeners[0].tls.client_auth: needs client_ca (the CA file that signs the client "
+     "certificates)"},
+    {"client_auth_value", "@LISTENER@  client_ca = \"@CRT@\"\n  client_auth = \"request\"\n@CLUSTER@",
+     "demo.toml:9:17: listeners[0].tls.client_auth: expected one of \"require\", \"optional\", got \"request\""},
+    {"client_auth_type", "@LISTENER@  client_ca = \"@CRT@\"\n  client_auth = true\n@CLUSTER@",
+     "demo.toml:9:17: listeners[0].tls.client_auth: expected one of \"require\", \"optional\", got a boolean"},
+    {"client_ca_type", "@LISTENER@  client_ca = [\"@CRT@\"]\n@CLUSTER@",
+     "demo.toml:8:15: listeners[0].tls.client_ca: expected a string, got an array"},
+    {"client_ca_unreadable", "@LISTENER@  client_ca = \"@DIR@/clients.pem\"\n@CLUSTER@",
+     "demo.toml:8:15: listeners[0].tls.client_ca: cannot read '@DIR@/clients.pem': No such file or directory"},
+    {"client_ca_empty", "@LISTENER@  client_ca = \"\"\n@CLUSTER@",
+     "demo.toml:8:15: listeners[0].tls.client_ca: must not be empty"},
     // ciphers / ciphersuites / groups: the shape only (OpenSSL judges the names in src/tls).
     {"ciphers_empty", "@LISTENER@  ciphers = \"\"\n@CLUSTER@",
      "demo.toml:8:13: listeners[0].tls.ciphers: must not be empty"},
@@ -638,6 +652,8 @@ const ValidCase kValidCases[] = {
        EXPECT_EQ(l.tls.ktls, Ktls::Auto);
        EXPECT_EQ(l.tls.record_layer, RecordLayer::Tlsgate);
        EXPECT_EQ(l.tls.session_tickets, 1u);
+       EXPECT_EQ(l.tls.client_ca, "");
+       EXPECT_EQ(l.tls.client_auth, ClientAuth::Off);
        // Mozilla "intermediate": TLS 1.2 ECDHE + AEAD only (no CBC), written
        // out here so that a changed default shows up as a failing test.
        EXPECT_EQ(l.tls.cipher_policy.ciphers,
@@ -1350,6 +1366,17 @@ TEST(ConfigStrings, SocketAddressWithoutFamilyHasNoPort) {
   EXPECT_EQ(a.family(), AF_UNSPEC);
 }
 
+// client_ca alone asks for "require": naming a CA and letting clients without
+// its certificates in anyway must be written out.
+TEST_F(ConfigTest, ClientCaAloneRequiresClientCertificates) {
+  const Config c = parse(expand("@LISTENER@  client_ca = \"@CRT@\"\n@CLUSTER@"), "demo.toml");
+  const TlsSettings& t = c.listeners.at(0).tls;
+  EXPECT_EQ(t.client_ca, dir_ + "/server.crt");
+  EXPECT_EQ(t.client_auth, ClientAuth::Require);
+  EXPECT_EQ(t.client_ca_origin.to_string(), "demo.toml:8:15: listeners[0].tls.client_ca");
+  EXPECT_NE(to_toml(c).find("client_auth = \"require\""), std::string::npos) << to_toml(c);
+}
+
 // ---------------------------------------------------------------------------
 // to_toml (the admin's /config): what it writes loads again into the same
 // configuration, every default written out.
@@ -1362,6 +1389,7 @@ TEST_F(ConfigTest, ToTomlLoadsAgainIntoTheSameConfiguration) {
       "proxy_protocol = \"v2\"\nidle_timeout = \"90s\"\nmax_connection_age = \"30m\"\n"
       "max_connection_age_grace = \"1m\"\nkeepalive_interval = \"2m\"\n"
       "  [listeners.tls]\n  certificate = \"@CRT@\"\n  private_key = \"@KEY@\"\n  min_version = \"1.3\"\n"
+      "  client_ca = \"@CRT@\"\n  client_auth = \"optional\"\n"
       "  [[listeners.routes]]\n  authority = \"api.example.com\"\n  path_prefix = \"/a.\\\"b\"\n"
       "  cluster = \"other\"\n"
       "[[clusters]]\nname = \"backend\"\nendpoints = [\"127.0.0.1:50051\", \"backend.test:50052\"]\n"
@@ -1384,6 +1412,8 @@ TEST_F(ConfigTest, ToTomlLoadsAgainIntoTheSameConfiguration) {
   EXPECT_EQ(second.listeners[0].keepalive_interval, std::chrono::minutes(2));
   EXPECT_EQ(second.listeners[0].proxy_protocol, ProxyProtocol::V2);
   EXPECT_EQ(second.listeners[0].routes.at(0).cluster, "other");
+  EXPECT_EQ(second.listeners[0].tls.client_auth, ClientAuth::Optional);
+  EXPECT_NE(shown.find("client_ca = \"" + dir_ + "/server.crt\""), std::string::npos) << shown;
   EXPECT_EQ(shown.find("MIIE"), std::string::npos) << "no key material";
 }
 
