@@ -23,6 +23,7 @@ Figures (bench/README.md explains each):
 """
 
 import argparse
+import base64
 import ctypes
 import datetime
 import json
@@ -328,10 +329,35 @@ class Env:
         pre = "server" if kind == "ecdsa" else "rsa-server"
         return self.certs / f"{pre}.crt", self.certs / f"{pre}.key", self.certs / f"{pre}.pem"
 
+    MANY = 100          # certificates on one listener for the memory figure
+    MANY_SNI = "host57.fleet.test"
 
-def start_proxy(env, proxy, kind, port, tag, valgrind=None):
+    def many_certs(self):
+        """MANY ECDSA certificates signed by the test CA, the first the usual
+        server certificate (localhost), then host1..host99.fleet.test; made
+        once. Returns [(crt, key)]."""
+        d = self.work / "certs-many"
+        out = [(self.certs / "server.crt", self.certs / "server.key")]
+        if not d.exists():
+            d.mkdir()
+            ca, ca_key = self.certs / "ca.crt", self.certs / "ca.key"
+            script = (f"set -e; umask 077; cd {d}; for i in $(seq 1 {self.MANY - 1}); do "
+                      "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out host$i.key 2>/dev/null; "
+                      "openssl req -new -key host$i.key -subj /CN=host$i.fleet.test -out host$i.csr; "
+                      "printf 'subjectAltName=DNS:host%s.fleet.test\\n' $i > host$i.ext; "
+                      f"openssl x509 -req -in host$i.csr -CA {ca} -CAkey {ca_key} -CAcreateserial "
+                      "-CAserial ca.srl -days 30 -sha256 -extfile host$i.ext -out host$i.crt 2>/dev/null; "
+                      "done")
+            subprocess.run(["bash", "-c", script], check=True, capture_output=True)
+        out += [(d / f"host{i}.crt", d / f"host{i}.key") for i in range(1, self.MANY)]
+        return out
+
+
+def start_proxy(env, proxy, kind, port, tag, valgrind=None, ticket_keys=None, cert_list=None):
     """Starts one instance of `proxy` serving `kind`'s certificate on port.
-    valgrind: argv prefix to run it under (single-process mode then)."""
+    valgrind: argv prefix to run it under (single-process mode then).
+    ticket_keys: tlsgate only, a ticket_keys file shared with other instances.
+    cert_list: tlsgate only, [(crt, key)] served by SNI instead of `kind`'s."""
     crt, key, pem = env.cert(kind)
     d = env.work / f"{proxy}-{tag}"
     d.mkdir(exist_ok=True)
@@ -339,16 +365,20 @@ def start_proxy(env, proxy, kind, port, tag, valgrind=None):
     pre = list(valgrind or [])
     if proxy in ("tlsgate", "baseline"):
         conf = d / "tlsgate.toml"
+        certs_toml = "" if cert_list else f'  certificate = "{crt}"\n  private_key = "{key}"'
+        cert_entries = "".join(f'[[listeners.tls.certificates]]\ncertificate = "{c}"\nprivate_key = "{k}"\n'
+                               for c, k in cert_list or ())
         conf.write_text(f"""workers = 1
 [[listeners]]
 name = "public"
 listen = "127.0.0.1:{port}"
 cluster = "backend"
   [listeners.tls]
-  certificate = "{crt}"
-  private_key = "{key}"
+{certs_toml}
   alpn = ["h2"]
   min_version = "1.3"
+{f'  ticket_keys = "{ticket_keys}"' if ticket_keys else ""}
+{cert_entries}
 [[clusters]]
 name = "backend"
 endpoints = ["127.0.0.1:{bp}"]
@@ -456,6 +486,7 @@ class Bench:
         self.anomalies = []    # text lines: what went wrong in the proxies
         self.harness = []      # text lines: what went wrong around them
         self.inst = {}         # (proxy, kind) -> running instance
+        self.fleet = None      # (A, B): two tlsgate instances sharing a ticket_keys file
         self.info = {}         # misc facts for the notes
 
     def add(self, fig, proxy, value):
@@ -599,6 +630,42 @@ class Bench:
         self.add("conn_resumed_core", proxy, r["ok"] / cpu if cpu > 0 else float("nan"))
         self.add("resumed_frac", proxy, r["resumed"] / n)
 
+    # -- 1d. resumed on another instance (tlsgate only) --------------------------
+    def conn_resumed_cross(self, proxy, n):
+        """connload resumes on instance B tickets instance A sealed: two
+        tlsgate processes sharing a ticket_keys file (issue 19). Same
+        measurement as conn_resumed, on B."""
+        if proxy != "tlsgate" or not self.fleet:
+            return
+        env = self.env
+        a, b = self.fleet
+        marks = {}
+
+        def on_line(line, _proc):
+            if line == "start":
+                marks["c0"] = cpu_seconds(b.pid)
+            elif line.startswith("connections="):
+                marks["c1"] = cpu_seconds(b.pid)
+
+        out, _ = run_load(env.procs, "connload-resume-cross",
+                          [env.connload, "--connect", f"127.0.0.1:{b.bench_port}",
+                           "--tickets-from", f"127.0.0.1:{a.bench_port}", "--connections", n,
+                           "--concurrency", 64, "--data", env.msg, "--tls13-ciphers", CIPHER],
+                          120, on_line)
+        check_alive(a, "resumed-across-instances test (instance A)")
+        check_alive(b, "resumed-across-instances test (instance B)")
+        r = parse_kv(out.strip().splitlines()[-1])
+        if r.get("failed", 1) != 0 or r.get("ok") != n:
+            self.anomaly(f"tlsgate: connload --tickets-from, {n} connections: {out.strip().splitlines()[-1]}")
+        if r.get("resumed", 0) < 0.95 * n:
+            self.anomaly(f"tlsgate: only {r.get('resumed')} of {n} handshakes on instance B resumed A's tickets")
+        if not r.get("ok") or "c0" not in marks or "c1" not in marks:
+            return
+        cpu = marks["c1"] - marks["c0"]
+        self.add("conn_resumed_cross", proxy, r["ok"] / r["elapsed"])
+        self.add("conn_resumed_cross_core", proxy, r["ok"] / cpu if cpu > 0 else float("nan"))
+        self.add("resumed_cross_frac", proxy, r["resumed"] / n)
+
     # -- 2. persistent throughput ---------------------------------------------
     def throughput(self, proxy):
         p = self.inst[(proxy, "ecdsa")]
@@ -665,15 +732,22 @@ class Bench:
         self.add("lat_rate", proxy, len(lat) / r["secs"])
 
     # -- 4. memory per idle connection ----------------------------------------
-    def memory(self, proxy, n):
+    def memory(self, proxy, n, many=False):
+        """many: tlsgate with Env.MANY certificates, the connections asking
+        for one in the middle of the list (figure mem_kib_many)."""
         env = self.env
-        p = start_proxy(env, proxy, "ecdsa", free_port(), "mem")
+        if many and proxy != "tlsgate":
+            return
+        p = start_proxy(env, proxy, "ecdsa", free_port(), "mem-many" if many else "mem",
+                        cert_list=env.many_certs() if many else None)
+        sni = ["--sni", env.MANY_SNI] if many else []
+        fig = "mem_kib_many" if many else "mem_kib"
         try:
             # Warm-up: a few connections and calls (upstream connection,
             # lazily built state), closed again.
             run_load(env.procs, "connload-warm",
                      [env.connload, "--connect", f"127.0.0.1:{p.bench_port}", "--connections", 50,
-                      "--concurrency", 8, "--data", env.msg, "--tls13-ciphers", CIPHER], 60)
+                      "--concurrency", 8, "--data", env.msg, "--tls13-ciphers", CIPHER, *sni], 60)
             time.sleep(1.0)
             rss0 = rss_kib(p.pid)
             marks = {}
@@ -688,7 +762,7 @@ class Bench:
             out, _ = run_load(env.procs, "connload-hold",
                               [env.connload, "--connect", f"127.0.0.1:{p.bench_port}", "--hold", n,
                                "--concurrency", 128, "--hold-time", 30, "--data", env.msg,
-                               "--tls13-ciphers", CIPHER], 240, on_line)
+                               "--tls13-ciphers", CIPHER, *sni], 240, on_line)
             check_alive(p, "idle-connection test")
             r = parse_kv(out.strip().splitlines()[-1])
             ready = marks.get("ready", {})
@@ -696,8 +770,8 @@ class Bench:
                 self.anomaly(f"{LABEL[proxy]}: {n} idle connections: ready={ready} summary: "
                              f"{out.strip().splitlines()[-1]}")
             if "rss1" in marks and ready.get("ok"):
-                self.add("mem_kib", proxy, (marks["rss1"] - rss0) / ready["ok"])
-                self.info.setdefault("mem_rss", {})[proxy] = (rss0, marks["rss1"])
+                self.add(fig, proxy, (marks["rss1"] - rss0) / ready["ok"])
+                self.info.setdefault("mem_rss_many" if many else "mem_rss", {})[proxy] = (rss0, marks["rss1"])
         finally:
             env.procs.stop(p)
 
@@ -820,11 +894,15 @@ ROWS = [
     ("conn_resumed", "Resumed connections/s, TLS 1.3 PSK-(EC)DHE (connload)", True, 0, None),
     ("conn_resumed_core", "**Resumed connections per proxy core-second** (µs per connection)", True, 0,
      "inv_us"),
+    ("conn_resumed_cross_core", "**Resumed across two instances**, per proxy core-second (tlsgate only: "
+     "tickets of instance A resumed on B, one ticket_keys file; µs per connection)", True, 0, "inv_us"),
     ("tput", "Unary calls/s, 8 connections × 32 streams (h2load)", True, 0, None),
     ("tput_core", "**Calls per proxy core-second** (proxy CPU µs per call)", True, 0, "tput_us"),
     ("lat_mean", "Latency at {rate} calls/s: mean, ms", False, 2, None),
     ("lat_p99", "Latency at {rate} calls/s: p99, ms", False, 2, None),
     ("mem_kib", "**Memory per idle TLS h2 connection**, KiB RSS ({idle} connections)", False, 1, None),
+    ("mem_kib_many", "Memory per idle connection with 100 certificates on the listener (tlsgate only; "
+     "SNI picks the 58th), KiB RSS", False, 1, None),
     ("instr", "**User-space instructions per call** (callgrind, 8 × 32 streams)", False, 0, None),
 ]
 
@@ -944,6 +1022,25 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
     ctx.append(f"- Proxy core busy during the 8 × 32 throughput test: {per('tput_util', '{:.0f}%', 100)}; "
                f"backend CPU per call behind each proxy: {per('tput_backend_us', '{:.1f} µs')}.")
     ctx.append(f"- Resumed: share of handshakes that were resumptions: {per('resumed_frac', '{:.0f}%', 100)}.")
+    one, many = bench.med("mem_kib", "tlsgate"), bench.med("mem_kib_many", "tlsgate")
+    if one and many:
+        r0 = bench.info.get("mem_rss", {}).get("tlsgate", (0, 0))[0]
+        r1 = bench.info.get("mem_rss_many", {}).get("tlsgate", (0, 0))[0]
+        ctx.append(f"- Many certificates (tlsgate): {many:.1f} KiB per idle connection with "
+                   f"{bench.env.MANY} certificates against {one:.1f} KiB with one "
+                   f"({many / one:.2f}×); what the certificates cost once, RSS after the warm-up: "
+                   f"{r1 / 1024:.1f} MiB against {r0 / 1024:.1f} MiB.")
+    cross = [c / o for c, o, rc, ro in zip(bench.res.get(("conn_resumed_cross_core", "tlsgate"), []),
+                                           bench.res.get(("conn_resumed_core", "tlsgate"), []),
+                                           bench.rounds.get(("conn_resumed_cross_core", "tlsgate"), []),
+                                           bench.rounds.get(("conn_resumed_core", "tlsgate"), []))
+             if rc == ro and o and c == c]
+    if cross:
+        frac = bench.med("resumed_cross_frac", "tlsgate")
+        ctx.append(f"- Resumed across two instances (tlsgate): {frac * 100:.0f}% of the handshakes on instance "
+                   f"B resumed a ticket instance A sealed; per core-second against resumptions on one "
+                   f"instance in the same round: median {statistics.median(cross):.2f} "
+                   f"({min(cross):.2f}–{max(cross):.2f}); 1.00 = the same cost.")
     ctx.append(f"- Latency test: h2load -c 8 -m 32 --rps {rate // 8} for {m['lat_secs']} s "
                f"(achieved {per('lat_rate', '{:,.0f}/s')}).")
     if bench.med("lat_p99", "direct") is not None:
@@ -1115,6 +1212,15 @@ def main():
                 inst[(proxy, kind)] = start_proxy(env, proxy, kind, free_port(), kind)
                 bench.verify(proxy, inst[(proxy, kind)], kind)
         log("all proxies answer gRPC calls with grpc-status 0")
+        if "conn" in only and "tlsgate" in PROXIES:
+            keys = work / "ticket.keys"
+            keys.write_bytes(base64.b64encode(os.urandom(80)) + b"\n")
+            keys.chmod(0o600)
+            bench.fleet = tuple(start_proxy(env, "tlsgate", "ecdsa", free_port(), tag, ticket_keys=keys)
+                                for tag in ("fleet-a", "fleet-b"))
+            for p in bench.fleet:
+                bench.verify("tlsgate", p, "ecdsa")
+            log("two more tlsgate instances share a ticket_keys file (resumed across instances)")
 
         # One round measures one figure for every proxy back to back, so the
         # values compared with each other are seconds apart, not minutes; the
@@ -1123,7 +1229,8 @@ def main():
         if "conn" in only:
             tests += [("ECDSA connections", bench.conn_burst, ("ecdsa", mode["burst"])),
                       ("RSA connections", bench.conn_burst, ("rsa", mode["burst_rsa"])),
-                      ("resumed connections", bench.conn_resumed, (mode["resumed"],))]
+                      ("resumed connections", bench.conn_resumed, (mode["resumed"],)),
+                      ("resumed across two instances", bench.conn_resumed_cross, (mode["resumed"],))]
         if "tput" in only:
             tests.append(("throughput", bench.throughput, ()))
         for rep in range(mode["reps"] if tests else 0):
@@ -1150,12 +1257,18 @@ def main():
         for (proxy, kind), p in inst.items():
             check_alive(p, "the run")
             procs.stop(p)
+        for p in bench.fleet or ():
+            check_alive(p, "the run")
+            procs.stop(p)
         for rep in range(mode["mem_reps"] if "memory" in only else 0):
             bench.round = rep
             for proxy in rotated(PROXIES, rep):
                 log(f"run {rep + 1}/{mode['mem_reps']} {proxy}: memory, {mode['idle']} idle connections "
                     f"(fresh proxy)")
                 bench.guarded(f"{proxy} memory", bench.memory, proxy, mode["idle"])
+                if proxy == "tlsgate":
+                    log(f"run {rep + 1}/{mode['mem_reps']} tlsgate: memory with {env.MANY} certificates")
+                    bench.guarded("tlsgate memory, many certificates", bench.memory, proxy, mode["idle"], True)
 
         if mode["cg_calls"]:
             bench.round = 0

@@ -20,6 +20,12 @@
 //   with (EC)DHE; OpenSSL clients use a TLS 1.3 ticket once, newest first;
 //   servers send one or two per connection, so the pool does not run dry).
 //   The summary's resumed= counts the handshakes the server resumed.
+//   --tickets-from HOST2:PORT2 (implies --resume, needs --connections N):
+//   the warm-up makes N full handshakes with that other server and keeps
+//   their tickets; every measured connection to --connect resumes one of
+//   them, and tickets from the measured server are not kept: each measured
+//   resumption is of a ticket another instance sealed (servers sharing a
+//   ticket key file).
 //
 // Hold mode: opens N connections (C in flight at a time), makes one call on
 // each, keeps them all open and idle, prints "ready ok=N failed=N" on stdout
@@ -78,6 +84,8 @@ struct Options {
   long connections = 0;
   int concurrency = 64;
   bool resume = false;
+  bool cross = false;          // --tickets-from: warm up against another server
+  sockaddr_in tickets_from{};
   long hold = 0;
   double hold_time = 0;
   double timeout = 10;
@@ -91,6 +99,8 @@ SSL_CTX* g_ctx = nullptr;
 // per connection, so the pool does not run dry.
 std::vector<SSL_SESSION*> g_tickets;
 constexpr size_t kMaxTickets = 4096;
+bool g_keep_tickets = true;    // off in the measured part of --tickets-from
+bool g_offer_tickets = true;   // off in the warm-up of --tickets-from: full handshakes only
 
 struct Stats {
   long started = 0, ok = 0, failed = 0, grpc_error = 0, resumed = 0, closed_idle = 0;
@@ -138,6 +148,7 @@ std::string ssl_error_text() {
 }
 
 int new_session_cb(SSL*, SSL_SESSION* sess) {
+  if (!g_keep_tickets) return 0;  // OpenSSL frees it
   if (g_tickets.size() >= kMaxTickets) {
     SSL_SESSION_free(g_tickets.front());
     g_tickets.erase(g_tickets.begin());
@@ -268,7 +279,7 @@ void drive(Conn* c) {
     SSL_set_fd(c->ssl, c->fd);
     SSL_set_connect_state(c->ssl);
     SSL_set_tlsext_host_name(c->ssl, g_opt.sni.c_str());
-    while (g_opt.resume && !g_tickets.empty()) {
+    while (g_opt.resume && g_offer_tickets && !g_tickets.empty()) {
       SSL_SESSION* t = g_tickets.back();
       g_tickets.pop_back();
       bool ok = SSL_SESSION_is_resumable(t) == 1;
@@ -328,11 +339,20 @@ void drive(Conn* c) {
   if (c->state == State::Active && c->stream_closed) finish_call(c);
 }
 
+// "127.0.0.1:8443" into `out`.
+bool parse_ipv4(const std::string& text, sockaddr_in& out) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos) return false;
+  out.sin_family = AF_INET;
+  out.sin_port = htons(static_cast<uint16_t>(std::atoi(text.c_str() + colon + 1)));
+  return inet_pton(AF_INET, text.substr(0, colon).c_str(), &out.sin_addr) == 1;
+}
+
 [[noreturn]] void usage(int code) {
   std::fprintf(code == 0 ? stdout : stderr,
                "usage: connload --connect HOST:PORT [--duration SECS | --connections N] [--concurrency C]\n"
                "                [--resume] [--data FILE] [--path PATH] [--sni NAME] [--timeout SECS]\n"
-               "                [--tls13-ciphers LIST]\n"
+               "                [--tls13-ciphers LIST] [--tickets-from HOST2:PORT2]\n"
                "       connload --connect HOST:PORT --hold N [--concurrency C] [--hold-time SECS]\n");
   std::exit(code);
 }
@@ -401,7 +421,7 @@ void run_phase(int ep, long total, double duration, bool hold) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string connect_to;
+  std::string connect_to, tickets_from;
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
     auto next = [&]() -> const char* {
@@ -409,6 +429,10 @@ int main(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--connect") connect_to = next();
+    else if (a == "--tickets-from") {
+      tickets_from = next();
+      g_opt.resume = g_opt.cross = true;
+    }
     else if (a == "--duration") g_opt.duration = std::atof(next());
     else if (a == "--connections") g_opt.connections = std::atol(next());
     else if (a == "--concurrency") g_opt.concurrency = std::atoi(next());
@@ -431,12 +455,10 @@ int main(int argc, char** argv) {
     } else if (a == "-h" || a == "--help") usage(0);
     else usage(2);
   }
-  auto colon = connect_to.rfind(':');
-  if (colon == std::string::npos || g_opt.concurrency < 1) usage(2);
-  std::string host = connect_to.substr(0, colon);
-  g_opt.addr.sin_family = AF_INET;
-  g_opt.addr.sin_port = htons(static_cast<uint16_t>(std::atoi(connect_to.c_str() + colon + 1)));
-  if (inet_pton(AF_INET, host.c_str(), &g_opt.addr.sin_addr) != 1) usage(2);
+  if (g_opt.concurrency < 1 || !parse_ipv4(connect_to, g_opt.addr)) usage(2);
+  if (g_opt.cross && (!parse_ipv4(tickets_from, g_opt.tickets_from) || g_opt.connections <= 0 ||
+                      g_opt.connections > static_cast<long>(kMaxTickets) || g_opt.duration > 0 || g_opt.hold > 0))
+    usage(2);
   g_opt.authority = connect_to;
   if (g_opt.hold == 0 && g_opt.duration <= 0 && g_opt.connections <= 0) g_opt.connections = 1;
 
@@ -468,8 +490,17 @@ int main(int argc, char** argv) {
   int ep = epoll_create1(EPOLL_CLOEXEC);
   if (g_opt.resume) {
     // Warm-up, not counted: enough full handshakes that every one of the C
-    // connections in flight can start with a ticket of its own.
-    run_phase(ep, g_opt.concurrency, 0, false);
+    // connections in flight can start with a ticket of its own; with
+    // --tickets-from, one per measured connection, all from the other server.
+    const sockaddr_in measured = g_opt.addr;
+    if (g_opt.cross) {
+      g_opt.addr = g_opt.tickets_from;
+      g_offer_tickets = false;
+    }
+    run_phase(ep, g_opt.cross ? g_opt.connections : g_opt.concurrency, 0, false);
+    g_opt.addr = measured;
+    g_offer_tickets = true;
+    if (g_opt.cross) g_keep_tickets = false;
     if (g_stats.failed != 0) {
       std::printf("connections=%ld ok=%ld failed=%ld warmup=1 first_error=\"%s\"\n", g_stats.started, g_stats.ok,
                   g_stats.failed, g_stats.first_error.c_str());
