@@ -28,9 +28,11 @@ int set_hmac_key(EVP_MAC_CTX* hctx, const config::TicketKey& k) {
   return EVP_MAC_CTX_set_params(hctx, params);
 }
 
-// OpenSSL's contract: 1 = use this key, 2 = the ticket is good but was
-// sealed with an older key (a new ticket is issued), 0 = unknown key (a full
-// handshake), -1 = error.
+// OpenSSL's contract: 1 = use this key, 2 = the ticket is good and a new
+// one is to be issued, 0 = unknown key (a full handshake), -1 = error. A
+// ticket under an older key is renewed; so is every TLS 1.3 ticket, as
+// OpenSSL's built-in keys do: a TLS 1.3 client uses a ticket once, and one
+// that got no new ticket on a resumed connection pays a full handshake next.
 int ticket_key_cb(SSL* ssl, unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* cctx, EVP_MAC_CTX* hctx,
                   int enc) {
   const auto* keys =
@@ -48,7 +50,7 @@ int ticket_key_cb(SSL* ssl, unsigned char name[16], unsigned char* iv, EVP_CIPHE
     const config::TicketKey& k = keys->keys[i];
     if (std::memcmp(name, k.name, sizeof k.name) != 0) continue;
     if (set_hmac_key(hctx, k) != 1 || EVP_DecryptInit_ex2(cctx, g_cipher, k.aes, iv, nullptr) != 1) return -1;
-    return i == 0 ? 1 : 2;
+    return i == 0 && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2;
   }
   return 0;
 }
