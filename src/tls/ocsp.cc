@@ -16,6 +16,7 @@
 
 #include "certificates.hh"
 #include "internal.hh"
+#include "tlsgate/tls.hh"
 
 namespace tlsgate::tls {
 
@@ -88,7 +89,7 @@ std::string serial_text(X509* cert) {
 
 // The certificate of the chain that issued `leaf`: the OCSP CertID hashes
 // its name and key, and it is the trust anchor of the response's signature.
-X509* issuer_of(X509* leaf, STACK_OF(X509)* chain) {
+X509* issuer_of(X509* leaf, STACK_OF(X509) * chain) {
   for (int i = 0; i < sk_X509_num(chain); ++i)
     if (X509_check_issued(sk_X509_value(chain, i), leaf) == X509_V_OK) return sk_X509_value(chain, i);
   return nullptr;
@@ -117,7 +118,7 @@ OCSP_SINGLERESP* single_for(OCSP_BASICRESP* basic, X509* leaf, X509* issuer) {
 // intermediate (PARTIAL_CHAIN): a response signed by anyone else, however
 // trusted elsewhere, says nothing about this certificate. The chain is
 // offered to find the signer when the response does not carry it.
-bool signed_by_issuer(OCSP_BASICRESP* basic, STACK_OF(X509)* chain, X509* issuer) {
+bool signed_by_issuer(OCSP_BASICRESP* basic, STACK_OF(X509) * chain, X509* issuer) {
   StorePtr store(X509_STORE_new());
   if (!store || X509_STORE_add_cert(store.get(), issuer) != 1) return false;
   return OCSP_basic_verify(basic, chain, store.get(), OCSP_PARTIAL_CHAIN) == 1;
@@ -128,7 +129,8 @@ struct Verdict {
   std::string problem;  // a warning, also when stapled (revoked)
 };
 
-Verdict check(const std::vector<unsigned char>& der, X509* leaf, STACK_OF(X509)* chain, time_t now, time_t* next) {
+Verdict check(const std::vector<unsigned char>& der, X509* leaf, STACK_OF(X509) * chain, time_t now,
+              time_t* next) {
   const unsigned char* p = der.data();
   ResponsePtr response(d2i_OCSP_RESPONSE(nullptr, &p, static_cast<long>(der.size())));
   if (!response) return {false, "not a DER OCSP response: " + openssl_error_text()};
@@ -141,11 +143,12 @@ Verdict check(const std::vector<unsigned char>& der, X509* leaf, STACK_OF(X509)*
   if (!basic) return {false, "not a basic OCSP response: " + openssl_error_text()};
   X509* issuer = issuer_of(leaf, chain);
   if (issuer == nullptr)
-    return {false, "the certificate file has no issuer certificate after the leaf, which checking a response needs"};
+    return {false,
+            "the certificate file has no issuer certificate after the leaf, which checking a response needs"};
   OCSP_SINGLERESP* single = single_for(basic.get(), leaf, issuer);
   if (single == nullptr)
-    return {false, "it is for another certificate (none of its statuses is about serial " + serial_text(leaf) +
-                       " of this issuer)"};
+    return {false, "it is for another certificate (none of its statuses is about serial " +
+                       serial_text(leaf) + " of this issuer)"};
   if (!signed_by_issuer(basic.get(), chain, issuer))
     return {false, "it is not signed by the certificate's issuer or a responder the issuer delegated to: " +
                        openssl_error_text()};
@@ -167,11 +170,13 @@ Verdict check(const std::vector<unsigned char>& der, X509* leaf, STACK_OF(X509)*
       return {true, ""};
     case V_OCSP_CERTSTATUS_REVOKED:
       return {true, std::string("it says the certificate is REVOKED (on ") +
-                        (revoked_at ? time_text(revoked_at) : std::string("?")) + ", reason: " +
-                        OCSP_crl_reason_str(reason) +
+                        (revoked_at ? time_text(revoked_at) : std::string("?")) +
+                        ", reason: " + OCSP_crl_reason_str(reason) +
                         "); stapled as it is, so clients that check refuse the certificate: replace it"};
     default:
-      return {false, "the responder does not know this certificate (status 'unknown'): was the right responder asked?"};
+      return {
+          false,
+          "the responder does not know this certificate (status 'unknown'): was the right responder asked?"};
   }
 }
 
@@ -180,9 +185,13 @@ int staple_cb(SSL* ssl, void* arg) {
   const X509* chosen = SSL_get_certificate(ssl);  // with ECDSA and RSA in one context, the one OpenSSL picked
   for (const StapleTable::Staple* s : group->staples) {
     if (s->leaf != chosen) continue;
+    auto* session = static_cast<Session*>(SSL_get_app_data(ssl));
     // Past nextUpdate a response proves nothing and a careful client
     // refuses it: better none than a stale one until the file is refreshed.
-    if (g_clock() >= s->next_update) return SSL_TLSEXT_ERR_NOACK;
+    if (g_clock() >= s->next_update) {
+      if (session) session->note_ocsp(Session::Ocsp::Stale);
+      return SSL_TLSEXT_ERR_NOACK;
+    }
     // OpenSSL takes the buffer and frees it with the SSL.
     auto* copy = static_cast<unsigned char*>(OPENSSL_malloc(s->der.size()));
     if (copy == nullptr) return SSL_TLSEXT_ERR_NOACK;
@@ -191,6 +200,7 @@ int staple_cb(SSL* ssl, void* arg) {
       OPENSSL_free(copy);
       return SSL_TLSEXT_ERR_NOACK;
     }
+    if (session) session->note_ocsp(Session::Ocsp::Stapled);
     return SSL_TLSEXT_ERR_OK;
   }
   return SSL_TLSEXT_ERR_NOACK;
@@ -207,8 +217,9 @@ StapleTable::StapleTable(const std::vector<config::CertificateFiles>& files, con
     const config::CertificateFiles& f = files[i];
     if (f.ocsp_response.empty()) continue;
     auto warn = [&](const std::string& what, bool stapled) {
-      warnings_.push_back(f.ocsp_response_origin.to_string() + ": '" + f.ocsp_response + "' for certificate '" +
-                          f.certificate + "': " + what + (stapled ? "" : "; not stapled"));
+      warnings_.push_back(f.ocsp_response_origin.to_string() + ": '" + f.ocsp_response +
+                          "' for certificate '" + f.certificate + "': " + what +
+                          (stapled ? "" : "; not stapled"));
     };
     std::string problem;
     std::vector<unsigned char> der = read_file(f.ocsp_response, &problem);

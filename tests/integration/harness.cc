@@ -490,10 +490,11 @@ std::string GatewayConfig::render() const {
                                                     : std::string("2s"))
     << "\"\n"
     << extra_listener << "\n"
-    << "  [listeners.tls]\n"
-    << "  certificate = \"" << (certificate.empty() ? certs().server_crt : certificate).string() << "\"\n"
-    << "  private_key = \"" << (private_key.empty() ? certs().server_key : private_key).string() << "\"\n"
-    << "  alpn = [\"h2\", \"http/1.1\"]\n"
+    << "  [listeners.tls]\n";
+  if (certificates.empty())
+    s << "  certificate = \"" << (certificate.empty() ? certs().server_crt : certificate).string() << "\"\n"
+      << "  private_key = \"" << (private_key.empty() ? certs().server_key : private_key).string() << "\"\n";
+  s << "  alpn = [\"h2\", \"http/1.1\"]\n"
     << "  min_version = \"1.2\"\n";
   const std::string mode = ktls.empty() ? env("TLSGATE_KTLS") : ktls;
   if (!mode.empty()) s << "  ktls = \"" << mode << "\"\n";
@@ -501,6 +502,7 @@ std::string GatewayConfig::render() const {
   if (const std::string layer = record_layer.empty() ? env("TLSGATE_RECORD_LAYER") : record_layer; !layer.empty())
     s << "  record_layer = \"" << layer << "\"\n";
   s << listener_tail << "\n";
+  s << certificates << "\n";
   s << (clusters.empty() ? cluster_toml("backend", endpoints) : clusters);
   return s.str();
 }

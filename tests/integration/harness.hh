@@ -220,6 +220,9 @@ struct GatewayConfig {
   int workers = 2;
   std::filesystem::path certificate;  // default: certs().server_crt
   std::filesystem::path private_key;  // default: certs().server_key
+  // Raw [[listeners.tls.certificates]] tables; when set they replace the
+  // certificate/private_key pair above (written after listener_tail).
+  std::string certificates;
   std::string extra_listener;         // raw TOML lines appended to [[listeners]]
   std::string extra_top;              // raw TOML lines at the top
   // The [drain] table's keys. stop() sends TERM, then KILL after 10 s: the

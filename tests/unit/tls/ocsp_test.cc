@@ -3,6 +3,8 @@
 // are made here with OpenSSL's OCSP API (the openssl CLI cannot make a
 // nextUpdate in the past), signed by the gen-cert test CA; an in-memory
 // OpenSSL client asks for the status and reads what came.
+#include "../../../src/tls/ocsp.hh"
+
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 #include <openssl/ocsp.h>
@@ -17,7 +19,6 @@
 #include <string>
 #include <vector>
 
-#include "../../../src/tls/ocsp.hh"
 #include "cert_env.hh"
 #include "tls_client.hh"
 #include "tlsgate/config.hh"
@@ -67,8 +68,8 @@ Responder make_responder(const char* eku) {
   ASN1_INTEGER_set(X509_get_serialNumber(c), 4242);
   X509_set_issuer_name(c, X509_get_subject_name(ca.get()));
   X509_NAME* name = X509_get_subject_name(c);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("test responder"), -1,
-                             -1, 0);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("test responder"), -1, -1, 0);
   X509_gmtime_adj(X509_getm_notBefore(c), -3600);
   X509_gmtime_adj(X509_getm_notAfter(c), 86400 * 30);
   X509_set_pubkey(c, r.key.get());
@@ -103,8 +104,8 @@ std::vector<unsigned char> make_response(const Spec& s) {
   ASN1_TIME* this_update = X509_gmtime_adj(nullptr, s.this_update);
   ASN1_TIME* next_update = X509_gmtime_adj(nullptr, s.next_update);
   ASN1_TIME* revoked = s.status == V_OCSP_CERTSTATUS_REVOKED ? X509_gmtime_adj(nullptr, -7200) : nullptr;
-  EXPECT_NE(OCSP_basic_add1_status(basic, id, s.status, OCSP_REVOKED_STATUS_KEYCOMPROMISE, revoked, this_update,
-                                   next_update),
+  EXPECT_NE(OCSP_basic_add1_status(basic, id, s.status, OCSP_REVOKED_STATUS_KEYCOMPROMISE, revoked,
+                                   this_update, next_update),
             nullptr)
       << openssl_errors();
   EXPECT_EQ(OCSP_basic_sign(basic, s.signer ? s.signer : ca.get(), s.signer_key ? s.signer_key : ca_key.get(),
@@ -128,8 +129,8 @@ std::vector<unsigned char> make_response(const Spec& s) {
 
 std::string write_response(const std::string& name, const std::vector<unsigned char>& der) {
   const std::string path = g_cert_dir + "/" + name;
-  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(der.data()),
-                                              static_cast<std::streamsize>(der.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(der.data()), static_cast<std::streamsize>(der.size()));
   return path;
 }
 
@@ -145,8 +146,9 @@ config::TlsSettings with_response(const std::string& path, const char* cert = "s
 // What an OpenSSL client that asks for the status (or not) got.
 struct Stapled {
   bool handshake_ok = false;
-  std::vector<unsigned char> response;  // empty: none
-  std::string peer_key;                 // "EC" or "RSA": the certificate that came
+  std::vector<unsigned char> response;            // empty: none
+  std::string peer_key;                           // "EC" or "RSA": the certificate that came
+  Session::Ocsp noted = Session::Ocsp::NotAsked;  // what the session tells the shard to count
 };
 
 Stapled try_status(Context& ctx, int max_version = 0, bool ask = true, const char* sigalgs = nullptr) {
@@ -167,6 +169,7 @@ Stapled try_status(Context& ctx, int max_version = 0, bool ask = true, const cha
   const unsigned char* p = nullptr;
   const long n = SSL_get_tlsext_status_ocsp_resp(client.ssl(), &p);
   if (n > 0 && p != nullptr) s.response.assign(p, p + n);
+  s.noted = session.ocsp();
   if (X509* peer = SSL_get0_peer_certificate(client.ssl()))
     s.peer_key = EVP_PKEY_get_base_id(X509_get0_pubkey(peer)) == EVP_PKEY_EC ? "EC" : "RSA";
   return s;
@@ -186,14 +189,21 @@ TEST(OcspStapling, GoodResponseIsStapledInTls13AndTls12) {
   const std::vector<unsigned char> der = make_response({});
   Context ctx(with_response(write_response("good.der", der)));
   EXPECT_TRUE(ctx.warnings().empty()) << ctx.warnings()[0];
-  EXPECT_EQ(try_status(ctx).response, der) << "TLS 1.3: in the Certificate message";
-  EXPECT_EQ(try_status(ctx, TLS1_2_VERSION).response, der) << "TLS 1.2: the CertificateStatus message";
+  const Stapled tls13 = try_status(ctx);
+  EXPECT_EQ(tls13.response, der) << "TLS 1.3: in the Certificate message";
+  EXPECT_EQ(tls13.noted, Session::Ocsp::Stapled);
+  const Stapled tls12 = try_status(ctx, TLS1_2_VERSION);
+  EXPECT_EQ(tls12.response, der) << "TLS 1.2: the CertificateStatus message";
+  EXPECT_EQ(tls12.noted, Session::Ocsp::Stapled);
 }
 
 TEST(OcspStapling, ClientThatDoesNotAskGetsNone) {
   Context ctx(with_response(write_response("good.der", make_response({}))));
-  EXPECT_TRUE(try_status(ctx, 0, false).response.empty());
-  EXPECT_TRUE(try_status(ctx, TLS1_2_VERSION, false).response.empty());
+  for (int version : {0, TLS1_2_VERSION}) {
+    const Stapled s = try_status(ctx, version, false);
+    EXPECT_TRUE(s.response.empty()) << version;
+    EXPECT_EQ(s.noted, Session::Ocsp::NotAsked) << "the callback ran for a client that did not ask";
+  }
 }
 
 TEST(OcspStapling, NoResponseConfiguredStaplesNothing) {
@@ -358,8 +368,11 @@ TEST(OcspStapling, ResponsePastItsNextUpdateStopsBeingStapled) {
   set_staple_clock(fake_clock);
   EXPECT_EQ(try_status(ctx).response, der) << "half an hour on: still valid";
   g_fake_now += 3600;
-  EXPECT_TRUE(try_status(ctx).response.empty()) << "an hour and a half on: stale";
-  EXPECT_TRUE(try_status(ctx, TLS1_2_VERSION).response.empty());
+  for (int version : {0, TLS1_2_VERSION}) {
+    const Stapled s = try_status(ctx, version);
+    EXPECT_TRUE(s.response.empty()) << "an hour and a half on: stale";
+    EXPECT_EQ(s.noted, Session::Ocsp::Stale) << "counted for /metrics";
+  }
   set_staple_clock(nullptr);
   EXPECT_EQ(try_status(ctx).response, der) << "the real clock again";
 }
