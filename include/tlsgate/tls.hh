@@ -73,7 +73,8 @@ class Context {
   // names); 1 for a client context.
   size_t contexts() const;
   // Server: what the operator should hear about its certificates (expired,
-  // unreachable), for start-up, --check-config and reloads.
+  // unreachable) and their OCSP responses (not stapled, revoked), for
+  // start-up, --check-config and reloads.
   const std::vector<std::string>& warnings() const;
   struct Server;
   bool detach() const { return detach_; }

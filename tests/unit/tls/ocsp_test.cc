@@ -17,6 +17,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cert_env.hh"
@@ -51,41 +52,54 @@ KeyPtr load_key(const std::string& name) {
   return k;
 }
 
-// A responder certificate the test CA signs for `days` with extendedKeyUsage
-// `eku` ("OCSPSigning": a delegated responder; "serverAuth": not one).
-struct Responder {
+// A certificate with a new P-256 key, signed by `issuer` (default: the test
+// CA), with these X.509v3 extensions (name, value as in an openssl config).
+struct Issued {
   X509Ptr cert;
   KeyPtr key;
 };
-Responder make_responder(const char* eku) {
-  Responder r;
-  r.key.reset(EVP_EC_gen("P-256"));
+Issued issue(const char* cn, long serial, const std::vector<std::pair<int, const char*>>& extensions,
+             X509* issuer = nullptr, EVP_PKEY* issuer_key = nullptr) {
   X509Ptr ca = load_cert("ca.crt");
   KeyPtr ca_key = load_key("ca.key");
+  if (issuer == nullptr) {
+    issuer = ca.get();
+    issuer_key = ca_key.get();
+  }
+  Issued r;
+  r.key.reset(EVP_EC_gen("P-256"));
   r.cert.reset(X509_new());
   X509* c = r.cert.get();
   X509_set_version(c, X509_VERSION_3);
-  ASN1_INTEGER_set(X509_get_serialNumber(c), 4242);
-  X509_set_issuer_name(c, X509_get_subject_name(ca.get()));
-  X509_NAME* name = X509_get_subject_name(c);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>("test responder"), -1, -1, 0);
+  ASN1_INTEGER_set(X509_get_serialNumber(c), serial);
+  X509_set_issuer_name(c, X509_get_subject_name(issuer));
+  X509_NAME_add_entry_by_txt(X509_get_subject_name(c), "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>(cn), -1, -1, 0);
   X509_gmtime_adj(X509_getm_notBefore(c), -3600);
   X509_gmtime_adj(X509_getm_notAfter(c), 86400 * 30);
   X509_set_pubkey(c, r.key.get());
   X509V3_CTX v3;
-  X509V3_set_ctx(&v3, ca.get(), c, nullptr, nullptr, 0);
-  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, NID_ext_key_usage, eku);
-  EXPECT_NE(ext, nullptr) << openssl_errors();
-  X509_add_ext(c, ext, -1);
-  X509_EXTENSION_free(ext);
-  EXPECT_GT(X509_sign(c, ca_key.get(), EVP_sha256()), 0) << openssl_errors();
+  X509V3_set_ctx(&v3, issuer, c, nullptr, nullptr, 0);
+  for (const auto& [nid, value] : extensions) {
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, nid, value);
+    EXPECT_NE(ext, nullptr) << value << ": " << openssl_errors();
+    X509_add_ext(c, ext, -1);
+    X509_EXTENSION_free(ext);
+  }
+  EXPECT_GT(X509_sign(c, issuer_key, EVP_sha256()), 0) << openssl_errors();
   return r;
 }
+
+// A responder certificate the test CA signs with extendedKeyUsage `eku`
+// ("OCSPSigning": a delegated responder; "serverAuth": not one).
+Issued make_responder(const char* eku) { return issue("test responder", 4242, {{NID_ext_key_usage, eku}}); }
 
 // What a made-up response says, and who signs it.
 struct Spec {
   std::string about = "server.crt";  // the certificate the status is for
+  X509* about_cert = nullptr;        // instead of `about`, with:
+  X509* issuer = nullptr;            // its issuer (default: the test CA), the default signer
+  EVP_PKEY* issuer_key = nullptr;
   int status = V_OCSP_CERTSTATUS_GOOD;
   long this_update = -3600;  // seconds from now
   long next_update = 86400;  // seconds from now
@@ -97,9 +111,12 @@ struct Spec {
 std::vector<unsigned char> make_response(const Spec& s) {
   X509Ptr ca = load_cert("ca.crt");
   KeyPtr ca_key = load_key("ca.key");
-  X509Ptr about = load_cert(s.about);
+  X509Ptr about_file = s.about_cert ? nullptr : load_cert(s.about);
+  X509* about = s.about_cert ? s.about_cert : about_file.get();
+  X509* issuer = s.issuer ? s.issuer : ca.get();
+  EVP_PKEY* issuer_key = s.issuer ? s.issuer_key : ca_key.get();
   EXPECT_TRUE(ca && ca_key && about) << openssl_errors();
-  OCSP_CERTID* id = OCSP_cert_to_id(s.id_md, about.get(), ca.get());
+  OCSP_CERTID* id = OCSP_cert_to_id(s.id_md, about, issuer);
   OCSP_BASICRESP* basic = OCSP_BASICRESP_new();
   ASN1_TIME* this_update = X509_gmtime_adj(nullptr, s.this_update);
   ASN1_TIME* next_update = X509_gmtime_adj(nullptr, s.next_update);
@@ -108,7 +125,7 @@ std::vector<unsigned char> make_response(const Spec& s) {
                                    this_update, next_update),
             nullptr)
       << openssl_errors();
-  EXPECT_EQ(OCSP_basic_sign(basic, s.signer ? s.signer : ca.get(), s.signer_key ? s.signer_key : ca_key.get(),
+  EXPECT_EQ(OCSP_basic_sign(basic, s.signer ? s.signer : issuer, s.signer_key ? s.signer_key : issuer_key,
                             EVP_sha256(), nullptr, 0),
             1)
       << openssl_errors();
@@ -221,7 +238,7 @@ TEST(OcspStapling, Sha256CertIdIsRecognised) {
 }
 
 TEST(OcspStapling, DelegatedResponderIsAccepted) {
-  Responder r = make_responder("OCSPSigning");
+  Issued r = make_responder("OCSPSigning");
   Spec s;
   s.signer = r.cert.get();
   s.signer_key = r.key.get();
@@ -229,6 +246,64 @@ TEST(OcspStapling, DelegatedResponderIsAccepted) {
   Context ctx(with_response(write_response("delegated.der", der)));
   EXPECT_TRUE(ctx.warnings().empty()) << ctx.warnings()[0];
   EXPECT_EQ(try_status(ctx).response, der);
+}
+
+// What public CAs do: the leaf comes from an intermediate, which signs the
+// response; the file holds leaf + intermediate. The intermediate is the
+// trust anchor for the response (its root is not in the file).
+TEST(OcspStapling, IntermediateIssuerSigningItsResponseIsAccepted) {
+  Issued inter =
+      issue("test intermediate", 77,
+            {{NID_basic_constraints, "critical,CA:TRUE"}, {NID_key_usage, "critical,keyCertSign,cRLSign"}});
+  Issued leaf = issue("localhost", 78,
+                      {{NID_subject_alt_name, "DNS:localhost"},
+                       {NID_ext_key_usage, "serverAuth"},
+                       {NID_key_usage, "critical,digitalSignature"}},
+                      inter.cert.get(), inter.key.get());
+  const std::string chain = g_cert_dir + "/inter-chain.crt";
+  const std::string key = g_cert_dir + "/inter-leaf.key";
+  FILE* f = std::fopen(chain.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  PEM_write_X509(f, leaf.cert.get());
+  PEM_write_X509(f, inter.cert.get());
+  std::fclose(f);
+  f = std::fopen(key.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  PEM_write_PrivateKey(f, leaf.key.get(), nullptr, nullptr, 0, nullptr, nullptr);
+  std::fclose(f);
+  Spec s;
+  s.about_cert = leaf.cert.get();
+  s.issuer = inter.cert.get();
+  s.issuer_key = inter.key.get();
+  const std::vector<unsigned char> der = make_response(s);
+  config::TlsSettings ts = with_response(write_response("inter.der", der));
+  ts.certificates[0].certificate = chain;
+  ts.certificates[0].private_key = key;
+  Context ctx(ts);
+  EXPECT_TRUE(ctx.warnings().empty()) << ctx.warnings()[0];
+  // The test client trusts only the root: it checks the name and the status, not this chain.
+  ChunkPool pool;
+  ByteQueue out{&pool};
+  Session session(ctx, pool);
+  Client client;
+  SSL_set_verify(client.ssl(), SSL_VERIFY_NONE, nullptr);
+  ASSERT_EQ(SSL_set_tlsext_status_type(client.ssl(), TLSEXT_STATUSTYPE_ocsp), 1);
+  Outcome o = run_handshake(session, client, out);
+  ASSERT_EQ(o.client, 1) << client.last_error();
+  const unsigned char* p = nullptr;
+  const long n = SSL_get_tlsext_status_ocsp_resp(client.ssl(), &p);
+  ASSERT_GT(n, 0);
+  EXPECT_EQ(std::vector<unsigned char>(p, p + n), der);
+
+  // The root signing a response about the intermediate's leaf is not its issuer.
+  Spec wrong = s;
+  X509Ptr ca = load_cert("ca.crt");
+  KeyPtr ca_key = load_key("ca.key");
+  wrong.signer = ca.get();
+  wrong.signer_key = ca_key.get();
+  ts.certificates[0].ocsp_response = write_response("inter-by-root.der", make_response(wrong));
+  Context by_root(ts);
+  expect_one_warning(by_root, "not signed by the certificate's issuer");
 }
 
 // Stapled, and said loudly: see conf/tlsgate.toml for why.
@@ -301,7 +376,7 @@ TEST(OcspStapling, SignedByNonResponderIsAWarningAndNotStapled) {
   expect_one_warning(ctx, "not signed by the certificate's issuer");
   EXPECT_TRUE(try_status(ctx).response.empty());
 
-  Responder r = make_responder("serverAuth");
+  Issued r = make_responder("serverAuth");
   s.signer = r.cert.get();
   s.signer_key = r.key.get();
   Context ctx2(with_response(write_response("not-delegated.der", make_response(s))));
