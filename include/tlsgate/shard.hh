@@ -77,6 +77,8 @@ struct Counters {
   uint64_t h2_closed_bad_preface = 0;      // GOAWAY PROTOCOL_ERROR
   uint64_t tls_userspace = 0;  // connections whose record crypto stays in userspace
   uint64_t tls_unknown_server_name = 0;  // handshakes naming a server no certificate carries (default one sent)
+  uint64_t tls_ocsp_stapled = 0;  // handshakes given their certificate's OCSP response (the client asked)
+  uint64_t tls_ocsp_stale = 0;    // the client asked, the response had passed its nextUpdate: none sent
   // kTLS: offloaded connections by [tls 1.2, tls 1.3][aes128gcm, aes256gcm, chacha20].
   uint64_t ktls_offloaded[2][3] = {};
   uint64_t ktls_unsupported_cipher = 0;  // kept in userspace: the kernel cannot offload the cipher

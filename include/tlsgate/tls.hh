@@ -74,7 +74,8 @@ class Context {
   // names); 1 for a client context.
   size_t contexts() const;
   // Server: what the operator should hear about its certificates (expired,
-  // unreachable), for start-up, --check-config and reloads.
+  // unreachable) and their OCSP responses (not stapled, revoked), for
+  // start-up, --check-config and reloads.
   const std::vector<std::string>& warnings() const;
   struct Server;
   bool detach() const { return detach_; }
@@ -175,6 +176,11 @@ class Session {
   // default certificate).
   bool unknown_server_name() const { return unknown_server_name_; }
   void note_unknown_server_name() { unknown_server_name_ = true; }
+  // OCSP (the client asked, its certificate has an ocsp_response): stapled,
+  // or withheld because the response passed its nextUpdate while running.
+  enum class Ocsp : uint8_t { NotAsked, Stapled, Stale };
+  Ocsp ocsp() const { return ocsp_; }
+  void note_ocsp(Ocsp o) { ocsp_ = o; }
   // Why the handshake failed, for the log (OpenSSL's reason string).
   const std::string& failure() const { return failure_; }
   HandshakeFailure handshake_failure() const { return handshake_failure_; }
@@ -282,6 +288,7 @@ class Session {
   const char* cipher_name_ = "";
   bool resumed_ = false;
   bool unknown_server_name_ = false;
+  Ocsp ocsp_ = Ocsp::NotAsked;
   HandshakeFailure handshake_failure_ = HandshakeFailure::Other;
   KtlsCipher cipher_kind_ = KtlsCipher::Unknown;
   // kTLS bookkeeping.

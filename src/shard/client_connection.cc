@@ -256,6 +256,8 @@ void ClientConnection::handshake_done() {
   tls_cipher = tls->cipher();
   tls_resumed = tls->resumed();
   if (tls->unknown_server_name()) ++loop->counters.tls_unknown_server_name;
+  if (tls->ocsp() == tls::Session::Ocsp::Stapled) ++loop->counters.tls_ocsp_stapled;
+  if (tls->ocsp() == tls::Session::Ocsp::Stale) ++loop->counters.tls_ocsp_stale;
 }
 
 void ClientConnection::count_record_layer(bool kernel) {

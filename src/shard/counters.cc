@@ -60,6 +60,8 @@ std::string Counters::describe() const {
                 keepalive_pings, keepalive_timeouts, max_age_goaways, max_age_grace_closed, drain_cut_connections,
                 client_certificates);
   s += buf;
+  std::snprintf(buf, sizeof buf, " tls_ocsp_stapled=%lu tls_ocsp_stale=%lu", tls_ocsp_stapled, tls_ocsp_stale);
+  s += buf;
   // Index 0 (none): protocol errors OpenSSL's own record layer found.
   s += " tls_openssl_record_errors=" + std::to_string(tls_violations[0]);
   for (int v = 1; v < static_cast<int>(tls::TlsViolation::Count); ++v)
@@ -137,6 +139,8 @@ void Counters::add(const Counters& o) {
   keepalive_timeouts += o.keepalive_timeouts;
   max_age_goaways += o.max_age_goaways;
   max_age_grace_closed += o.max_age_grace_closed;
+  tls_ocsp_stapled += o.tls_ocsp_stapled;
+  tls_ocsp_stale += o.tls_ocsp_stale;
 }
 
 

@@ -40,6 +40,8 @@ class CertificateSet {
   // name and is not the default).
   const std::vector<std::string>& warnings() const { return warnings_; }
   X509* leaf(size_t entry) const { return certs_[entry].leaf; }
+  // The certificates after the leaf in its file (its issuer first, usually).
+  STACK_OF(X509)* chain(size_t entry) const { return certs_[entry].chain; }
 
  private:
   struct Loaded {

@@ -13,6 +13,7 @@
 #include "cipher_policy.hh"
 #include "client_auth.hh"
 #include "internal.hh"
+#include "ocsp.hh"
 #include "record.hh"
 #include "tickets.hh"
 
@@ -259,11 +260,17 @@ const char* to_string(HandshakeState s) {
 // A listener's certificates, one SSL_CTX per group of them, and what every
 // one of those contexts shares (ALPN list, ticket keys).
 struct Context::Server {
-  explicit Server(const config::TlsSettings& settings) : certs(settings.certificates) {}
+  explicit Server(const config::TlsSettings& settings)
+      : certs(settings.certificates), staples(settings.certificates, certs) {
+    warnings = certs.warnings();
+    warnings.insert(warnings.end(), staples.warnings().begin(), staples.warnings().end());
+  }
   ~Server() {
     for (SSL_CTX* c : contexts) SSL_CTX_free(c);
   }
   CertificateSet certs;
+  StapleTable staples;  // OCSP responses (ocsp.cc)
+  std::vector<std::string> warnings;  // the certificates' and the responses'
   std::vector<SSL_CTX*> contexts;  // [g] holds certificate group g; [0] is the default
   std::string alpn_wire;
   TicketKeys ticket_keys;  // empty: the process's random key
@@ -337,6 +344,7 @@ Context::Context(const config::TlsSettings& settings, bool ktls) : server_(std::
       throw std::runtime_error(f.certificate_origin.to_string() + ": OpenSSL refused certificate '" + f.certificate +
                                "': " + openssl_error_text());
     }
+    server_->staples.install(ctx, server_->certs.members(g));
   }
   detach_ = !ktls && settings.record_layer == config::RecordLayer::Tlsgate;
   ktls_ = ktls;
@@ -352,7 +360,7 @@ size_t Context::contexts() const { return server_ ? server_->contexts.size() : 1
 
 const std::vector<std::string>& Context::warnings() const {
   static const std::vector<std::string> none;
-  return server_ ? server_->certs.warnings() : none;
+  return server_ ? server_->warnings : none;
 }
 
 Context::Context(const config::UpstreamTls& settings) {

@@ -491,7 +491,7 @@ std::string GatewayConfig::render() const {
     << "\"\n"
     << extra_listener << "\n"
     << "  [listeners.tls]\n";
-  if (!certificate_list)
+  if (!certificate_list && certificates.empty())
     s << "  certificate = \"" << (certificate.empty() ? certs().server_crt : certificate).string() << "\"\n"
       << "  private_key = \"" << (private_key.empty() ? certs().server_key : private_key).string() << "\"\n";
   s << tls_extra << "\n"
@@ -503,6 +503,7 @@ std::string GatewayConfig::render() const {
   if (const std::string layer = record_layer.empty() ? env("TLSGATE_RECORD_LAYER") : record_layer; !layer.empty())
     s << "  record_layer = \"" << layer << "\"\n";
   s << listener_tail << "\n";
+  s << certificates << "\n";
   s << (clusters.empty() ? cluster_toml("backend", endpoints) : clusters);
   return s.str();
 }

@@ -220,6 +220,9 @@ struct GatewayConfig {
   int workers = 2;
   std::filesystem::path certificate;  // default: certs().server_crt
   std::filesystem::path private_key;  // default: certs().server_key
+  // Raw [[listeners.tls.certificates]] tables; when set they replace the
+  // certificate/private_key pair above (written after listener_tail).
+  std::string certificates;
   std::string extra_listener;         // raw TOML lines appended to [[listeners]]
   std::string tls_extra;              // raw TOML lines inside [listeners.tls] (e.g. ticket_keys)
   // Not TOML: no certificate/private_key pair; the test writes

@@ -436,10 +436,27 @@ const ErrorCase kErrorCases[] = {
     {"certificates_entry_unreadable",
      "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n" "[[listeners.tls.certificates]]\ncertificate = \"@CRT@\"\nprivate_key = \"@DIR@/gone.key\"\n@CLUSTER@",
      "demo.toml:8:15: listeners[0].tls.certificates[0].private_key: cannot read '@DIR@/gone.key': No such file or directory"},
-    {"ocsp_response_unreadable", "@LISTENER@  ocsp_response = \"@DIR@/gone.der\"\n@CLUSTER@", "demo.toml:8:19: listeners[0].tls.ocsp_response: cannot read '@DIR@/gone.der': No such file or directory"},
-    {"ocsp_response_type", "@LISTENER@  ocsp_response = 1\n@CLUSTER@", "demo.toml:8:19: listeners[0].tls.ocsp_response: expected a string, got an integer"},
     {"ticket_keys_missing", "@LISTENER@  ticket_keys = \"@DIR@/gone.keys\"\n@CLUSTER@", "demo.toml:8:17: listeners[0].tls.ticket_keys: cannot read '@DIR@/gone.keys': No such file or directory"},
     {"ticket_keys_empty_path", "@LISTENER@  ticket_keys = \"\"\n@CLUSTER@", "demo.toml:8:17: listeners[0].tls.ticket_keys: must not be empty"},
+    // ocsp_response: only readability here; what the file holds is checked
+    // when the certificates load (tests/unit/tls/ocsp_test.cc), as warnings.
+    {"ocsp_response_type", "@LISTENER@  ocsp_response = 5\n@CLUSTER@",
+     "demo.toml:8:19: listeners[0].tls.ocsp_response: expected a string, got an integer"},
+    {"ocsp_response_empty", "@LISTENER@  ocsp_response = \"\"\n@CLUSTER@",
+     "demo.toml:8:19: listeners[0].tls.ocsp_response: must not be empty"},
+    {"ocsp_response_unreadable", "@LISTENER@  ocsp_response = \"@DIR@/missing.der\"\n@CLUSTER@",
+     "demo.toml:8:19: listeners[0].tls.ocsp_response: cannot read '@DIR@/missing.der': No such file or directory"},
+    {"ocsp_response_in_list_unreadable",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n"
+     "[[listeners.tls.certificates]]\ncertificate = \"@CRT@\"\nprivate_key = \"@KEY@\"\n"
+     "ocsp_response = \"@DIR@\"\n@CLUSTER@",
+     "demo.toml:9:17: listeners[0].tls.certificates[0].ocsp_response: cannot read '@DIR@': Is a directory"},
+    {"ocsp_response_beside_list",
+     "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8443\"\ncluster = \"backend\"\n[listeners.tls]\n"
+     "ocsp_response = \"@CRT@\"\n[[listeners.tls.certificates]]\ncertificate = \"@CRT@\"\nprivate_key = \"@KEY@\"\n"
+     "@CLUSTER@",
+     "demo.toml:6:17: listeners[0].tls.ocsp_response: not allowed beside \"certificates\"; move it into the list's "
+     "first entry"},
     {"alpn_empty", "@LISTENER@  alpn = []\n@CLUSTER@",
      "demo.toml:8:10: listeners[0].tls.alpn: must contain \"h2\" (gRPC runs over HTTP/2)"},
     {"alpn_without_h2", "@LISTENER@  alpn = [\"http/1.1\"]\n@CLUSTER@",
