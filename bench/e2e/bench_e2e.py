@@ -602,9 +602,11 @@ class Bench:
         self.add(f"conn_{kind}_client_us", proxy, client_cpu / ok * 1e6)
 
     # -- 1c. resumed connections (connload) ------------------------------------
-    def conn_resumed(self, proxy, n):
+    def resumed_load(self, proxy, p, how, n, fig):
+        """connload resuming on instance p (`how`: its resumption arguments);
+        p's CPU between connload's start and summary lines. Adds figures
+        <fig>, <fig>_core and <fig>_frac (share of handshakes resumed)."""
         env = self.env
-        p = self.inst[(proxy, "ecdsa")]
         marks = {}
 
         def on_line(line, _proc):
@@ -613,58 +615,37 @@ class Bench:
             elif line.startswith("connections="):
                 marks["c1"] = cpu_seconds(p.pid)
 
-        out, _ = run_load(env.procs, "connload-resume",
-                          [env.connload, "--connect", f"127.0.0.1:{p.bench_port}", "--connections", n,
-                           "--concurrency", 64, "--resume", "--data", env.msg, "--tls13-ciphers", CIPHER],
+        out, _ = run_load(env.procs, f"connload-{fig}",
+                          [env.connload, "--connect", f"127.0.0.1:{p.bench_port}", *how, "--connections", n,
+                           "--concurrency", 64, "--data", env.msg, "--tls13-ciphers", CIPHER],
                           120, on_line)
-        check_alive(p, "resumed connection test")
+        check_alive(p, f"{fig} test")
         r = parse_kv(out.strip().splitlines()[-1])
         if r.get("failed", 1) != 0 or r.get("ok") != n:
-            self.anomaly(f"{LABEL[proxy]}: connload --resume, {n} connections: {out.strip().splitlines()[-1]}")
+            self.anomaly(f"{LABEL[proxy]}: connload {' '.join(map(str, how))}, {n} connections: "
+                         f"{out.strip().splitlines()[-1]}")
         if r.get("resumed", 0) < 0.95 * n:
-            self.anomaly(f"{LABEL[proxy]}: only {r.get('resumed')} of {n} handshakes were resumptions")
+            self.anomaly(f"{LABEL[proxy]}: only {r.get('resumed')} of {n} handshakes were resumptions "
+                         f"(connload {' '.join(map(str, how))})")
         if not r.get("ok") or "c0" not in marks or "c1" not in marks:
             return
         cpu = marks["c1"] - marks["c0"]
-        self.add("conn_resumed", proxy, r["ok"] / r["elapsed"])
-        self.add("conn_resumed_core", proxy, r["ok"] / cpu if cpu > 0 else float("nan"))
-        self.add("resumed_frac", proxy, r["resumed"] / n)
+        self.add(fig, proxy, r["ok"] / r["elapsed"])
+        self.add(f"{fig}_core", proxy, r["ok"] / cpu if cpu > 0 else float("nan"))
+        self.add(f"{fig}_frac", proxy, r["resumed"] / n)
+
+    def conn_resumed(self, proxy, n):
+        self.resumed_load(proxy, self.inst[(proxy, "ecdsa")], ["--resume"], n, "conn_resumed")
 
     # -- 1d. resumed on another instance (tlsgate only) --------------------------
     def conn_resumed_cross(self, proxy, n):
-        """connload resumes on instance B tickets instance A sealed: two
-        tlsgate processes sharing a ticket_keys file (issue 19). Same
-        measurement as conn_resumed, on B."""
+        """Tickets instance A sealed, each resumed once on instance B: two
+        tlsgate processes sharing a ticket_keys file (issue 19); B's CPU."""
         if proxy != "tlsgate" or not self.fleet:
             return
-        env = self.env
         a, b = self.fleet
-        marks = {}
-
-        def on_line(line, _proc):
-            if line == "start":
-                marks["c0"] = cpu_seconds(b.pid)
-            elif line.startswith("connections="):
-                marks["c1"] = cpu_seconds(b.pid)
-
-        out, _ = run_load(env.procs, "connload-resume-cross",
-                          [env.connload, "--connect", f"127.0.0.1:{b.bench_port}",
-                           "--tickets-from", f"127.0.0.1:{a.bench_port}", "--connections", n,
-                           "--concurrency", 64, "--data", env.msg, "--tls13-ciphers", CIPHER],
-                          120, on_line)
+        self.resumed_load(proxy, b, ["--tickets-from", f"127.0.0.1:{a.bench_port}"], n, "conn_resumed_cross")
         check_alive(a, "resumed-across-instances test (instance A)")
-        check_alive(b, "resumed-across-instances test (instance B)")
-        r = parse_kv(out.strip().splitlines()[-1])
-        if r.get("failed", 1) != 0 or r.get("ok") != n:
-            self.anomaly(f"tlsgate: connload --tickets-from, {n} connections: {out.strip().splitlines()[-1]}")
-        if r.get("resumed", 0) < 0.95 * n:
-            self.anomaly(f"tlsgate: only {r.get('resumed')} of {n} handshakes on instance B resumed A's tickets")
-        if not r.get("ok") or "c0" not in marks or "c1" not in marks:
-            return
-        cpu = marks["c1"] - marks["c0"]
-        self.add("conn_resumed_cross", proxy, r["ok"] / r["elapsed"])
-        self.add("conn_resumed_cross_core", proxy, r["ok"] / cpu if cpu > 0 else float("nan"))
-        self.add("resumed_cross_frac", proxy, r["resumed"] / n)
 
     # -- 2. persistent throughput ---------------------------------------------
     def throughput(self, proxy):
@@ -1021,7 +1002,7 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
                f"(the client, not the proxy, is the limit of the raw rate).")
     ctx.append(f"- Proxy core busy during the 8 × 32 throughput test: {per('tput_util', '{:.0f}%', 100)}; "
                f"backend CPU per call behind each proxy: {per('tput_backend_us', '{:.1f} µs')}.")
-    ctx.append(f"- Resumed: share of handshakes that were resumptions: {per('resumed_frac', '{:.0f}%', 100)}.")
+    ctx.append(f"- Resumed: share of handshakes that were resumptions: {per('conn_resumed_frac', '{:.0f}%', 100)}.")
     one, many = bench.med("mem_kib", "tlsgate"), bench.med("mem_kib_many", "tlsgate")
     if one and many:
         r0 = bench.info.get("mem_rss", {}).get("tlsgate", (0, 0))[0]
@@ -1036,7 +1017,7 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
                                            bench.rounds.get(("conn_resumed_core", "tlsgate"), []))
              if rc == ro and o and c == c]
     if cross:
-        frac = bench.med("resumed_cross_frac", "tlsgate")
+        frac = bench.med("conn_resumed_cross_frac", "tlsgate")
         ctx.append(f"- Resumed across two instances (tlsgate): {frac * 100:.0f}% of the handshakes on instance "
                    f"B resumed a ticket instance A sealed; per core-second against resumptions on one "
                    f"instance in the same round: median {statistics.median(cross):.2f} "

@@ -45,26 +45,33 @@ std::string lower(std::string_view s) {
   return out;
 }
 
-// The subjectAltName DNS entries of `leaf`, lower case. Names are taken from
-// there only, as browsers and gRPC clients check them (the subject's CN is
-// not a name since RFC 6125).
+// The subjectAltName DNS entries of `leaf`, lower case, each once. Names are
+// taken from there only, as browsers and gRPC clients check them (the
+// subject's CN is not a name since RFC 6125).
 std::vector<std::string> dns_names(X509* leaf) {
   std::vector<std::string> names;
-  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(leaf, NID_subject_alt_name, nullptr, nullptr));
-  if (sans == nullptr) return names;
-  for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
-    const GENERAL_NAME* g = sk_GENERAL_NAME_value(sans, i);
-    if (g->type != GEN_DNS) continue;
-    const ASN1_STRING* s = g->d.dNSName;
-    std::string name = lower(std::string_view(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
-                                              static_cast<size_t>(ASN1_STRING_length(s))));
+  for (const std::string& n : subject_alt_names(leaf, GEN_DNS)) {
+    std::string name = lower(n);
     if (!name.empty() && std::find(names.begin(), names.end(), name) == names.end()) names.push_back(std::move(name));
   }
-  GENERAL_NAMES_free(sans);
   return names;
 }
 
 }  // namespace
+
+std::vector<std::string> subject_alt_names(X509* cert, int type) {
+  std::vector<std::string> out;
+  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  if (sans == nullptr) return out;
+  for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
+    const GENERAL_NAME* g = sk_GENERAL_NAME_value(sans, i);
+    if (g->type != type) continue;
+    const ASN1_STRING* s = g->d.ia5;  // dNSName and uniformResourceIdentifier are both IA5Strings
+    out.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)), static_cast<size_t>(ASN1_STRING_length(s)));
+  }
+  GENERAL_NAMES_free(sans);
+  return out;
+}
 
 CertificateSet::CertificateSet(const std::vector<config::CertificateFiles>& files) {
   certs_.resize(files.size());

@@ -37,21 +37,6 @@ void set_session_id_context(SSL_CTX* ctx, const config::TlsSettings& s, const st
     throw std::runtime_error(where + ": session id context: " + openssl_error_text());
 }
 
-std::vector<std::string> san_uris(X509* cert) {
-  std::vector<std::string> uris;
-  auto* names = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
-  if (names == nullptr) return uris;
-  for (int i = 0; i < sk_GENERAL_NAME_num(names); ++i) {
-    const GENERAL_NAME* n = sk_GENERAL_NAME_value(names, i);
-    if (n->type != GEN_URI) continue;
-    const ASN1_STRING* s = n->d.uniformResourceIdentifier;
-    uris.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
-                      static_cast<size_t>(ASN1_STRING_length(s)));
-  }
-  GENERAL_NAMES_free(names);
-  return uris;
-}
-
 std::string rfc2253_subject(X509* cert) {
   std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), &BIO_free);
   if (!bio || X509_NAME_print_ex(bio.get(), X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) < 0) return "";
@@ -135,10 +120,10 @@ std::string client_cert_header(SSL* ssl) {
   // fails the handshake; the check stays for the day one is installed.
   if (peer == nullptr || SSL_get_verify_result(ssl) != X509_V_OK) return "";
   XfccFields f;
-  if (X509* own = SSL_get_certificate(ssl)) f.by = san_uris(own);
+  if (X509* own = SSL_get_certificate(ssl)) f.by = subject_alt_names(own, GEN_URI);
   f.hash = sha256_hex(peer);
   f.subject = rfc2253_subject(peer);
-  f.uris = san_uris(peer);
+  f.uris = subject_alt_names(peer, GEN_URI);
   return format_xfcc(f);
 }
 

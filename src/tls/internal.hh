@@ -6,12 +6,17 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace tlsgate::tls {
 
 // The first error in OpenSSL's queue as text (and the queue cleared), for
 // messages that name what OpenSSL refused.
 std::string openssl_error_text();
+
+// The subjectAltName entries of `cert` of one type (GEN_DNS, GEN_URI), as
+// written, in order (certificates.cc).
+std::vector<std::string> subject_alt_names(X509* cert, int type);
 
 // Records the TLS 1.3 application traffic secrets of every session of `ctx`
 // (kTLS and the detached record layer need them; OpenSSL 3.0 has no other
