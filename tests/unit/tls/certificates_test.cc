@@ -36,7 +36,21 @@ struct Hello {
   std::string ciphers;      // TLS 1.2 list, "" = default
   SSL_SESSION* session = nullptr;  // to resume
   bool check_name = true;          // verify the certificate carries server_name (else the chain only)
+  size_t split_hello = 0;          // >0: the ClientHello sent as two records, the first this long
 };
+
+// The client's first flight as two handshake records, the first holding
+// `first` bytes of the ClientHello (RFC 8446 5.1 allows any fragmenting).
+Bytes split_record(const Bytes& rec, size_t first) {
+  const size_t len = static_cast<size_t>(rec[3]) << 8 | rec[4];
+  EXPECT_EQ(rec.size(), 5 + len) << "one record expected";
+  Bytes out{rec[0], rec[1], rec[2], static_cast<uint8_t>(first >> 8), static_cast<uint8_t>(first)};
+  out.insert(out.end(), rec.begin() + 5, rec.begin() + 5 + static_cast<long>(first));
+  const size_t rest = len - first;
+  out.insert(out.end(), {rec[0], rec[1], rec[2], static_cast<uint8_t>(rest >> 8), static_cast<uint8_t>(rest)});
+  out.insert(out.end(), rec.begin() + 5 + static_cast<long>(first), rec.end());
+  return out;
+}
 
 // For a name the server has no certificate for: the client checks the chain
 // only, to see which certificate it got.
@@ -127,6 +141,13 @@ Result1 handshake(Context& ctx, const Hello& h, SSL_SESSION** keep = nullptr) {
   ByteQueue out(&pool);
   Session session(ctx, pool);
   HelloClient client(h);
+  if (h.split_hello > 0) {
+    EXPECT_EQ(client.step(), 0);
+    const Bytes hello = client.take_output();
+    EXPECT_EQ(server_name_of(split_record(hello, h.split_hello)), "") << "the name must lie beyond the first record";
+    EXPECT_EQ(session.handshake(split_record(hello, h.split_hello), out), HandshakeState::InProgress);
+    client.give(out);
+  }
   Outcome o = run_handshake(session, client, out);
   Result1 r;
   r.done = o.server == HandshakeState::Done && o.client == 1;
@@ -227,6 +248,21 @@ TEST_F(Certificates, UnknownOrMissingServerNameGetsTheFirstCertificateAndOnlyAnU
   EXPECT_EQ(none.cn, "api-ec");
   EXPECT_FALSE(none.unknown_name) << "no server name is not an unknown one";
   EXPECT_EQ(handshake(ctx, {"localhost"}).cn, "localhost");
+}
+
+// The early read sees only the first record: a ClientHello whose
+// server_name lies beyond it is made on the default context, and the
+// servername callback switches to the right one.
+TEST_F(Certificates, AServerNameBeyondTheFirstRecordStillPicksItsCertificate) {
+  Context ctx(with_certificates({"default", "api-ec", "api-rsa"}));
+  Hello h("api.fleet.test");
+  h.split_hello = 40;  // within the random: every extension is in the second record
+  Result1 r = handshake(ctx, h);
+  EXPECT_EQ(r.cn, "api-ec");
+  EXPECT_FALSE(r.unknown_name);
+  Hello rsa("api.fleet.test", "rsa_pss_rsae_sha256");
+  rsa.split_hello = 40;
+  EXPECT_EQ(handshake(ctx, rsa).cn, "api-rsa");
 }
 
 std::string construct_error(const config::TlsSettings& s) {
