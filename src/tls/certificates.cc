@@ -75,15 +75,25 @@ std::vector<std::string> subject_alt_names(X509* cert, int type) {
 
 CertificateSet::CertificateSet(const std::vector<config::CertificateFiles>& files) {
   certs_.resize(files.size());
-  for (size_t i = 0; i < files.size(); ++i) load(files[i], certs_[i]);
-  group(files);
+  try {
+    for (size_t i = 0; i < files.size(); ++i) load(files[i], certs_[i]);
+    group(files);
+  } catch (...) {
+    release();  // no destructor runs for an object whose constructor threw
+    throw;
+  }
 }
 
-CertificateSet::~CertificateSet() {
+CertificateSet::~CertificateSet() { release(); }
+
+void CertificateSet::release() {
   for (Loaded& c : certs_) {
     X509_free(c.leaf);
     sk_X509_pop_free(c.chain, X509_free);
     EVP_PKEY_free(c.key);
+    c.leaf = nullptr;
+    c.chain = nullptr;
+    c.key = nullptr;
   }
 }
 

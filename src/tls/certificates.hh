@@ -57,6 +57,7 @@ class CertificateSet {
   };
   using NameMap = std::unordered_map<std::string, int, Hash, std::equal_to<>>;
   void load(const config::CertificateFiles& f, Loaded& out);
+  void release();
   void group(const std::vector<config::CertificateFiles>& files);
 
   std::vector<Loaded> certs_;

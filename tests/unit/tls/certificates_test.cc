@@ -390,7 +390,6 @@ Bytes client_hello(const std::string& server_name) {
 }
 
 TEST(ServerNameOf, ReadsTheNameOfARealClientHelloAndNothingFromAPieceOfOne) {
-  init_library();
   const Bytes hello = client_hello("api.fleet.test");
   ASSERT_GT(hello.size(), 100u);
   EXPECT_EQ(server_name_of(hello), "api.fleet.test");
