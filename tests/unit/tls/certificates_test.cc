@@ -44,11 +44,15 @@ struct Hello {
 Bytes split_record(const Bytes& rec, size_t first) {
   const size_t len = static_cast<size_t>(rec[3]) << 8 | rec[4];
   EXPECT_EQ(rec.size(), 5 + len) << "one record expected";
-  Bytes out{rec[0], rec[1], rec[2], static_cast<uint8_t>(first >> 8), static_cast<uint8_t>(first)};
-  out.insert(out.end(), rec.begin() + 5, rec.begin() + 5 + static_cast<long>(first));
+  if (rec.size() != 5 + len || first > len) return {};
   const size_t rest = len - first;
-  out.insert(out.end(), {rec[0], rec[1], rec[2], static_cast<uint8_t>(rest >> 8), static_cast<uint8_t>(rest)});
-  out.insert(out.end(), rec.begin() + 5 + static_cast<long>(first), rec.end());
+  const uint8_t head1[5] = {rec[0], rec[1], rec[2], static_cast<uint8_t>(first >> 8), static_cast<uint8_t>(first)};
+  const uint8_t head2[5] = {rec[0], rec[1], rec[2], static_cast<uint8_t>(rest >> 8), static_cast<uint8_t>(rest)};
+  Bytes out(rec.size() + 5);
+  std::memcpy(out.data(), head1, 5);
+  std::memcpy(out.data() + 5, rec.data() + 5, first);
+  std::memcpy(out.data() + 5 + first, head2, 5);
+  std::memcpy(out.data() + 10 + first, rec.data() + 5 + first, rest);
   return out;
 }
 
