@@ -101,8 +101,7 @@ TEST_F(FleetTls, EachNameItsCertificateAndEachClientAKeyItCanVerify) {
   ASSERT_EQ(make_leaf(d, "api-rsa", true, "DNS:api.fleet.test"), "");
   ASSERT_EQ(make_leaf(d, "other-ec", false, "DNS:other.fleet.test"), "");
   GatewayConfig cfg;
-  cfg.certificate_list = true;
-  cfg.listener_tail = "[[listeners.tls.certificates]]\ncertificate = \"" + certs().server_crt.string() +
+  cfg.certificates = "[[listeners.tls.certificates]]\ncertificate = \"" + certs().server_crt.string() +
                       "\"\nprivate_key = \"" + certs().server_key.string() + "\"\n" +
                       certificate_entry(d, "api-ec") + certificate_entry(d, "api-rsa") +
                       certificate_entry(d, "other-ec");

@@ -491,7 +491,7 @@ std::string GatewayConfig::render() const {
     << "\"\n"
     << extra_listener << "\n"
     << "  [listeners.tls]\n";
-  if (!certificate_list && certificates.empty())
+  if (certificates.empty())
     s << "  certificate = \"" << (certificate.empty() ? certs().server_crt : certificate).string() << "\"\n"
       << "  private_key = \"" << (private_key.empty() ? certs().server_key : private_key).string() << "\"\n";
   s << tls_extra << "\n"

@@ -225,9 +225,6 @@ struct GatewayConfig {
   std::string certificates;
   std::string extra_listener;         // raw TOML lines appended to [[listeners]]
   std::string tls_extra;              // raw TOML lines inside [listeners.tls] (e.g. ticket_keys)
-  // Not TOML: no certificate/private_key pair; the test writes
-  // [[listeners.tls.certificates]] tables in listener_tail instead.
-  bool certificate_list = false;
   std::string extra_top;              // raw TOML lines at the top
   // The [drain] table's keys. stop() sends TERM, then KILL after 10 s: the
   // default keeps the drain within that.

@@ -372,7 +372,7 @@ TEST_P(Tickets, SharedKeysResumeAcrossInstancesAndRotationKeepsThemUntilDropped)
   for (SSL_SESSION* t : from_a) SSL_SESSION_free(t);
   SSL_SESSION_free(from_rotated);
 
-  // Without a file, instances do not share keys.
+  // Without a file: one random key per process, shared by all its contexts.
   Context own1(with_certificates({"default"})), own2(with_certificates({"default"}));
   SSL_SESSION* from_own = nullptr;
   handshake(own1, {"localhost", "", version}, &from_own);
