@@ -1,0 +1,197 @@
+// tlsgate-load (issue 20) against a real tlsgate in front of a real grpc++
+// echo backend: exact counts, the JSON report, resumption counted as tlsgate
+// counts it, a non-zero grpc-status making it fail, a fixed rate kept (as a
+// count of connections started), persistent mode, bad flags.
+#include <string>
+#include <vector>
+
+#include "fixtures.hh"
+
+namespace tlsgate::itest {
+namespace {
+
+constexpr const char* kUnary = "/tlsgate.test.Echo/Unary";
+
+class Load : public GatewayTest {
+ protected:
+  void configure(GatewayConfig& cfg) override { cfg.admin = true; }
+
+  RunResult load(std::vector<std::string> args, Ms timeout = 30s) {
+    const std::string bin = env("TLSGATE_LOAD_BIN");
+    EXPECT_FALSE(bin.empty()) << "TLSGATE_LOAD_BIN is not set (path to tlsgate-load)";
+    args.insert(args.begin(), {bin, "--target", gw_->target(), "--path", kUnary, "--threads", "2"});
+    RunResult r = run(args, dir_->path(), timeout);
+    EXPECT_FALSE(r.status.timed_out) << r.out << r.err;
+    return r;
+  }
+
+  // A number after `key` in the one-object JSON report, e.g. "\"resumed\":".
+  static long json_number(const std::string& json, const std::string& key) {
+    const auto at = json.find(key);
+    if (at == std::string::npos) return -1;
+    return std::strtol(json.c_str() + at + key.size(), nullptr, 10);
+  }
+
+  static bool valid_json(const std::string& text, const std::filesystem::path& dir) {
+    RunResult r =
+        run({"/usr/bin/python3", "-c", "import json,sys; json.load(sys.stdin)"}, dir, 20s, {}, text);
+    return r.status.exited && r.status.code == 0;
+  }
+
+  std::string scrape() { return http_request(gw_->admin_port(), "/metrics").body; }
+};
+
+std::string describe(const RunResult& r) {
+  return "status " + r.status.to_string() + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
+}
+
+TEST_F(Load, RateModeCountsEveryConnectionAndCall) {
+  RunResult r = load({"--rate", "100", "--duration", "2", "--calls", "2", "--json"});
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << describe(r);
+  EXPECT_TRUE(valid_json(r.out, dir_->path())) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"connections\":{\"started\":"), 200) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"ok\":"), 200) << "connections ok\n" << r.out;
+  EXPECT_EQ(json_number(r.out, "\"calls\":{\"ok\":"), 400) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"grpc_status\":{\"0\":"), 400) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"full\":"), 200) << "no --resume: every handshake full\n" << r.out;
+  EXPECT_EQ(json_number(r.out, "\"count\":"), 400) << "one latency sample per call\n" << r.out;
+  StatsReply s;
+  ASSERT_TRUE(poll_stats([](const StatsReply& x) { return calls_of(x, "Unary") >= 400; }, 5s, &s));
+  EXPECT_EQ(calls_of(s, "Unary"), 400u) << "the backend saw every call, once";
+}
+
+TEST_F(Load, ResumedHandshakesAreTheOnesTlsgateResumed) {
+  const std::string before = scrape();
+  RunResult r = load({"--rate", "50", "--duration", "2", "--resume", "--json"});
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << describe(r);
+  const long resumed = json_number(r.out, "\"resumed\":");
+  const long full = json_number(r.out, "\"full\":");
+  EXPECT_EQ(resumed + full, 100) << r.out;
+  // Each thread's first connection cannot resume; the rest find a ticket
+  // as soon as one connection has finished.
+  EXPECT_GT(resumed, 50) << r.out;
+  const std::string after = scrape();
+  auto moved = [&](const char* resumed_label) {
+    const std::vector<std::string> labels = {std::string("resumed=\"") + resumed_label + "\""};
+    return metric(after, "tlsgate_handshakes_total", labels) -
+           std::max(0.0, metric(before, "tlsgate_handshakes_total", labels));
+  };
+  EXPECT_EQ(moved("true"), resumed) << after;
+  EXPECT_EQ(moved("false"), full) << after;
+}
+
+// The echo backend ends a call with the status its request asks for:
+// EchoRequest.status_code is field 4, a varint: tag 0x20, then 13 (INTERNAL).
+TEST_F(Load, AnyNonZeroGrpcStatusFailsTheRun) {
+  const std::string message = std::string("\x20\x0d", 2);
+  write_file(dir_->path() / "status13.bin", grpc_frame(message));
+  RunResult r = load({"--rate", "20", "--duration", "1", "--data", (dir_->path() / "status13.bin").string()});
+  ASSERT_TRUE(r.status.exited) << describe(r);
+  EXPECT_EQ(r.status.code, 1) << describe(r);
+  EXPECT_NE(r.out.find("grpc-status  13: 20"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("grpc_status: 20"), std::string::npos) << "counted as errors of that kind\n" << r.out;
+}
+
+TEST_F(Load, FixedRateStartsTheAskedNumberOfConnections) {
+  RunResult r = load({"--rate", "50", "--duration", "4", "--json"});
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << describe(r);
+  const long started = json_number(r.out, "\"connections\":{\"started\":");
+  EXPECT_GE(started, 194) << r.out;
+  EXPECT_LE(started, 206) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"calls\":{\"ok\":"), started) << r.out;
+}
+
+TEST_F(Load, PersistentModeAtAFixedCallRate) {
+  RunResult r = load({"--connections", "2", "--streams", "4", "--calls-per-second", "200", "--duration", "2",
+                      "--payload-bytes", "100", "--json"});
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << describe(r);
+  EXPECT_TRUE(valid_json(r.out, dir_->path())) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"calls\":{\"ok\":"), 400) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"failed\":"), 0) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"connections\":{\"started\":"), 2) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"full\":"), 2) << "two connections, kept\n" << r.out;
+  StatsReply s;
+  ASSERT_TRUE(poll_stats([](const StatsReply& x) { return calls_of(x, "Unary") >= 400; }, 5s, &s));
+  EXPECT_EQ(s.bytes_received(), 400u * 98) << "each request's payload field: 100 bytes minus tag and length";
+}
+
+// No coordinated omission: one stream, calls due every 20 ms, each answered
+// after at least 100 ms (EchoRequest.delay_ms, field 7: tag 0x38, then 100).
+// Call k (from 0) cannot end before (k + 1) x 100 ms and was due at k x 20 ms,
+// so the 50th waited at least 4.02 s; measured from when it was sent it
+// would look like 0.1 s.
+TEST_F(Load, LatencyCountsTheWaitForABusyStream) {
+  write_file(dir_->path() / "delay100.bin", grpc_frame(std::string("\x38\x64", 2)));
+  RunResult r = load({"--connections", "1", "--streams", "1", "--calls-per-second", "50", "--duration", "1",
+                      "--data", (dir_->path() / "delay100.bin").string(), "--json"});
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << describe(r);
+  EXPECT_EQ(json_number(r.out, "\"calls\":{\"ok\":"), 50) << r.out;
+  EXPECT_GE(json_number(r.out, "\"max\":"), 4'020'000) << "microseconds\n" << r.out;
+  EXPECT_GE(json_number(r.out, "\"p50\":"), 2'000'000) << "the 25th call waited at least 2.02 s\n" << r.out;
+}
+
+TEST_F(Load, PersistentModeAsFastAsPossible) {
+  RunResult r = load({"--connections", "2", "--streams", "8", "--duration", "1"});
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << describe(r);
+  EXPECT_NE(r.out.find("errors       none"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("calls        0 ok"), std::string::npos) << r.out;
+}
+
+TEST_F(Load, ExpectBytesChecksTheResponseLength) {
+  // The echo reply is the payload field again plus server_id: not 3 bytes.
+  RunResult r = load({"--rate", "10", "--duration", "1", "--payload-bytes", "10", "--expect-bytes", "3"});
+  ASSERT_TRUE(r.status.exited) << describe(r);
+  EXPECT_EQ(r.status.code, 1) << describe(r);
+  EXPECT_NE(r.out.find("length: 10"), std::string::npos) << r.out;
+}
+
+TEST_F(Load, BadFlagsExitTwoNamingTheFlag) {
+  const std::string bin = env("TLSGATE_LOAD_BIN");
+  ASSERT_FALSE(bin.empty());
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--target", gw_->target(), "--path", kUnary, "--rate", "fast"}, "--rate"},
+      {{"--target", "localhost:1", "--path", kUnary, "--rate", "1"}, "--target"},
+      {{"--path", kUnary, "--rate", "1"}, "--target"},
+      {{"--target", gw_->target(), "--rate", "1"}, "--path"},
+      {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--streams", "2"}, "--streams"},
+      {{"--target", gw_->target(), "--path", kUnary, "--connections", "0"}, "--connections"},
+      {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--payload-bytes", "1"},
+       "--payload-bytes"},
+      {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--data", "/nonexistent"}, "--data"},
+      {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--frobnicate"}, "--frobnicate"},
+  };
+  for (const auto& [args, flag] : cases) {
+    std::vector<std::string> argv = {bin};
+    argv.insert(argv.end(), args.begin(), args.end());
+    RunResult r = run(argv, dir_->path(), 10s);
+    EXPECT_TRUE(r.status.exited && r.status.code == 2) << flag << ": " << describe(r);
+    EXPECT_NE(r.err.find(flag), std::string::npos) << flag << ": " << describe(r);
+  }
+  RunResult help = run({bin, "--help"}, dir_->path(), 10s);
+  EXPECT_TRUE(help.status.exited && help.status.code == 0) << describe(help);
+  for (const char* flag :
+       {"--target", "--sni", "--path", "--data", "--payload-bytes", "--expect-bytes", "--rate", "--calls",
+        "--resume", "--connections", "--streams", "--calls-per-second", "--duration", "--warmup", "--timeout",
+        "--threads", "--json"})
+    EXPECT_NE(help.out.find(flag), std::string::npos) << flag << " is not explained by --help";
+}
+
+TEST_F(Load, WarmupIsNotCounted) {
+  RunResult r = load({"--rate", "40", "--warmup", "1", "--duration", "1", "--json"});
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << describe(r);
+  EXPECT_EQ(json_number(r.out, "\"connections\":{\"started\":"), 40) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"warmup\":{\"connections\":"), 40) << r.out;
+}
+
+TEST_F(Load, NothingListeningIsAConnectError) {
+  const std::string bin = env("TLSGATE_LOAD_BIN");
+  RunResult r = run({bin, "--target", "127.0.0.1:" + std::to_string(closed_port()), "--path", kUnary,
+                     "--rate", "10", "--duration", "1", "--threads", "1"},
+                    dir_->path(), 30s);
+  ASSERT_TRUE(r.status.exited) << describe(r);
+  EXPECT_EQ(r.status.code, 1) << describe(r);
+  EXPECT_NE(r.out.find("connect: 10"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace tlsgate::itest
