@@ -83,6 +83,9 @@ when given). The report counts grpc-status by code and errors by kind: connect,
 tls, h2, closed (the server closed the connection early), http_status,
 grpc_status, timeout, length.
 
+SIGINT or SIGTERM stops the schedule: the calls in flight end (each
+within --timeout), then the report, marked interrupted.
+
 Exit status: 0 when every call was answered OK; 1 when any failed or had an
 unexpected status; 2 for a bad command line.
 )";
@@ -177,21 +180,19 @@ std::string make_payload(uint64_t n) {
   if (n > (uint64_t{1} << 30)) bad("--payload-bytes", "at most 1 GiB");
   std::string msg;
   if (n > 0) {
-    // Field 1, wire type 2: tag, varint length, bytes; pick the length that
-    // makes the whole field n bytes.
-    uint64_t len = n - 2;
-    while (1 + varint_size(len) + len > n) --len;
+    // Field 1, wire type 2: tag, length as a varint of k bytes, the bytes.
+    // Some sizes have no minimal encoding (130: a 127-byte field takes 129
+    // bytes, a 128-byte one 131): then the length is written in one byte
+    // more than it needs, a padded varint, which protobuf parsers accept.
+    size_t k = 1;
+    while (varint_size(n - 1 - k) > k) ++k;
+    const uint64_t len = n - 1 - k;
     msg.push_back('\x0a');
-    for (uint64_t v = len;; v >>= 7) {
-      if (v < 0x80) {
-        msg.push_back(static_cast<char>(v));
-        break;
-      }
-      msg.push_back(static_cast<char>((v & 0x7f) | 0x80));
+    for (size_t i = 0; i < k; ++i) {
+      const auto low = static_cast<char>((len >> (7 * i)) & 0x7f);
+      msg.push_back(i + 1 < k ? static_cast<char>(low | 0x80) : low);
     }
     msg.append(len, 'x');
-    if (msg.size() != n)
-      bad("--payload-bytes", std::to_string(n) + " bytes cannot be one field 1; try one more");
   }
   std::string framed(5, '\0');
   framed[1] = static_cast<char>(n >> 24);
