@@ -130,6 +130,7 @@ std::string text_report(const Options& o, const RunInfo& run, const Stats& s, co
     }
     appendf(out, ", %u threads, %gs measured after %gs warm-up\n", run.threads, o.duration, o.warmup);
   }
+  if (run.interrupted) out += "interrupted  the schedule was cut short by a signal\n";
   appendf(out, "connections  %" PRIu64 " started, %" PRIu64 " ok, %" PRIu64 " failed", s.conns_started,
           s.conns_ok, s.conns_failed);
   if (o.mode == Mode::Rate) appendf(out, "; %.1f/s achieved (asked %g/s)", r.conns, o.rate);
@@ -216,6 +217,7 @@ std::string json_report(const Options& o, const RunInfo& run, const Stats& s, co
           ",\"warmup\":{\"connections\":%" PRIu64 ",\"calls_ok\":%" PRIu64 ",\"calls_failed\":%" PRIu64
           ",\"errors\":%" PRIu64 "}",
           warm.conns_started, warm.calls_ok, warm.calls_failed, warm.error_total());
+  appendf(out, ",\"interrupted\":%s", run.interrupted ? "true" : "false");
   appendf(out, ",\"ok\":%s}\n", all_ok(s) && all_ok(warm) ? "true" : "false");
   return out;
 }

@@ -47,6 +47,7 @@ struct Stats {
 struct RunInfo {
   uint64_t measured_start_ns = 0;  // start of the measured period (after warm-up)
   unsigned threads = 0;
+  bool interrupted = false;  // SIGINT/SIGTERM ended the schedule early
 };
 
 // `warm`: the warm-up's counters, shown only as a summary line (its errors

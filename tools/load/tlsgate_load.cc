@@ -124,6 +124,7 @@ int main(int argc, char** argv) {
   tlsgate::load::RunInfo info;
   info.measured_start_ns = t0 + static_cast<uint64_t>(o.warmup * 1e9);
   info.threads = threads;
+  info.interrupted = tlsgate::load::g_stop.load();
   const std::string report = o.json ? tlsgate::load::json_report(o, info, total, warm)
                                     : tlsgate::load::text_report(o, info, total, warm);
   std::fputs(report.c_str(), stdout);
