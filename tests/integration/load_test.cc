@@ -46,6 +46,7 @@ std::string describe(const RunResult& r) {
 }
 
 TEST_F(Load, RateModeCountsEveryConnectionAndCall) {
+  const std::string before = scrape();
   RunResult r = load({"--rate", "100", "--duration", "2", "--calls", "2", "--json"});
   ASSERT_TRUE(r.status.exited && r.status.code == 0) << describe(r);
   EXPECT_TRUE(valid_json(r.out, dir_->path())) << r.out;
@@ -58,6 +59,22 @@ TEST_F(Load, RateModeCountsEveryConnectionAndCall) {
   StatsReply s;
   ASSERT_TRUE(poll_stats([](const StatsReply& x) { return calls_of(x, "Unary") >= 400; }, 5s, &s));
   EXPECT_EQ(calls_of(s, "Unary"), 400u) << "the backend saw every call, once";
+  // Each connection ended as a client that is done ends it (GOAWAY,
+  // close_notify, FIN), not with a reset tlsgate counts as a socket error.
+  auto closed = [&](const std::string& page, const char* reason) {
+    return std::max(
+        0.0, metric(page, "tlsgate_connections_closed_total", {std::string("reason=\"") + reason + "\""}));
+  };
+  std::string after;
+  EXPECT_TRUE(eventually(
+      [&] {
+        after = scrape();
+        return closed(after, "client") - closed(before, "client") >= 200;
+      },
+      5s))
+      << after;
+  EXPECT_EQ(closed(after, "client") - closed(before, "client"), 200) << after;
+  EXPECT_EQ(closed(after, "socket_error") - closed(before, "socket_error"), 0) << after;
 }
 
 TEST_F(Load, ResumedHandshakesAreTheOnesTlsgateResumed) {
