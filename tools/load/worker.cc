@@ -577,7 +577,14 @@ void Worker::end_call(Conn& c, Call& call) {
   ErrorKind kind{};
   const uint64_t msg_len = (uint64_t{call.head[1]} << 24) | (uint64_t{call.head[2]} << 16) |
                            (uint64_t{call.head[3]} << 8) | uint64_t{call.head[4]};
-  if (call.rst != 0) {
+  // The sweep looks every 100 ms; an answer that came after the limit but
+  // before the sweep is late all the same.
+  const uint64_t deadline =
+      o_.mode == Mode::Rate ? c.deadline_ns : call.intended_ns + static_cast<uint64_t>(o_.timeout * 1e9);
+  if (now > deadline) {
+    kind = ErrorKind::Timeout;
+    what = "answered after --timeout";
+  } else if (call.rst != 0) {
     kind = ErrorKind::H2;
     what = "stream reset, code " + std::to_string(call.rst);
   } else if (call.http_status != 200) {
