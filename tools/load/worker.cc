@@ -169,6 +169,12 @@ void Worker::run_persistent() {
     reap();
   }
   const uint64_t t0 = start_ns.load() != 0 ? start_ns.load() : now_ns();
+  // main() sets t0 a little ahead; a call started before it would fall in
+  // the warm-up.
+  while (now_ns() < t0) {
+    wait_and_dispatch(t0);
+    reap();
+  }
   warmup_end_ns_ = t0 + static_cast<uint64_t>(o_.warmup * 1e9);
   end_ns_ = warmup_end_ns_ + static_cast<uint64_t>(o_.duration * 1e9);
   const bool fixed = o_.calls_per_second > 0;
