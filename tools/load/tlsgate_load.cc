@@ -5,6 +5,7 @@
 // common start of the schedule, prints a progress line every second when
 // stderr is a terminal, merges the threads' Stats and prints the report.
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -32,6 +33,16 @@ void install_signals() {
   sa.sa_handler = on_signal;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
+}
+
+// Each connection in flight is a descriptor; at a high rate with slow
+// answers that is more than the usual soft limit of 1024.
+void raise_descriptor_limit() {
+  rlimit l{};
+  if (getrlimit(RLIMIT_NOFILE, &l) == 0 && l.rlim_cur < l.rlim_max) {
+    l.rlim_cur = l.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &l);
+  }
 }
 
 // Persistent mode measures calls, not handshakes: the clock starts when
@@ -72,6 +83,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   install_signals();
+  raise_descriptor_limit();
   // More threads than connections would leave some with nothing to do.
   unsigned threads = o.threads;
   if (o.mode == tlsgate::load::Mode::Persistent && o.connections < threads)
