@@ -45,6 +45,7 @@ void Stats::merge(const Stats& o) {
   latency_us.merge(o.latency_us);
   last_start_ns = std::max(last_start_ns, o.last_start_ns);
   last_done_ns = std::max(last_done_ns, o.last_done_ns);
+  max_lag_ns = std::max(max_lag_ns, o.max_lag_ns);
   if (first_error.empty()) first_error = o.first_error;
 }
 
@@ -163,6 +164,11 @@ std::string text_report(const Options& o, const RunInfo& run, const Stats& s, co
     out += "\n";
     out += "first error  " + s.first_error + "\n";
   }
+  appendf(
+      out,
+      "generator    cpu %.2f s in %.2f s (%.0f%% of %u threads), started work up to %s after it was due\n",
+      run.cpu_s, run.wall_s, run.wall_s > 0 ? 100.0 * run.cpu_s / (run.wall_s * run.threads) : 0.0,
+      run.threads, ms(std::max(s.max_lag_ns, warm.max_lag_ns) / 1000).c_str());
   if (o.warmup > 0 || warm.error_total() != 0) {
     appendf(out,
             "warm-up      %" PRIu64 " connections, %" PRIu64 " calls ok, %" PRIu64 " failed, %" PRIu64
@@ -217,6 +223,8 @@ std::string json_report(const Options& o, const RunInfo& run, const Stats& s, co
           ",\"warmup\":{\"connections\":%" PRIu64 ",\"calls_ok\":%" PRIu64 ",\"calls_failed\":%" PRIu64
           ",\"errors\":%" PRIu64 "}",
           warm.conns_started, warm.calls_ok, warm.calls_failed, warm.error_total());
+  appendf(out, ",\"generator\":{\"cpu_s\":%.3f,\"wall_s\":%.3f,\"max_lag_us\":%" PRIu64 "}", run.cpu_s,
+          run.wall_s, std::max(s.max_lag_ns, warm.max_lag_ns) / 1000);
   appendf(out, ",\"interrupted\":%s", run.interrupted ? "true" : "false");
   appendf(out, ",\"ok\":%s}\n", all_ok(s) && all_ok(warm) ? "true" : "false");
   return out;

@@ -33,6 +33,11 @@ struct Stats {
   // CLOCK_MONOTONIC ns; 0 when nothing happened.
   uint64_t last_start_ns = 0;  // the last connection started (rate mode)
   uint64_t last_done_ns = 0;   // the last call answered
+  // How late the generator itself was: the largest gap between a
+  // connection's (rate mode) or a fixed-rate call's due time and when the
+  // thread got round to it. Large values mean the generator, not only the
+  // server, was short of CPU (latencies stay honest either way).
+  uint64_t max_lag_ns = 0;
   std::string first_error;
 
   void error(ErrorKind k, const std::string& what) {
@@ -48,6 +53,8 @@ struct RunInfo {
   uint64_t measured_start_ns = 0;  // start of the measured period (after warm-up)
   unsigned threads = 0;
   bool interrupted = false;  // SIGINT/SIGTERM ended the schedule early
+  double cpu_s = 0;          // the generator's own CPU time (user + system), whole run
+  double wall_s = 0;         // the whole run, warm-up included
 };
 
 // `warm`: the warm-up's counters, shown only as a summary line (its errors

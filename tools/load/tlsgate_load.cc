@@ -45,6 +45,13 @@ void raise_descriptor_limit() {
   }
 }
 
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1e-6;
+}
+
 // Persistent mode measures calls, not handshakes: the clock starts when
 // every connection is up (or failed), or after --timeout.
 void wait_for_connections(const Options& o, std::vector<std::unique_ptr<Worker>>& workers) {
@@ -89,6 +96,8 @@ int main(int argc, char** argv) {
   if (o.mode == tlsgate::load::Mode::Persistent && o.connections < threads)
     threads = static_cast<unsigned>(o.connections);
 
+  const double cpu_at_start = cpu_seconds();
+  const uint64_t wall_at_start = tlsgate::load::now_ns();
   std::vector<std::unique_ptr<Worker>> workers;
   for (unsigned t = 0; t < threads; ++t) {
     workers.push_back(std::make_unique<Worker>(o, t, threads));
@@ -137,6 +146,8 @@ int main(int argc, char** argv) {
   info.measured_start_ns = t0 + static_cast<uint64_t>(o.warmup * 1e9);
   info.threads = threads;
   info.interrupted = tlsgate::load::g_stop.load();
+  info.cpu_s = cpu_seconds() - cpu_at_start;
+  info.wall_s = static_cast<double>(tlsgate::load::now_ns() - wall_at_start) * 1e-9;
   const std::string report = o.json ? tlsgate::load::json_report(o, info, total, warm)
                                     : tlsgate::load::text_report(o, info, total, warm);
   std::fputs(report.c_str(), stdout);

@@ -143,6 +143,7 @@ void Worker::run_rate() {
     uint64_t now = now_ns();
     while (next < total && due_at(t0, next, o_.rate) <= now) {
       const uint64_t due = due_at(t0, next, o_.rate);
+      stats_.max_lag_ns = std::max(stats_.max_lag_ns, now_ns() - due);
       Conn* c = open_conn(due, next >= warm);
       if (c != nullptr) c->deadline_ns = due + static_cast<uint64_t>(o_.timeout * 1e9);
       next += count_;
@@ -195,6 +196,7 @@ void Worker::run_persistent() {
     while (fixed && next < total && due_at(t0, next, o_.calls_per_second) <= now) {
       const uint64_t at = due_at(t0, next, o_.calls_per_second);
       const bool measured = next >= warm;
+      stats_.max_lag_ns = std::max(stats_.max_lag_ns, now - at);
       Conn* c = open_conn_for(next / count_);
       if (c != nullptr) {
         c->queue.push_back(Due{at, measured});
