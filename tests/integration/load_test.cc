@@ -203,6 +203,20 @@ TEST_F(Load, WarmupIsNotCounted) {
   EXPECT_EQ(json_number(r.out, "\"warmup\":{\"connections\":"), 40) << r.out;
 }
 
+// A progress line every second on stderr when it is a terminal (script(1)
+// gives it one), and nothing on stderr otherwise.
+TEST_F(Load, ProgressLineOnlyOnATerminal) {
+  RunResult plain = load({"--rate", "20", "--duration", "1.5"});
+  ASSERT_TRUE(plain.status.exited && plain.status.code == 0) << describe(plain);
+  EXPECT_EQ(plain.err, "");
+  std::string command = env("TLSGATE_LOAD_BIN") + " --target " + gw_->target() + " --path " + kUnary +
+                        " --threads 2 --rate 20 --duration 1.5";
+  RunResult tty = run({"/usr/bin/script", "-qec", command, "/dev/null"}, dir_->path(), 30s);
+  ASSERT_TRUE(tty.status.exited && tty.status.code == 0) << describe(tty);
+  EXPECT_NE(tty.out.find("measured connections"), std::string::npos) << tty.out;
+  EXPECT_NE(tty.out.find("calls        30 ok"), std::string::npos) << "and the report after it\n" << tty.out;
+}
+
 TEST_F(Load, NothingListeningIsAConnectError) {
   const std::string bin = env("TLSGATE_LOAD_BIN");
   RunResult r = run({bin, "--target", "127.0.0.1:" + std::to_string(closed_port()), "--path", kUnary,
