@@ -179,6 +179,8 @@ TEST_F(Load, BadFlagsExitTwoNamingTheFlag) {
        "--payload-bytes"},
       {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--data", "/nonexistent"}, "--data"},
       {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--frobnicate"}, "--frobnicate"},
+      {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--tls13-ciphers", "TLS_NO_SUCH"},
+       "--tls13-ciphers"},
   };
   for (const auto& [args, flag] : cases) {
     std::vector<std::string> argv = {bin};
@@ -190,9 +192,9 @@ TEST_F(Load, BadFlagsExitTwoNamingTheFlag) {
   RunResult help = run({bin, "--help"}, dir_->path(), 10s);
   EXPECT_TRUE(help.status.exited && help.status.code == 0) << describe(help);
   for (const char* flag :
-       {"--target", "--sni", "--path", "--data", "--payload-bytes", "--expect-bytes", "--rate", "--calls",
-        "--resume", "--connections", "--streams", "--calls-per-second", "--duration", "--warmup", "--timeout",
-        "--threads", "--json"})
+       {"--target", "--sni", "--tls13-ciphers", "--path", "--data", "--payload-bytes", "--expect-bytes",
+        "--rate", "--calls", "--resume", "--connections", "--streams", "--calls-per-second", "--duration",
+        "--warmup", "--timeout", "--threads", "--json"})
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag << " is not explained by --help";
 }
 

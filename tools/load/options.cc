@@ -53,6 +53,8 @@ Both:
   --path PATH           the gRPC method, e.g. /tlsgate.test.Echo/Unary. Required.
   --sni NAME            TLS server name (default localhost). The certificate is not
                         verified: this measures, it does not authenticate.
+  --tls13-ciphers LIST  TLS 1.3 cipher suites to offer, in OpenSSL's syntax
+                        (e.g. TLS_AES_256_GCM_SHA384); default: OpenSSL's list.
   --data FILE           the request body: one gRPC-framed message (5-byte header:
                         flag 0, 4-byte big-endian length; then the message).
   --payload-bytes N     instead of --data: a message of N bytes (a protobuf field 1
@@ -220,6 +222,9 @@ bool parse_options(int argc, char** argv, Options& o) {
     } else if (a == "--sni") {
       o.sni = value();
       if (o.sni.empty()) bad(a, "must not be empty");
+    } else if (a == "--tls13-ciphers") {
+      o.tls13_ciphers = value();
+      if (o.tls13_ciphers.empty()) bad(a, "must not be empty");
     } else if (a == "--path") {
       o.path = value();
       if (o.path.empty() || o.path[0] != '/')

@@ -25,6 +25,7 @@ struct Options {
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
   std::string sni = "localhost";
+  std::string tls13_ciphers;    // empty: OpenSSL's default TLS 1.3 list
   std::string path;             // gRPC method path, e.g. /tlsgate.test.Echo/Unary
   std::string body;             // the request body: one gRPC-framed message
   double rate = 0;              // Rate: connections per second

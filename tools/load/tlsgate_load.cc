@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
     const std::string err = workers.back()->init();
     if (!err.empty()) {
       std::fprintf(stderr, "tlsgate-load: %s\n", err.c_str());
-      return 1;
+      return err.rfind("--", 0) == 0 ? 2 : 1;  // a flag OpenSSL refused is a bad command line
     }
   }
   const bool rate = o.mode == tlsgate::load::Mode::Rate;

@@ -81,6 +81,8 @@ std::string Worker::init() {
   ctx_ = SSL_CTX_new(TLS_client_method());
   if (ctx_ == nullptr) return "SSL_CTX_new: " + ssl_error_text();
   SSL_CTX_set_min_proto_version(ctx_, TLS1_3_VERSION);
+  if (!o_.tls13_ciphers.empty() && SSL_CTX_set_ciphersuites(ctx_, o_.tls13_ciphers.c_str()) != 1)
+    return "--tls13-ciphers: OpenSSL accepts none of '" + o_.tls13_ciphers + "'";
   SSL_CTX_set_alpn_protos(ctx_, reinterpret_cast<const unsigned char*>("\x02h2"), 3);
   // Like h2load: this measures a server, it does not authenticate it.
   SSL_CTX_set_verify(ctx_, SSL_VERIFY_NONE, nullptr);
