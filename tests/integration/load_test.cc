@@ -97,6 +97,28 @@ TEST_F(Load, ResumedHandshakesAreTheOnesTlsgateResumed) {
   EXPECT_EQ(moved("false"), full) << after;
 }
 
+// --concurrency 1: one connection at a time (and one thread), so each
+// connection after the first starts with the ticket of the one before: one
+// full handshake in all. Without the cap two threads make at least two.
+TEST_F(Load, ConcurrencyCapsConnectionsInFlight) {
+  RunResult r = load({"--rate", "50", "--duration", "1", "--concurrency", "1", "--resume", "--json"});
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << describe(r);
+  EXPECT_EQ(json_number(r.out, "\"threads\":"), 1) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"connections\":{\"started\":"), 50) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"full\":"), 1) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"resumed\":"), 49) << r.out;
+}
+
+TEST_F(Load, ClosedLoopAsFastAsPossible) {
+  RunResult r = load({"--rate", "max", "--concurrency", "4", "--calls", "2", "--duration", "1", "--json"});
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << describe(r);
+  EXPECT_TRUE(valid_json(r.out, dir_->path())) << r.out;
+  const long started = json_number(r.out, "\"connections\":{\"started\":");
+  EXPECT_GT(started, 0) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"ok\":"), started) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"calls\":{\"ok\":"), 2 * started) << r.out;
+}
+
 // The echo backend ends a call with the status its request asks for:
 // EchoRequest.status_code is field 4, a varint: tag 0x20, then 13 (INTERNAL).
 TEST_F(Load, AnyNonZeroGrpcStatusFailsTheRun) {
@@ -179,6 +201,9 @@ TEST_F(Load, BadFlagsExitTwoNamingTheFlag) {
        "--payload-bytes"},
       {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--data", "/nonexistent"}, "--data"},
       {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--frobnicate"}, "--frobnicate"},
+      {{"--target", gw_->target(), "--path", kUnary, "--rate", "max"}, "--rate"},
+      {{"--target", gw_->target(), "--path", kUnary, "--connections", "1", "--concurrency", "2"},
+       "--concurrency"},
       {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--tls13-ciphers", "TLS_NO_SUCH"},
        "--tls13-ciphers"},
   };
@@ -193,8 +218,8 @@ TEST_F(Load, BadFlagsExitTwoNamingTheFlag) {
   EXPECT_TRUE(help.status.exited && help.status.code == 0) << describe(help);
   for (const char* flag :
        {"--target", "--sni", "--tls13-ciphers", "--path", "--data", "--payload-bytes", "--expect-bytes",
-        "--rate", "--calls", "--resume", "--connections", "--streams", "--calls-per-second", "--duration",
-        "--warmup", "--timeout", "--threads", "--json"})
+        "--rate", "--calls", "--concurrency", "--resume", "--connections", "--streams", "--calls-per-second",
+        "--duration", "--warmup", "--timeout", "--threads", "--json"})
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag << " is not explained by --help";
 }
 

@@ -35,6 +35,15 @@ Modes (one of):
 
 Rate mode:
   --calls K             unary calls per connection (default 1).
+  --concurrency C       at most C connections in flight in all threads. A connection
+                        due while C are in flight waits for one to end, and the wait
+                        is part of its first call's latency; one that waited longer
+                        than --timeout fails as "timeout" without being opened.
+  --rate max            with --concurrency: a closed loop, as many connections as
+                        C in flight allow (a new one as soon as one ends), for
+                        benchmarks of the server's connection capacity. Latency
+                        then starts when each connection is opened: it is the
+                        service time, not what clients arriving at a rate see.
   --resume              offer a TLS session ticket from an earlier connection of the
                         same thread (each ticket once); the first connections of a
                         thread make full handshakes until tickets arrive.
@@ -238,8 +247,11 @@ bool parse_options(int argc, char** argv, Options& o) {
     } else if (a == "--expect-bytes") {
       o.expect_bytes = static_cast<int64_t>(parse_count(a, value(), true));
     } else if (a == "--rate") {
-      o.rate = parse_seconds(a, value(), false);
+      const char* v = value();
+      o.rate = std::string_view(v) == "max" ? 0 : parse_seconds(a, v, false);
       have_rate = true;
+    } else if (a == "--concurrency") {
+      o.concurrency = parse_count(a, value(), false);
     } else if (a == "--calls") {
       o.calls = parse_count(a, value(), false);
       have_calls = true;
@@ -276,6 +288,9 @@ bool parse_options(int argc, char** argv, Options& o) {
   if (have_rate && (have_streams || have_cps))
     bad(have_streams ? "--streams" : "--calls-per-second", "only with --connections");
   if (have_conns && (have_calls || o.resume)) bad(have_calls ? "--calls" : "--resume", "only with --rate");
+  if (have_conns && o.concurrency != 0) bad("--concurrency", "only with --rate");
+  if (have_rate && o.rate == 0 && o.concurrency == 0)
+    bad("--rate", "max needs --concurrency (how many in flight)");
   if (have_data && have_payload) bad("--payload-bytes", "give either --data or --payload-bytes, not both");
   if (have_streams && o.streams > 100000) bad("--streams", "at most 100000");
   if (!have_data) o.body = make_payload(payload_bytes);

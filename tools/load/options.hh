@@ -28,7 +28,8 @@ struct Options {
   std::string tls13_ciphers;    // empty: OpenSSL's default TLS 1.3 list
   std::string path;             // gRPC method path, e.g. /tlsgate.test.Echo/Unary
   std::string body;             // the request body: one gRPC-framed message
-  double rate = 0;              // Rate: connections per second
+  double rate = 0;              // Rate: connections per second; 0 = "max" (closed loop)
+  uint64_t concurrency = 0;     // Rate: connections in flight at most; 0 = no cap
   uint64_t calls = 1;           // Rate: unary calls per connection, one after the other
   bool resume = false;          // Rate: offer a session ticket from an earlier connection
   uint64_t connections = 0;     // Persistent

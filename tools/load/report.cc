@@ -72,7 +72,9 @@ struct Rates {
 Rates achieved(const Options& o, const RunInfo& run, const Stats& s) {
   Rates r;
   if (o.mode == Mode::Rate && s.last_start_ns > run.measured_start_ns && s.conns_started > 0) {
-    const double span = static_cast<double>(s.last_start_ns - run.measured_start_ns) * 1e-9 + 1.0 / o.rate;
+    // One interval after the last start (none in a closed loop).
+    const double interval = o.rate > 0 ? 1.0 / o.rate : 0.0;
+    const double span = static_cast<double>(s.last_start_ns - run.measured_start_ns) * 1e-9 + interval;
     r.conns = static_cast<double>(s.conns_started) / span;
   }
   if (s.last_done_ns > run.measured_start_ns) {
@@ -119,11 +121,15 @@ std::string text_report(const Options& o, const RunInfo& run, const Stats& s, co
   const Rates r = achieved(o, run, s);
   std::string out;
   if (o.mode == Mode::Rate) {
-    appendf(out,
-            "tlsgate-load: %s %s, rate %g connections/s x %" PRIu64
-            " calls%s, %u threads, %gs measured after %gs warm-up\n",
-            o.target.c_str(), o.path.c_str(), o.rate, o.calls, o.resume ? ", resume" : "", run.threads,
-            o.duration, o.warmup);
+    appendf(out, "tlsgate-load: %s %s, ", o.target.c_str(), o.path.c_str());
+    if (o.rate > 0) {
+      appendf(out, "rate %g connections/s", o.rate);
+    } else {
+      out += "connections as fast as possible";
+    }
+    if (o.concurrency > 0) appendf(out, " (at most %" PRIu64 " in flight)", o.concurrency);
+    appendf(out, " x %" PRIu64 " calls%s, %u threads, %gs measured after %gs warm-up\n", o.calls,
+            o.resume ? ", resume" : "", run.threads, o.duration, o.warmup);
   } else {
     appendf(out, "tlsgate-load: %s %s, %" PRIu64 " connections x %" PRIu64 " streams, ", o.target.c_str(),
             o.path.c_str(), o.connections, o.streams);
@@ -137,8 +143,9 @@ std::string text_report(const Options& o, const RunInfo& run, const Stats& s, co
   if (run.interrupted) out += "interrupted  the schedule was cut short by a signal\n";
   appendf(out, "connections  %" PRIu64 " started, %" PRIu64 " ok, %" PRIu64 " failed", s.conns_started,
           s.conns_ok, s.conns_failed);
-  if (o.mode == Mode::Rate)
+  if (o.mode == Mode::Rate && o.rate > 0)
     appendf(out, "; %.1f/s started (asked %g/s), %.1f/s ok", r.conns, o.rate, r.conns_ok);
+  if (o.mode == Mode::Rate && o.rate == 0) appendf(out, "; %.1f/s ok", r.conns_ok);
   out += "\n";
   appendf(out, "handshakes   %" PRIu64 " full, %" PRIu64 " resumed\n", s.handshakes_full,
           s.handshakes_resumed);
@@ -193,8 +200,11 @@ std::string json_report(const Options& o, const RunInfo& run, const Stats& s, co
   appendf(out, ",\"mode\":\"%s\",\"threads\":%u,\"duration_s\":%g,\"warmup_s\":%g",
           o.mode == Mode::Rate ? "rate" : "persistent", run.threads, o.duration, o.warmup);
   if (o.mode == Mode::Rate) {
-    appendf(out, ",\"asked\":{\"connections_per_s\":%g,\"calls_per_connection\":%" PRIu64 ",\"resume\":%s}",
-            o.rate, o.calls, o.resume ? "true" : "false");
+    // connections_per_s 0: --rate max (a closed loop); concurrency 0: no cap.
+    appendf(out,
+            ",\"asked\":{\"connections_per_s\":%g,\"concurrency\":%" PRIu64
+            ",\"calls_per_connection\":%" PRIu64 ",\"resume\":%s}",
+            o.rate, o.concurrency, o.calls, o.resume ? "true" : "false");
   } else {
     appendf(out, ",\"asked\":{\"connections\":%" PRIu64 ",\"streams\":%" PRIu64 ",\"calls_per_s\":%g}",
             o.connections, o.streams, o.calls_per_second);

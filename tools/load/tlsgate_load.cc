@@ -95,6 +95,8 @@ int main(int argc, char** argv) {
   unsigned threads = o.threads;
   if (o.mode == tlsgate::load::Mode::Persistent && o.connections < threads)
     threads = static_cast<unsigned>(o.connections);
+  if (o.mode == tlsgate::load::Mode::Rate && o.concurrency != 0 && o.concurrency < threads)
+    threads = static_cast<unsigned>(o.concurrency);
 
   const double cpu_at_start = cpu_seconds();
   const uint64_t wall_at_start = tlsgate::load::now_ns();

@@ -58,6 +58,8 @@ uint64_t schedule_length(double per_s, double seconds) {
 }  // namespace
 
 Worker::Worker(const Options& o, unsigned index, unsigned count) : o_(o), index_(index), count_(count) {
+  if (o.mode == Mode::Rate && o.concurrency != 0)
+    cap_ = o.concurrency / count + (index < o.concurrency % count ? 1 : 0);
   if (o.mode == Mode::Persistent)
     local_conns_ = static_cast<unsigned>(o.connections / count + (index < o.connections % count ? 1 : 0));
 }
@@ -135,6 +137,7 @@ void Worker::run() {
 // Rate mode: connection i (i mod T = index_) is opened at t0 + i / rate; the
 // loop sleeps in io_uring until the next one is due or a completion comes.
 void Worker::run_rate() {
+  if (o_.rate == 0) return run_closed_loop();
   const uint64_t t0 = start_ns.load();
   warmup_end_ns_ = t0 + static_cast<uint64_t>(o_.warmup * 1e9);
   const uint64_t total = schedule_length(o_.rate, o_.warmup + o_.duration);
@@ -143,19 +146,62 @@ void Worker::run_rate() {
   for (;;) {
     if (g_stop.load(std::memory_order_relaxed)) next = std::max(next, total);
     uint64_t now = now_ns();
+    const auto limit = static_cast<uint64_t>(o_.timeout * 1e9);
+    bool capped = false;
     while (next < total && due_at(t0, next, o_.rate) <= now) {
       const uint64_t due = due_at(t0, next, o_.rate);
-      stats_.max_lag_ns = std::max(stats_.max_lag_ns, now_ns() - due);
-      Conn* c = open_conn(due, next >= warm);
-      if (c != nullptr) c->deadline_ns = due + static_cast<uint64_t>(o_.timeout * 1e9);
+      if (open_count_ >= cap_) {
+        // --concurrency: it waits for a free place (a completion wakes the
+        // loop), unless it already waited longer than a connection may take.
+        capped = now <= due + limit;
+        if (capped) break;
+        drop_late(next >= warm);
+      } else {
+        stats_.max_lag_ns = std::max(stats_.max_lag_ns, now_ns() - due);
+        open_conn(due, next >= warm);
+      }
       next += count_;
     }
     if (next >= total && open_count_ == 0) break;
     now = now_ns();
     sweep_timeouts(now);
     uint64_t wake = now + kSweepNs;
-    if (next < total) wake = std::min(wake, due_at(t0, next, o_.rate));
+    if (next < total && !capped) wake = std::min(wake, due_at(t0, next, o_.rate));
     wait_and_dispatch(wake);
+    reap();
+  }
+}
+
+// A connection that waited for a free place (--concurrency) longer than
+// --timeout: counted as started and failed, with every call it owed.
+void Worker::drop_late(bool measured) {
+  Stats& s = stats_for(measured);
+  ++s.conns_started;
+  ++s.conns_failed;
+  s.calls_failed += o_.calls;
+  s.error(ErrorKind::Timeout, "waited longer than --timeout for a place under --concurrency");
+  if (measured) s.last_start_ns = std::max(s.last_start_ns, now_ns());
+  progress_conns.fetch_add(1, std::memory_order_relaxed);
+  progress_errors.fetch_add(1, std::memory_order_relaxed);
+}
+
+// --rate max: a closed loop. Each free place (of this thread's share of
+// --concurrency) opens a connection at once, until the end of the run.
+void Worker::run_closed_loop() {
+  const uint64_t t0 = start_ns.load();
+  warmup_end_ns_ = t0 + static_cast<uint64_t>(o_.warmup * 1e9);
+  end_ns_ = warmup_end_ns_ + static_cast<uint64_t>(o_.duration * 1e9);
+  while (now_ns() < t0) wait_and_dispatch(t0);
+  for (;;) {
+    uint64_t now = now_ns();
+    const bool open_more = now < end_ns_ && !g_stop.load(std::memory_order_relaxed);
+    while (open_more && open_count_ < cap_) {
+      open_conn(now, now >= warmup_end_ns_);
+      now = now_ns();
+    }
+    if (!open_more && open_count_ == 0) break;
+    sweep_timeouts(now);
+    wait_and_dispatch(open_more ? std::min(now + kSweepNs, end_ns_) : now + kSweepNs);
     reap();
   }
 }

@@ -114,6 +114,8 @@ class Worker {
 
   // The schedule.
   void run_rate();
+  void run_closed_loop();
+  void drop_late(bool measured);
   void run_persistent();
   void wait_and_dispatch(uint64_t wake_ns);
   void sweep_timeouts(uint64_t now);
@@ -154,7 +156,8 @@ class Worker {
 
   const Options& o_;
   const unsigned index_, count_;
-  unsigned local_conns_ = 0;  // persistent mode
+  unsigned local_conns_ = 0;   // persistent mode
+  uint64_t cap_ = UINT64_MAX;  // rate mode: this thread's share of --concurrency
   io_uring ring_{};
   bool ring_ok_ = false;
   SSL_CTX* ctx_ = nullptr;

@@ -97,6 +97,9 @@ TEST(LoadOptions, BadCommandLinesNameTheFlag) {
       {{"--rate", "5", "--calls-per-second", "3"}, "--calls-per-second"},
       {{"--rate", "5", "--payload-bytes", "3", "--payload-bytes", "1"}, "--payload-bytes"},
       {{"--rate", "5", "--sni", ""}, "--sni"},
+      {{"--rate", "max"}, "--rate"},
+      {{"--rate", "5", "--concurrency", "0"}, "--concurrency"},
+      {{"--connections", "2", "--concurrency", "2"}, "--concurrency"},
       {{"--rate"}, "--rate"},
       {{}, "--rate"},
   };
