@@ -419,9 +419,11 @@ void Worker::on_connect(Conn& c, int res) {
   c.rbio = BIO_new(BIO_s_mem());
   c.wbio = BIO_new(BIO_s_mem());
   if (c.ssl == nullptr || c.rbio == nullptr || c.wbio == nullptr) {
-    if (c.rbio != nullptr && c.ssl == nullptr) BIO_free(c.rbio);
-    if (c.wbio != nullptr && c.ssl == nullptr) BIO_free(c.wbio);
-    return fail(c, ErrorKind::Tls, "SSL_new: " + ssl_error_text());
+    // Not yet handed to the SSL object: freed here (SSL_free in reap()).
+    BIO_free(c.rbio);
+    BIO_free(c.wbio);
+    c.rbio = c.wbio = nullptr;
+    return fail(c, ErrorKind::Tls, "out of memory for a TLS connection: " + ssl_error_text());
   }
   // Memory BIOs: the ring moves the bytes, OpenSSL only transforms them.
   BIO_set_mem_eof_return(c.rbio, -1);
