@@ -2,6 +2,8 @@
 // echo backend: exact counts, the JSON report, resumption counted as tlsgate
 // counts it, a non-zero grpc-status making it fail, a fixed rate kept (as a
 // count of connections started), persistent mode, bad flags.
+#include <sys/stat.h>
+
 #include <string>
 #include <vector>
 
@@ -95,6 +97,44 @@ TEST_F(Load, ResumedHandshakesAreTheOnesTlsgateResumed) {
   };
   EXPECT_EQ(moved("true"), resumed) << after;
   EXPECT_EQ(moved("false"), full) << after;
+}
+
+// Two instances sharing a ticket key file, each sending one ticket per
+// handshake: the warm-up's 20 full handshakes on A collect 20 tickets, and
+// the first 20 of the 40 measured connections to B resume them; the other 20
+// find the pool empty and make full handshakes, because B's own tickets are
+// not kept (with them every measured connection would resume).
+TEST_F(Load, TicketsFromAnotherInstance) {
+  const std::filesystem::path keys = dir_->path() / "ticket.keys";
+  RunResult key = run({"/bin/bash", "-c", "/usr/bin/head -c 80 /dev/urandom | /usr/bin/openssl base64 -A"},
+                      dir_->path(), 10s);
+  ASSERT_EQ(key.out.size(), 108u) << key.out << key.err;
+  write_file(keys, key.out + "\n");
+  ::chmod(keys.c_str(), 0600);
+  GatewayConfig cfg;
+  cfg.endpoints = {echo_->endpoint().address()};
+  cfg.tls_extra = "  ticket_keys = \"" + keys.string() + "\"\n  session_tickets = 1\n";
+  cfg.admin = true;
+  Gateway a(dir_->path(), cfg);
+  Gateway b(dir_->path(), cfg);
+  ASSERT_TRUE(a.started() && b.started());
+  const std::string bin = env("TLSGATE_LOAD_BIN");
+  RunResult r = run({bin, "--target", b.target(), "--tickets-from", a.target(), "--path", kUnary, "--threads",
+                     "2", "--rate", "40", "--warmup", "0.5", "--duration", "1", "--json"},
+                    dir_->path(), 30s);
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << describe(r);
+  EXPECT_EQ(json_number(r.out, "\"resumed\":"), 20) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"full\":"), 20) << r.out;
+  auto handshakes = [](Gateway& g, const char* resumed) {
+    const std::string page = http_request(g.admin_port(), "/metrics").body;
+    return metric(page, "tlsgate_handshakes_total", {std::string("resumed=\"") + resumed + "\""});
+  };
+  EXPECT_EQ(handshakes(b, "true"), 20);
+  EXPECT_EQ(handshakes(b, "false"), 20);
+  EXPECT_EQ(handshakes(a, "false"), 20) << "the warm-up's, on A";
+  EXPECT_LE(handshakes(a, "true"), 0) << "none resumed on A (-1: no sample at all)";
+  a.stop();
+  b.stop();
 }
 
 // --concurrency 1: one connection at a time (and one thread), so each
@@ -202,6 +242,8 @@ TEST_F(Load, BadFlagsExitTwoNamingTheFlag) {
       {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--data", "/nonexistent"}, "--data"},
       {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--frobnicate"}, "--frobnicate"},
       {{"--target", gw_->target(), "--path", kUnary, "--rate", "max"}, "--rate"},
+      {{"--target", gw_->target(), "--path", kUnary, "--rate", "5", "--tickets-from", gw_->target()},
+       "--tickets-from"},
       {{"--target", gw_->target(), "--path", kUnary, "--connections", "1", "--concurrency", "2"},
        "--concurrency"},
       {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--tls13-ciphers", "TLS_NO_SUCH"},
@@ -217,9 +259,10 @@ TEST_F(Load, BadFlagsExitTwoNamingTheFlag) {
   RunResult help = run({bin, "--help"}, dir_->path(), 10s);
   EXPECT_TRUE(help.status.exited && help.status.code == 0) << describe(help);
   for (const char* flag :
-       {"--target", "--sni", "--tls13-ciphers", "--path", "--data", "--payload-bytes", "--expect-bytes",
-        "--rate", "--calls", "--concurrency", "--resume", "--connections", "--streams", "--calls-per-second",
-        "--duration", "--warmup", "--timeout", "--threads", "--json"})
+       {"--target",        "--sni",          "--tls13-ciphers", "--path",    "--data",
+        "--payload-bytes", "--expect-bytes", "--rate",          "--calls",   "--concurrency",
+        "--resume",        "--tickets-from", "--connections",   "--streams", "--calls-per-second",
+        "--duration",      "--warmup",       "--timeout",       "--threads", "--json"})
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag << " is not explained by --help";
 }
 

@@ -47,6 +47,14 @@ Rate mode:
   --resume              offer a TLS session ticket from an earlier connection of the
                         same thread (each ticket once); the first connections of a
                         thread make full handshakes until tickets arrive.
+  --tickets-from HOST:PORT
+                        resumption across instances (servers sharing ticket keys):
+                        the --warmup connections go to this other server, with full
+                        handshakes, and keep its tickets; every measured connection
+                        to --target offers one of them, and tickets --target sends
+                        are not kept. Implies --resume; needs --warmup long enough
+                        to collect a ticket per measured connection (the report
+                        counts measured handshakes that could not resume as full).
 
 Persistent mode:
   --streams S           calls in flight per connection (default 1).
@@ -126,32 +134,32 @@ uint64_t parse_count(std::string_view flag, const char* text, bool allow_zero) {
   return v;
 }
 
-// "1.2.3.4:p" or "[v6]:p".
-void parse_target(const std::string& text, Options& o) {
+// "1.2.3.4:p" or "[v6]:p" into addr/len; errors name `flag`.
+void parse_address(std::string_view flag, const std::string& text, sockaddr_storage& addr, socklen_t& len) {
   const auto colon = text.rfind(':');
   if (colon == std::string::npos || colon + 1 == text.size())
-    bad("--target", "expected HOST:PORT (an IPv4 literal or [IPv6]), got '" + text + "'");
+    bad(flag, "expected HOST:PORT (an IPv4 literal or [IPv6]), got '" + text + "'");
   std::string host = text.substr(0, colon);
   const char* port_text = text.c_str() + colon + 1;
   char* end = nullptr;
   const unsigned long port = std::strtoul(port_text, &end, 10);
-  if (*end != '\0' || port == 0 || port > 65535) bad("--target", "bad port in '" + text + "'");
+  if (*end != '\0' || port == 0 || port > 65535) bad(flag, "bad port in '" + text + "'");
+  addr = sockaddr_storage{};
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    auto* a6 = reinterpret_cast<sockaddr_in6*>(&o.addr);
+    auto* a6 = reinterpret_cast<sockaddr_in6*>(&addr);
     a6->sin6_family = AF_INET6;
     a6->sin6_port = htons(static_cast<uint16_t>(port));
     if (inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &a6->sin6_addr) != 1)
-      bad("--target", "bad IPv6 address in '" + text + "'");
-    o.addr_len = sizeof(sockaddr_in6);
+      bad(flag, "bad IPv6 address in '" + text + "'");
+    len = sizeof(sockaddr_in6);
   } else {
-    auto* a4 = reinterpret_cast<sockaddr_in*>(&o.addr);
+    auto* a4 = reinterpret_cast<sockaddr_in*>(&addr);
     a4->sin_family = AF_INET;
     a4->sin_port = htons(static_cast<uint16_t>(port));
     if (inet_pton(AF_INET, host.c_str(), &a4->sin_addr) != 1)
-      bad("--target", "expected an IPv4 literal or [IPv6] address, got '" + host + "'");
-    o.addr_len = sizeof(sockaddr_in);
+      bad(flag, "expected an IPv4 literal or [IPv6] address, got '" + host + "'");
+    len = sizeof(sockaddr_in);
   }
-  o.target = text;
 }
 
 std::string read_data_file(const char* path) {
@@ -227,7 +235,12 @@ bool parse_options(int argc, char** argv, Options& o) {
       std::fputs(kHelp, stdout);
       return false;
     } else if (a == "--target") {
-      parse_target(value(), o);
+      o.target = value();
+      parse_address(a, o.target, o.addr, o.addr_len);
+    } else if (a == "--tickets-from") {
+      o.tickets_from = value();
+      parse_address(a, o.tickets_from, o.tickets_from_addr, o.tickets_from_len);
+      o.resume = true;
     } else if (a == "--sni") {
       o.sni = value();
       if (o.sni.empty()) bad(a, "must not be empty");
@@ -287,8 +300,11 @@ bool parse_options(int argc, char** argv, Options& o) {
   if (have_rate == have_conns) bad("--rate", "give exactly one of --rate and --connections");
   if (have_rate && (have_streams || have_cps))
     bad(have_streams ? "--streams" : "--calls-per-second", "only with --connections");
-  if (have_conns && (have_calls || o.resume)) bad(have_calls ? "--calls" : "--resume", "only with --rate");
+  if (have_conns && (have_calls || o.resume))
+    bad(have_calls ? "--calls" : !o.tickets_from.empty() ? "--tickets-from" : "--resume", "only with --rate");
   if (have_conns && o.concurrency != 0) bad("--concurrency", "only with --rate");
+  if (!o.tickets_from.empty() && o.warmup == 0)
+    bad("--tickets-from", "needs --warmup: the period whose connections collect the tickets");
   if (have_rate && o.rate == 0 && o.concurrency == 0)
     bad("--rate", "max needs --concurrency (how many in flight)");
   if (have_data && have_payload) bad("--payload-bytes", "give either --data or --payload-bytes, not both");

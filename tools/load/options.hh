@@ -25,13 +25,18 @@ struct Options {
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
   std::string sni = "localhost";
-  std::string tls13_ciphers;    // empty: OpenSSL's default TLS 1.3 list
-  std::string path;             // gRPC method path, e.g. /tlsgate.test.Echo/Unary
-  std::string body;             // the request body: one gRPC-framed message
-  double rate = 0;              // Rate: connections per second; 0 = "max" (closed loop)
-  uint64_t concurrency = 0;     // Rate: connections in flight at most; 0 = no cap
-  uint64_t calls = 1;           // Rate: unary calls per connection, one after the other
-  bool resume = false;          // Rate: offer a session ticket from an earlier connection
+  std::string tls13_ciphers;  // empty: OpenSSL's default TLS 1.3 list
+  std::string path;           // gRPC method path, e.g. /tlsgate.test.Echo/Unary
+  std::string body;           // the request body: one gRPC-framed message
+  double rate = 0;            // Rate: connections per second; 0 = "max" (closed loop)
+  uint64_t concurrency = 0;   // Rate: connections in flight at most; 0 = no cap
+  uint64_t calls = 1;         // Rate: unary calls per connection, one after the other
+  bool resume = false;        // Rate: offer a session ticket from an earlier connection
+  // Rate: the warm-up collects tickets from this other server; measured
+  // connections resume them on `addr` and keep none of its own.
+  std::string tickets_from;
+  sockaddr_storage tickets_from_addr{};
+  socklen_t tickets_from_len = 0;
   uint64_t connections = 0;     // Persistent
   uint64_t streams = 1;         // Persistent: calls in flight per connection
   double calls_per_second = 0;  // Persistent: 0 = as fast as possible

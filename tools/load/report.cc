@@ -128,8 +128,10 @@ std::string text_report(const Options& o, const RunInfo& run, const Stats& s, co
       out += "connections as fast as possible";
     }
     if (o.concurrency > 0) appendf(out, " (at most %" PRIu64 " in flight)", o.concurrency);
-    appendf(out, " x %" PRIu64 " calls%s, %u threads, %gs measured after %gs warm-up\n", o.calls,
-            o.resume ? ", resume" : "", run.threads, o.duration, o.warmup);
+    appendf(out, " x %" PRIu64 " calls%s%s, %u threads, %gs measured after %gs warm-up\n", o.calls,
+            o.resume ? ", resume" : "",
+            o.tickets_from.empty() ? "" : (" tickets from " + o.tickets_from).c_str(), run.threads,
+            o.duration, o.warmup);
   } else {
     appendf(out, "tlsgate-load: %s %s, %" PRIu64 " connections x %" PRIu64 " streams, ", o.target.c_str(),
             o.path.c_str(), o.connections, o.streams);
@@ -203,8 +205,10 @@ std::string json_report(const Options& o, const RunInfo& run, const Stats& s, co
     // connections_per_s 0: --rate max (a closed loop); concurrency 0: no cap.
     appendf(out,
             ",\"asked\":{\"connections_per_s\":%g,\"concurrency\":%" PRIu64
-            ",\"calls_per_connection\":%" PRIu64 ",\"resume\":%s}",
+            ",\"calls_per_connection\":%" PRIu64 ",\"resume\":%s,\"tickets_from\":",
             o.rate, o.concurrency, o.calls, o.resume ? "true" : "false");
+    json_string(out, o.tickets_from);
+    out += "}";
   } else {
     appendf(out, ",\"asked\":{\"connections\":%" PRIu64 ",\"streams\":%" PRIu64 ",\"calls_per_s\":%g}",
             o.connections, o.streams, o.calls_per_second);

@@ -104,6 +104,10 @@ std::string Worker::init() {
 
 int Worker::on_new_session(SSL* ssl, SSL_SESSION* sess) {
   auto* w = static_cast<Worker*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
+  const auto* c = static_cast<const Conn*>(SSL_get_app_data(ssl));
+  // --tickets-from: each measured resumption is of a ticket the other
+  // server sealed, so the measured server's own are not kept.
+  if (!w->o_.tickets_from.empty() && c != nullptr && c->measured) return 0;  // OpenSSL frees it
   if (w->tickets_.size() >= kMaxTickets) {
     SSL_SESSION_free(w->tickets_.front());
     w->tickets_.erase(w->tickets_.begin());
@@ -398,7 +402,11 @@ Worker::Conn* Worker::open_conn(uint64_t due_ns, bool measured) {
   ++s.conns_started;
   if (measured) s.last_start_ns = std::max(s.last_start_ns, now_ns());
   progress_conns.fetch_add(1, std::memory_order_relaxed);
-  c.fd = socket(o_.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // --tickets-from: the warm-up talks to the other server.
+  const bool other = !o_.tickets_from.empty() && !measured;
+  const sockaddr_storage& addr = other ? o_.tickets_from_addr : o_.addr;
+  const socklen_t addr_len = other ? o_.tickets_from_len : o_.addr_len;
+  c.fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (c.fd < 0) {
     fail(c, ErrorKind::Connect, std::string("socket: ") + std::strerror(errno));
     return nullptr;
@@ -406,7 +414,7 @@ Worker::Conn* Worker::open_conn(uint64_t due_ns, bool measured) {
   const int one = 1;
   setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   io_uring_sqe* s2 = sqe();
-  io_uring_prep_connect(s2, c.fd, reinterpret_cast<const sockaddr*>(&o_.addr), o_.addr_len);
+  io_uring_prep_connect(s2, c.fd, reinterpret_cast<const sockaddr*>(&addr), addr_len);
   io_uring_sqe_set_data64(s2, user_data(c, Op::Connect));
   ++c.ops;
   return &c;
@@ -430,7 +438,10 @@ void Worker::on_connect(Conn& c, int res) {
   SSL_set_bio(c.ssl, c.rbio, c.wbio);
   SSL_set_connect_state(c.ssl);
   SSL_set_tlsext_host_name(c.ssl, o_.sni.c_str());
-  while (o_.resume && !tickets_.empty()) {
+  SSL_set_app_data(c.ssl, &c);
+  // --tickets-from: the warm-up makes full handshakes only.
+  const bool offer = o_.resume && (o_.tickets_from.empty() || c.measured);
+  while (offer && !tickets_.empty()) {
     SSL_SESSION* t = tickets_.back();
     tickets_.pop_back();
     const bool usable = SSL_SESSION_is_resumable(t) == 1;
