@@ -63,6 +63,9 @@ Persistent mode:
                         connection are busy waits, and its wait counts in its latency.
                         Without it: as fast as possible (each stream starts its next
                         call when the previous one ends).
+  A kept connection the server ends (GOAWAY, e.g. at its maximum connection
+  age) is not reopened: the calls it had fail (h2, closed) and later ones go
+  to the connections still open.
 
 Both:
   --target HOST:PORT    where to connect: 127.0.0.1:8443 or [::1]:8443 (IP literals);
