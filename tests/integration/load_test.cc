@@ -297,5 +297,28 @@ TEST_F(Load, NothingListeningIsAConnectError) {
   EXPECT_NE(r.out.find("connect: 10"), std::string::npos) << r.out;
 }
 
+// A kept connection the gateway ends (GOAWAY at max_connection_age, 1 s
+// +-10%) is not reopened: the calls made before count OK, every later one
+// fails, the run ends on time and exits 1 naming what happened.
+class LoadMaxAge : public Load {
+ protected:
+  void configure(GatewayConfig& cfg) override {
+    Load::configure(cfg);
+    cfg.extra_listener = "max_connection_age = \"1s\"\n";
+  }
+};
+
+TEST_F(LoadMaxAge, AConnectionTheServerEndsIsNotReopened) {
+  RunResult r = load({"--connections", "1", "--calls-per-second", "100", "--duration", "3", "--json"});
+  ASSERT_TRUE(r.status.exited) << describe(r);
+  EXPECT_EQ(r.status.code, 1) << describe(r);
+  const long ok = json_number(r.out, "\"calls\":{\"ok\":");
+  const long failed = json_number(r.out, "\"calls\":{\"ok\":" + std::to_string(ok) + ",\"failed\":");
+  EXPECT_GT(ok, 0) << r.out;
+  EXPECT_GT(failed, 0) << r.out;
+  EXPECT_EQ(ok + failed, 300) << "every call due is counted once\n" << r.out;
+  EXPECT_GE(json_number(r.out, "\"closed\":"), 1) << r.out;
+}
+
 }  // namespace
 }  // namespace tlsgate::itest

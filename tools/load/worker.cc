@@ -553,7 +553,7 @@ Worker::Call* Worker::free_call(Conn& c) {
 
 bool Worker::start_call(Conn& c, uint64_t intended_ns, bool measured) {
   Call* call = free_call(c);
-  if (call == nullptr) return false;
+  if (call == nullptr || !accepts_calls(c)) return false;
   *call = Call{};
   call->conn = &c;
   call->busy = true;
@@ -683,8 +683,21 @@ void Worker::end_call(Conn& c, Call& call) {
 }
 
 // What a connection does once its answered calls are counted.
+// False once the server sent GOAWAY: a new stream would only be refused.
+bool Worker::accepts_calls(Conn& c) { return nghttp2_session_check_request_allowed(c.h2) != 0; }
+
 void Worker::after_calls(Conn& c) {
   if (c.state != State::Open) return;
+  // The server said goodbye (GOAWAY, e.g. its maximum connection age): the
+  // calls it had end normally; once none is left, the connection fails if it
+  // still owed calls (rate mode) or had calls waiting (persistent mode), and
+  // is closed otherwise.
+  if (!accepts_calls(c) && c.calls_started == c.calls_done) {
+    const bool owed = o_.mode == Mode::Rate ? c.calls_done < o_.calls : !c.queue.empty();
+    if (owed) return fail(c, ErrorKind::Closed, "the server sent GOAWAY before every call was made");
+    if (o_.mode == Mode::Rate || ending_) return close_gracefully(c);
+    return fail(c, ErrorKind::Closed, "the server sent GOAWAY");
+  }
   if (o_.mode == Mode::Rate) {
     if (c.calls_started == c.calls_done) {
       if (c.calls_done < o_.calls) {

@@ -144,6 +144,7 @@ class Worker {
   void after_calls(Conn& c);
   void start_persistent_calls(Conn& c);
   Call* free_call(Conn& c);
+  bool accepts_calls(Conn& c);
 
   // nghttp2 and OpenSSL callbacks.
   static int on_header(nghttp2_session*, const nghttp2_frame*, const uint8_t*, size_t, const uint8_t*, size_t,
