@@ -495,6 +495,11 @@ void Worker::advance(Conn& c) {
     if (!finish_handshake(c)) return;
   }
   if (c.state != State::Open && c.state != State::Closing) return;
+  // Answers that arrived with the server's close are counted before the
+  // close is: a call the server answered is OK even if the connection ends
+  // right after it.
+  std::string ended;
+  ErrorKind ended_kind = ErrorKind::Closed;
   uint8_t buf[16 * 1024];
   for (;;) {
     const int r = SSL_read(c.ssl, buf, sizeof buf);
@@ -502,11 +507,19 @@ void Worker::advance(Conn& c) {
       const int e = SSL_get_error(c.ssl, r);
       if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) break;
       if (c.state == State::Closing) break;
-      if (e == SSL_ERROR_ZERO_RETURN) return fail(c, ErrorKind::Closed, "the server sent close_notify");
-      return fail(c, ErrorKind::Tls, "read: " + ssl_error_text());
+      if (e == SSL_ERROR_ZERO_RETURN) {
+        ended = "the server sent close_notify";
+      } else {
+        ended_kind = ErrorKind::Tls;
+        ended = "read: " + ssl_error_text();
+      }
+      break;
     }
-    if (nghttp2_session_mem_recv(c.h2, buf, static_cast<size_t>(r)) < 0)
-      return fail(c, ErrorKind::H2, "the server's HTTP/2 is not valid");
+    if (nghttp2_session_mem_recv(c.h2, buf, static_cast<size_t>(r)) < 0) {
+      ended_kind = ErrorKind::H2;
+      ended = "the server's HTTP/2 is not valid";
+      break;
+    }
   }
   std::vector<Call*> done;
   done.swap(c.finished);
@@ -514,7 +527,8 @@ void Worker::advance(Conn& c) {
   done.clear();
   c.finished.swap(done);  // keeps the capacity
   if (c.state == State::Dead) return;
-  after_calls(c);
+  if (ended.empty()) after_calls(c);
+  if (!ended.empty()) return fail(c, ended_kind, ended);
   if (c.state != State::Dead) pump(c);
 }
 
