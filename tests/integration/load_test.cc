@@ -320,5 +320,18 @@ TEST_F(LoadMaxAge, AConnectionTheServerEndsIsNotReopened) {
   EXPECT_GE(json_number(r.out, "\"closed\":"), 1) << r.out;
 }
 
+// As fast as possible on 8 streams: tlsgate's two-step GOAWAY answers every
+// call it accepted, and tlsgate-load starts none after the first GOAWAY, so
+// no call fails; only the connection's early end is reported.
+TEST_F(LoadMaxAge, TheGracefulCloseLosesNoCall) {
+  RunResult r = load({"--connections", "1", "--streams", "8", "--duration", "2", "--json"});
+  ASSERT_TRUE(r.status.exited) << describe(r);
+  EXPECT_EQ(r.status.code, 1) << "the connection ended early\n" << describe(r);
+  const long ok = json_number(r.out, "\"calls\":{\"ok\":");
+  EXPECT_GT(ok, 0) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"calls\":{\"ok\":" + std::to_string(ok) + ",\"failed\":"), 0) << r.out;
+  EXPECT_EQ(json_number(r.out, "\"closed\":"), 1) << r.out;
+}
+
 }  // namespace
 }  // namespace tlsgate::itest
