@@ -1,7 +1,10 @@
 // tlsgate-load (issue 20) against a real tlsgate in front of a real grpc++
-// echo backend: exact counts, the JSON report, resumption counted as tlsgate
-// counts it, a non-zero grpc-status making it fail, a fixed rate kept (as a
-// count of connections started), persistent mode, bad flags.
+// echo backend: exact counts and the JSON report, resumption (and resumption
+// across two instances) counted as tlsgate's /metrics counts it, a non-zero
+// grpc-status failing the run, a fixed rate kept (as a count of connections
+// started), --concurrency and the closed loop, persistent mode, latency from
+// the intended time, the progress line, a gateway's max_connection_age,
+// refused connections and bad flags.
 #include <sys/stat.h>
 
 #include <string>
