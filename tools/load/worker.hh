@@ -5,9 +5,11 @@
 // - The schedule is shared by index: connection (rate mode) or call
 //   (persistent mode at --calls-per-second) i belongs to thread i mod T and is
 //   due at start + i / rate, whatever happened before; latency is measured
-//   from that due time.
+//   from that due time. --concurrency caps this thread's share of
+//   connections in flight (a due one waits, and the wait counts); --rate max
+//   is a closed loop with no schedule (latency from the connection's open).
 // - A connection's object lives while any io_uring submission refers to it
-//   (`ops_`); a finished or failed one cancels its submissions and is freed
+//   (`ops`); a finished or failed one cancels its submissions and is freed
 //   when the count reaches zero. user_data is slot + generation + operation.
 // - Everything here runs on the worker's own thread except the atomics
 //   (progress, readiness) and `start_ns`, which main() reads or sets.
