@@ -56,7 +56,7 @@ NOT_PEERS = ("tlsgate", "baseline")
 
 # Loads per mode. Every load is bounded by a count (-n, --connections) or a
 # duration (-D, --hold-time) and by a subprocess timeout.
-TESTS = ["conn", "tput", "latency", "memory", "callgrind"]
+TESTS = ["conn", "tput", "respond", "latency", "memory", "callgrind"]
 
 MODES = {
     "quick": dict(reps=3, burst=400, burst_rsa=200, resumed=800, tput_secs=2, lat_secs=2,
@@ -311,6 +311,7 @@ class Env:
         self.baseline = Path(args.baseline) if args.baseline else None
         self.fastbackend = self.build / "tools" / "fastbackend" / "fastbackend"
         self.connload = self.build / "tools" / "fastbackend" / "connload"
+        self.echo_client = self.build / "tools" / "echo" / "echo_client"
         self.certs = work / "certs"
         self.msg = work / "msg.bin"
         self.backend_port = None
@@ -353,11 +354,21 @@ class Env:
         return out
 
 
-def start_proxy(env, proxy, kind, port, tag, valgrind=None, ticket_keys=None, cert_list=None):
+# What the responder figures ask each proxy to answer by itself, with no
+# backend: "ok" a unary call's success (one empty message, then trailers with
+# grpc-status 0), "status" a trailers-only error (grpc-status 12 and a message).
+RESPOND_STATUS, RESPOND_MESSAGE = 12, "answered at the proxy"
+# The gRPC frame of an empty message: flag 0, length 0.
+EMPTY_MESSAGE = b"\x00" * 5
+
+
+def start_proxy(env, proxy, kind, port, tag, valgrind=None, ticket_keys=None, cert_list=None, respond=None):
     """Starts one instance of `proxy` serving `kind`'s certificate on port.
     valgrind: argv prefix to run it under (single-process mode then).
     ticket_keys: tlsgate only, a ticket_keys file shared with other instances.
-    cert_list: tlsgate only, [(crt, key)] served by SNI instead of `kind`'s."""
+    cert_list: tlsgate only, [(crt, key)] served by SNI instead of `kind`'s.
+    respond: "ok" or "status": answer every call at the proxy (see RESPOND_*;
+    nghttpx cannot: BenchError)."""
     crt, key, pem = env.cert(kind)
     d = env.work / f"{proxy}-{tag}"
     d.mkdir(exist_ok=True)
@@ -372,7 +383,7 @@ def start_proxy(env, proxy, kind, port, tag, valgrind=None, ticket_keys=None, ce
 [[listeners]]
 name = "public"
 listen = "127.0.0.1:{port}"
-cluster = "backend"
+cluster = "{'target' if respond else 'backend'}"
   [listeners.tls]
 {certs_toml}
   alpn = ["h2"]
@@ -382,7 +393,7 @@ cluster = "backend"
 [[clusters]]
 name = "backend"
 endpoints = ["127.0.0.1:{bp}"]
-""")
+{tlsgate_responder(respond)}""")
         argv = pre + [env.tlsgate if proxy == "tlsgate" else env.baseline, "--config", conf]
     elif proxy == "nginx":
         for sub in ("logs", "tmp"):
@@ -417,10 +428,10 @@ http {{
     ssl_certificate {crt};
     ssl_certificate_key {key};
     ssl_protocols TLSv1.3;
-    location / {{ grpc_pass grpc://backend; }}
+    location / {{ {nginx_location(respond)} }}
   }}
 }}
-""")
+""".replace("@EMPTY_MESSAGE@", "\0" * 5))
         argv = pre + ["nginx", "-p", d, "-c", d / "nginx.conf", "-e", d / "logs" / "error.log"]
     elif proxy == "haproxy":
         maxconn = max(1000, min(20000, (env.nofile - 200) // 2))
@@ -436,13 +447,15 @@ defaults
   timeout http-keep-alive 300s
 frontend fe
   bind 127.0.0.1:{port} ssl crt {pem} alpn h2 ssl-min-ver TLSv1.3 backlog 4096
-  default_backend be
+{haproxy_frontend(respond)}
 backend be
   http-reuse always
   server s1 127.0.0.1:{bp} proto h2
 """)
         argv = pre + ["haproxy", "-db", "-f", d / "haproxy.cfg"]
     elif proxy == "nghttpx":
+        if respond:
+            raise CannotRespond("nghttpx cannot answer calls itself (Debian builds it without mruby)")
         argv = pre + ["nghttpx", "--conf=/dev/null", "--workers=1", "--no-ocsp", "--no-via",
                       f"--frontend=127.0.0.1,{port}", f"--backend=127.0.0.1,{bp};;proto=h2",
                       "--backlog=4096", "--frontend-http2-max-concurrent-streams=1000",
@@ -456,6 +469,45 @@ backend be
     p.bench_port = port
     p.bench_proxy = proxy
     return p
+
+
+def tlsgate_responder(respond):
+    if not respond:
+        return ""
+    if respond == "ok":
+        return '[[clusters]]\nname = "target"\nrespond = "status"\n'
+    return (f'[[clusters]]\nname = "target"\nrespond = "status"\nstatus = {RESPOND_STATUS}\n'
+            f'message = "{RESPOND_MESSAGE}"\n')
+
+
+def nginx_location(respond):
+    """nginx's `return` with a body and add_trailer is a valid gRPC success
+    (grpc++ accepts it; without the trailer it reports UNKNOWN "Stream
+    removed"). The body holds NUL bytes, written raw into the file: nginx's
+    configuration strings are counted, not NUL-terminated."""
+    if not respond:
+        return "grpc_pass grpc://backend;"
+    if respond == "ok":
+        return 'default_type application/grpc; add_trailer grpc-status 0; return 200 "@EMPTY_MESSAGE@";'
+    return (f'default_type application/grpc; add_header grpc-status {RESPOND_STATUS} always; '
+            f'add_header grpc-message "{RESPOND_MESSAGE}" always; return 200;')
+
+
+def haproxy_frontend(respond):
+    """HAProxy 2.6's `http-request return` sends no trailers: it can give a
+    trailers-only error but no unary success (with a body grpc++ reports
+    UNKNOWN "Stream removed", without one UNIMPLEMENTED "No message returned")."""
+    if not respond:
+        return "  default_backend be"
+    if respond == "ok":
+        raise CannotRespond("HAProxy cannot answer a unary gRPC call with success itself (no trailers)")
+    # `content-type` is ignored without a body: the header is set with hdr.
+    return (f"  http-request return status 200 hdr content-type application/grpc hdr grpc-status {RESPOND_STATUS} "
+            f"hdr grpc-message \"{RESPOND_MESSAGE}\"")
+
+
+class CannotRespond(BenchError):
+    """The proxy has no way to give that answer by itself."""
 
 
 class ProxyDied(BenchError):
@@ -540,7 +592,10 @@ class Bench:
                 for key, q in self.inst.items():
                     if q is e.proc:
                         self.env.procs.stop(q)
-                        self.inst[key] = start_proxy(self.env, key[0], key[1], free_port(), key[1])
+                        kind, respond = key[1], None
+                        if kind.startswith("respond-"):
+                            kind, respond = "ecdsa", kind[len("respond-"):]
+                        self.inst[key] = start_proxy(self.env, key[0], kind, free_port(), key[1], respond=respond)
                 continue
             if self.env.backend.poll() is None:
                 return
@@ -675,6 +730,55 @@ class Bench:
         self.add("tput_us", proxy, cpu / ok * 1e6)
         self.add("tput_util", proxy, cpu / r["secs"])
         self.add("tput_backend_us", proxy, (b1 - b0) / ok * 1e6)
+
+    # -- 2b. answered at the proxy (responder) ---------------------------------
+    def start_responders(self):
+        """One instance per proxy and kind of answer it can give by itself,
+        each checked with a real gRPC client (grpc++ echo_client) first: the
+        answer must be what a gRPC client takes as that status."""
+        for proxy in PROXIES:
+            for respond in ("ok", "status"):
+                try:
+                    p = start_proxy(self.env, proxy, "ecdsa", free_port(), f"respond-{respond}", respond=respond)
+                except CannotRespond as e:
+                    cannot = self.info.setdefault("respond_cannot", [])
+                    if str(e) not in cannot:
+                        cannot.append(str(e))
+                    continue
+                self.inst[(proxy, f"respond-{respond}")] = p
+                want = "status: 0 OK" if respond == "ok" else f"status: {RESPOND_STATUS} UNIMPLEMENTED"
+                o = subprocess.run([str(self.env.echo_client), "--target", f"127.0.0.1:{p.bench_port}",
+                                    "--ca", str(self.env.certs / "ca.crt"), "--server-name", "localhost",
+                                    "unary", "hello"], capture_output=True, text=True, timeout=30)
+                if want not in o.stdout or (respond == "status" and RESPOND_MESSAGE not in o.stdout):
+                    raise BenchError(f"{proxy} answering {respond} itself: a gRPC client saw "
+                                     f"{(o.stdout + o.stderr).strip()!r}, not {want!r}")
+
+    def responder(self, proxy, respond):
+        """h2load 8 connections × 32 streams against a proxy that answers every
+        call itself: the proxy's CPU per call with no backend behind it."""
+        p = self.inst.get((proxy, f"respond-{respond}"))
+        if p is None:
+            return
+        secs = self.m["tput_secs"]
+        c0 = cpu_seconds(p.pid)
+        out, _ = run_load(self.env.procs, "h2load-respond",
+                          ["h2load", "-D", secs, "-c", 8, "-m", 32, "--tls13-ciphers", CIPHER,
+                           *H2LOAD_GRPC, "-d", self.env.msg, self.url(p.bench_port)], secs + 60)
+        c1 = cpu_seconds(p.pid)
+        check_alive(p, f"responder ({respond}) test")
+        r = parse_h2load(out)
+        ok = r["succeeded"]
+        bad = r["failed"] + r["errored"] + r["timeout"] + max(0, ok - r.get("2xx", 0))
+        if bad or ok == 0:
+            self.anomaly(f"{LABEL[proxy]} answering {respond} itself: h2load -D {secs} -c 8 -m 32: {ok} "
+                         f"succeeded, {r.get('2xx')} 2xx, {r['failed']} failed, {r['errored']} errored, "
+                         f"{r['timeout']} timeout")
+        if ok == 0:
+            return
+        cpu = c1 - c0
+        self.add(f"respond_{respond}", proxy, ok / r["secs"])
+        self.add(f"respond_{respond}_core", proxy, ok / cpu if cpu > 0 else float("nan"))
 
     # -- 3. latency at a fixed rate -------------------------------------------
     def latency(self, proxy, rate):
@@ -879,6 +983,10 @@ ROWS = [
      "tickets of instance A resumed on B, one ticket_keys file; µs per connection)", True, 0, "inv_us"),
     ("tput", "Unary calls/s, 8 connections × 32 streams (h2load)", True, 0, None),
     ("tput_core", "**Calls per proxy core-second** (proxy CPU µs per call)", True, 0, "tput_us"),
+    ("respond_ok_core", "**Calls per proxy core-second, responder**: the proxy answers each call itself "
+     "(one empty message + trailers grpc-status 0; 8 × 32 streams; µs per call)", True, 0, "inv_us"),
+    ("respond_status_core", "Calls per proxy core-second, responder answering a trailers-only grpc-status 12 "
+     "(µs per call)", True, 0, "inv_us"),
     ("lat_mean", "Latency at {rate} calls/s: mean, ms", False, 2, None),
     ("lat_p99", "Latency at {rate} calls/s: p99, ms", False, 2, None),
     ("mem_kib", "**Memory per idle TLS h2 connection**, KiB RSS ({idle} connections)", False, 1, None),
@@ -1002,6 +1110,12 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
                f"(the client, not the proxy, is the limit of the raw rate).")
     ctx.append(f"- Proxy core busy during the 8 × 32 throughput test: {per('tput_util', '{:.0f}%', 100)}; "
                f"backend CPU per call behind each proxy: {per('tput_backend_us', '{:.1f} µs')}.")
+    cannot = bench.info.get("respond_cannot")
+    if cannot:
+        ctx.append("- Responder rows: each proxy answers with no backend, checked first with grpc++'s client "
+                   "(tlsgate `respond = \"status\"`, nginx `return 200` + `add_trailer`, HAProxy "
+                   "`http-request return`); not measured where the proxy cannot give that answer: " +
+                   "; ".join(cannot) + ".")
     ctx.append(f"- Resumed: share of handshakes that were resumptions: {per('conn_resumed_frac', '{:.0f}%', 100)}.")
     one, many = bench.med("mem_kib", "tlsgate"), bench.med("mem_kib_many", "tlsgate")
     if one and many:
@@ -1164,7 +1278,7 @@ def main():
     ok = False
     try:
         env = Env(args, work, procs)
-        for exe in (env.tlsgate, env.fastbackend, env.connload) + ((env.baseline,) if env.baseline else ()):
+        for exe in (env.tlsgate, env.fastbackend, env.connload, env.echo_client) + ((env.baseline,) if env.baseline else ()):
             if not exe.exists():
                 raise BenchError(f"{exe} missing: build first (tools/bench-e2e does)")
         subprocess.run(["bash", str(ROOT / "tools" / "gen-cert"), str(env.certs)], check=True,
@@ -1214,6 +1328,12 @@ def main():
                       ("resumed across two instances", bench.conn_resumed_cross, (mode["resumed"],))]
         if "tput" in only:
             tests.append(("throughput", bench.throughput, ()))
+        if "respond" in only:
+            bench.start_responders()
+            log("responders answer gRPC calls themselves: " +
+                ", ".join(f"{p} {k[8:]}" for p, k in inst if k.startswith("respond-")))
+            tests += [("responder, success", bench.responder, ("ok",)),
+                      ("responder, status", bench.responder, ("status",))]
         for rep in range(mode["reps"] if tests else 0):
             bench.round = rep
             order = rotated(PROXIES, rep)
