@@ -109,6 +109,13 @@ struct ClusterPolicy {
   uint64_t max_grpc_timeout_ms = 0;  // 0 = no cap
   uint32_t retries = 0;
   uint32_t retry_buffer = 0;
+  // A responder cluster (config respond): the stream is answered in the
+  // session, no backend is picked (src/h2/README.md, "Responder clusters").
+  config::Respond respond = config::Respond::Off;
+  uint8_t respond_status = 0;                   // respond = "status": its grpc-status
+  const char* respond_message = nullptr;        // percent-encoded grpc-message, or null;
+                                                // owned by the snapshot's configuration
+  uint32_t response_bytes = 0;                  // respond = "status": message size
 };
 
 // The backend pool as the stream layer sees it; implemented by
@@ -144,6 +151,7 @@ class ProbeSink {
 
 struct Counters {
   uint64_t streams_forwarded = 0;
+  uint64_t streams_responded = 0;        // answered by a responder cluster (respond = echo | status)
   uint64_t streams_unavailable = 0;      // answered grpc-status 14 by the gateway
   uint64_t streams_reset_by_client = 0;
   uint64_t streams_reset_by_upstream = 0;

@@ -554,12 +554,148 @@ struct Forward {
     ctx.add_deadline(s);
   }
 
-  // The client's request headers are complete: route, pick a backend, submit.
+  // The client's request headers are complete: route, pick a backend, submit
+  // (or answer here, for a responder cluster).
   static void forward_request(Context& ctx, DownstreamSession& d, Stream* s) {
     s->policy = route(d, s);
     start_deadline(ctx, s);
+    if (s->policy.respond != config::Respond::Off) {
+      respond_here(ctx, d, s);
+      return;
+    }
     submit_upstream(ctx, s, -1);
   }
+
+  // ---- responder clusters: the gateway is the gRPC server.
+
+  // Trailers after the last DATA frame of a gateway-made body.
+  static void end_body(nghttp2_session* session, int32_t stream_id, Stream* s, uint32_t* flags) {
+    s->resp_eof = true;
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    nghttp2_nv nva[HeaderList::kMaxFields];
+    const size_t count = s->resp_trailers.to_nv(nva);
+    if (nghttp2_submit_trailer(session, stream_id, nva, count) == 0) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+  }
+
+  // Echo: the response body is the request body byte for byte, which in
+  // gRPC's framing is each request message answered with itself. Request
+  // bytes are given back to the client's window only as they go out here,
+  // as forwarding does once the backend took them: a client that does not
+  // read its responses stops being able to send.
+  static ssize_t read_echo_body(nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
+                                uint32_t* flags, nghttp2_data_source* source, void*) {
+    auto* s = static_cast<Stream*>(source->ptr);
+    // resp_eof before the end of the request: the gateway answered already
+    // (a deadline); what is still buffered is not echoed.
+    const size_t n = s->resp_eof ? 0 : s->req_body.read(buf, length);
+    s->resp_bytes += n;
+    if (s->down != nullptr) s->down->data_frame_sent();
+    if (n > 0) {
+      const size_t give = std::min(n, s->req_unconsumed);
+      s->req_unconsumed -= give;
+      nghttp2_session_consume(session, stream_id, give);
+    }
+    if (s->req_body.empty() || s->resp_eof) {
+      if (s->req_eof || s->resp_eof) {
+        end_body(session, stream_id, s, flags);
+      } else if (n == 0) {
+        s->resp_deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+      }
+    }
+    return static_cast<ssize_t>(n);
+  }
+
+  // The head of respond = "status"'s response message: gRPC's 5-byte
+  // prefix, then the start of a protobuf message of `size` bytes that is one
+  // field 1 of wire type "bytes" holding zeros. Any message type parses it
+  // (as its field 1 when that is bytes or a string, else as an unknown
+  // field), so typed clients take it as a reply; a plain run of zeros is no
+  // protobuf. The length is a 4-byte varint past 127 (protobuf parsers read
+  // redundant varint bytes), so every size from 2 up has a head. `size` 0
+  // is the empty message. Returns the head's length.
+  static size_t message_head(uint32_t size, uint8_t (&head)[10]) {
+    head[0] = 0;
+    head[1] = static_cast<uint8_t>(size >> 24);
+    head[2] = static_cast<uint8_t>(size >> 16);
+    head[3] = static_cast<uint8_t>(size >> 8);
+    head[4] = static_cast<uint8_t>(size);
+    if (size < 2) return 5;  // the config allows 0 or from 2
+    head[5] = 0x0a;          // field 1, wire type 2
+    if (size - 2 < 128) {
+      head[6] = static_cast<uint8_t>(size - 2);
+      return 7;
+    }
+    const uint32_t len = size - 5;  // after the tag and the 4-byte length
+    head[6] = static_cast<uint8_t>(0x80 | (len & 0x7f));
+    head[7] = static_cast<uint8_t>(0x80 | ((len >> 7) & 0x7f));
+    head[8] = static_cast<uint8_t>(0x80 | ((len >> 14) & 0x7f));
+    head[9] = static_cast<uint8_t>(len >> 21);
+    return 10;
+  }
+
+  // respond = "status" with a message: its head and zeros, written into
+  // nghttp2's frame buffer (resp_bytes is how far it got), then the trailers.
+  static ssize_t read_status_body(nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
+                                  uint32_t* flags, nghttp2_data_source* source, void*) {
+    auto* s = static_cast<Stream*>(source->ptr);
+    uint8_t head[10];
+    const size_t head_len = message_head(s->policy.response_bytes, head);
+    const uint64_t total = 5 + uint64_t{s->policy.response_bytes};
+    const uint64_t at = s->resp_bytes;
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(length, total - at));
+    std::memset(buf, 0, n);
+    for (uint64_t i = at; i < head_len && i < at + n; ++i) buf[i - at] = head[i];
+    s->resp_bytes += n;
+    if (s->down != nullptr) s->down->data_frame_sent();
+    if (s->resp_bytes == total) end_body(session, stream_id, s, flags);
+    return static_cast<ssize_t>(n);
+  }
+
+  // grpc-status values as text, for a responder's trailers (never copied
+  // per call: literals).
+  static const char* status_text(uint8_t code) {
+    static const char* const kText[17] = {"0", "1", "2",  "3",  "4",  "5",  "6",  "7", "8",
+                                          "9", "10", "11", "12", "13", "14", "15", "16"};
+    return kText[code <= 16 ? code : 2];  // config allows 0..16; 2 = UNKNOWN
+  }
+
+  // A responder cluster's stream: the response is submitted at once (echo's
+  // body follows the request as it arrives). Nothing is allocated here
+  // beyond nghttp2's own frames.
+  static void respond_here(Context& ctx, DownstreamSession& d, Stream* s) {
+    ++ctx.counters().streams_responded;
+    const ClusterPolicy& p = s->policy;
+    const bool echo = p.respond == config::Respond::Echo;
+    const char* code = echo ? "0" : status_text(p.respond_status);
+    const char* message = echo ? nullptr : p.respond_message;
+    s->http_status = 200;
+    s->resp_started = true;
+    nghttp2_nv nva[4] = {literal_nv(":status", "200"), literal_nv("content-type", "application/grpc")};
+    size_t n = 2;
+    nghttp2_data_provider prd{};
+    prd.source.ptr = s;
+    // A non-zero status without a message to send is trailers-only, as gRPC
+    // servers answer an error; status 0 always carries a message (an empty
+    // one by default): a unary call that ends OK without one is an error
+    // for the client.
+    if (!echo && p.respond_status != 0 && p.response_bytes == 0) {
+      s->grpc_status = static_cast<int16_t>(p.respond_status);
+      s->resp_eof = true;
+      nva[n++] = literal_nv("grpc-status", code);
+      if (message != nullptr) nva[n++] = make_nv("grpc-message", message, std::strlen(message));
+      nghttp2_submit_response(ng(d.session_), s->down_id, nva, n, nullptr);
+      d.owner_.wake();
+      return;
+    }
+    s->resp_trailers.add_static("grpc-status", code, std::strlen(code));
+    if (message != nullptr) s->resp_trailers.add_static("grpc-message", message, std::strlen(message));
+    prd.read_callback = echo ? read_echo_body : read_status_body;
+    nghttp2_submit_response(ng(d.session_), s->down_id, nva, n, &prd);
+    d.owner_.wake();
+  }
+
+  static bool echoes(const Stream* s) { return s->policy.respond == config::Respond::Echo; }
 
   static void submit_upstream(Context& ctx, Stream* s, int avoid) {
     DownstreamSession& d = *s->down;
@@ -986,6 +1122,9 @@ struct Callbacks {
       if (s->up) {
         Forward::resume_request(s);
         s->up->owner_.wake();
+      } else if (Forward::echoes(s)) {
+        Forward::resume_response(s);  // the trailers can go
+        d->owner_.wake();
       }
     }
     return 0;
@@ -996,6 +1135,14 @@ struct Callbacks {
     auto* d = static_cast<DownstreamSession*>(user);
     Stream* s = down_stream(*d, session, stream_id);
     if (s != nullptr) s->req_bytes += len;
+    if (s != nullptr && Forward::echoes(s) && !s->resp_eof) {
+      // Echoed: held against the client's window until it goes out in the
+      // response (read_echo_body).
+      if (!Forward::buffer_body(d->ctx_, session, stream_id, s, data, len, s->req_body, s->req_unconsumed)) return 0;
+      Forward::resume_response(s);
+      d->owner_.wake();
+      return 0;
+    }
     if (s == nullptr || s->up == nullptr || s->gateway_cancelled) {
       // Nobody will forward these bytes: give the window back at once.
       nghttp2_session_consume(session, stream_id, len);

@@ -1140,5 +1140,106 @@ TEST(BudgetTest, GiveRaisesItUpToTheCap) {
   EXPECT_FALSE(b.take(100000)) << "a rate of 0 never refills";
 }
 
+// ---------------------------------------------------------------------------
+// Responder clusters (issue 20): the stream is answered in the session.
+
+// Echo holds the upload against the client's own window: a client that does
+// not read its responses cannot send more than a stream window ahead, as a
+// slow backend would hold it when forwarding. Once it reads, every byte
+// comes back in order and the call ends with grpc-status 0. No backend is
+// ever asked for.
+TEST_F(ForwardTest, ResponderEchoIsFlowControlledByTheClientsReading) {
+  router_.policy.respond = config::Respond::Echo;
+  start(/*client_manual_window=*/true);
+  client_->consume = false;
+  const std::string upload = grpc_frame(pattern(2 << 20));
+  Body req{upload};
+  const int32_t cid = send_request(grpc_request(), &req);
+  EXPECT_EQ(client_->data_received, 65535u) << "the client's receive window is all it got";
+  EXPECT_EQ(nghttp2_session_get_stream_remote_window_size(client_->session(), cid), 0)
+      << "the client must be blocked: its bytes are not echoed yet";
+  EXPECT_LT(req.off, upload.size());
+  const size_t bound_chunks = (kStreamWindow + 16384) / Chunk::kCapacity + 2;
+  EXPECT_LE(pool_.in_use(), bound_chunks);
+
+  client_->consume = true;
+  client_->consume_all(cid);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_EQ(value(c.headers, ":status"), "200");
+  EXPECT_EQ(value(c.headers, "content-type"), "application/grpc");
+  EXPECT_TRUE(c.body == upload) << "echoed " << c.body.size() << " of " << upload.size();
+  EXPECT_EQ(value(c.trailers, "grpc-status"), "0");
+  EXPECT_TRUE(c.end_stream);
+  EXPECT_LE(peak_chunks_, bound_chunks);
+  EXPECT_EQ(router_.calls, 0) << "no backend is picked for a responder";
+  EXPECT_EQ(ctx_->counters().streams_responded, 1u);
+  EXPECT_EQ(ctx_->counters().streams_forwarded, 0u);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  ASSERT_EQ(down_owner_.ends.size(), 1u);
+  EXPECT_EQ(down_owner_.ends[0].end.grpc_status, 0);
+  EXPECT_EQ(down_owner_.ends[0].end.cluster, 3);
+}
+
+// respond = "status" with a non-zero status: trailers-only, with the
+// configured (already percent-encoded) message; the request body, which
+// nobody reads, gives its window back.
+TEST_F(ForwardTest, ResponderStatusIsTrailersOnly) {
+  router_.policy.respond = config::Respond::Status;
+  router_.policy.respond_status = 13;
+  router_.policy.respond_message = "no%25";
+  start();
+  const std::string upload = grpc_frame(pattern(1 << 20));
+  Body req{upload};
+  const int32_t cid = send_request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_TRUE(c.headers_end_stream);
+  EXPECT_EQ(value(c.headers, "grpc-status"), "13");
+  EXPECT_EQ(value(c.headers, "grpc-message"), "no%25");
+  EXPECT_EQ(req.off, upload.size()) << "the whole request was sent: its window came back";
+  EXPECT_EQ(router_.calls, 0);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  ASSERT_EQ(down_owner_.ends.size(), 1u);
+  EXPECT_EQ(down_owner_.ends[0].end.grpc_status, 13);
+}
+
+// response_bytes: a gRPC message of exactly that size whose bytes are one
+// protobuf field 1 of zeros, for sizes on both sides of the 1-byte length,
+// and across DATA frames; status 0 with no size is an empty message.
+TEST_F(ForwardTest, ResponderStatusMessageOfTheConfiguredSize) {
+  start();
+  struct Case {
+    uint32_t size;
+    std::string head;  // after the 5-byte gRPC prefix
+  };
+  const Case cases[] = {{0, ""},
+                        {2, std::string("\x0a\x00", 2)},
+                        {129, std::string("\x0a\x7f", 2)},
+                        {130, std::string("\x0a\xfd\x80\x80\x00", 5)},
+                        {100000, "\x0a" + std::string(1, static_cast<char>(0x80 | (99995 & 0x7f))) +
+                                     std::string(1, static_cast<char>(0x80 | ((99995 >> 7) & 0x7f))) +
+                                     std::string(1, static_cast<char>(0x80 | ((99995 >> 14) & 0x7f))) +
+                                     std::string(1, '\0')}};
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.size);
+    clusters_[3].respond = config::Respond::Status;
+    clusters_[3].response_bytes = k.size;
+    Body req{grpc_frame("x")};
+    const int32_t cid = send_request(grpc_request(), &req);
+    ASSERT_TRUE(pump());
+    const PeerStream& c = client_->streams[cid];
+    ASSERT_EQ(c.body.size(), 5u + k.size);
+    const std::string prefix{0, static_cast<char>(k.size >> 24), static_cast<char>(k.size >> 16),
+                             static_cast<char>(k.size >> 8), static_cast<char>(k.size)};
+    EXPECT_EQ(c.body.substr(0, 5), prefix);
+    EXPECT_EQ(c.body.substr(5, k.head.size()), k.head);
+    EXPECT_EQ(c.body.find_first_not_of('\0', 5 + k.head.size()), std::string::npos) << "zeros after the head";
+    EXPECT_EQ(value(c.trailers, "grpc-status"), "0");
+    EXPECT_TRUE(c.end_stream);
+  }
+  EXPECT_EQ(router_.calls, 0);
+}
+
 }  // namespace
 }  // namespace tlsgate::h2
