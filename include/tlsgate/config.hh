@@ -283,6 +283,7 @@ struct Cluster {
   std::string respond_message;       // `message`, as written (printable ASCII)
   std::string respond_message_wire;  // the same, percent-encoded as grpc-message travels
   uint32_t response_bytes = 0;       // a response message of this many zero bytes
+  std::chrono::milliseconds respond_delay{0};  // `delay`: each call is answered this much later
   static constexpr uint32_t kMaxResponseBytes = 4u << 20;  // gRPC's default receive limit
 };
 

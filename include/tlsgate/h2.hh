@@ -116,6 +116,7 @@ struct ClusterPolicy {
   const char* respond_message = nullptr;        // percent-encoded grpc-message, or null;
                                                 // owned by the snapshot's configuration
   uint32_t response_bytes = 0;                  // respond = "status": message size
+  uint32_t respond_delay_ms = 0;                // the answer is submitted this much later
 };
 
 // The backend pool as the stream layer sees it; implemented by
@@ -216,6 +217,15 @@ class Context {
   void remove_deadline(Stream* s);
   size_t deadlines_pending() const { return deadlines_.size(); }
 
+  // Responder streams with a `delay` wait here for their answer, in the
+  // order it is due. respond_due() answers those due by now_ms; the shard
+  // calls it every loop turn and arms a timer for next_response_ms() (0:
+  // none waits), so a delay is kept to the millisecond, not to the tick.
+  void respond_due(uint64_t now_ms);
+  uint64_t next_response_ms() const;
+  void add_delayed(Stream* s);
+  void remove_delayed(Stream* s);
+
   // Call about every 100 ms with a monotonic clock. Sessions that neither
   // received nor sent anything for kIdleReleaseMs hand the pages of their
   // 16 KiB outbound frame buffer back to the kernel (page faults bring them
@@ -233,6 +243,10 @@ class Context {
   Counters counters_;
   std::vector<Stream*> free_streams_;
   std::vector<Stream*> deadlines_;  // min-heap on Stream::deadline_ms
+  // Delayed responder streams by Stream::respond_at_ms (intrusive, sorted;
+  // a cluster's delay is fixed, so a new one goes at or near the tail).
+  Stream* delayed_head_ = nullptr;
+  Stream* delayed_tail_ = nullptr;
   size_t streams_in_use_ = 0;
   std::unique_ptr<Memory> memory_;
   // Sessions by time of last activity, oldest first (intrusive).

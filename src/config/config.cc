@@ -850,11 +850,18 @@ void read_responder(const Table& t, Cluster& c) {
   if (!respond) {
     for (const char* key : {"status", "message", "response_bytes"})
       if (auto v = t.get(key)) t.fail(*v, "needs respond = \"status\"");
+    if (auto v = t.get("delay")) t.fail(*v, "needs respond (it delays the gateway's own answer)");
     return;
   }
   c.respond = t.choice<Respond>(*respond, {{"echo", Respond::Echo}, {"status", Respond::Status}});
   for (const char* key : {"endpoints", "health_check", "outlier", "tls"})
     if (auto v = t.get(key)) t.fail(*v, "not allowed with respond (the gateway answers; there is no backend)");
+  if (auto v = t.get("delay")) {
+    // A service time to simulate, not a hold: past a minute a call only pins
+    // a stream slot.
+    c.respond_delay = t.duration_or_zero(*v);
+    if (c.respond_delay > std::chrono::minutes(1)) t.fail(*v, "at most 1m, got " + quote(t.string(*v)));
+  }
   if (c.respond == Respond::Echo) {
     for (const char* key : {"status", "message", "response_bytes"})
       if (auto v = t.get(key)) t.fail(*v, "needs respond = \"status\" (echo answers with the request's bytes)");
@@ -908,7 +915,7 @@ void read_clusters(const Table& root, Config& cfg, std::vector<FileCheck>& files
     t.check_keys({"name", "endpoints", "lb", "connect_timeout", "dns_refresh", "max_connections",
                   "max_pending_streams", "max_grpc_timeout", "retries", "retry_buffer", "keepalive_interval",
                   "keepalive_timeout", "idle_timeout", "all_unhealthy", "health_check", "outlier", "tls",
-                  "respond", "status", "message", "response_bytes"});
+                  "respond", "status", "message", "response_bytes", "delay"});
     Cluster c;
     Value name = t.require("name");
     c.name = read_name(t, name);

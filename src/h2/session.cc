@@ -257,6 +257,7 @@ void Context::free_stream(Stream* s) {
   // recent stream (Session::recent_).
   assert(s->down == nullptr && s->up == nullptr);
   remove_deadline(s);
+  remove_delayed(s);
   s->reset(chunks_);
   --streams_in_use_;
   free_streams_.push_back(s);
@@ -560,7 +561,12 @@ struct Forward {
     s->policy = route(d, s);
     start_deadline(ctx, s);
     if (s->policy.respond != config::Respond::Off) {
-      respond_here(ctx, d, s);
+      if (s->policy.respond_delay_ms == 0) {
+        respond_here(ctx, d, s);
+      } else {
+        s->respond_at_ms = ctx.pool().now_ms() + s->policy.respond_delay_ms;
+        ctx.add_delayed(s);  // echo buffers the request meanwhile, within its window
+      }
       return;
     }
     submit_upstream(ctx, s, -1);
@@ -664,6 +670,7 @@ struct Forward {
   // body follows the request as it arrives). Nothing is allocated here
   // beyond nghttp2's own frames.
   static void respond_here(Context& ctx, DownstreamSession& d, Stream* s) {
+    if (s->resp_started) return;  // answered meanwhile (a deadline during a delay)
     ++ctx.counters().streams_responded;
     const ClusterPolicy& p = s->policy;
     const bool echo = p.respond == config::Respond::Echo;
@@ -696,6 +703,11 @@ struct Forward {
   }
 
   static bool echoes(const Stream* s) { return s->policy.respond == config::Respond::Echo; }
+
+  // A delayed responder stream is due.
+  static void respond_delayed(Context& ctx, Stream* s) {
+    if (s->down != nullptr) respond_here(ctx, *s->down, s);
+  }
 
   static void submit_upstream(Context& ctx, Stream* s, int avoid) {
     DownstreamSession& d = *s->down;
@@ -872,6 +884,7 @@ struct Forward {
       nghttp2_session_consume_connection(ng(d->session_), s->req_unconsumed);
     s->req_unconsumed = 0;
     ctx.remove_deadline(s);
+    ctx.remove_delayed(s);
     unlink_down(s);
     if (s->up) {
       // A stream the gateway ended itself has had its upstream half cancelled.
@@ -1629,6 +1642,33 @@ void UpstreamSession::ping() {
   if (session_ == nullptr) return;
   nghttp2_submit_ping(ng(session_), NGHTTP2_FLAG_NONE, nullptr);
   owner_.wake();
+}
+
+void Context::add_delayed(Stream* s) {
+  Stream* after = delayed_tail_;
+  while (after != nullptr && after->respond_at_ms > s->respond_at_ms) after = after->delay_prev;
+  s->delay_prev = after;
+  s->delay_next = after != nullptr ? after->delay_next : delayed_head_;
+  if (s->delay_next != nullptr) s->delay_next->delay_prev = s; else delayed_tail_ = s;
+  if (after != nullptr) after->delay_next = s; else delayed_head_ = s;
+}
+
+void Context::remove_delayed(Stream* s) {
+  if (s->respond_at_ms == 0) return;
+  if (s->delay_prev != nullptr) s->delay_prev->delay_next = s->delay_next; else delayed_head_ = s->delay_next;
+  if (s->delay_next != nullptr) s->delay_next->delay_prev = s->delay_prev; else delayed_tail_ = s->delay_prev;
+  s->delay_prev = s->delay_next = nullptr;
+  s->respond_at_ms = 0;
+}
+
+uint64_t Context::next_response_ms() const { return delayed_head_ != nullptr ? delayed_head_->respond_at_ms : 0; }
+
+void Context::respond_due(uint64_t now_ms) {
+  while (delayed_head_ != nullptr && delayed_head_->respond_at_ms <= now_ms) {
+    Stream* s = delayed_head_;
+    remove_delayed(s);
+    Forward::respond_delayed(*this, s);
+  }
 }
 
 void Context::expire_deadlines(uint64_t now_ms) {

@@ -120,6 +120,10 @@ struct Stream {
   uint64_t deadline_ms = 0;   // 0 = none
   size_t heap_index = kNoDeadline;
   char timeout_text[12] = {0};  // grpc-timeout forwarded when capped
+  // A responder's answer waits until then (Context::add_delayed); 0 = not waiting.
+  uint64_t respond_at_ms = 0;
+  Stream* delay_prev = nullptr;
+  Stream* delay_next = nullptr;
   static constexpr size_t kNoDeadline = ~size_t{0};
 
   // A health-check stream has no downstream half; its result goes here.
@@ -176,6 +180,8 @@ struct Stream {
     req_kept = 0;
     deadline_ms = 0;
     heap_index = kNoDeadline;
+    respond_at_ms = 0;
+    delay_prev = delay_next = nullptr;
     is_probe = false;
     probe = nullptr;
     probe_oversize = false;

@@ -45,6 +45,7 @@ std::vector<h2::ClusterPolicy> ClusterManager::adopt(std::shared_ptr<const confi
     p.respond_status = static_cast<uint8_t>(cfg.respond_status);
     p.respond_message = cfg.respond_message_wire.empty() ? nullptr : cfg.respond_message_wire.c_str();
     p.response_bytes = cfg.response_bytes;
+    p.respond_delay_ms = static_cast<uint32_t>(cfg.respond_delay.count());
     policies.push_back(p);
   }
   for (size_t i = 0; i < clusters_.size(); ++i) {

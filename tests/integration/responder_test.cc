@@ -26,6 +26,11 @@ message = "responder says 100% no"
 name = "sized"
 respond = "status"
 response_bytes = 1000
+
+[[clusters]]
+name = "slow"
+respond = "echo"
+delay = "300ms"
 )";
 
 constexpr const char* kRoutes = R"(
@@ -38,6 +43,9 @@ cluster = "failing"
 [[listeners.routes]]
 path_prefix = "/tlsgate.test.Echo/ServerStream"
 cluster = "sized"
+[[listeners.routes]]
+path_prefix = "/tlsgate.test.Echo/SetServing"
+cluster = "slow"
 )";
 
 void responder_config(GatewayConfig& c, const std::string& backend) {
@@ -232,6 +240,48 @@ TEST_F(Responder, MetricsCountByCluster) {
       << page;
   EXPECT_EQ(metric(page, "tlsgate_streams_responded_total"), 10) << page;
   EXPECT_EQ(metric(page, "tlsgate_streams_forwarded_total"), 0) << page;
+}
+
+// delay = "300ms": no answer comes sooner, and 20 calls at once all come
+// within a few delays (a timer per call, not a sleep that would hold the
+// shard: 20 x 300 ms one after another).
+TEST_F(Responder, DelayIsATimerPerCall) {
+  auto s = stub();
+  ASSERT_TRUE(unary(*s, "warm").status.ok());  // the connection is up
+  grpc::CompletionQueue cq;
+  struct Call {
+    grpc::ClientContext ctx;
+    grpc::Status status;
+    StatsReply reply;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<StatsReply>> rpc;
+  };
+  constexpr int kCalls = 20;
+  std::vector<std::unique_ptr<Call>> calls;
+  const auto start = Clock::now();
+  for (int i = 0; i < kCalls; ++i) {
+    auto c = std::make_unique<Call>();
+    c->ctx.set_deadline(std::chrono::system_clock::now() + 20s);
+    tlsgate::test::SetServingRequest req;  // empty: echoed as an empty StatsReply
+    c->rpc = s->AsyncSetServing(&c->ctx, req, &cq);
+    c->rpc->Finish(&c->reply, &c->status, c.get());
+    calls.push_back(std::move(c));
+  }
+  int done = 0;
+  void* tag = nullptr;
+  bool ok = false;
+  while (done < kCalls && cq.AsyncNext(&tag, &ok, std::chrono::system_clock::now() + 30s) ==
+                              grpc::CompletionQueue::GOT_EVENT) {
+    auto* c = static_cast<Call*>(tag);
+    EXPECT_TRUE(c->status.ok()) << status_str(c->status);
+    EXPECT_GE(Clock::now() - start, 300ms) << "answered before its delay";
+    ++done;
+  }
+  const auto elapsed = Clock::now() - start;
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  EXPECT_EQ(done, kCalls);
+  EXPECT_LT(elapsed, 3s) << "20 delayed calls took as long as a sleep per call";
 }
 
 // `tlsgate --check-config` accepts the shipped load-testing target.

@@ -549,6 +549,10 @@ const ErrorCase kErrorCases[] = {
      "demo.toml:11:18: clusters[0].response_bytes: 0 or at least 2 (a protobuf field takes 2 bytes), got 1"},
     {"respond_status_with_echo", "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"echo\"\nstatus = 3\n",
      "demo.toml:11:10: clusters[0].status: needs respond = \"status\" (echo answers with the request's bytes)"},
+    {"respond_delay_too_long", "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"echo\"\ndelay = \"61s\"\n",
+     "demo.toml:11:9: clusters[0].delay: at most 1m, got \"61s\""},
+    {"respond_delay_without_respond", "@LISTENER@@CLUSTER@delay = \"1s\"\n",
+     "demo.toml:11:9: clusters[0].delay: needs respond (it delays the gateway's own answer)"},
     {"respond_keys_without_respond", "@LISTENER@@CLUSTER@response_bytes = 10\n",
      "demo.toml:11:18: clusters[0].response_bytes: needs respond = \"status\""},
     {"endpoints_missing", "@LISTENER@[[clusters]]\nname = \"backend\"\n",
@@ -664,7 +668,7 @@ const ValidCase kValidCases[] = {
     {"responders",
      "@LISTENER@@CLUSTER@[[clusters]]\nname = \"echo\"\nrespond = \"echo\"\n"
      "[[clusters]]\nname = \"fail\"\nrespond = \"status\"\nstatus = 13\nmessage = \"100% é\"\n"
-     "[[clusters]]\nname = \"sized\"\nrespond = \"status\"\nresponse_bytes = 4194304\n",
+     "[[clusters]]\nname = \"sized\"\nrespond = \"status\"\nresponse_bytes = 4194304\ndelay = \"5ms\"\n",
      [](const Config& c) {
        ASSERT_EQ(c.clusters.size(), 4u);
        EXPECT_EQ(c.clusters[0].respond, Respond::Off);
@@ -677,6 +681,8 @@ const ValidCase kValidCases[] = {
        EXPECT_EQ(c.clusters[2].response_bytes, 0u);
        EXPECT_EQ(c.clusters[3].respond_status, 0u);
        EXPECT_EQ(c.clusters[3].response_bytes, 4u << 20);
+       EXPECT_EQ(c.clusters[3].respond_delay, 5ms);
+       EXPECT_EQ(c.clusters[1].respond_delay, 0ms);
      }},
     {"minimal_defaults", "@LISTENER@@CLUSTER@",
      [](const Config& c) {
@@ -1457,7 +1463,7 @@ TEST_F(ConfigTest, ToTomlLoadsAgainIntoTheSameConfiguration) {
       "[[clusters]]\nname = \"backend\"\nendpoints = [\"127.0.0.1:50051\", \"backend.test:50052\"]\n"
       "max_grpc_timeout = \"2h\"\n  [clusters.health_check]\n  service = \"s\"\n"
       "[[clusters]]\nname = \"other\"\nendpoints = [\"[::1]:50053\"]\nlb = \"round_robin\"\n"
-      "[[clusters]]\nname = \"echo\"\nrespond = \"echo\"\n"
+      "[[clusters]]\nname = \"echo\"\nrespond = \"echo\"\ndelay = \"250ms\"\n"
       "[[clusters]]\nname = \"fail\"\nrespond = \"status\"\nstatus = 8\nmessage = \"slow \\\"down\\\"\"\n"
       "response_bytes = 10\n");
   const Config first = parse(text, "first.toml");
@@ -1481,6 +1487,7 @@ TEST_F(ConfigTest, ToTomlLoadsAgainIntoTheSameConfiguration) {
   EXPECT_NE(shown.find("client_ca = \"" + dir_ + "/server.crt\""), std::string::npos) << shown;
   EXPECT_EQ(shown.find("MIIE"), std::string::npos) << "no key material";
   EXPECT_EQ(second.clusters.at(2).respond, Respond::Echo);
+  EXPECT_EQ(second.clusters.at(2).respond_delay, std::chrono::milliseconds(250));
   EXPECT_EQ(second.clusters.at(3).respond, Respond::Status);
   EXPECT_EQ(second.clusters.at(3).respond_status, 8u);
   EXPECT_EQ(second.clusters.at(3).respond_message, "slow \"down\"");

@@ -1241,5 +1241,47 @@ TEST_F(ForwardTest, ResponderStatusMessageOfTheConfiguredSize) {
   EXPECT_EQ(router_.calls, 0);
 }
 
+// delay: the answer waits on the Context's list until respond_due() passes
+// its time (the shard calls it each turn, on a timer for the first one due);
+// echo holds the request meanwhile. A client that resets while it waits
+// frees the stream, which leaves the list.
+TEST_F(ForwardTest, ResponderDelayAnswersWhenDue) {
+  router_.policy.respond = config::Respond::Echo;
+  router_.policy.respond_delay_ms = 50;
+  start();
+  Body req{grpc_frame("later")};
+  const int32_t cid = send_request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].headers.empty()) << "nothing before the delay";
+  EXPECT_EQ(ctx_->next_response_ms(), router_.now + 50);
+  ctx_->respond_due(router_.now + 49);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].headers.empty());
+  ctx_->respond_due(router_.now + 50);
+  EXPECT_EQ(ctx_->next_response_ms(), 0u);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(client_->streams[cid].body, grpc_frame("later"));
+  EXPECT_EQ(value(client_->streams[cid].trailers, "grpc-status"), "0");
+  EXPECT_TRUE(client_->streams[cid].end_stream);
+
+  // Three waiting, the middle one reset by its client: the others are
+  // answered in order, and nothing is left waiting.
+  int32_t ids[3];
+  for (int i = 0; i < 3; ++i) {
+    router_.now += 10;
+    Body r{grpc_frame("w" + std::to_string(i))};
+    ids[i] = send_request(grpc_request(), &r);
+  }
+  nghttp2_submit_rst_stream(client_->session(), NGHTTP2_FLAG_NONE, ids[1], NGHTTP2_CANCEL);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(ctx_->streams_in_use(), 2u);
+  ctx_->respond_due(router_.now + 50);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(client_->streams[ids[0]].body, grpc_frame("w0"));
+  EXPECT_EQ(client_->streams[ids[2]].body, grpc_frame("w2"));
+  EXPECT_EQ(ctx_->next_response_ms(), 0u);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
 }  // namespace
 }  // namespace tlsgate::h2
