@@ -854,7 +854,11 @@ void read_responder(const Table& t, Cluster& c) {
     return;
   }
   c.respond = t.choice<Respond>(*respond, {{"echo", Respond::Echo}, {"status", Respond::Status}});
-  for (const char* key : {"endpoints", "health_check", "outlier", "tls"})
+  // Every key about reaching a backend; max_grpc_timeout stays (it caps the
+  // client's deadline, which a responder honours too).
+  for (const char* key : {"endpoints", "health_check", "outlier", "tls", "lb", "connect_timeout", "dns_refresh",
+                          "max_connections", "max_pending_streams", "retries", "retry_buffer", "keepalive_interval",
+                          "keepalive_timeout", "idle_timeout", "all_unhealthy"})
     if (auto v = t.get(key)) t.fail(*v, "not allowed with respond (the gateway answers; there is no backend)");
   if (auto v = t.get("delay")) {
     // A service time to simulate, not a hold: past a minute a call only pins

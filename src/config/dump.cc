@@ -120,6 +120,7 @@ void write_listener(Writer& w, const Listener& l) {
 void write_responder(Writer& w, const Cluster& c) {
   w.str("respond", to_string(c.respond));
   w.dur("delay", c.respond_delay);
+  if (c.max_grpc_timeout.count() > 0) w.dur("max_grpc_timeout", c.max_grpc_timeout);
   if (c.respond != Respond::Status) return;
   w.num("status", c.respond_status);
   if (!c.respond_message.empty()) w.str("message", c.respond_message);

@@ -59,6 +59,7 @@ class Responder : public GatewayTest {
   void configure(GatewayConfig& c) override {
     responder_config(c, echo_->endpoint().address());
     c.admin = true;
+    c.extra_top = "[access_log]\npath = \"" + (dir_->path() / "access.log").string() + "\"\n";
   }
 
   std::string scrape() {
@@ -240,6 +241,29 @@ TEST_F(Responder, MetricsCountByCluster) {
       << page;
   EXPECT_EQ(metric(page, "tlsgate_streams_responded_total"), 10) << page;
   EXPECT_EQ(metric(page, "tlsgate_streams_forwarded_total"), 0) << page;
+
+  // The access log names the cluster of each line (all written once the
+  // gateway has stopped).
+  gw_->stop();
+  const std::string log = read_file(dir_->path() / "access.log");
+  auto count = [&](const std::string& needle) {
+    size_t n = 0;
+    for (size_t at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1)) ++n;
+    return n;
+  };
+  EXPECT_EQ(count("\"cluster\":\"target\""), 7u) << log;
+  EXPECT_EQ(count("\"cluster\":\"failing\""), 3u) << log;
+}
+
+// /config shows the responders as configured, defaults included.
+TEST_F(Responder, ConfigEndpointShowsResponders) {
+  HttpAnswer a = http_request(gw_->admin_port(), "/config");
+  ASSERT_EQ(a.status, 200) << a.head;
+  EXPECT_NE(a.body.find("name = \"target\"\nrespond = \"echo\"\ndelay = \"0s\""), std::string::npos) << a.body;
+  EXPECT_NE(a.body.find("respond = \"status\"\ndelay = \"0s\"\nstatus = 13\nmessage = \"responder says 100% no\""),
+            std::string::npos)
+      << a.body;
+  EXPECT_NE(a.body.find("name = \"slow\"\nrespond = \"echo\"\ndelay = \"300ms\""), std::string::npos) << a.body;
 }
 
 // delay = "300ms": no answer comes sooner, and 20 calls at once all come

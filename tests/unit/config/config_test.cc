@@ -531,6 +531,8 @@ const ErrorCase kErrorCases[] = {
     {"respond_with_health_check",
      "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"echo\"\n[clusters.health_check]\ninterval = \"1s\"\n",
      "demo.toml:11:1: clusters[0].health_check: not allowed with respond (the gateway answers; there is no backend)"},
+    {"respond_with_retries", "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"echo\"\nretries = 1\n",
+     "demo.toml:11:11: clusters[0].retries: not allowed with respond (the gateway answers; there is no backend)"},
     {"respond_unknown", "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"mirror\"\n",
      "demo.toml:10:11: clusters[0].respond: expected one of \"echo\", \"status\", got \"mirror\""},
     {"respond_status_range", "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"status\"\nstatus = 17\n",
@@ -1463,7 +1465,7 @@ TEST_F(ConfigTest, ToTomlLoadsAgainIntoTheSameConfiguration) {
       "[[clusters]]\nname = \"backend\"\nendpoints = [\"127.0.0.1:50051\", \"backend.test:50052\"]\n"
       "max_grpc_timeout = \"2h\"\n  [clusters.health_check]\n  service = \"s\"\n"
       "[[clusters]]\nname = \"other\"\nendpoints = [\"[::1]:50053\"]\nlb = \"round_robin\"\n"
-      "[[clusters]]\nname = \"echo\"\nrespond = \"echo\"\ndelay = \"250ms\"\n"
+      "[[clusters]]\nname = \"echo\"\nrespond = \"echo\"\ndelay = \"250ms\"\nmax_grpc_timeout = \"3s\"\n"
       "[[clusters]]\nname = \"fail\"\nrespond = \"status\"\nstatus = 8\nmessage = \"slow \\\"down\\\"\"\n"
       "response_bytes = 10\n");
   const Config first = parse(text, "first.toml");
@@ -1488,6 +1490,7 @@ TEST_F(ConfigTest, ToTomlLoadsAgainIntoTheSameConfiguration) {
   EXPECT_EQ(shown.find("MIIE"), std::string::npos) << "no key material";
   EXPECT_EQ(second.clusters.at(2).respond, Respond::Echo);
   EXPECT_EQ(second.clusters.at(2).respond_delay, std::chrono::milliseconds(250));
+  EXPECT_EQ(second.clusters.at(2).max_grpc_timeout, std::chrono::seconds(3));
   EXPECT_EQ(second.clusters.at(3).respond, Respond::Status);
   EXPECT_EQ(second.clusters.at(3).respond_status, 8u);
   EXPECT_EQ(second.clusters.at(3).respond_message, "slow \"down\"");
