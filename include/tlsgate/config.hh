@@ -276,13 +276,13 @@ struct Cluster {
   Outlier outlier;
   UpstreamTls tls;
   // respond = "echo" | "status": the gateway answers the cluster's calls
-  // itself (src/h2/README.md, "Responder clusters"); such a cluster has no
-  // endpoints, health check, outlier section or TLS.
+  // itself (src/h2/README.md, "Responder clusters"); such a cluster has none
+  // of the keys about reaching a backend (max_grpc_timeout excepted).
   Respond respond = Respond::Off;
-  uint32_t respond_status = 0;       // `status`: the grpc-status of respond = "status"
-  std::string respond_message;       // `message`, as written (printable ASCII)
-  std::string respond_message_wire;  // the same, percent-encoded as grpc-message travels
-  uint32_t response_bytes = 0;       // a response message of this many zero bytes
+  uint32_t respond_status = 0;                 // `status`: the grpc-status of respond = "status"
+  std::string respond_message;                 // `message`, as written (no control characters)
+  std::string respond_message_wire;            // the same, percent-encoded as grpc-message travels
+  uint32_t response_bytes = 0;                 // a response message of this many zero bytes
   std::chrono::milliseconds respond_delay{0};  // `delay`: each call is answered this much later
   static constexpr uint32_t kMaxResponseBytes = 4u << 20;  // gRPC's default receive limit
 };

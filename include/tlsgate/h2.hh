@@ -112,11 +112,11 @@ struct ClusterPolicy {
   // A responder cluster (config respond): the stream is answered in the
   // session, no backend is picked (src/h2/README.md, "Responder clusters").
   config::Respond respond = config::Respond::Off;
-  uint8_t respond_status = 0;                   // respond = "status": its grpc-status
-  const char* respond_message = nullptr;        // percent-encoded grpc-message, or null;
-                                                // owned by the snapshot's configuration
-  uint32_t response_bytes = 0;                  // respond = "status": message size
-  uint32_t respond_delay_ms = 0;                // the answer is submitted this much later
+  uint8_t respond_status = 0;             // respond = "status": its grpc-status
+  const char* respond_message = nullptr;  // percent-encoded grpc-message, or null;
+                                          // owned by the snapshot's configuration
+  uint32_t response_bytes = 0;            // respond = "status": message size
+  uint32_t respond_delay_ms = 0;          // the answer is submitted this much later
 };
 
 // The backend pool as the stream layer sees it; implemented by
