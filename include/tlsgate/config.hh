@@ -67,7 +67,7 @@ enum class AccessLogFormat { Json, Text };
 enum class ClientAuth { Off, Require, Optional };
 // A cluster answered at the gateway itself (`respond`): no backend; Off for
 // a cluster of endpoints.
-enum class Respond { Off, Echo, Status };
+enum class Respond : uint8_t { Off, Echo, Status };
 
 const char* to_string(ProxyProtocol v);
 const char* to_string(Ktls v);

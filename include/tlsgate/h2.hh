@@ -106,17 +106,18 @@ enum class Outcome {
 // snapshot the shard adopts meanwhile).
 struct ClusterPolicy {
   uint32_t pool_id = 0;              // the cluster in the shard's pool (Pool::pick)
-  uint64_t max_grpc_timeout_ms = 0;  // 0 = no cap
   uint32_t retries = 0;
   uint32_t retry_buffer = 0;
   // A responder cluster (config respond): the stream is answered in the
   // session, no backend is picked (src/h2/README.md, "Responder clusters").
+  // Ordered with the other 32-bit fields: a Stream keeps a copy per call.
+  uint32_t response_bytes = 0;       // respond = "status": message size
+  uint32_t respond_delay_ms = 0;     // the answer is submitted this much later
   config::Respond respond = config::Respond::Off;
-  uint8_t respond_status = 0;             // respond = "status": its grpc-status
+  uint8_t respond_status = 0;        // respond = "status": its grpc-status
+  uint64_t max_grpc_timeout_ms = 0;  // 0 = no cap
   const char* respond_message = nullptr;  // percent-encoded grpc-message, or null;
                                           // owned by the snapshot's configuration
-  uint32_t response_bytes = 0;            // respond = "status": message size
-  uint32_t respond_delay_ms = 0;          // the answer is submitted this much later
 };
 
 // The backend pool as the stream layer sees it; implemented by

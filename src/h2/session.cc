@@ -562,7 +562,7 @@ struct Forward {
     start_deadline(ctx, s);
     if (s->policy.respond != config::Respond::Off) {
       if (s->policy.respond_delay_ms == 0) {
-        respond_here(ctx, d, s);
+        respond_when_read(ctx, d, s);
       } else {
         s->respond_at_ms = ctx.pool().now_ms() + s->policy.respond_delay_ms;
         ctx.add_delayed(s);  // echo buffers the request meanwhile, within its window
@@ -704,9 +704,23 @@ struct Forward {
 
   static bool echoes(const Stream* s) { return s->policy.respond == config::Respond::Echo; }
 
+  // respond = "status" answers once the request has ended, as a gRPC server
+  // answers a unary or client-streaming call after reading it: a complete
+  // answer before the end of the upload leaves clients such as curl waiting
+  // to finish a stream the server closed (RFC 9113 §8.1 would need an
+  // RST_STREAM NO_ERROR after the response; nghttp2 would send it in place
+  // of the queued response). Echo answers as the request arrives.
+  static void respond_when_read(Context& ctx, DownstreamSession& d, Stream* s) {
+    if (!echoes(s) && !s->req_eof) {
+      s->respond_at_eof = true;  // d_frame_recv, at the client's END_STREAM
+      return;
+    }
+    respond_here(ctx, d, s);
+  }
+
   // A delayed responder stream is due.
   static void respond_delayed(Context& ctx, Stream* s) {
-    if (s->down != nullptr) respond_here(ctx, *s->down, s);
+    if (s->down != nullptr) respond_when_read(ctx, *s->down, s);
   }
 
   static void submit_upstream(Context& ctx, Stream* s, int avoid) {
@@ -1138,6 +1152,9 @@ struct Callbacks {
       } else if (Forward::echoes(s)) {
         Forward::resume_response(s);  // the trailers can go
         d->owner_.wake();
+      } else if (s->respond_at_eof) {
+        s->respond_at_eof = false;
+        Forward::respond_here(d->ctx_, *d, s);
       }
     }
     return 0;

@@ -1204,6 +1204,27 @@ TEST_F(ForwardTest, ResponderStatusIsTrailersOnly) {
   EXPECT_EQ(down_owner_.ends[0].end.grpc_status, 13);
 }
 
+// respond = "status" answers when the request has ended (as a server reads
+// a unary call first): an upload in pieces gets nothing until its last one.
+TEST_F(ForwardTest, ResponderStatusAnswersAtTheEndOfTheRequest) {
+  router_.policy.respond = config::Respond::Status;
+  router_.policy.respond_status = 5;
+  start();
+  const std::string upload = grpc_frame(pattern(100000));
+  Body req{upload.substr(0, 1000), /*complete=*/false};
+  const int32_t cid = send_request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].headers.empty()) << "answered before the request ended";
+  req.data = upload;
+  req.complete = true;
+  client_->resume(cid);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(req.off, upload.size());
+  EXPECT_EQ(value(client_->streams[cid].headers, "grpc-status"), "5");
+  EXPECT_TRUE(client_->streams[cid].closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
 // response_bytes: a gRPC message of exactly that size whose bytes are one
 // protobuf field 1 of zeros, for sizes on both sides of the 1-byte length,
 // and across DATA frames; status 0 with no size is an empty message.
