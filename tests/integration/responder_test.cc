@@ -308,6 +308,50 @@ TEST_F(Responder, DelayIsATimerPerCall) {
   EXPECT_LT(elapsed, 3s) << "20 delayed calls took as long as a sleep per call";
 }
 
+// SIGHUP turns the cluster "backend" into a responder and back, by name:
+// connections made after each reload follow it, and the backend serves again
+// after. (A connection made before keeps its snapshot, which forwards, while
+// the pool's cluster has the new configuration's endpoints, none: its calls
+// get grpc-status 14 until it reconnects, as for endpoints a reload removes.)
+class ResponderReload : public GatewayTest {
+ protected:
+  GatewayConfig config(bool responder) const {
+    GatewayConfig c;
+    c.endpoints = {echo_->endpoint().address()};
+    if (responder) c.clusters = "\n[[clusters]]\nname = \"backend\"\nrespond = \"echo\"\n";
+    return c;
+  }
+  void reload(bool responder) {
+    const std::string line = "configuration reloaded";
+    auto seen = [&] {
+      const std::string err = gw_->process().stderr_text();
+      size_t n = 0;
+      for (size_t at = err.find(line); at != std::string::npos; at = err.find(line, at + 1)) ++n;
+      return n;
+    };
+    const size_t before = seen();
+    write_file(gw_->config_path(), config(responder).render());
+    gw_->process().signal(SIGHUP);
+    ASSERT_TRUE(eventually([&] { return seen() > before; }, 10s)) << gw_->process().stderr_text();
+  }
+  // Who answered one call on a new connection: the backend's id, or "" (the responder).
+  std::string answered_by(Echo::Stub& s) {
+    UnaryOutcome o = unary(s, "who");
+    EXPECT_TRUE(o.status.ok()) << status_str(o.status);
+    EXPECT_EQ(o.payload, "who");
+    return o.server_id;
+  }
+};
+
+TEST_F(ResponderReload, ClusterBecomesAResponderAndBack) {
+  EXPECT_NE(answered_by(*stub()), "");
+  ASSERT_NO_FATAL_FAILURE(reload(true));
+  // The shards adopt the new snapshot at their next tick (100 ms).
+  EXPECT_TRUE(eventually([&] { return answered_by(*stub()).empty(); }, 5s)) << "no call reached the responder";
+  ASSERT_NO_FATAL_FAILURE(reload(false));
+  EXPECT_TRUE(eventually([&] { return !answered_by(*stub()).empty(); }, 5s)) << "the backend did not come back";
+}
+
 // `tlsgate --check-config` accepts the shipped load-testing target.
 TEST(ResponderConfig, ShippedTargetChecks) {
   TempDir dir;
