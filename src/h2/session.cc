@@ -658,17 +658,17 @@ struct Forward {
     return static_cast<ssize_t>(n);
   }
 
-  // grpc-status values as text, for a responder's trailers (never copied
-  // per call: literals).
+  // grpc-status values as text, for a responder's answers: literals, so
+  // nothing is formatted per call.
   static const char* status_text(uint8_t code) {
     static const char* const kText[17] = {"0", "1", "2",  "3",  "4",  "5",  "6",  "7", "8",
                                           "9", "10", "11", "12", "13", "14", "15", "16"};
     return kText[code <= 16 ? code : 2];  // config allows 0..16; 2 = UNKNOWN
   }
 
-  // A responder cluster's stream: the response is submitted at once (echo's
-  // body follows the request as it arrives). Nothing is allocated here
-  // beyond nghttp2's own frames.
+  // A responder cluster's stream gets its response (echo's body then follows
+  // the request as it arrives). Nothing is allocated here beyond nghttp2's
+  // own frames; counted in streams_responded once answered.
   static void respond_here(Context& ctx, DownstreamSession& d, Stream* s) {
     if (s->resp_started) return;  // answered meanwhile (a deadline during a delay)
     ++ctx.counters().streams_responded;
