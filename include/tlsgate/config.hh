@@ -65,6 +65,9 @@ enum class AccessLogFormat { Json, Text };
 // (no client_ca), required (a handshake without a verified one fails), or
 // asked for and verified when sent.
 enum class ClientAuth { Off, Require, Optional };
+// A cluster answered at the gateway itself (`respond`): no backend; Off for
+// a cluster of endpoints.
+enum class Respond : uint8_t { Off, Echo, Status };
 
 const char* to_string(ProxyProtocol v);
 const char* to_string(Ktls v);
@@ -74,6 +77,7 @@ const char* to_string(LbPolicy v);
 const char* to_string(AllUnhealthy v);
 const char* to_string(AccessLogFormat v);
 const char* to_string(ClientAuth v);
+const char* to_string(Respond v);
 
 // The defaults: Mozilla's "intermediate" profile
 // (https://wiki.mozilla.org/Security/Server_Side_TLS). TLS 1.2: ECDHE key
@@ -271,6 +275,16 @@ struct Cluster {
   HealthCheck health_check;
   Outlier outlier;
   UpstreamTls tls;
+  // respond = "echo" | "status": the gateway answers the cluster's calls
+  // itself (src/h2/README.md, "Responder clusters"); such a cluster has none
+  // of the keys about reaching a backend (max_grpc_timeout excepted).
+  Respond respond = Respond::Off;
+  uint32_t respond_status = 0;                 // `status`: the grpc-status of respond = "status"
+  std::string respond_message;                 // `message`, as written (no control characters)
+  std::string respond_message_wire;            // the same, percent-encoded as grpc-message travels
+  uint32_t response_bytes = 0;                 // a response message of this many zero bytes
+  std::chrono::milliseconds respond_delay{0};  // `delay`: each call is answered this much later
+  static constexpr uint32_t kMaxResponseBytes = 4u << 20;  // gRPC's default receive limit
 };
 
 struct Admin {

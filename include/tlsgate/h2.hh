@@ -106,9 +106,18 @@ enum class Outcome {
 // snapshot the shard adopts meanwhile).
 struct ClusterPolicy {
   uint32_t pool_id = 0;              // the cluster in the shard's pool (Pool::pick)
-  uint64_t max_grpc_timeout_ms = 0;  // 0 = no cap
   uint32_t retries = 0;
   uint32_t retry_buffer = 0;
+  // A responder cluster (config respond): the stream is answered in the
+  // session, no backend is picked (src/h2/README.md, "Responder clusters").
+  // Ordered with the other 32-bit fields: a Stream keeps a copy per call.
+  uint32_t response_bytes = 0;       // respond = "status": message size
+  uint32_t respond_delay_ms = 0;     // the answer is submitted this much later
+  config::Respond respond = config::Respond::Off;
+  uint8_t respond_status = 0;        // respond = "status": its grpc-status
+  uint64_t max_grpc_timeout_ms = 0;  // 0 = no cap
+  const char* respond_message = nullptr;  // percent-encoded grpc-message, or null;
+                                          // owned by the snapshot's configuration
 };
 
 // The backend pool as the stream layer sees it; implemented by
@@ -144,6 +153,7 @@ class ProbeSink {
 
 struct Counters {
   uint64_t streams_forwarded = 0;
+  uint64_t streams_responded = 0;        // answered by a responder cluster (respond = echo | status)
   uint64_t streams_unavailable = 0;      // answered grpc-status 14 by the gateway
   uint64_t streams_reset_by_client = 0;
   uint64_t streams_reset_by_upstream = 0;
@@ -208,6 +218,15 @@ class Context {
   void remove_deadline(Stream* s);
   size_t deadlines_pending() const { return deadlines_.size(); }
 
+  // Responder streams with a `delay` wait here for their answer, in the
+  // order it is due. respond_due() answers those due by now_ms; the shard
+  // calls it every loop turn and arms a timer for next_response_ms() (0:
+  // none waits), so a delay is kept to the millisecond, not to the tick.
+  void respond_due(uint64_t now_ms);
+  uint64_t next_response_ms() const;
+  void add_delayed(Stream* s);
+  void remove_delayed(Stream* s);
+
   // Call about every 100 ms with a monotonic clock. Sessions that neither
   // received nor sent anything for kIdleReleaseMs hand the pages of their
   // 16 KiB outbound frame buffer back to the kernel (page faults bring them
@@ -225,6 +244,10 @@ class Context {
   Counters counters_;
   std::vector<Stream*> free_streams_;
   std::vector<Stream*> deadlines_;  // min-heap on Stream::deadline_ms
+  // Delayed responder streams by Stream::respond_at_ms (intrusive, sorted;
+  // a cluster's delay is fixed, so a new one goes at or near the tail).
+  Stream* delayed_head_ = nullptr;
+  Stream* delayed_tail_ = nullptr;
   size_t streams_in_use_ = 0;
   std::unique_ptr<Memory> memory_;
   // Sessions by time of last activity, oldest first (intrusive).

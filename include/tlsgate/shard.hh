@@ -42,6 +42,7 @@ struct Counters {
   uint64_t upstream_connect_failures = 0;
   uint64_t upstream_lost = 0;
   uint64_t streams_forwarded = 0;
+  uint64_t streams_responded = 0;
   uint64_t streams_unavailable = 0;
   uint64_t streams_reset_by_client = 0;
   uint64_t streams_reset_by_upstream = 0;

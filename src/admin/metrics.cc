@@ -62,6 +62,8 @@ constexpr CounterMetric kCounterMetrics[] = {
      "Backend connections lost while open"},
     {"streams_forwarded", &Counters::streams_forwarded, "tlsgate_streams_forwarded_total", nullptr, nullptr,
      "Client streams sent to a backend"},
+    {"streams_responded", &Counters::streams_responded, "tlsgate_streams_responded_total", nullptr, nullptr,
+     "Client streams answered by the gateway itself: a responder cluster (respond = echo | status)"},
     {"streams_unavailable", &Counters::streams_unavailable, "tlsgate_streams_unavailable_total", nullptr, nullptr,
      "Client streams the gateway answered with grpc-status 14 (no backend could take them)"},
     {"streams_reset_by_client", &Counters::streams_reset_by_client, "tlsgate_streams_reset_total", "by", "client",

@@ -826,6 +826,88 @@ std::optional<DnsName> dns_name_of(const std::string& text) {
   return n;
 }
 
+// grpc-message travels percent-encoded (gRPC's PROTOCOL-HTTP2): done once
+// here so that a call copies the bytes as they are.
+std::string percent_encoded(const std::string& text) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : text) {
+    if (c >= 0x20 && c <= 0x7e && c != '%') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
+}
+
+// respond = "echo" | "status" and its keys. A responder has no backend, so
+// the keys about reaching one are mistakes, named in the error.
+void read_responder(const Table& t, Cluster& c) {
+  auto respond = t.get("respond");
+  if (!respond) {
+    for (const char* key : {"status", "message", "response_bytes"})
+      if (auto v = t.get(key)) t.fail(*v, "needs respond = \"status\"");
+    if (auto v = t.get("delay")) t.fail(*v, "needs respond (it delays the gateway's own answer)");
+    return;
+  }
+  c.respond = t.choice<Respond>(*respond, {{"echo", Respond::Echo}, {"status", Respond::Status}});
+  // Every key about reaching a backend; max_grpc_timeout stays (it caps the
+  // client's deadline, which a responder honours too).
+  for (const char* key : {"endpoints", "health_check", "outlier", "tls", "lb", "connect_timeout", "dns_refresh",
+                          "max_connections", "max_pending_streams", "retries", "retry_buffer", "keepalive_interval",
+                          "keepalive_timeout", "idle_timeout", "all_unhealthy"})
+    if (auto v = t.get(key)) t.fail(*v, "not allowed with respond (the gateway answers; there is no backend)");
+  if (auto v = t.get("delay")) {
+    // A service time to simulate, not a hold: past a minute a call only pins
+    // a stream slot.
+    c.respond_delay = t.duration_or_zero(*v);
+    if (c.respond_delay > std::chrono::minutes(1)) t.fail(*v, "at most 1m, got " + quote(t.string(*v)));
+  }
+  if (c.respond == Respond::Echo) {
+    for (const char* key : {"status", "message", "response_bytes"})
+      if (auto v = t.get(key)) t.fail(*v, "needs respond = \"status\" (echo answers with the request's bytes)");
+    return;
+  }
+  if (auto v = t.get("status")) c.respond_status = static_cast<uint32_t>(t.integer(*v, 0, 16));
+  if (auto v = t.get("message")) {
+    // Clients show grpc-message only beside a non-zero status: a message
+    // with status 0 would be a setting nobody ever sees.
+    if (c.respond_status == 0) t.fail(*v, "needs a non-zero status (clients ignore grpc-message with status 0)");
+    c.respond_message = t.string(*v);
+    if (c.respond_message.size() > 128) t.fail(*v, "at most 128 bytes");
+    if (has_control(c.respond_message)) t.fail(*v, "contains a control character");
+    c.respond_message_wire = percent_encoded(c.respond_message);
+  }
+  if (auto v = t.get("response_bytes")) {
+    c.response_bytes = static_cast<uint32_t>(t.integer(*v, 0, Cluster::kMaxResponseBytes));
+    // The message is a protobuf field of zeros (tag and length: 2 bytes at least).
+    if (c.response_bytes == 1) t.fail(*v, "0 or at least 2 (a protobuf field takes 2 bytes), got 1");
+  }
+}
+
+void read_endpoints(const Table& t, Cluster& c) {
+  Value eps = t.require("endpoints");
+  const toml::array& e = t.array(eps);
+  if (e.empty()) t.fail(eps, "at least one endpoint is required");
+  for (size_t j = 0; j < e.size(); ++j) {
+    Value ev = t.element(eps, e, j);
+    SocketAddress addr = t.address(ev, true);
+    if (addr.port() == 0) t.fail(ev, "an endpoint needs a port from 1 to 65535, got " + quote(addr.text));
+    for (const SocketAddress& other : c.endpoints)
+      if (other.text == addr.text) t.fail(ev, "duplicate endpoint " + quote(addr.text));
+    if (auto dns = dns_name_of(addr.text)) {
+      c.endpoint_name.push_back(static_cast<int>(c.dns_names.size()));
+      c.dns_names.push_back(std::move(*dns));
+    } else {
+      c.endpoint_name.push_back(-1);
+    }
+    c.endpoints.push_back(std::move(addr));
+  }
+}
+
 void read_clusters(const Table& root, Config& cfg, std::vector<FileCheck>& files) {
   Value list = root.require("clusters");
   const auto* a = list.node->as_array();
@@ -836,7 +918,8 @@ void read_clusters(const Table& root, Config& cfg, std::vector<FileCheck>& files
     Table t = root.sub(root.element(list, *a, i));
     t.check_keys({"name", "endpoints", "lb", "connect_timeout", "dns_refresh", "max_connections",
                   "max_pending_streams", "max_grpc_timeout", "retries", "retry_buffer", "keepalive_interval",
-                  "keepalive_timeout", "idle_timeout", "all_unhealthy", "health_check", "outlier", "tls"});
+                  "keepalive_timeout", "idle_timeout", "all_unhealthy", "health_check", "outlier", "tls",
+                  "respond", "status", "message", "response_bytes", "delay"});
     Cluster c;
     Value name = t.require("name");
     c.name = read_name(t, name);
@@ -865,23 +948,8 @@ void read_clusters(const Table& root, Config& cfg, std::vector<FileCheck>& files
     if (auto v = t.get("health_check")) read_health_check(t.sub(*v), c.health_check);
     if (auto v = t.get("outlier")) read_outlier(t.sub(*v), c.outlier);
     if (auto v = t.get("tls")) read_upstream_tls(t.sub(*v), c.tls, files);
-    Value eps = t.require("endpoints");
-    const toml::array& e = t.array(eps);
-    if (e.empty()) t.fail(eps, "at least one endpoint is required");
-    for (size_t j = 0; j < e.size(); ++j) {
-      Value ev = t.element(eps, e, j);
-      SocketAddress addr = t.address(ev, true);
-      if (addr.port() == 0) t.fail(ev, "an endpoint needs a port from 1 to 65535, got " + quote(addr.text));
-      for (const SocketAddress& other : c.endpoints)
-        if (other.text == addr.text) t.fail(ev, "duplicate endpoint " + quote(addr.text));
-      if (auto dns = dns_name_of(addr.text)) {
-        c.endpoint_name.push_back(static_cast<int>(c.dns_names.size()));
-        c.dns_names.push_back(std::move(*dns));
-      } else {
-        c.endpoint_name.push_back(-1);
-      }
-      c.endpoints.push_back(std::move(addr));
-    }
+    read_responder(t, c);
+    if (c.respond == Respond::Off) read_endpoints(t, c);
     names.push_back(name);
     cfg.clusters.push_back(std::move(c));
   }
@@ -1048,6 +1116,15 @@ const char* to_string(LbPolicy v) {
   switch (v) {
     case LbPolicy::RoundRobin: return "round_robin";
     case LbPolicy::P2c: return "p2c";
+  }
+  return "?";
+}
+
+const char* to_string(Respond v) {
+  switch (v) {
+    case Respond::Off: return "off";
+    case Respond::Echo: return "echo";
+    case Respond::Status: return "status";
   }
   return "?";
 }

@@ -115,9 +115,25 @@ void write_listener(Writer& w, const Listener& l) {
   }
 }
 
+// A responder has no backend: its keys only (the others would not parse
+// beside `respond`, and the dump must read back).
+void write_responder(Writer& w, const Cluster& c) {
+  w.str("respond", to_string(c.respond));
+  w.dur("delay", c.respond_delay);
+  if (c.max_grpc_timeout.count() > 0) w.dur("max_grpc_timeout", c.max_grpc_timeout);
+  if (c.respond != Respond::Status) return;
+  w.num("status", c.respond_status);
+  if (!c.respond_message.empty()) w.str("message", c.respond_message);
+  w.num("response_bytes", c.response_bytes);
+}
+
 void write_cluster(Writer& w, const Cluster& c) {
   w.header("[[clusters]]");
   w.str("name", c.name);
+  if (c.respond != Respond::Off) {
+    write_responder(w, c);
+    return;
+  }
   std::string eps = "[";
   for (size_t i = 0; i < c.endpoints.size(); ++i) {
     const int name = i < c.endpoint_name.size() ? c.endpoint_name[i] : -1;

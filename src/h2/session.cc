@@ -257,6 +257,7 @@ void Context::free_stream(Stream* s) {
   // recent stream (Session::recent_).
   assert(s->down == nullptr && s->up == nullptr);
   remove_deadline(s);
+  remove_delayed(s);
   s->reset(chunks_);
   --streams_in_use_;
   free_streams_.push_back(s);
@@ -554,11 +555,172 @@ struct Forward {
     ctx.add_deadline(s);
   }
 
-  // The client's request headers are complete: route, pick a backend, submit.
+  // The client's request headers are complete: route, pick a backend, submit
+  // (or answer here, for a responder cluster).
   static void forward_request(Context& ctx, DownstreamSession& d, Stream* s) {
     s->policy = route(d, s);
     start_deadline(ctx, s);
+    if (s->policy.respond != config::Respond::Off) {
+      if (s->policy.respond_delay_ms == 0) {
+        respond_when_read(ctx, d, s);
+      } else {
+        s->respond_at_ms = ctx.pool().now_ms() + s->policy.respond_delay_ms;
+        ctx.add_delayed(s);  // echo buffers the request meanwhile, within its window
+      }
+      return;
+    }
     submit_upstream(ctx, s, -1);
+  }
+
+  // ---- responder clusters: the gateway is the gRPC server.
+
+  // Trailers after the last DATA frame of a gateway-made body.
+  static void end_body(nghttp2_session* session, int32_t stream_id, Stream* s, uint32_t* flags) {
+    s->resp_eof = true;
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    nghttp2_nv nva[HeaderList::kMaxFields];
+    const size_t count = s->resp_trailers.to_nv(nva);
+    if (nghttp2_submit_trailer(session, stream_id, nva, count) == 0) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+  }
+
+  // Echo: the response body is the request body byte for byte, which in
+  // gRPC's framing is each request message answered with itself. Request
+  // bytes are given back to the client's window only as they go out here,
+  // as forwarding does once the backend took them: a client that does not
+  // read its responses stops being able to send.
+  static ssize_t read_echo_body(nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
+                                uint32_t* flags, nghttp2_data_source* source, void*) {
+    auto* s = static_cast<Stream*>(source->ptr);
+    // resp_eof before the end of the request: the gateway answered already
+    // (a deadline); what is still buffered is not echoed.
+    const size_t n = s->resp_eof ? 0 : s->req_body.read(buf, length);
+    s->resp_bytes += n;
+    if (s->down != nullptr) s->down->data_frame_sent();
+    if (n > 0) {
+      const size_t give = std::min(n, s->req_unconsumed);
+      s->req_unconsumed -= give;
+      nghttp2_session_consume(session, stream_id, give);
+    }
+    if (s->req_body.empty() || s->resp_eof) {
+      if (s->req_eof || s->resp_eof) {
+        end_body(session, stream_id, s, flags);
+      } else if (n == 0) {
+        s->resp_deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+      }
+    }
+    return static_cast<ssize_t>(n);
+  }
+
+  // The head of respond = "status"'s response message: gRPC's 5-byte
+  // prefix, then the start of a protobuf message of `size` bytes that is one
+  // field 1 of wire type "bytes" holding zeros. Any message type parses it
+  // (as its field 1 when that is bytes or a string, else as an unknown
+  // field), so typed clients take it as a reply; a plain run of zeros is no
+  // protobuf. The length is a 4-byte varint past 127 (protobuf parsers read
+  // redundant varint bytes), so every size from 2 up has a head. `size` 0
+  // is the empty message. Returns the head's length.
+  static size_t message_head(uint32_t size, uint8_t (&head)[10]) {
+    head[0] = 0;
+    head[1] = static_cast<uint8_t>(size >> 24);
+    head[2] = static_cast<uint8_t>(size >> 16);
+    head[3] = static_cast<uint8_t>(size >> 8);
+    head[4] = static_cast<uint8_t>(size);
+    if (size < 2) return 5;  // the config allows 0 or from 2
+    head[5] = 0x0a;          // field 1, wire type 2
+    if (size - 2 < 128) {
+      head[6] = static_cast<uint8_t>(size - 2);
+      return 7;
+    }
+    const uint32_t len = size - 5;  // after the tag and the 4-byte length
+    head[6] = static_cast<uint8_t>(0x80 | (len & 0x7f));
+    head[7] = static_cast<uint8_t>(0x80 | ((len >> 7) & 0x7f));
+    head[8] = static_cast<uint8_t>(0x80 | ((len >> 14) & 0x7f));
+    head[9] = static_cast<uint8_t>(len >> 21);
+    return 10;
+  }
+
+  // respond = "status" with a message: its head and zeros, written into
+  // nghttp2's frame buffer (resp_bytes is how far it got), then the trailers.
+  static ssize_t read_status_body(nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
+                                  uint32_t* flags, nghttp2_data_source* source, void*) {
+    auto* s = static_cast<Stream*>(source->ptr);
+    uint8_t head[10];
+    const size_t head_len = message_head(s->policy.response_bytes, head);
+    const uint64_t total = 5 + uint64_t{s->policy.response_bytes};
+    const uint64_t at = s->resp_bytes;
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(length, total - at));
+    std::memset(buf, 0, n);
+    for (uint64_t i = at; i < head_len && i < at + n; ++i) buf[i - at] = head[i];
+    s->resp_bytes += n;
+    if (s->down != nullptr) s->down->data_frame_sent();
+    if (s->resp_bytes == total) end_body(session, stream_id, s, flags);
+    return static_cast<ssize_t>(n);
+  }
+
+  // grpc-status values as text, for a responder's answers: literals, so
+  // nothing is formatted per call.
+  static const char* status_text(uint8_t code) {
+    static const char* const kText[17] = {"0", "1", "2",  "3",  "4",  "5",  "6",  "7", "8",
+                                          "9", "10", "11", "12", "13", "14", "15", "16"};
+    return kText[code <= 16 ? code : 2];  // config allows 0..16; 2 = UNKNOWN
+  }
+
+  // A responder cluster's stream gets its response (echo's body then follows
+  // the request as it arrives). Nothing is allocated here beyond nghttp2's
+  // own frames; counted in streams_responded once answered.
+  static void respond_here(Context& ctx, DownstreamSession& d, Stream* s) {
+    if (s->resp_started) return;  // answered meanwhile (a deadline during a delay)
+    ++ctx.counters().streams_responded;
+    const ClusterPolicy& p = s->policy;
+    const bool echo = p.respond == config::Respond::Echo;
+    const char* code = echo ? "0" : status_text(p.respond_status);
+    const char* message = echo ? nullptr : p.respond_message;
+    s->http_status = 200;
+    s->resp_started = true;
+    nghttp2_nv nva[4] = {literal_nv(":status", "200"), literal_nv("content-type", "application/grpc")};
+    size_t n = 2;
+    nghttp2_data_provider prd{};
+    prd.source.ptr = s;
+    // A non-zero status without a message to send is trailers-only, as gRPC
+    // servers answer an error; status 0 always carries a message (an empty
+    // one by default): a unary call that ends OK without one is an error
+    // for the client.
+    if (!echo && p.respond_status != 0 && p.response_bytes == 0) {
+      s->grpc_status = static_cast<int16_t>(p.respond_status);
+      s->resp_eof = true;
+      nva[n++] = literal_nv("grpc-status", code);
+      if (message != nullptr) nva[n++] = make_nv("grpc-message", message, std::strlen(message));
+      nghttp2_submit_response(ng(d.session_), s->down_id, nva, n, nullptr);
+      d.owner_.wake();
+      return;
+    }
+    s->resp_trailers.add_static("grpc-status", code, std::strlen(code));
+    if (message != nullptr) s->resp_trailers.add_static("grpc-message", message, std::strlen(message));
+    prd.read_callback = echo ? read_echo_body : read_status_body;
+    nghttp2_submit_response(ng(d.session_), s->down_id, nva, n, &prd);
+    d.owner_.wake();
+  }
+
+  static bool echoes(const Stream* s) { return s->policy.respond == config::Respond::Echo; }
+
+  // respond = "status" answers once the request has ended, as a gRPC server
+  // answers a unary or client-streaming call after reading it: a complete
+  // answer before the end of the upload leaves clients such as curl waiting
+  // to finish a stream the server closed (RFC 9113 §8.1 would need an
+  // RST_STREAM NO_ERROR after the response; nghttp2 would send it in place
+  // of the queued response). Echo answers as the request arrives.
+  static void respond_when_read(Context& ctx, DownstreamSession& d, Stream* s) {
+    if (!echoes(s) && !s->req_eof) {
+      s->respond_at_eof = true;  // d_frame_recv, at the client's END_STREAM
+      return;
+    }
+    respond_here(ctx, d, s);
+  }
+
+  // A delayed responder stream is due.
+  static void respond_delayed(Context& ctx, Stream* s) {
+    if (s->down != nullptr) respond_when_read(ctx, *s->down, s);
   }
 
   static void submit_upstream(Context& ctx, Stream* s, int avoid) {
@@ -736,6 +898,7 @@ struct Forward {
       nghttp2_session_consume_connection(ng(d->session_), s->req_unconsumed);
     s->req_unconsumed = 0;
     ctx.remove_deadline(s);
+    ctx.remove_delayed(s);
     unlink_down(s);
     if (s->up) {
       // A stream the gateway ended itself has had its upstream half cancelled.
@@ -986,6 +1149,12 @@ struct Callbacks {
       if (s->up) {
         Forward::resume_request(s);
         s->up->owner_.wake();
+      } else if (Forward::echoes(s)) {
+        Forward::resume_response(s);  // the trailers can go
+        d->owner_.wake();
+      } else if (s->respond_at_eof) {
+        s->respond_at_eof = false;
+        Forward::respond_here(d->ctx_, *d, s);
       }
     }
     return 0;
@@ -996,6 +1165,14 @@ struct Callbacks {
     auto* d = static_cast<DownstreamSession*>(user);
     Stream* s = down_stream(*d, session, stream_id);
     if (s != nullptr) s->req_bytes += len;
+    if (s != nullptr && Forward::echoes(s) && !s->resp_eof) {
+      // Echoed: held against the client's window until it goes out in the
+      // response (read_echo_body).
+      if (!Forward::buffer_body(d->ctx_, session, stream_id, s, data, len, s->req_body, s->req_unconsumed)) return 0;
+      Forward::resume_response(s);
+      d->owner_.wake();
+      return 0;
+    }
     if (s == nullptr || s->up == nullptr || s->gateway_cancelled) {
       // Nobody will forward these bytes: give the window back at once.
       nghttp2_session_consume(session, stream_id, len);
@@ -1482,6 +1659,33 @@ void UpstreamSession::ping() {
   if (session_ == nullptr) return;
   nghttp2_submit_ping(ng(session_), NGHTTP2_FLAG_NONE, nullptr);
   owner_.wake();
+}
+
+void Context::add_delayed(Stream* s) {
+  Stream* after = delayed_tail_;
+  while (after != nullptr && after->respond_at_ms > s->respond_at_ms) after = after->delay_prev;
+  s->delay_prev = after;
+  s->delay_next = after != nullptr ? after->delay_next : delayed_head_;
+  if (s->delay_next != nullptr) s->delay_next->delay_prev = s; else delayed_tail_ = s;
+  if (after != nullptr) after->delay_next = s; else delayed_head_ = s;
+}
+
+void Context::remove_delayed(Stream* s) {
+  if (s->respond_at_ms == 0) return;
+  if (s->delay_prev != nullptr) s->delay_prev->delay_next = s->delay_next; else delayed_head_ = s->delay_next;
+  if (s->delay_next != nullptr) s->delay_next->delay_prev = s->delay_prev; else delayed_tail_ = s->delay_prev;
+  s->delay_prev = s->delay_next = nullptr;
+  s->respond_at_ms = 0;
+}
+
+uint64_t Context::next_response_ms() const { return delayed_head_ != nullptr ? delayed_head_->respond_at_ms : 0; }
+
+void Context::respond_due(uint64_t now_ms) {
+  while (delayed_head_ != nullptr && delayed_head_->respond_at_ms <= now_ms) {
+    Stream* s = delayed_head_;
+    remove_delayed(s);
+    Forward::respond_delayed(*this, s);
+  }
 }
 
 void Context::expire_deadlines(uint64_t now_ms) {

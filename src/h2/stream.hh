@@ -132,6 +132,13 @@ struct Stream {
   Stream* down_next = nullptr;
   Stream* up_prev = nullptr;
   Stream* up_next = nullptr;
+  // A responder's answer waits until then on Context's list of delayed
+  // answers (Context::add_delayed); 0 = not waiting.
+  uint64_t respond_at_ms = 0;
+  Stream* delay_prev = nullptr;
+  Stream* delay_next = nullptr;
+  // respond = "status": due, answered at the client's END_STREAM (d_frame_recv).
+  bool respond_at_eof = false;
 
   // Last, so that the scalars above share a few cache lines (only the used
   // head of each list is touched per call).
@@ -176,6 +183,9 @@ struct Stream {
     req_kept = 0;
     deadline_ms = 0;
     heap_index = kNoDeadline;
+    respond_at_ms = 0;
+    delay_prev = delay_next = nullptr;
+    respond_at_eof = false;
     is_probe = false;
     probe = nullptr;
     probe_oversize = false;

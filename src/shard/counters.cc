@@ -15,7 +15,7 @@ std::string Counters::describe() const {
   std::snprintf(buf, sizeof buf,
                 "accepted=%lu handshakes=%lu handshake_failures=%lu handshake_timeouts=%lu http1_rejected=%lu "
                 "idle_closed=%lu downstream_protocol_errors=%lu tls_userspace=%lu tls_unknown_server_name=%lu upstream_connects=%lu "
-                "upstream_connect_failures=%lu upstream_lost=%lu streams_forwarded=%lu streams_unavailable=%lu "
+                "upstream_connect_failures=%lu upstream_lost=%lu streams_forwarded=%lu streams_responded=%lu streams_unavailable=%lu "
                 "streams_reset_by_client=%lu streams_reset_by_upstream=%lu header_limit_resets=%lu "
                 "deadline_exceeded=%lu retries=%lu circuit_breaker_streams=%lu circuit_breaker_connections=%lu "
                 "no_healthy_endpoint=%lu endpoints_ejected=%lu endpoints_ejection_refused=%lu "
@@ -27,7 +27,7 @@ std::string Counters::describe() const {
                 "h2_closed_shard_reset_budget=%lu h2_closed_flood=%lu h2_closed_bad_preface=%lu",
                 accepted, handshakes, handshake_failures, handshake_timeouts, http1_rejected, idle_closed,
                 downstream_protocol_errors, tls_userspace, tls_unknown_server_name, upstream_connects, upstream_connect_failures, upstream_lost,
-                streams_forwarded, streams_unavailable, streams_reset_by_client, streams_reset_by_upstream,
+                streams_forwarded, streams_responded, streams_unavailable, streams_reset_by_client, streams_reset_by_upstream,
                 header_limit_resets, deadline_exceeded, retries, circuit_breaker_streams, circuit_breaker_connections,
                 no_healthy_endpoint, endpoints_ejected, endpoints_ejection_refused, health_check_failures, health_checks_passed,
                 upstream_idle_closed, upstream_keepalive_timeouts, dns_updates, proxy_headers, proxy_errors,
@@ -84,6 +84,7 @@ void Counters::add(const Counters& o) {
   upstream_connect_failures += o.upstream_connect_failures;
   upstream_lost += o.upstream_lost;
   streams_forwarded += o.streams_forwarded;
+  streams_responded += o.streams_responded;
   streams_unavailable += o.streams_unavailable;
   streams_reset_by_client += o.streams_reset_by_client;
   streams_reset_by_upstream += o.streams_reset_by_upstream;
@@ -146,6 +147,7 @@ void Counters::add(const Counters& o) {
 
 void Counters::take(const h2::Counters& h) {
   streams_forwarded = h.streams_forwarded;
+  streams_responded = h.streams_responded;
   streams_unavailable = h.streams_unavailable;
   streams_reset_by_client = h.streams_reset_by_client;
   streams_reset_by_upstream = h.streams_reset_by_upstream;

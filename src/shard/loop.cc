@@ -215,10 +215,14 @@ void Loop::dispatch(const io::Completion& c) {
     case Op::Tick: on_tick(); break;
     case Op::Stop: on_stop(); break;
     case Op::Ignore: break;
+    // The answers themselves go at the end of the turn (end_of_turn); another
+    // timer in flight only makes an extra turn.
+    case Op::RespondTimer: respond_timer_ms = 0; break;
   }
 }
 
 void Loop::end_of_turn() {
+  h2ctx.respond_due(now);  // responders' delayed answers, flushed below
   // Flushing one connection can wake others (a DATA frame taken by one side
   // opens the other side's window), so repeat until quiet.
   while (!dirty.empty() || !to_free.empty()) {
@@ -236,6 +240,14 @@ void Loop::end_of_turn() {
       finish_close(c);
     }
   }
+  arm_respond_timer();
+}
+
+void Loop::arm_respond_timer() {
+  const uint64_t due = h2ctx.next_response_ms();
+  if (due == 0 || (respond_timer_ms != 0 && respond_timer_ms <= due)) return;
+  respond_timer_ms = due;
+  ring.prep_timeout_ms(due > now ? due - now : 1, pack(Op::RespondTimer, 0, 0));
 }
 
 // A quiet client connection's TLS session lets go of its cipher contexts.

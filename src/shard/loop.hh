@@ -59,7 +59,7 @@ inline constexpr uint64_t kWarnIntervalMs = 1000;
 inline constexpr uint32_t kAcceptBatch = 4096;
 
 // user_data: | op:8 | generation:24 | slot:32 |
-enum class Op : uint8_t { Accept = 1, DownRecv, DownSend, UpRecv, UpSend, UpConnect, Tick, Stop, Ignore };
+enum class Op : uint8_t { Accept = 1, DownRecv, DownSend, UpRecv, UpSend, UpConnect, Tick, Stop, Ignore, RespondTimer };
 
 constexpr uint64_t pack(Op op, uint32_t gen, uint32_t slot) {
   return (static_cast<uint64_t>(op) << 56) | (static_cast<uint64_t>(gen & 0xffffff) << 32) | slot;
@@ -339,6 +339,8 @@ struct Loop : upstream::Transport {
   uint64_t drain_started = 0;
   uint64_t drain_deadline = 0;
   uint64_t now = 0;
+  // When the responder timer in flight fires (0: none armed): see arm_respond_timer.
+  uint64_t respond_timer_ms = 0;
   tls::KtlsSupport ktls_support;
   accesslog::Buffer* access_log = nullptr;  // the Writer's, for this shard; null: none
   // From the main thread, taken on the tick (a mutex-guarded mailbox,
@@ -380,6 +382,9 @@ struct Loop : upstream::Transport {
   void run();
   void dispatch(const io::Completion& c);
   void end_of_turn();
+  // A timeout for the first delayed responder answer (h2::Context), unless
+  // one armed already fires no later.
+  void arm_respond_timer();
   void mark_dirty(Conn* c) {
     if (c->dirty || c->closing) return;
     c->dirty = true;

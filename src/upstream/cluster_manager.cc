@@ -40,6 +40,12 @@ std::vector<h2::ClusterPolicy> ClusterManager::adopt(std::shared_ptr<const confi
     p.max_grpc_timeout_ms = static_cast<uint64_t>(cfg.max_grpc_timeout.count());
     p.retries = cfg.retries;
     p.retry_buffer = cfg.retry_buffer;
+    // `cfg` lives as long as the snapshot whose connections' streams keep p.
+    p.respond = cfg.respond;
+    p.respond_status = static_cast<uint8_t>(cfg.respond_status);
+    p.respond_message = cfg.respond_message_wire.empty() ? nullptr : cfg.respond_message_wire.c_str();
+    p.response_bytes = cfg.response_bytes;
+    p.respond_delay_ms = static_cast<uint32_t>(cfg.respond_delay.count());
     policies.push_back(p);
   }
   for (size_t i = 0; i < clusters_.size(); ++i) {

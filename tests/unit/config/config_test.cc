@@ -524,6 +524,39 @@ const ErrorCase kErrorCases[] = {
      "demo.toml:8:1: clusters[0].name: required key is missing"},
     {"cluster_name_duplicate", "@LISTENER@@CLUSTER@[[clusters]]\nname = \"backend\"\n",
      "demo.toml:12:8: clusters[1].name: duplicate cluster name \"backend\" (also clusters[0].name)"},
+    // respond (issue 20): a responder has no backend.
+    {"respond_with_endpoints",
+     "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"echo\"\nendpoints = [\"127.0.0.1:1\"]\n",
+     "demo.toml:11:13: clusters[0].endpoints: not allowed with respond (the gateway answers; there is no backend)"},
+    {"respond_with_health_check",
+     "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"echo\"\n[clusters.health_check]\ninterval = \"1s\"\n",
+     "demo.toml:11:1: clusters[0].health_check: not allowed with respond (the gateway answers; there is no backend)"},
+    {"respond_with_retries", "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"echo\"\nretries = 1\n",
+     "demo.toml:11:11: clusters[0].retries: not allowed with respond (the gateway answers; there is no backend)"},
+    {"respond_unknown", "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"mirror\"\n",
+     "demo.toml:10:11: clusters[0].respond: expected one of \"echo\", \"status\", got \"mirror\""},
+    {"respond_status_range", "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"status\"\nstatus = 17\n",
+     "demo.toml:11:10: clusters[0].status: expected an integer from 0 to 16, got 17"},
+    {"respond_message_without_status",
+     "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"status\"\nmessage = \"why\"\n",
+     "demo.toml:11:11: clusters[0].message: needs a non-zero status (clients ignore grpc-message with status 0)"},
+    {"respond_message_control",
+     "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"status\"\nstatus = 2\nmessage = \"a\\nb\"\n",
+     "demo.toml:12:11: clusters[0].message: contains a control character"},
+    {"respond_response_bytes_too_large",
+     "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"status\"\nresponse_bytes = 4194305\n",
+     "demo.toml:11:18: clusters[0].response_bytes: expected an integer from 0 to 4194304, got 4194305"},
+    {"respond_response_bytes_one",
+     "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"status\"\nresponse_bytes = 1\n",
+     "demo.toml:11:18: clusters[0].response_bytes: 0 or at least 2 (a protobuf field takes 2 bytes), got 1"},
+    {"respond_status_with_echo", "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"echo\"\nstatus = 3\n",
+     "demo.toml:11:10: clusters[0].status: needs respond = \"status\" (echo answers with the request's bytes)"},
+    {"respond_delay_too_long", "@LISTENER@[[clusters]]\nname = \"backend\"\nrespond = \"echo\"\ndelay = \"61s\"\n",
+     "demo.toml:11:9: clusters[0].delay: at most 1m, got \"61s\""},
+    {"respond_delay_without_respond", "@LISTENER@@CLUSTER@delay = \"1s\"\n",
+     "demo.toml:11:9: clusters[0].delay: needs respond (it delays the gateway's own answer)"},
+    {"respond_keys_without_respond", "@LISTENER@@CLUSTER@response_bytes = 10\n",
+     "demo.toml:11:18: clusters[0].response_bytes: needs respond = \"status\""},
     {"endpoints_missing", "@LISTENER@[[clusters]]\nname = \"backend\"\n",
      "demo.toml:8:1: clusters[0].endpoints: required key is missing"},
     {"endpoints_empty", "@LISTENER@[[clusters]]\nname = \"backend\"\nendpoints = []\n",
@@ -633,6 +666,26 @@ struct ValidCase {
 };
 
 const ValidCase kValidCases[] = {
+    // respond (issue 20): no endpoints; the message is sent percent-encoded.
+    {"responders",
+     "@LISTENER@@CLUSTER@[[clusters]]\nname = \"echo\"\nrespond = \"echo\"\n"
+     "[[clusters]]\nname = \"fail\"\nrespond = \"status\"\nstatus = 13\nmessage = \"100% é\"\n"
+     "[[clusters]]\nname = \"sized\"\nrespond = \"status\"\nresponse_bytes = 4194304\ndelay = \"5ms\"\n",
+     [](const Config& c) {
+       ASSERT_EQ(c.clusters.size(), 4u);
+       EXPECT_EQ(c.clusters[0].respond, Respond::Off);
+       EXPECT_EQ(c.clusters[1].respond, Respond::Echo);
+       EXPECT_TRUE(c.clusters[1].endpoints.empty());
+       EXPECT_EQ(c.clusters[2].respond, Respond::Status);
+       EXPECT_EQ(c.clusters[2].respond_status, 13u);
+       EXPECT_EQ(c.clusters[2].respond_message, "100% é");
+       EXPECT_EQ(c.clusters[2].respond_message_wire, "100%25 %C3%A9");
+       EXPECT_EQ(c.clusters[2].response_bytes, 0u);
+       EXPECT_EQ(c.clusters[3].respond_status, 0u);
+       EXPECT_EQ(c.clusters[3].response_bytes, 4u << 20);
+       EXPECT_EQ(c.clusters[3].respond_delay, 5ms);
+       EXPECT_EQ(c.clusters[1].respond_delay, 0ms);
+     }},
     {"minimal_defaults", "@LISTENER@@CLUSTER@",
      [](const Config& c) {
        EXPECT_EQ(c.path, "demo.toml");
@@ -1063,7 +1116,7 @@ TEST_F(ConfigTest, LoadFileUnreadablePermissions) {
 // conf/*.toml must stay valid: parse them with the certificate paths pointed
 // at the temp files (conf/certs/ is generated, not committed).
 TEST_F(ConfigTest, ShippedExamplesParse) {
-  for (const char* name : {"tlsgate.toml", "demo.toml"}) {
+  for (const char* name : {"tlsgate.toml", "demo.toml", "target.toml"}) {
     SCOPED_TRACE(name);
     std::string text = read_file(std::string(TLSGATE_SOURCE_ROOT) + "/conf/" + name);
     ASSERT_FALSE(text.empty());
@@ -1411,7 +1464,10 @@ TEST_F(ConfigTest, ToTomlLoadsAgainIntoTheSameConfiguration) {
       "  cluster = \"other\"\n"
       "[[clusters]]\nname = \"backend\"\nendpoints = [\"127.0.0.1:50051\", \"backend.test:50052\"]\n"
       "max_grpc_timeout = \"2h\"\n  [clusters.health_check]\n  service = \"s\"\n"
-      "[[clusters]]\nname = \"other\"\nendpoints = [\"[::1]:50053\"]\nlb = \"round_robin\"\n");
+      "[[clusters]]\nname = \"other\"\nendpoints = [\"[::1]:50053\"]\nlb = \"round_robin\"\n"
+      "[[clusters]]\nname = \"echo\"\nrespond = \"echo\"\ndelay = \"250ms\"\nmax_grpc_timeout = \"3s\"\n"
+      "[[clusters]]\nname = \"fail\"\nrespond = \"status\"\nstatus = 8\nmessage = \"slow \\\"down\\\"\"\n"
+      "response_bytes = 10\n");
   const Config first = parse(text, "first.toml");
   const std::string shown = to_toml(first);
   const Config second = parse(shown, "second.toml");
@@ -1432,6 +1488,13 @@ TEST_F(ConfigTest, ToTomlLoadsAgainIntoTheSameConfiguration) {
   EXPECT_EQ(second.listeners[0].tls.client_auth, ClientAuth::Optional);
   EXPECT_NE(shown.find("client_ca = \"" + dir_ + "/server.crt\""), std::string::npos) << shown;
   EXPECT_EQ(shown.find("MIIE"), std::string::npos) << "no key material";
+  EXPECT_EQ(second.clusters.at(2).respond, Respond::Echo);
+  EXPECT_EQ(second.clusters.at(2).respond_delay, std::chrono::milliseconds(250));
+  EXPECT_EQ(second.clusters.at(2).max_grpc_timeout, std::chrono::seconds(3));
+  EXPECT_EQ(second.clusters.at(3).respond, Respond::Status);
+  EXPECT_EQ(second.clusters.at(3).respond_status, 8u);
+  EXPECT_EQ(second.clusters.at(3).respond_message, "slow \"down\"");
+  EXPECT_EQ(second.clusters.at(3).response_bytes, 10u);
 }
 
 }  // namespace

@@ -128,6 +128,34 @@ TEST_F(AllocTest, SteadyStateUnaryAllocatesNothingOutsideNghttp2) {
   EXPECT_EQ(down_owner_.ended, 1050) << "one end-of-stream record per call";
 }
 
+// A responder cluster's calls (echo) take nothing either: no Stream, buffer
+// or header storage beyond what forwarding recycles, and nghttp2's frames
+// from the session's pools.
+TEST_F(AllocTest, SteadyStateResponderEchoAllocatesNothingOutsideNghttp2) {
+  router_.policy.respond = config::Respond::Echo;
+  start();
+  down_owner_.keep_ends = false;
+  auto echo_calls = [&](int calls) {
+    const size_t before = g_allocations;
+    for (int i = 0; i < calls; ++i) {
+      Body req{grpc_frame("ping")};
+      int32_t cid = client_->request(grpc_request(), &req);
+      counted_pump();
+      EXPECT_TRUE(client_->streams[cid].end_stream);
+      EXPECT_EQ(client_->streams[cid].body, grpc_frame("ping"));
+      EXPECT_EQ(value(client_->streams[cid].trailers, "grpc-status"), "0");
+      client_->streams.erase(cid);
+    }
+    return g_allocations - before;
+  };
+  echo_calls(50);
+  const uint64_t spans = ctx_->memory_stats().spans;
+  EXPECT_EQ(echo_calls(1000), 0u) << "operator new calls by the gateway for 1000 echo calls after warm-up";
+  EXPECT_EQ(ctx_->memory_stats().spans, spans) << "nghttp2 took more memory from the system";
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  EXPECT_EQ(router_.calls, 0);
+}
+
 TEST_F(AllocTest, CounterSeesGatewayAllocations) {
   // The counter is live: the very first stream allocates its Stream object.
   start();

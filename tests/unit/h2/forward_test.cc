@@ -1140,5 +1140,169 @@ TEST(BudgetTest, GiveRaisesItUpToTheCap) {
   EXPECT_FALSE(b.take(100000)) << "a rate of 0 never refills";
 }
 
+// ---------------------------------------------------------------------------
+// Responder clusters (issue 20): the stream is answered in the session.
+
+// Echo holds the upload against the client's own window: a client that does
+// not read its responses cannot send more than a stream window ahead, as a
+// slow backend would hold it when forwarding. Once it reads, every byte
+// comes back in order and the call ends with grpc-status 0. No backend is
+// ever asked for.
+TEST_F(ForwardTest, ResponderEchoIsFlowControlledByTheClientsReading) {
+  router_.policy.respond = config::Respond::Echo;
+  start(/*client_manual_window=*/true);
+  client_->consume = false;
+  const std::string upload = grpc_frame(pattern(2 << 20));
+  Body req{upload};
+  const int32_t cid = send_request(grpc_request(), &req);
+  EXPECT_EQ(client_->data_received, 65535u) << "the client's receive window is all it got";
+  EXPECT_EQ(nghttp2_session_get_stream_remote_window_size(client_->session(), cid), 0)
+      << "the client must be blocked: its bytes are not echoed yet";
+  EXPECT_LT(req.off, upload.size());
+  const size_t bound_chunks = (kStreamWindow + 16384) / Chunk::kCapacity + 2;
+  EXPECT_LE(pool_.in_use(), bound_chunks);
+
+  client_->consume = true;
+  client_->consume_all(cid);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_EQ(value(c.headers, ":status"), "200");
+  EXPECT_EQ(value(c.headers, "content-type"), "application/grpc");
+  EXPECT_TRUE(c.body == upload) << "echoed " << c.body.size() << " of " << upload.size();
+  EXPECT_EQ(value(c.trailers, "grpc-status"), "0");
+  EXPECT_TRUE(c.end_stream);
+  EXPECT_LE(peak_chunks_, bound_chunks);
+  EXPECT_EQ(router_.calls, 0) << "no backend is picked for a responder";
+  EXPECT_EQ(ctx_->counters().streams_responded, 1u);
+  EXPECT_EQ(ctx_->counters().streams_forwarded, 0u);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  ASSERT_EQ(down_owner_.ends.size(), 1u);
+  EXPECT_EQ(down_owner_.ends[0].end.grpc_status, 0);
+  EXPECT_EQ(down_owner_.ends[0].end.cluster, 3);
+}
+
+// respond = "status" with a non-zero status: trailers-only, with the
+// configured (already percent-encoded) message; the request body, which
+// nobody reads, gives its window back.
+TEST_F(ForwardTest, ResponderStatusIsTrailersOnly) {
+  router_.policy.respond = config::Respond::Status;
+  router_.policy.respond_status = 13;
+  router_.policy.respond_message = "no%25";
+  start();
+  const std::string upload = grpc_frame(pattern(1 << 20));
+  Body req{upload};
+  const int32_t cid = send_request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  const PeerStream& c = client_->streams[cid];
+  EXPECT_TRUE(c.headers_end_stream);
+  EXPECT_EQ(value(c.headers, "grpc-status"), "13");
+  EXPECT_EQ(value(c.headers, "grpc-message"), "no%25");
+  EXPECT_EQ(req.off, upload.size()) << "the whole request was sent: its window came back";
+  EXPECT_EQ(router_.calls, 0);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+  ASSERT_EQ(down_owner_.ends.size(), 1u);
+  EXPECT_EQ(down_owner_.ends[0].end.grpc_status, 13);
+}
+
+// respond = "status" answers when the request has ended (as a server reads
+// a unary call first): an upload in pieces gets nothing until its last one.
+TEST_F(ForwardTest, ResponderStatusAnswersAtTheEndOfTheRequest) {
+  router_.policy.respond = config::Respond::Status;
+  router_.policy.respond_status = 5;
+  start();
+  const std::string upload = grpc_frame(pattern(100000));
+  Body req{upload.substr(0, 1000), /*complete=*/false};
+  const int32_t cid = send_request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].headers.empty()) << "answered before the request ended";
+  req.data = upload;
+  req.complete = true;
+  client_->resume(cid);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(req.off, upload.size());
+  EXPECT_EQ(value(client_->streams[cid].headers, "grpc-status"), "5");
+  EXPECT_TRUE(client_->streams[cid].closed);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
+// response_bytes: a gRPC message of exactly that size whose bytes are one
+// protobuf field 1 of zeros, for sizes on both sides of the 1-byte length,
+// and across DATA frames; status 0 with no size is an empty message.
+TEST_F(ForwardTest, ResponderStatusMessageOfTheConfiguredSize) {
+  start();
+  struct Case {
+    uint32_t size;
+    std::string head;  // after the 5-byte gRPC prefix
+  };
+  const Case cases[] = {{0, ""},
+                        {2, std::string("\x0a\x00", 2)},
+                        {129, std::string("\x0a\x7f", 2)},
+                        {130, std::string("\x0a\xfd\x80\x80\x00", 5)},
+                        {100000, "\x0a" + std::string(1, static_cast<char>(0x80 | (99995 & 0x7f))) +
+                                     std::string(1, static_cast<char>(0x80 | ((99995 >> 7) & 0x7f))) +
+                                     std::string(1, static_cast<char>(0x80 | ((99995 >> 14) & 0x7f))) +
+                                     std::string(1, '\0')}};
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.size);
+    clusters_[3].respond = config::Respond::Status;
+    clusters_[3].response_bytes = k.size;
+    Body req{grpc_frame("x")};
+    const int32_t cid = send_request(grpc_request(), &req);
+    ASSERT_TRUE(pump());
+    const PeerStream& c = client_->streams[cid];
+    ASSERT_EQ(c.body.size(), 5u + k.size);
+    const std::string prefix{0, static_cast<char>(k.size >> 24), static_cast<char>(k.size >> 16),
+                             static_cast<char>(k.size >> 8), static_cast<char>(k.size)};
+    EXPECT_EQ(c.body.substr(0, 5), prefix);
+    EXPECT_EQ(c.body.substr(5, k.head.size()), k.head);
+    EXPECT_EQ(c.body.find_first_not_of('\0', 5 + k.head.size()), std::string::npos) << "zeros after the head";
+    EXPECT_EQ(value(c.trailers, "grpc-status"), "0");
+    EXPECT_TRUE(c.end_stream);
+  }
+  EXPECT_EQ(router_.calls, 0);
+}
+
+// delay: the answer waits on the Context's list until respond_due() passes
+// its time (the shard calls it each turn, on a timer for the first one due);
+// echo holds the request meanwhile. A client that resets while it waits
+// frees the stream, which leaves the list.
+TEST_F(ForwardTest, ResponderDelayAnswersWhenDue) {
+  router_.policy.respond = config::Respond::Echo;
+  router_.policy.respond_delay_ms = 50;
+  start();
+  Body req{grpc_frame("later")};
+  const int32_t cid = send_request(grpc_request(), &req);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].headers.empty()) << "nothing before the delay";
+  EXPECT_EQ(ctx_->next_response_ms(), router_.now + 50);
+  ctx_->respond_due(router_.now + 49);
+  ASSERT_TRUE(pump());
+  EXPECT_TRUE(client_->streams[cid].headers.empty());
+  ctx_->respond_due(router_.now + 50);
+  EXPECT_EQ(ctx_->next_response_ms(), 0u);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(client_->streams[cid].body, grpc_frame("later"));
+  EXPECT_EQ(value(client_->streams[cid].trailers, "grpc-status"), "0");
+  EXPECT_TRUE(client_->streams[cid].end_stream);
+
+  // Three waiting, the middle one reset by its client: the others are
+  // answered in order, and nothing is left waiting.
+  int32_t ids[3];
+  for (int i = 0; i < 3; ++i) {
+    router_.now += 10;
+    Body r{grpc_frame("w" + std::to_string(i))};
+    ids[i] = send_request(grpc_request(), &r);
+  }
+  nghttp2_submit_rst_stream(client_->session(), NGHTTP2_FLAG_NONE, ids[1], NGHTTP2_CANCEL);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(ctx_->streams_in_use(), 2u);
+  ctx_->respond_due(router_.now + 50);
+  ASSERT_TRUE(pump());
+  EXPECT_EQ(client_->streams[ids[0]].body, grpc_frame("w0"));
+  EXPECT_EQ(client_->streams[ids[2]].body, grpc_frame("w2"));
+  EXPECT_EQ(ctx_->next_response_ms(), 0u);
+  EXPECT_EQ(ctx_->streams_in_use(), 0u);
+}
+
 }  // namespace
 }  // namespace tlsgate::h2
