@@ -4,7 +4,7 @@
 Run through tools/bench-e2e (which installs and builds first). Every proxy runs
 one worker pinned to CPU 0 with the same certificate, TLS 1.3 only, ALPN h2, in
 front of the same fast h2c gRPC backend (tools/fastbackend/fastbackend); the
-load generators (h2load; tools/fastbackend/connload where h2load cannot do the
+load generators (h2load; tools/load/tlsgate-load where h2load cannot do the
 job) and the backend run pinned to CPU 1. Each measurement is repeated and the
 median reported; the proxies are measured in turn inside each repetition, so
 slow drift of the machine hits all of them alike.
@@ -12,7 +12,7 @@ slow drift of the machine hits all of them alike.
 Figures (bench/README.md explains each):
   1. new connections: one TLS 1.3 handshake + one unary gRPC call each, with
      ECDSA P-256 and RSA-2048 certificates (h2load) and with resumed sessions
-     (connload: h2load cannot resume); raw per second and per proxy
+     (tlsgate-load: h2load cannot resume); raw per second and per proxy
      core-second (the proxy's utime+stime from /proc/PID/stat, all its
      processes and threads).
   2. unary calls over persistent connections, 8 connections x 32 streams.
@@ -287,16 +287,19 @@ def parse_h2load(out):
     return r
 
 
-def parse_kv(line):
-    r = {}
-    for m in re.finditer(r'(\w+)=("[^"]*"|\S+)', line):
-        v = m.group(2).strip('"')
-        try:
-            v = float(v) if "." in v else int(v)
-        except ValueError:
-            pass
-        r[m.group(1)] = v
-    return r
+def load_argv(env, port, *args, sni=()):
+    """tlsgate-load on one thread (it runs pinned to LOAD_CPU), every call
+    the benchmark's message, TLS as the other clients offer it."""
+    return [env.load, "--target", f"127.0.0.1:{port}", "--path", GRPC_PATH, "--threads", 1,
+            "--data", env.msg, "--tls13-ciphers", CIPHER, *sni, *args]
+
+
+def load_report(out):
+    """tlsgate-load --json's report: the last line of its output."""
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise BenchError("cannot parse tlsgate-load's report:\n" + out[-2000:])
 
 
 # ---------------------------------------------------------------- proxies
@@ -310,7 +313,7 @@ class Env:
         self.tlsgate = self.build / "src" / "tlsgate"
         self.baseline = Path(args.baseline) if args.baseline else None
         self.fastbackend = self.build / "tools" / "fastbackend" / "fastbackend"
-        self.connload = self.build / "tools" / "fastbackend" / "connload"
+        self.load = self.build / "tools" / "load" / "tlsgate-load"
         self.echo_client = self.build / "tools" / "echo" / "echo_client"
         self.certs = work / "certs"
         self.msg = work / "msg.bin"
@@ -623,13 +626,16 @@ class Bench:
     # -- checks ------------------------------------------------------------
     def verify(self, proxy, p, kind):
         """A few connections, each with one gRPC call whose :status and
-        grpc-status connload checks, before anything is measured."""
-        out, _ = run_load(self.env.procs, "connload-verify",
-                          [self.env.connload, "--connect", f"127.0.0.1:{p.bench_port}", "--connections", 20,
-                           "--concurrency", 4, "--data", self.env.msg, "--tls13-ciphers", CIPHER], 60)
-        r = parse_kv(out.strip().splitlines()[-1])
-        self.info[f"verify-{proxy}-{kind}"] = r
-        if r.get("ok") != 20:
+        grpc-status tlsgate-load checks, before anything is measured."""
+        out, _ = run_load(self.env.procs, "load-verify",
+                          load_argv(self.env, p.bench_port, "--rate", "max", "--concurrency", 4,
+                                    "--connections-total", 20, "--json"), 60)
+        r = load_report(out)
+        self.info[f"verify-{proxy}-{kind}"] = {"ok": r["calls"]["ok"], "failed": r["calls"]["failed"],
+                                               "cipher": r["handshakes"]["cipher"] or "?",
+                                               "group": r["handshakes"]["group"] or "?",
+                                               "first_error": r["first_error"]}
+        if r["calls"]["ok"] != 20 or not r["ok"]:
             raise BenchError(f"{proxy} ({kind}): calls through it fail: {out.strip()}")
 
     # -- 1. new connections (h2load) -----------------------------------------
@@ -656,38 +662,42 @@ class Bench:
         self.add(f"conn_{kind}_util", proxy, cpu / r["secs"])
         self.add(f"conn_{kind}_client_us", proxy, client_cpu / ok * 1e6)
 
-    # -- 1c. resumed connections (connload) ------------------------------------
-    def resumed_load(self, proxy, p, how, n, fig):
-        """connload resuming on instance p (`how`: its resumption arguments);
-        p's CPU between connload's start and summary lines. Adds figures
-        <fig>, <fig>_core and <fig>_frac (share of handshakes resumed)."""
+    # -- 1c. resumed connections (tlsgate-load) --------------------------------
+    def resumed_load(self, proxy, p, how, n, fig, warmup=0.5):
+        """tlsgate-load resuming on instance p (`how`: its resumption
+        arguments): a closed loop of 64 connections in flight, a warm-up that
+        fills the ticket pool, then n measured connections; p's CPU between
+        tlsgate-load's "measuring" and "done" marks (the measured part starts
+        once the warm-up's connections have ended). Adds figures <fig>,
+        <fig>_core and <fig>_frac (share of handshakes resumed)."""
         env = self.env
         marks = {}
 
         def on_line(line, _proc):
-            if line == "start":
+            if line == '{"mark":"measuring"}':
                 marks["c0"] = cpu_seconds(p.pid)
-            elif line.startswith("connections="):
+            elif line == '{"mark":"done"}':
                 marks["c1"] = cpu_seconds(p.pid)
 
-        out, _ = run_load(env.procs, f"connload-{fig}",
-                          [env.connload, "--connect", f"127.0.0.1:{p.bench_port}", *how, "--connections", n,
-                           "--concurrency", 64, "--data", env.msg, "--tls13-ciphers", CIPHER],
-                          120, on_line)
+        argv = load_argv(env, p.bench_port, "--rate", "max", "--concurrency", 64, *how, "--warmup", warmup,
+                         "--connections-total", n, "--marks", "--json")
+        out, _ = run_load(env.procs, f"load-{fig}", argv, 120, on_line)
         check_alive(p, f"{fig} test")
-        r = parse_kv(out.strip().splitlines()[-1])
-        if r.get("failed", 1) != 0 or r.get("ok") != n:
-            self.anomaly(f"{LABEL[proxy]}: connload {' '.join(map(str, how))}, {n} connections: "
-                         f"{out.strip().splitlines()[-1]}")
-        if r.get("resumed", 0) < 0.95 * n:
-            self.anomaly(f"{LABEL[proxy]}: only {r.get('resumed')} of {n} handshakes were resumptions "
-                         f"(connload {' '.join(map(str, how))})")
-        if not r.get("ok") or "c0" not in marks or "c1" not in marks:
+        r = load_report(out)
+        conns, hs = r["connections"], r["handshakes"]
+        if conns["failed"] != 0 or conns["ok"] != n or not r["ok"]:
+            self.anomaly(f"{LABEL[proxy]}: tlsgate-load {' '.join(map(str, how))}, {n} connections: "
+                         f"{conns['ok']} ok, {conns['failed']} failed, errors {r['errors']}, "
+                         f"first error {r['first_error']!r}, warm-up {r['warmup']}")
+        if hs["resumed"] < 0.95 * n:
+            self.anomaly(f"{LABEL[proxy]}: only {hs['resumed']} of {n} handshakes were resumptions "
+                         f"(tlsgate-load {' '.join(map(str, how))}, warm-up {warmup} s)")
+        if not conns["ok"] or "c0" not in marks or "c1" not in marks:
             return
         cpu = marks["c1"] - marks["c0"]
-        self.add(fig, proxy, r["ok"] / r["elapsed"])
-        self.add(f"{fig}_core", proxy, r["ok"] / cpu if cpu > 0 else float("nan"))
-        self.add(f"{fig}_frac", proxy, r["resumed"] / n)
+        self.add(fig, proxy, conns["ok_per_s"])
+        self.add(f"{fig}_core", proxy, conns["ok"] / cpu if cpu > 0 else float("nan"))
+        self.add(f"{fig}_frac", proxy, hs["resumed"] / n)
 
     def conn_resumed(self, proxy, n):
         self.resumed_load(proxy, self.inst[(proxy, "ecdsa")], ["--resume"], n, "conn_resumed")
@@ -699,7 +709,12 @@ class Bench:
         if proxy != "tlsgate" or not self.fleet:
             return
         a, b = self.fleet
-        self.resumed_load(proxy, b, ["--tickets-from", f"127.0.0.1:{a.bench_port}"], n, "conn_resumed_cross")
+        # The warm-up's full handshakes on A must leave a ticket (one each)
+        # for every measured connection: A makes ~1,000 a second here, so
+        # n / 400 s leaves a wide margin (fewer would show as full
+        # handshakes, an anomaly).
+        self.resumed_load(proxy, b, ["--tickets-from", f"127.0.0.1:{a.bench_port}"], n, "conn_resumed_cross",
+                          warmup=max(1.0, n / 400))
         check_alive(a, "resumed-across-instances test (instance A)")
 
     # -- 2. persistent throughput ---------------------------------------------
@@ -830,30 +845,29 @@ class Bench:
         try:
             # Warm-up: a few connections and calls (upstream connection,
             # lazily built state), closed again.
-            run_load(env.procs, "connload-warm",
-                     [env.connload, "--connect", f"127.0.0.1:{p.bench_port}", "--connections", 50,
-                      "--concurrency", 8, "--data", env.msg, "--tls13-ciphers", CIPHER, *sni], 60)
+            run_load(env.procs, "load-warm",
+                     load_argv(env, p.bench_port, "--rate", "max", "--concurrency", 8, "--connections-total", 50,
+                               sni=sni), 60)
             time.sleep(1.0)
             rss0 = rss_kib(p.pid)
             marks = {}
 
             def on_line(line, proc):
-                if line.startswith("ready"):
+                if line.startswith('{"ready"'):
                     time.sleep(2.0)  # let it settle
                     marks["rss1"] = rss_kib(p.pid)
-                    marks["ready"] = parse_kv(line)
+                    marks["ready"] = json.loads(line)["ready"]
                     proc.send_signal(signal.SIGTERM)
 
-            out, _ = run_load(env.procs, "connload-hold",
-                              [env.connload, "--connect", f"127.0.0.1:{p.bench_port}", "--hold", n,
-                               "--concurrency", 128, "--hold-time", 30, "--data", env.msg,
-                               "--tls13-ciphers", CIPHER, *sni], 240, on_line)
+            out, _ = run_load(env.procs, "load-hold",
+                              load_argv(env, p.bench_port, "--hold", n, "--concurrency", 128, "--duration", 30,
+                                        "--json", sni=sni), 240, on_line)
             check_alive(p, "idle-connection test")
-            r = parse_kv(out.strip().splitlines()[-1])
+            r = load_report(out)
             ready = marks.get("ready", {})
-            if ready.get("ok") != n or r.get("closed_idle", 0):
-                self.anomaly(f"{LABEL[proxy]}: {n} idle connections: ready={ready} summary: "
-                             f"{out.strip().splitlines()[-1]}")
+            if ready.get("ok") != n or r["held"]["closed_by_server"]:
+                self.anomaly(f"{LABEL[proxy]}: {n} idle connections: ready={ready}, held {r['held']}, "
+                             f"errors {r['errors']}, first error {r['first_error']!r}")
             if "rss1" in marks and ready.get("ok"):
                 self.add(fig, proxy, (marks["rss1"] - rss0) / ready["ok"])
                 self.info.setdefault("mem_rss_many" if many else "mem_rss", {})[proxy] = (rss0, marks["rss1"])
@@ -976,7 +990,7 @@ ROWS = [
      True, 0, "inv_us"),
     ("conn_rsa", "New connections/s, RSA-2048 (h2load)", True, 0, None),
     ("conn_rsa_core", "**Connections per proxy core-second, RSA-2048** (µs per connection)", True, 0, "inv_us"),
-    ("conn_resumed", "Resumed connections/s, TLS 1.3 PSK-(EC)DHE (connload)", True, 0, None),
+    ("conn_resumed", "Resumed connections/s, TLS 1.3 PSK-(EC)DHE (tlsgate-load)", True, 0, None),
     ("conn_resumed_core", "**Resumed connections per proxy core-second** (µs per connection)", True, 0,
      "inv_us"),
     ("conn_resumed_cross_core", "**Resumed across two instances**, per proxy core-second (tlsgate only: "
@@ -1020,7 +1034,7 @@ def build_report(bench, env, mode_name, ceil_crypto, ceil_backend, rate, started
     lines.append("")
     lines.append(f"{started:%Y-%m-%d %H:%M} UTC · {machine} · median of {m['reps']} runs "
                  f"(memory: {m['mem_reps']}) · proxies pinned to CPU {PROXY_CPU}, one worker each; "
-                 f"h2load/connload + backend pinned to CPU {LOAD_CPU} · TLS 1.3 {CIPHER}, X25519, ALPN h2")
+                 f"h2load/tlsgate-load + backend pinned to CPU {LOAD_CPU} · TLS 1.3 {CIPHER}, X25519, ALPN h2")
     lines.append("")
     lines.append(f"Ceilings on this machine: crypto (`openssl speed`, one core): ECDSA P-256 sign "
                  f"{fmt(ceil_crypto['ecdsa_sign'])}/s, X25519 {fmt(ceil_crypto['x25519'])}/s, RSA-2048 sign "
@@ -1278,7 +1292,7 @@ def main():
     ok = False
     try:
         env = Env(args, work, procs)
-        for exe in (env.tlsgate, env.fastbackend, env.connload, env.echo_client) + ((env.baseline,) if env.baseline else ()):
+        for exe in (env.tlsgate, env.fastbackend, env.load, env.echo_client) + ((env.baseline,) if env.baseline else ()):
             if not exe.exists():
                 raise BenchError(f"{exe} missing: build first (tools/bench-e2e does)")
         subprocess.run(["bash", str(ROOT / "tools" / "gen-cert"), str(env.certs)], check=True,

@@ -4,7 +4,10 @@
 // grpc-status failing the run, a fixed rate kept (as a count of connections
 // started), --concurrency and the closed loop, persistent mode, latency from
 // the intended time, the progress line, a gateway's max_connection_age,
-// refused connections and bad flags.
+// refused connections and bad flags; --hold (idle connections tlsgate's
+// /metrics counts open, and the ones it closed), --connections-total and the
+// --marks lines around the measured part.
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <string>
@@ -44,7 +47,22 @@ class Load : public GatewayTest {
   }
 
   std::string scrape() { return http_request(gw_->admin_port(), "/metrics").body; }
+
+  // tlsgate-load running beside the test (--hold), its output in the test's dir.
+  std::unique_ptr<Process> start_load(std::vector<std::string> args) {
+    args.insert(args.begin(),
+                {env("TLSGATE_LOAD_BIN"), "--target", gw_->target(), "--path", kUnary, "--threads", "2"});
+    ProcessOptions po;
+    po.argv = std::move(args);
+    po.output_dir = dir_->path();
+    po.name = "tlsgate-load";
+    return std::make_unique<Process>(std::move(po));
+  }
+
+  double open_connections() { return metric(scrape(), "tlsgate_connections_open"); }
 };
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 std::string describe(const RunResult& r) {
   return "status " + r.status.to_string() + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
@@ -251,6 +269,15 @@ TEST_F(Load, BadFlagsExitTwoNamingTheFlag) {
        "--concurrency"},
       {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--tls13-ciphers", "TLS_NO_SUCH"},
        "--tls13-ciphers"},
+      {{"--target", gw_->target(), "--path", kUnary, "--hold", "0"}, "--hold"},
+      {{"--target", gw_->target(), "--path", kUnary, "--hold", "5", "--calls", "2"}, "--calls"},
+      {{"--target", gw_->target(), "--path", kUnary, "--hold", "5", "--rate", "2"}, "--rate"},
+      {{"--target", gw_->target(), "--path", kUnary, "--hold", "5", "--warmup", "1"}, "--warmup"},
+      {{"--target", gw_->target(), "--path", kUnary, "--connections", "1", "--connections-total", "5"},
+       "--connections-total"},
+      {{"--target", gw_->target(), "--path", kUnary, "--rate", "1", "--duration", "1", "--connections-total",
+        "5"},
+       "--connections-total"},
   };
   for (const auto& [args, flag] : cases) {
     std::vector<std::string> argv = {bin};
@@ -261,11 +288,29 @@ TEST_F(Load, BadFlagsExitTwoNamingTheFlag) {
   }
   RunResult help = run({bin, "--help"}, dir_->path(), 10s);
   EXPECT_TRUE(help.status.exited && help.status.code == 0) << describe(help);
-  for (const char* flag :
-       {"--target",        "--sni",          "--tls13-ciphers", "--path",    "--data",
-        "--payload-bytes", "--expect-bytes", "--rate",          "--calls",   "--concurrency",
-        "--resume",        "--tickets-from", "--connections",   "--streams", "--calls-per-second",
-        "--duration",      "--warmup",       "--timeout",       "--threads", "--json"})
+  for (const char* flag : {"--target",
+                           "--sni",
+                           "--tls13-ciphers",
+                           "--path",
+                           "--data",
+                           "--payload-bytes",
+                           "--expect-bytes",
+                           "--rate",
+                           "--calls",
+                           "--concurrency",
+                           "--resume",
+                           "--tickets-from",
+                           "--connections",
+                           "--streams",
+                           "--calls-per-second",
+                           "--duration",
+                           "--warmup",
+                           "--timeout",
+                           "--threads",
+                           "--json",
+                           "--hold",
+                           "--connections-total",
+                           "--marks"})
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag << " is not explained by --help";
 }
 
@@ -298,6 +343,85 @@ TEST_F(Load, NothingListeningIsAConnectError) {
   ASSERT_TRUE(r.status.exited) << describe(r);
   EXPECT_EQ(r.status.code, 1) << describe(r);
   EXPECT_NE(r.out.find("connect: 10"), std::string::npos) << r.out;
+}
+
+// --hold 50: tlsgate counts the 50 connections open while they are held
+// (each had its call answered first), and none once SIGTERM released them;
+// the ready line comes before, the report after.
+TEST_F(Load, HoldKeepsConnectionsOpenUntilSignalled) {
+  const std::string before = scrape();
+  auto p = start_load({"--hold", "50", "--concurrency", "8"});
+  ASSERT_TRUE(p->wait_for(
+      Stream::Stdout, [](const std::string& t) { return has(t, "\n"); }, 30s))
+      << p->describe();
+  EXPECT_EQ(p->stdout_text(), "ready ok=50 failed=0\n") << p->describe();
+  EXPECT_EQ(open_connections(), 50) << scrape();
+  StatsReply s;
+  ASSERT_TRUE(poll_stats([](const StatsReply& x) { return calls_of(x, "Unary") >= 50; }, 5s, &s));
+  EXPECT_EQ(calls_of(s, "Unary"), 50u) << "one call on each";
+  p->signal(SIGTERM);
+  const ExitStatus st = p->wait(20s);
+  EXPECT_TRUE(st.exited && st.code == 0) << p->describe();
+  EXPECT_TRUE(has(p->stdout_text(), "held         50 with their call answered OK, 0 closed by the server"))
+      << p->stdout_text();
+  EXPECT_TRUE(has(p->stdout_text(), "connections  50 started, 50 ok, 0 failed")) << p->stdout_text();
+  EXPECT_TRUE(eventually([&] { return open_connections() == 0; }, 5s)) << scrape();
+  auto closed = [](const std::string& page, const char* reason) {
+    return std::max(
+        0.0, metric(page, "tlsgate_connections_closed_total", {std::string("reason=\"") + reason + "\""}));
+  };
+  std::string after;
+  EXPECT_TRUE(eventually(
+      [&] {
+        after = scrape();
+        return closed(after, "client") - closed(before, "client") >= 50;
+      },
+      5s))
+      << "released as a client ends them\n"
+      << after;
+  EXPECT_EQ(closed(after, "socket_error") - closed(before, "socket_error"), 0) << after;
+}
+
+// Held connections the server closes (tlsgate stopped: its drain ends idle
+// connections) are counted as such, not as failed calls, and once all are
+// gone tlsgate-load ends by itself. --json: the ready line is JSON too.
+TEST_F(Load, HoldCountsTheConnectionsTheServerClosed) {
+  auto p = start_load({"--hold", "20", "--json"});
+  ASSERT_TRUE(p->wait_for(
+      Stream::Stdout, [](const std::string& t) { return has(t, "\n"); }, 30s))
+      << p->describe();
+  EXPECT_EQ(p->stdout_text(), "{\"ready\":{\"ok\":20,\"failed\":0}}\n") << p->describe();
+  gw_->stop();
+  const ExitStatus st = p->wait(30s);
+  EXPECT_TRUE(st.exited && st.code == 0) << p->describe();
+  const std::string out = p->stdout_text();
+  const std::string report = out.substr(out.find('\n') + 1);
+  EXPECT_TRUE(valid_json(report, dir_->path())) << out;
+  EXPECT_TRUE(has(report, "\"held\":{\"ok\":20,\"closed_by_server\":20}")) << out;
+  EXPECT_EQ(json_number(report, "\"calls\":{\"ok\":"), 20) << out;
+  EXPECT_EQ(json_number(report, "\"closed\":"), 0) << "not an error\n" << out;
+}
+
+// --connections-total: the measured part is a count, after a timed warm-up,
+// in the closed loop and at a fixed rate; --marks put "measuring" and
+// "done" around it, before the report.
+TEST_F(Load, ConnectionsTotalBoundsTheMeasuredPart) {
+  RunResult r = load({"--rate", "max", "--concurrency", "4", "--warmup", "0.5", "--connections-total", "120",
+                      "--marks", "--json"});
+  ASSERT_TRUE(r.status.exited && r.status.code == 0) << describe(r);
+  const std::string head = "{\"mark\":\"measuring\"}\n{\"mark\":\"done\"}\n";
+  ASSERT_EQ(r.out.substr(0, head.size()), head) << r.out;
+  const std::string report = r.out.substr(head.size());
+  EXPECT_TRUE(valid_json(report, dir_->path())) << r.out;
+  EXPECT_EQ(json_number(report, "\"connections\":{\"started\":"), 120) << r.out;
+  EXPECT_EQ(json_number(report, "\"calls\":{\"ok\":"), 120) << r.out;
+  EXPECT_GT(json_number(report, "\"warmup\":{\"connections\":"), 0) << r.out;
+
+  RunResult fixed = load({"--rate", "50", "--connections-total", "30", "--marks"});
+  ASSERT_TRUE(fixed.status.exited && fixed.status.code == 0) << describe(fixed);
+  EXPECT_EQ(fixed.out.rfind("measuring\ndone\ntlsgate-load: ", 0), 0u) << fixed.out;
+  EXPECT_TRUE(has(fixed.out, "connections  30 started, 30 ok")) << fixed.out;
+  EXPECT_TRUE(has(fixed.out, "30 connections measured after 0s warm-up")) << fixed.out;
 }
 
 // A kept connection the gateway ends (GOAWAY at max_connection_age, 1 s

@@ -21,6 +21,7 @@ constexpr const char* kHelp =
     R"(usage: tlsgate-load --target HOST:PORT --path /pkg.Service/Method --rate N [--calls K] [--resume] [options]
        tlsgate-load --target HOST:PORT --path /pkg.Service/Method --connections C [--streams S]
                     [--calls-per-second R] [options]
+       tlsgate-load --target HOST:PORT --path /pkg.Service/Method --hold N [--concurrency C] [options]
 
 A TLS 1.3 + HTTP/2 gRPC load generator: unary calls, every answer checked,
 latency measured from the time each call was meant to start.
@@ -32,8 +33,21 @@ Modes (one of):
                         the other, then closes (GOAWAY, close_notify).
   --connections C       open C connections at the start and keep them; each keeps
                         --streams calls in flight.
+  --hold N              open N connections (at most --concurrency opening at a time),
+                        make one checked call on each, then keep them all open and
+                        idle: for a server's memory per idle connection. When every
+                        one has its answer, prints "ready ok=N failed=M" on stdout
+                        ({"ready":{"ok":N,"failed":M}} with --json), then waits for
+                        SIGTERM/SIGINT (or --duration seconds, when given) and closes
+                        them; the report counts the held connections the server
+                        closed meanwhile ("held ... closed by the server"). When
+                        the server has closed all of them, it ends by itself.
 
 Rate mode:
+  --connections-total N the measured part is N connections (after the warm-up)
+                        instead of --duration seconds: at a fixed --rate, N more
+                        slots of the schedule; with --rate max, the closed loop
+                        stops opening after N.
   --calls K             unary calls per connection (default 1).
   --concurrency C       at most C connections in flight in all threads. A connection
                         due while C are in flight waits for one to end, and the wait
@@ -81,7 +95,8 @@ Both:
                         of 'x's, which echo services taking a bytes field 1 accept;
                         N = 1 cannot be made). Default: 0 (an empty message).
   --expect-bytes N      each response must be one message of exactly N bytes.
-  --duration SECS       the measured period (default 10).
+  --duration SECS       the measured period (default 10); with --hold, how long to
+                        hold after the ready line (default: until a signal).
   --warmup SECS         a period before it, run the same way and not counted (default 0).
   --timeout SECS        a connection (rate mode: from its due time to its last answer)
                         or a call (persistent mode) taking longer fails as "timeout"
@@ -90,6 +105,11 @@ Both:
                         schedule (thread t takes connections or calls i with
                         i mod T = t) and its own counters (default: online CPUs).
   --json                print one JSON object on stdout instead of the text report.
+  --marks               print "measuring" on stdout when the warm-up ends and "done"
+                        when the last measured connection or call has ended, before
+                        the report ({"mark":"measuring"} and {"mark":"done"} lines
+                        with --json): a caller reads a server's CPU time between them
+                        to get its cost over the measured part only.
   --help                this text.
 
 Latency: from each call's intended time. In rate mode the first call of a
@@ -193,6 +213,15 @@ size_t varint_size(uint64_t v) {
   return n;
 }
 
+// --hold takes --concurrency and the common flags; one call per connection,
+// no warm-up (everything it opens is what is held).
+void check_hold(const Options& o, bool have_calls, bool have_persistent) {
+  if (have_calls) bad("--calls", "only with --rate (--hold makes one call per connection)");
+  if (have_persistent) bad("--streams", "only with --connections");
+  if (o.resume) bad(o.tickets_from.empty() ? "--resume" : "--tickets-from", "only with --rate");
+  if (o.warmup != 0) bad("--warmup", "not with --hold");
+}
+
 }  // namespace
 
 const char* help_text() { return kHelp; }
@@ -226,7 +255,7 @@ std::string make_payload(uint64_t n) {
 
 bool parse_options(int argc, char** argv, Options& o) {
   bool have_rate = false, have_conns = false, have_calls = false, have_streams = false, have_cps = false;
-  bool have_data = false, have_payload = false;
+  bool have_data = false, have_payload = false, have_hold = false, have_duration = false;
   uint64_t payload_bytes = 0;
   for (int i = 0; i < argc; ++i) {
     const std::string_view a = argv[i];
@@ -284,6 +313,14 @@ bool parse_options(int argc, char** argv, Options& o) {
       have_cps = true;
     } else if (a == "--duration") {
       o.duration = parse_seconds(a, value(), false);
+      have_duration = true;
+    } else if (a == "--connections-total") {
+      o.connections_total = parse_count(a, value(), false);
+    } else if (a == "--hold") {
+      o.hold = parse_count(a, value(), false);
+      have_hold = true;
+    } else if (a == "--marks") {
+      o.marks = true;
     } else if (a == "--warmup") {
       o.warmup = parse_seconds(a, value(), true);
     } else if (a == "--timeout") {
@@ -300,7 +337,12 @@ bool parse_options(int argc, char** argv, Options& o) {
   }
   if (o.target.empty()) bad("--target", "required");
   if (o.path.empty()) bad("--path", "required");
-  if (have_rate == have_conns) bad("--rate", "give exactly one of --rate and --connections");
+  if (int{have_rate} + int{have_conns} + int{have_hold} != 1)
+    bad("--rate", "give exactly one of --rate, --connections and --hold");
+  if (have_hold) check_hold(o, have_calls, have_streams || have_cps);
+  if (o.connections_total != 0 && !have_rate) bad("--connections-total", "only with --rate");
+  if (o.connections_total != 0 && have_duration)
+    bad("--connections-total", "give either --duration or --connections-total, not both");
   if (have_rate && (have_streams || have_cps))
     bad(have_streams ? "--streams" : "--calls-per-second", "only with --connections");
   if (have_conns && (have_calls || o.resume))
@@ -313,7 +355,8 @@ bool parse_options(int argc, char** argv, Options& o) {
   if (have_data && have_payload) bad("--payload-bytes", "give either --data or --payload-bytes, not both");
   if (have_streams && o.streams > 100000) bad("--streams", "at most 100000");
   if (!have_data) o.body = make_payload(payload_bytes);
-  o.mode = have_rate ? Mode::Rate : Mode::Persistent;
+  o.mode = have_rate ? Mode::Rate : have_conns ? Mode::Persistent : Mode::Hold;
+  o.hold_forever = have_hold && !have_duration;
   if (o.threads == 0) {
     const long n = sysconf(_SC_NPROCESSORS_ONLN);
     o.threads = n > 0 ? static_cast<unsigned>(n) : 1;

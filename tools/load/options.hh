@@ -17,6 +17,7 @@ struct UsageError : std::runtime_error {
 enum class Mode {
   Rate,        // --rate N: new TLS connections per second, --calls K each
   Persistent,  // --connections C --streams S, as fast as possible or --calls-per-second
+  Hold,        // --hold N: N connections, one call each, then kept open and idle
 };
 
 struct Options {
@@ -41,10 +42,16 @@ struct Options {
   uint64_t streams = 1;         // Persistent: calls in flight per connection
   double calls_per_second = 0;  // Persistent: 0 = as fast as possible
   double duration = 10;         // seconds measured
-  double warmup = 0;            // seconds before, not counted
-  double timeout = 10;          // seconds a connection (Rate) or a call (Persistent) may take
-  int64_t expect_bytes = -1;    // response message length to check; -1: any
-  unsigned threads = 0;         // 0: online CPUs
+  // Rate: the measured part is this many connections instead of --duration
+  // seconds; 0 = bounded by --duration.
+  uint64_t connections_total = 0;
+  uint64_t hold = 0;          // Hold: connections to open and keep
+  bool hold_forever = true;   // Hold: no --duration given, held until a signal
+  bool marks = false;         // "measuring" / "done" lines on stdout around the measured part
+  double warmup = 0;          // seconds before, not counted
+  double timeout = 10;        // seconds a connection (Rate) or a call (Persistent) may take
+  int64_t expect_bytes = -1;  // response message length to check; -1: any
+  unsigned threads = 0;       // 0: online CPUs
   bool json = false;
 };
 

@@ -39,6 +39,7 @@ void Stats::merge(const Stats& o) {
   handshakes_resumed += o.handshakes_resumed;
   calls_ok += o.calls_ok;
   calls_failed += o.calls_failed;
+  held_closed += o.held_closed;
   for (size_t i = 0; i < kGrpcCodes; ++i) grpc_codes[i] += o.grpc_codes[i];
   grpc_other += o.grpc_other;
   for (size_t i = 0; i < kErrorKinds; ++i) errors[i] += o.errors[i];
@@ -47,6 +48,8 @@ void Stats::merge(const Stats& o) {
   last_done_ns = std::max(last_done_ns, o.last_done_ns);
   max_lag_ns = std::max(max_lag_ns, o.max_lag_ns);
   if (first_error.empty()) first_error = o.first_error;
+  if (cipher.empty()) cipher = o.cipher;
+  if (group.empty()) group = o.group;
 }
 
 uint64_t Stats::error_total() const {
@@ -120,7 +123,12 @@ constexpr std::array<std::pair<const char*, double>, 5> kPercentiles{
 std::string text_report(const Options& o, const RunInfo& run, const Stats& s, const Stats& warm) {
   const Rates r = achieved(o, run, s);
   std::string out;
-  if (o.mode == Mode::Rate) {
+  if (o.mode == Mode::Hold) {
+    appendf(out, "tlsgate-load: %s %s, hold %" PRIu64 " connections", o.target.c_str(), o.path.c_str(),
+            o.hold);
+    if (o.concurrency > 0) appendf(out, " (at most %" PRIu64 " opening at a time)", o.concurrency);
+    appendf(out, ", one call each, %u threads\n", run.threads);
+  } else if (o.mode == Mode::Rate) {
     appendf(out, "tlsgate-load: %s %s, ", o.target.c_str(), o.path.c_str());
     if (o.rate > 0) {
       appendf(out, "rate %g connections/s", o.rate);
@@ -128,10 +136,13 @@ std::string text_report(const Options& o, const RunInfo& run, const Stats& s, co
       out += "connections as fast as possible";
     }
     if (o.concurrency > 0) appendf(out, " (at most %" PRIu64 " in flight)", o.concurrency);
-    appendf(out, " x %" PRIu64 " calls%s%s, %u threads, %gs measured after %gs warm-up\n", o.calls,
-            o.resume ? ", resume" : "",
-            o.tickets_from.empty() ? "" : (" tickets from " + o.tickets_from).c_str(), run.threads,
-            o.duration, o.warmup);
+    appendf(out, " x %" PRIu64 " calls%s%s, %u threads, ", o.calls, o.resume ? ", resume" : "",
+            o.tickets_from.empty() ? "" : (" tickets from " + o.tickets_from).c_str(), run.threads);
+    if (o.connections_total != 0) {
+      appendf(out, "%" PRIu64 " connections measured after %gs warm-up\n", o.connections_total, o.warmup);
+    } else {
+      appendf(out, "%gs measured after %gs warm-up\n", o.duration, o.warmup);
+    }
   } else {
     appendf(out, "tlsgate-load: %s %s, %" PRIu64 " connections x %" PRIu64 " streams, ", o.target.c_str(),
             o.path.c_str(), o.connections, o.streams);
@@ -149,8 +160,14 @@ std::string text_report(const Options& o, const RunInfo& run, const Stats& s, co
     appendf(out, "; %.1f/s started (asked %g/s), %.1f/s ok", r.conns, o.rate, r.conns_ok);
   if (o.mode == Mode::Rate && o.rate == 0) appendf(out, "; %.1f/s ok", r.conns_ok);
   out += "\n";
-  appendf(out, "handshakes   %" PRIu64 " full, %" PRIu64 " resumed\n", s.handshakes_full,
-          s.handshakes_resumed);
+  if (o.mode == Mode::Hold)
+    appendf(out,
+            "held         %" PRIu64 " with their call answered OK, %" PRIu64
+            " closed by the server while held\n",
+            s.calls_ok, s.held_closed);
+  appendf(out, "handshakes   %" PRIu64 " full, %" PRIu64 " resumed", s.handshakes_full, s.handshakes_resumed);
+  if (!s.cipher.empty()) out += "; " + s.cipher + ", " + (s.group.empty() ? "?" : s.group);
+  out += "\n";
   appendf(out, "calls        %" PRIu64 " ok, %" PRIu64 " failed; %.1f/s ok", s.calls_ok, s.calls_failed,
           r.calls);
   if (o.mode == Mode::Persistent && o.calls_per_second > 0) appendf(out, " (asked %g/s)", o.calls_per_second);
@@ -200,13 +217,22 @@ std::string json_report(const Options& o, const RunInfo& run, const Stats& s, co
   out += ",\"path\":";
   json_string(out, o.path);
   appendf(out, ",\"mode\":\"%s\",\"threads\":%u,\"duration_s\":%g,\"warmup_s\":%g",
-          o.mode == Mode::Rate ? "rate" : "persistent", run.threads, o.duration, o.warmup);
-  if (o.mode == Mode::Rate) {
+          o.mode == Mode::Rate   ? "rate"
+          : o.mode == Mode::Hold ? "hold"
+                                 : "persistent",
+          run.threads, o.connections_total != 0 ? 0.0 : o.duration,
+          o.warmup);  // 0: bounded by connections_total
+  if (o.mode == Mode::Hold) {
+    appendf(out, ",\"asked\":{\"hold\":%" PRIu64 ",\"concurrency\":%" PRIu64 "}", o.hold, o.concurrency);
+    appendf(out, ",\"held\":{\"ok\":%" PRIu64 ",\"closed_by_server\":%" PRIu64 "}", s.calls_ok,
+            s.held_closed);
+  } else if (o.mode == Mode::Rate) {
     // connections_per_s 0: --rate max (a closed loop); concurrency 0: no cap.
     appendf(out,
             ",\"asked\":{\"connections_per_s\":%g,\"concurrency\":%" PRIu64
-            ",\"calls_per_connection\":%" PRIu64 ",\"resume\":%s,\"tickets_from\":",
-            o.rate, o.concurrency, o.calls, o.resume ? "true" : "false");
+            ",\"calls_per_connection\":%" PRIu64 ",\"connections_total\":%" PRIu64
+            ",\"resume\":%s,\"tickets_from\":",
+            o.rate, o.concurrency, o.calls, o.connections_total, o.resume ? "true" : "false");
     json_string(out, o.tickets_from);
     out += "}";
   } else {
@@ -217,8 +243,12 @@ std::string json_report(const Options& o, const RunInfo& run, const Stats& s, co
           ",\"connections\":{\"started\":%" PRIu64 ",\"ok\":%" PRIu64 ",\"failed\":%" PRIu64
           ",\"started_per_s\":%.3f,\"ok_per_s\":%.3f}",
           s.conns_started, s.conns_ok, s.conns_failed, r.conns, r.conns_ok);
-  appendf(out, ",\"handshakes\":{\"full\":%" PRIu64 ",\"resumed\":%" PRIu64 "}", s.handshakes_full,
+  appendf(out, ",\"handshakes\":{\"full\":%" PRIu64 ",\"resumed\":%" PRIu64 ",\"cipher\":", s.handshakes_full,
           s.handshakes_resumed);
+  json_string(out, s.cipher);
+  out += ",\"group\":";
+  json_string(out, s.group);
+  out += "}";
   appendf(out, ",\"calls\":{\"ok\":%" PRIu64 ",\"failed\":%" PRIu64 ",\"ok_per_s\":%.3f}", s.calls_ok,
           s.calls_failed, r.calls);
   appendf(out, ",\"latency_us\":{\"count\":%" PRIu64, s.latency_us.count());

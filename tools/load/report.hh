@@ -26,6 +26,7 @@ struct Stats {
   uint64_t handshakes_resumed = 0;
   uint64_t calls_ok = 0;
   uint64_t calls_failed = 0;  // sent (or due) and not answered OK
+  uint64_t held_closed = 0;   // --hold: held connections the server closed (GOAWAY, FIN, reset)
   std::array<uint64_t, kGrpcCodes> grpc_codes{};
   uint64_t grpc_other = 0;
   std::array<uint64_t, kErrorKinds> errors{};
@@ -39,6 +40,9 @@ struct Stats {
   // server, was short of CPU (latencies stay honest either way).
   uint64_t max_lag_ns = 0;
   std::string first_error;
+  // What the first completed handshake negotiated (OpenSSL's names), so a
+  // report says which suite and key exchange were measured.
+  std::string cipher, group;
 
   void error(ErrorKind k, const std::string& what) {
     ++errors[static_cast<size_t>(k)];

@@ -58,10 +58,11 @@ uint64_t schedule_length(double per_s, double seconds) {
 }  // namespace
 
 Worker::Worker(const Options& o, unsigned index, unsigned count) : o_(o), index_(index), count_(count) {
-  if (o.mode == Mode::Rate && o.concurrency != 0)
-    cap_ = o.concurrency / count + (index < o.concurrency % count ? 1 : 0);
-  if (o.mode == Mode::Persistent)
-    local_conns_ = static_cast<unsigned>(o.connections / count + (index < o.connections % count ? 1 : 0));
+  auto share = [&](uint64_t n) { return n / count + (index < n % count ? 1 : 0); };
+  if (o.mode != Mode::Persistent && o.concurrency != 0) cap_ = share(o.concurrency);
+  if (o.mode == Mode::Persistent) local_conns_ = static_cast<unsigned>(share(o.connections));
+  if (o.mode == Mode::Hold) local_conns_ = static_cast<unsigned>(share(o.hold));
+  quota_ = share(o.connections_total);
 }
 
 Worker::~Worker() {
@@ -132,6 +133,8 @@ io_uring_sqe* Worker::sqe() {
 void Worker::run() {
   if (o_.mode == Mode::Rate) {
     run_rate();
+  } else if (o_.mode == Mode::Hold) {
+    run_hold();
   } else {
     run_persistent();
   }
@@ -144,8 +147,9 @@ void Worker::run_rate() {
   if (o_.rate == 0) return run_closed_loop();
   const uint64_t t0 = start_ns.load();
   warmup_end_ns_ = t0 + static_cast<uint64_t>(o_.warmup * 1e9);
-  const uint64_t total = schedule_length(o_.rate, o_.warmup + o_.duration);
   const uint64_t warm = schedule_length(o_.rate, o_.warmup);
+  const uint64_t total = o_.connections_total != 0 ? warm + o_.connections_total
+                                                   : schedule_length(o_.rate, o_.warmup + o_.duration);
   uint64_t next = index_;
   for (;;) {
     if (g_stop.load(std::memory_order_relaxed)) next = std::max(next, total);
@@ -194,19 +198,90 @@ void Worker::drop_late(bool measured) {
 void Worker::run_closed_loop() {
   const uint64_t t0 = start_ns.load();
   warmup_end_ns_ = t0 + static_cast<uint64_t>(o_.warmup * 1e9);
-  end_ns_ = warmup_end_ns_ + static_cast<uint64_t>(o_.duration * 1e9);
+  // --connections-total: the measured part ends with this thread's share,
+  // not at a time.
+  const bool counted = o_.connections_total != 0;
+  // After a warm-up, the measured part starts once every thread's warm-up
+  // connections have ended (main() sets measure_ns), so that none of their
+  // work falls in it: a server's CPU read from then on is the measured
+  // connections' alone.
+  bool measuring = o_.warmup == 0;
+  if (measuring) measure_ns.store(t0);
+  end_ns_ = counted ? UINT64_MAX : t0 + static_cast<uint64_t>(o_.duration * 1e9);
+  uint64_t measured_opened = 0;
+  auto more = [&](uint64_t now) {
+    if (g_stop.load(std::memory_order_relaxed)) return false;
+    if (!measuring) return now < warmup_end_ns_;
+    return counted ? measured_opened < quota_ : now < end_ns_;
+  };
   while (now_ns() < t0) wait_and_dispatch(t0);
   for (;;) {
     uint64_t now = now_ns();
-    const bool open_more = now < end_ns_ && !g_stop.load(std::memory_order_relaxed);
-    while (open_more && open_count_ < cap_) {
-      open_conn(now, now >= warmup_end_ns_);
+    if (!measuring && now >= warmup_end_ns_ && open_count_ == 0) {
+      drained.store(true);
+      const uint64_t go = measure_ns.load();
+      measuring = go != 0;
+      if (measuring && !counted) end_ns_ = go + static_cast<uint64_t>(o_.duration * 1e9);
+    }
+    while (more(now) && open_count_ < cap_) {
+      open_conn(now, measuring);
+      measured_opened += measuring ? 1 : 0;
       now = now_ns();
     }
-    if (!open_more && open_count_ == 0) break;
+    const bool open_more = more(now);
+    const bool waiting_for_go = !measuring && !g_stop.load(std::memory_order_relaxed);
+    if (!open_more && open_count_ == 0 && !waiting_for_go) break;
     sweep_timeouts(now);
-    wait_and_dispatch(open_more ? std::min(now + kSweepNs, end_ns_) : now + kSweepNs);
+    uint64_t wake = now + kSweepNs;
+    if (open_more) wake = std::min(wake, measuring ? end_ns_ : warmup_end_ns_);
+    if (waiting_for_go && open_count_ == 0) wake = now + 1'000'000;  // main() polls every 10 ms
+    wait_and_dispatch(wake);
     reap();
+  }
+}
+
+// --hold: this thread's share of the connections, at most its share of
+// --concurrency opening at a time; each answered one stays open and idle
+// until main() sets `release` (or a signal), then all are closed.
+void Worker::run_hold() {
+  uint64_t opened = 0;
+  for (;;) {
+    const bool stop = g_stop.load(std::memory_order_relaxed) || release.load();
+    while (!stop && opened < local_conns_ && opened - settled.load() < cap_) {
+      open_conn(now_ns(), true);
+      ++opened;
+    }
+    if (stop) release_held();
+    if (stop && open_count_ == 0) break;
+    // The server closed every connection it held: nothing left to hold.
+    if (opened == local_conns_ && open_count_ == 0) break;
+    const uint64_t now = now_ns();
+    sweep_timeouts(now);
+    wait_and_dispatch(now + kSweepNs);
+    reap();
+  }
+}
+
+void Worker::release_held() {
+  for (auto& p : slots_)
+    if (p->state == State::Open && p->held) close_gracefully(*p);
+}
+
+// Hold mode, after an answer or a frame on the connection: its one call
+// answered makes it held (settled); a GOAWAY on a held one is the server
+// ending it, counted as closed by the server.
+void Worker::hold_after_call(Conn& c) {
+  if (c.state != State::Open) return;
+  if (!c.held && c.calls_done > 0 && c.calls_started == c.calls_done) {
+    c.held = true;
+    c.deadline_ns = UINT64_MAX;  // idle for as long as it is held
+    if (!c.bad) held_ok.fetch_add(1);
+    settled.fetch_add(1);
+    if (c.bad) return close_gracefully(c);  // counted failed; nothing worth holding
+  }
+  if (c.held && !accepts_calls(c)) {
+    ++stats_.held_closed;
+    close_gracefully(c);
   }
 }
 
@@ -362,7 +437,7 @@ void Worker::sweep_timeouts(uint64_t now) {
   for (auto& p : slots_) {
     Conn& c = *p;
     if (c.fd < 0 || c.state == State::Dead) continue;
-    if (o_.mode == Mode::Rate) {
+    if (o_.mode != Mode::Persistent) {
       if (now > c.deadline_ns) fail(c, ErrorKind::Timeout, "connection not done within --timeout");
       continue;
     }
@@ -378,7 +453,7 @@ Worker::Conn* Worker::open_conn(uint64_t due_ns, bool measured) {
     auto c = std::make_unique<Conn>();
     c->slot = static_cast<uint32_t>(slots_.size());
     c->rbuf = std::make_unique<uint8_t[]>(kRecvBuffer);
-    c->calls.resize(o_.mode == Mode::Rate ? 1 : o_.streams);
+    c->calls.resize(o_.mode == Mode::Persistent ? o_.streams : 1);
     free_slots_.push_back(c->slot);
     slots_.push_back(std::move(c));
   }
@@ -390,6 +465,8 @@ Worker::Conn* Worker::open_conn(uint64_t due_ns, bool measured) {
   c.deadline_ns = due_ns + static_cast<uint64_t>(o_.timeout * 1e9);
   c.measured = measured;
   c.bad = false;
+  c.held = false;
+  c.goodbye_sent = false;
   c.calls_started = c.calls_done = 0;
   c.recv_posted = c.send_posted = false;
   c.sending.clear();
@@ -541,6 +618,11 @@ bool Worker::finish_handshake(Conn& c) {
     return false;
   }
   Stats& s = stats_for(c.measured);
+  if (s.cipher.empty()) {
+    s.cipher = SSL_get_cipher_name(c.ssl);
+    const char* group = SSL_group_to_name(c.ssl, SSL_get_negotiated_group(c.ssl));
+    s.group = group != nullptr ? group : "";
+  }
   if (SSL_session_reused(c.ssl) == 1) {
     ++s.handshakes_resumed;
   } else {
@@ -550,7 +632,7 @@ bool Worker::finish_handshake(Conn& c) {
   const nghttp2_settings_entry settings[] = {{NGHTTP2_SETTINGS_ENABLE_PUSH, 0}};
   nghttp2_submit_settings(c.h2, NGHTTP2_FLAG_NONE, settings, 1);
   c.state = State::Open;
-  if (o_.mode == Mode::Rate) {
+  if (o_.mode != Mode::Persistent) {
     // The first call is measured from the connection's due time.
     if (!start_call(c, c.due_ns, c.measured)) return false;
   } else {
@@ -662,8 +744,9 @@ void Worker::end_call(Conn& c, Call& call) {
                            (uint64_t{call.head[3]} << 8) | uint64_t{call.head[4]};
   // The sweep looks every 100 ms; an answer that came after the limit but
   // before the sweep is late all the same.
-  const uint64_t deadline =
-      o_.mode == Mode::Rate ? c.deadline_ns : call.intended_ns + static_cast<uint64_t>(o_.timeout * 1e9);
+  const uint64_t deadline = o_.mode != Mode::Persistent
+                                ? c.deadline_ns
+                                : call.intended_ns + static_cast<uint64_t>(o_.timeout * 1e9);
   if (now > deadline) {
     kind = ErrorKind::Timeout;
     what = "answered after --timeout";
@@ -701,6 +784,7 @@ void Worker::end_call(Conn& c, Call& call) {
 bool Worker::accepts_calls(Conn& c) { return nghttp2_session_check_request_allowed(c.h2) != 0; }
 
 void Worker::after_calls(Conn& c) {
+  if (o_.mode == Mode::Hold) return hold_after_call(c);
   if (c.state != State::Open) return;
   // The server said goodbye (GOAWAY, e.g. its maximum connection age): the
   // calls it had end normally; once none is left, the connection fails if it
@@ -744,7 +828,7 @@ void Worker::start_persistent_calls(Conn& c) {
 // nghttp2's output through TLS into the send buffer, and a send if none is
 // in flight.
 void Worker::pump(Conn& c) {
-  if (c.state == State::Dead) return;
+  if (c.state == State::Dead || c.goodbye_sent) return;
   if (c.h2 != nullptr) {
     for (;;) {
       const uint8_t* data = nullptr;
@@ -785,11 +869,23 @@ void Worker::on_send(Conn& c, int res) {
     c.sending.swap(c.next_out);
   }
   if (c.send_off < c.sending.size()) return post_send(c);
-  if (c.state == State::Closing) {
-    // Our goodbye is out: nothing more to learn from this connection.
-    set_dead(c);
-    cancel_all(c);
+  if (c.state == State::Closing) after_goodbye(c);
+}
+
+// Our goodbye is out: nothing more to learn from this connection. A held one
+// (--hold) is closed only after the server's own close (FIN), within
+// --timeout: closing it with the server's answer to our GOAWAY still unread
+// would reset it, and the server would count a client that left cleanly as
+// a socket error (hundreds released at once make that likely).
+void Worker::after_goodbye(Conn& c) {
+  if (c.held) {
+    shutdown(c.fd, SHUT_WR);
+    c.deadline_ns = now_ns() + static_cast<uint64_t>(o_.timeout * 1e9);
+    post_recv(c);
+    return;
   }
+  set_dead(c);
+  cancel_all(c);
 }
 
 // Every call answered: GOAWAY and close_notify, then close once they are sent.
@@ -806,10 +902,8 @@ void Worker::close_gracefully(Conn& c) {
   pump(c);
   SSL_shutdown(c.ssl);
   pump(c);
-  if (!c.send_posted) {
-    set_dead(c);
-    cancel_all(c);
-  }
+  c.goodbye_sent = true;  // nothing more goes out after close_notify
+  if (!c.send_posted) after_goodbye(c);
 }
 
 void Worker::fail(Conn& c, ErrorKind kind, const std::string& why) {
@@ -821,12 +915,21 @@ void Worker::fail(Conn& c, ErrorKind kind, const std::string& why) {
     return;
   }  // its calls were all answered and counted already
   Stats& s = stats_for(c.measured);
+  if (c.held) {
+    // Its call was answered OK: the server closing an idle connection is
+    // what --hold reports, not an error.
+    ++s.held_closed;
+    ++s.conns_ok;
+    cancel_all(c);
+    return;
+  }
+  if (o_.mode == Mode::Hold) settled.fetch_add(1);
   s.error(kind, why);
   ++s.conns_failed;
   progress_errors.fetch_add(1, std::memory_order_relaxed);
   // Rate mode: the calls this connection owed, answered or not yet made,
   // so that ok + failed is always connections x --calls.
-  if (o_.mode == Mode::Rate) s.calls_failed += o_.calls - c.calls_done;
+  if (o_.mode != Mode::Persistent) s.calls_failed += o_.calls - c.calls_done;
   for (Call& call : c.calls) {
     if (!call.busy) continue;
     call.busy = false;

@@ -8,6 +8,13 @@
 //   from that due time. --concurrency caps this thread's share of
 //   connections in flight (a due one waits, and the wait counts); --rate max
 //   is a closed loop with no schedule (latency from the connection's open).
+//   --connections-total bounds the measured part by count: more slots of the
+//   schedule, or this thread's share of N in the closed loop.
+// - --hold: this thread's share of N connections, at most its share of
+//   --concurrency opening at a time, one call each; answered ones stay open
+//   and idle (`settled`, `held_ok` tell main() when all are up) until main()
+//   sets `release`; then they are closed. One the server closes meanwhile
+//   counts in Stats::held_closed, not as an error.
 // - A connection's object lives while any io_uring submission refers to it
 //   (`ops`); a finished or failed one cancels its submissions and is freed
 //   when the count reaches zero. user_data is slot + generation + operation.
@@ -61,6 +68,12 @@ class Worker {
   std::atomic<uint64_t> progress_errors{0};
   std::atomic<uint64_t> progress_conns{0};
   std::atomic<bool> finished{false};  // run() returned
+  std::atomic<uint64_t> held_ok{0};   // hold: connections whose call was answered OK
+  std::atomic<bool> release{false};   // hold: close the held connections and end
+  // Closed loop after a warm-up: this thread's warm-up connections have all
+  // ended (`drained`); main() then sets `measure_ns`, the measured start.
+  std::atomic<bool> drained{false};
+  std::atomic<uint64_t> measure_ns{0};
 
  private:
   enum class State { Connecting, Handshaking, Open, Closing, Dead };
@@ -103,7 +116,9 @@ class Worker {
     uint64_t due_ns = 0;          // rate mode: when it was due
     uint64_t deadline_ns = 0;     // rate mode: due + timeout
     bool measured = true;
-    bool bad = false;  // a call was not answered OK
+    bool bad = false;           // a call was not answered OK
+    bool held = false;          // hold mode: its call is answered, it is kept idle
+    bool goodbye_sent = false;  // GOAWAY and close_notify are out: nothing more to send
     uint64_t calls_started = 0;
     uint64_t calls_done = 0;
     std::unique_ptr<uint8_t[]> rbuf;
@@ -117,6 +132,9 @@ class Worker {
   // The schedule.
   void run_rate();
   void run_closed_loop();
+  void run_hold();
+  void hold_after_call(Conn& c);
+  void release_held();
   void drop_late(bool measured);
   void run_persistent();
   void wait_and_dispatch(uint64_t wake_ns);
@@ -138,6 +156,7 @@ class Worker {
   void post_send(Conn& c);
   void fail(Conn& c, ErrorKind kind, const std::string& why);
   void close_gracefully(Conn& c);
+  void after_goodbye(Conn& c);
   void cancel_all(Conn& c);
 
   // Calls.
@@ -160,7 +179,8 @@ class Worker {
   const Options& o_;
   const unsigned index_, count_;
   unsigned local_conns_ = 0;   // persistent mode
-  uint64_t cap_ = UINT64_MAX;  // rate mode: this thread's share of --concurrency
+  uint64_t cap_ = UINT64_MAX;  // rate and hold: this thread's share of --concurrency
+  uint64_t quota_ = 0;         // closed loop: this thread's share of --connections-total
   io_uring ring_{};
   bool ring_ok_ = false;
   SSL_CTX* ctx_ = nullptr;

@@ -78,6 +78,25 @@ TEST(LoadOptions, TargetsAreIpv4OrBracketedIpv6Literals) {
   EXPECT_EQ(v6.streams, 3u);
 }
 
+TEST(LoadOptions, HoldAndConnectionsTotal) {
+  Options hold;
+  ASSERT_TRUE(
+      parse({"--target", "127.0.0.1:1", "--path", "/a.B/C", "--hold", "7", "--concurrency", "3"}, hold));
+  EXPECT_EQ(hold.mode, Mode::Hold);
+  EXPECT_EQ(hold.hold, 7u);
+  EXPECT_TRUE(hold.hold_forever) << "no --duration: held until a signal";
+  Options timed;
+  ASSERT_TRUE(
+      parse({"--target", "127.0.0.1:1", "--path", "/a.B/C", "--hold", "7", "--duration", "2"}, timed));
+  EXPECT_FALSE(timed.hold_forever);
+  Options counted;
+  ASSERT_TRUE(parse({"--target", "127.0.0.1:1", "--path", "/a.B/C", "--rate", "max", "--concurrency", "2",
+                     "--connections-total", "30", "--marks"},
+                    counted));
+  EXPECT_EQ(counted.connections_total, 30u);
+  EXPECT_TRUE(counted.marks);
+}
+
 TEST(LoadOptions, BadCommandLinesNameTheFlag) {
   const std::vector<std::string> base = {"--target", "127.0.0.1:1", "--path", "/a.B/C"};
   const std::vector<std::pair<std::vector<std::string>, std::string>> rows = {
@@ -105,6 +124,15 @@ TEST(LoadOptions, BadCommandLinesNameTheFlag) {
       {{"--connections", "2", "--concurrency", "2"}, "--concurrency"},
       {{"--rate"}, "--rate"},
       {{}, "--rate"},
+      {{"--hold", "0"}, "--hold"},
+      {{"--hold", "5", "--rate", "5"}, "--rate"},
+      {{"--hold", "5", "--calls", "2"}, "--calls"},
+      {{"--hold", "5", "--streams", "2"}, "--streams"},
+      {{"--hold", "5", "--resume"}, "--resume"},
+      {{"--hold", "5", "--warmup", "1"}, "--warmup"},
+      {{"--rate", "5", "--connections-total", "0"}, "--connections-total"},
+      {{"--rate", "5", "--duration", "2", "--connections-total", "9"}, "--connections-total"},
+      {{"--hold", "5", "--connections-total", "9"}, "--connections-total"},
   };
   for (const auto& [extra, flag] : rows) {
     std::vector<std::string> args = base;
