@@ -416,7 +416,12 @@ class DownstreamSession final : public Session {
   // expects (measured: ~3.4 WINDOW_UPDATEs per unary call with 1,000 in
   // flight, where the DATA frames pay for two).
   void stream_opened() { window_update_credit_ += 4; }
-  uint64_t window_update_credit_ = 0;
+  // One WINDOW_UPDATE comes with the connection preface: clients (grpc++,
+  // nghttp2, curl) open the connection window right after their SETTINGS.
+  uint64_t window_update_credit_ = 1;
+  // The preface's SETTINGS is required (RFC 9113 §3.4): only later ones can
+  // be glitches.
+  bool preface_settings_seen_ = false;
   uint64_t ping_credit_ = 0;
   bool drain_ping_pending_ = false;
   bool goaway_queued_ = false;  // by drain() or shutdown()

@@ -1064,7 +1064,9 @@ struct Callbacks {
         else d->glitch(c.glitch_pings);
         break;
       case NGHTTP2_SETTINGS:
-        if (!(hd->flags & NGHTTP2_FLAG_ACK)) d->glitch(c.glitch_settings);
+        if (hd->flags & NGHTTP2_FLAG_ACK) break;
+        if (!d->preface_settings_seen_) d->preface_settings_seen_ = true;
+        else d->glitch(c.glitch_settings);
         break;
       case NGHTTP2_WINDOW_UPDATE:
         if (d->window_update_credit_ > 0) --d->window_update_credit_;

@@ -316,7 +316,9 @@ TEST_F(H2Attack, SettingsFloodIsClosedWithEnhanceYourCalm) {
   auto c = stop_and_count();
   EXPECT_EQ(c["h2_closed_glitch_budget"] + c["h2_closed_flood"], 1u);
   report(c, "h2_glitch_settings");
-  EXPECT_GE(c["h2_glitch_settings"], 1000u);
+  // nghttp2 closes at 1,000 SETTINGS awaiting their ACK, the preface's (no
+  // glitch) among them, when the glitch budget has not closed it first.
+  EXPECT_GE(c["h2_glitch_settings"], 999u);
 }
 
 TEST_F(H2Attack, PingFloodIsClosedWithEnhanceYourCalm) {

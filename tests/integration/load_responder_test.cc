@@ -89,6 +89,9 @@ TEST_F(LoadResponder, RateModeAgainstTheEchoResponder) {
   EXPECT_EQ(json_number(r.out, "\"grpc_status\":{\"0\":"), 400) << r.out;
   ASSERT_TRUE(streams_reach("target", "0", 400));
   EXPECT_EQ(streams("target", "0"), 400) << "the gateway answered each call once, itself";
+  // 200 ordinary connections: their prefaces are no glitches.
+  const std::string page = http_request(gw_->admin_port(), "/metrics").body;
+  EXPECT_LE(metric(page, "tlsgate_h2_glitches_total", {"kind=\"settings\""}), 0) << page;
 }
 
 TEST_F(LoadResponder, PersistentModeAgainstASizedAnswer) {

@@ -1071,6 +1071,17 @@ std::vector<uint8_t> ping_ack(const std::string& opaque) {
   return f;
 }
 
+// The connection preface's SETTINGS is required, not a glitch: a client that
+// connects and makes a call has none (each connection used to count one, so
+// tlsgate_h2_glitches_total{kind="settings"} moved with every connection).
+TEST_F(ForwardTest, PrefaceSettingsIsNoGlitch) {
+  start();
+  const PeerStream& c = unary("hello");
+  EXPECT_EQ(value(c.trailers, "grpc-status"), "0");
+  EXPECT_EQ(ctx_->counters().glitch_settings, 0u);
+  EXPECT_EQ(ctx_->counters().glitch_window_updates, 0u);
+}
+
 TEST_F(ForwardTest, KeepalivePingIsAnsweredCountedAndNoGlitch) {
   start();
   const uint64_t frames_before = down_->frames_seen();
