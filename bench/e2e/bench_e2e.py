@@ -718,17 +718,18 @@ class Bench:
         check_alive(a, "resumed-across-instances test (instance A)")
 
     # -- 2. persistent throughput ---------------------------------------------
-    def throughput(self, proxy):
-        p = self.inst[(proxy, "ecdsa")]
-        backend = self.env.backend
+    def persistent_load(self, proxy, p, what):
+        """h2load -D tput_secs, 8 connections x 32 streams at instance p.
+        Returns (h2load's figures, succeeded calls, p's CPU seconds, the
+        backend's CPU seconds); an anomaly for any call that did not succeed."""
         env = self.env
         secs = self.m["tput_secs"]
-        c0, b0 = cpu_seconds(p.pid), cpu_seconds(backend.pid)
-        out, client_cpu = run_load(env.procs, "h2load-tput",
-                                   ["h2load", "-D", secs, "-c", 8, "-m", 32, "--tls13-ciphers", CIPHER,
-                                    *H2LOAD_GRPC, "-d", env.msg, self.url(p.bench_port)], secs + 60)
-        c1, b1 = cpu_seconds(p.pid), cpu_seconds(backend.pid)
-        check_alive(p, "throughput test")
+        c0, b0 = cpu_seconds(p.pid), cpu_seconds(env.backend.pid)
+        out, _ = run_load(env.procs, "h2load-persistent",
+                          ["h2load", "-D", secs, "-c", 8, "-m", 32, "--tls13-ciphers", CIPHER,
+                           *H2LOAD_GRPC, "-d", env.msg, self.url(p.bench_port)], secs + 60)
+        c1, b1 = cpu_seconds(p.pid), cpu_seconds(env.backend.pid)
+        check_alive(p, f"{what} test")
         r = parse_h2load(out)
         ok = r["succeeded"]
         # h2load counts a 2xx when the headers arrive and a success when the
@@ -736,15 +737,18 @@ class Bench:
         # but not yet successes: 2xx >= succeeded is normal.
         bad = r["failed"] + r["errored"] + r["timeout"] + max(0, ok - r.get("2xx", 0))
         if bad or ok == 0:
-            self.anomaly(f"{LABEL[proxy]}: h2load -D {secs} -c 8 -m 32: {ok} succeeded, {r.get('2xx')} 2xx, "
+            self.anomaly(f"{LABEL[proxy]}, {what}: h2load -D {secs} -c 8 -m 32: {ok} succeeded, {r.get('2xx')} 2xx, "
                          f"{r['failed']} failed, {r['errored']} errored, {r['timeout']} timeout")
+        return r, ok, c1 - c0, b1 - b0
+
+    def throughput(self, proxy):
+        r, ok, cpu, backend_cpu = self.persistent_load(proxy, self.inst[(proxy, "ecdsa")], "throughput")
         if ok == 0:
             return
-        cpu = c1 - c0
         self.add("tput", proxy, ok / r["secs"])
         self.add("tput_us", proxy, cpu / ok * 1e6)
         self.add("tput_util", proxy, cpu / r["secs"])
-        self.add("tput_backend_us", proxy, (b1 - b0) / ok * 1e6)
+        self.add("tput_backend_us", proxy, backend_cpu / ok * 1e6)
 
     # -- 2b. answered at the proxy (responder) ---------------------------------
     def start_responders(self):
@@ -770,28 +774,14 @@ class Bench:
                                      f"{(o.stdout + o.stderr).strip()!r}, not {want!r}")
 
     def responder(self, proxy, respond):
-        """h2load 8 connections × 32 streams against a proxy that answers every
-        call itself: the proxy's CPU per call with no backend behind it."""
+        """The 8 x 32 load at a proxy that answers every call itself: the
+        proxy's CPU per call with no backend behind it."""
         p = self.inst.get((proxy, f"respond-{respond}"))
         if p is None:
             return
-        secs = self.m["tput_secs"]
-        c0 = cpu_seconds(p.pid)
-        out, _ = run_load(self.env.procs, "h2load-respond",
-                          ["h2load", "-D", secs, "-c", 8, "-m", 32, "--tls13-ciphers", CIPHER,
-                           *H2LOAD_GRPC, "-d", self.env.msg, self.url(p.bench_port)], secs + 60)
-        c1 = cpu_seconds(p.pid)
-        check_alive(p, f"responder ({respond}) test")
-        r = parse_h2load(out)
-        ok = r["succeeded"]
-        bad = r["failed"] + r["errored"] + r["timeout"] + max(0, ok - r.get("2xx", 0))
-        if bad or ok == 0:
-            self.anomaly(f"{LABEL[proxy]} answering {respond} itself: h2load -D {secs} -c 8 -m 32: {ok} "
-                         f"succeeded, {r.get('2xx')} 2xx, {r['failed']} failed, {r['errored']} errored, "
-                         f"{r['timeout']} timeout")
+        r, ok, cpu, _ = self.persistent_load(proxy, p, f"answering {respond} itself")
         if ok == 0:
             return
-        cpu = c1 - c0
         self.add(f"respond_{respond}", proxy, ok / r["secs"])
         self.add(f"respond_{respond}_core", proxy, ok / cpu if cpu > 0 else float("nan"))
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "fixtures.hh"
+#include "load_report.hh"
 
 namespace tlsgate::itest {
 namespace {
@@ -48,18 +49,8 @@ class LoadResponder : public GatewayTest {
   }
 
   RunResult load(const std::string& path, std::vector<std::string> args) {
-    const std::string bin = env("TLSGATE_LOAD_BIN");
-    EXPECT_FALSE(bin.empty()) << "TLSGATE_LOAD_BIN is not set (path to tlsgate-load)";
-    args.insert(args.begin(), {bin, "--target", gw_->target(), "--path", path, "--threads", "2", "--json"});
-    RunResult r = run(args, dir_->path(), 30s);
-    EXPECT_FALSE(r.status.timed_out) << r.out << r.err;
-    return r;
-  }
-
-  static long json_number(const std::string& json, const std::string& key) {
-    const auto at = json.find(key);
-    if (at == std::string::npos) return -1;
-    return std::strtol(json.c_str() + at + key.size(), nullptr, 10);
+    args.push_back("--json");
+    return run_load(gw_->target(), path, std::move(args), dir_->path(), 30s);
   }
 
   double streams(const std::string& cluster, const std::string& status) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "fixtures.hh"
+#include "load_report.hh"
 
 namespace tlsgate::itest {
 namespace {
@@ -25,19 +26,7 @@ class Load : public GatewayTest {
   void configure(GatewayConfig& cfg) override { cfg.admin = true; }
 
   RunResult load(std::vector<std::string> args, Ms timeout = 30s) {
-    const std::string bin = env("TLSGATE_LOAD_BIN");
-    EXPECT_FALSE(bin.empty()) << "TLSGATE_LOAD_BIN is not set (path to tlsgate-load)";
-    args.insert(args.begin(), {bin, "--target", gw_->target(), "--path", kUnary, "--threads", "2"});
-    RunResult r = run(args, dir_->path(), timeout);
-    EXPECT_FALSE(r.status.timed_out) << r.out << r.err;
-    return r;
-  }
-
-  // A number after `key` in the one-object JSON report, e.g. "\"resumed\":".
-  static long json_number(const std::string& json, const std::string& key) {
-    const auto at = json.find(key);
-    if (at == std::string::npos) return -1;
-    return std::strtol(json.c_str() + at + key.size(), nullptr, 10);
+    return run_load(gw_->target(), kUnary, std::move(args), dir_->path(), timeout);
   }
 
   static bool valid_json(const std::string& text, const std::filesystem::path& dir) {
@@ -84,20 +73,16 @@ TEST_F(Load, RateModeCountsEveryConnectionAndCall) {
   EXPECT_EQ(calls_of(s, "Unary"), 400u) << "the backend saw every call, once";
   // Each connection ended as a client that is done ends it (GOAWAY,
   // close_notify, FIN), not with a reset tlsgate counts as a socket error.
-  auto closed = [&](const std::string& page, const char* reason) {
-    return std::max(
-        0.0, metric(page, "tlsgate_connections_closed_total", {std::string("reason=\"") + reason + "\""}));
-  };
   std::string after;
   EXPECT_TRUE(eventually(
       [&] {
         after = scrape();
-        return closed(after, "client") - closed(before, "client") >= 200;
+        return connections_closed(after, "client") - connections_closed(before, "client") >= 200;
       },
       5s))
       << after;
-  EXPECT_EQ(closed(after, "client") - closed(before, "client"), 200) << after;
-  EXPECT_EQ(closed(after, "socket_error") - closed(before, "socket_error"), 0) << after;
+  EXPECT_EQ(connections_closed(after, "client") - connections_closed(before, "client"), 200) << after;
+  EXPECT_EQ(connections_closed(after, "socket_error") - connections_closed(before, "socket_error"), 0) << after;
 }
 
 TEST_F(Load, ResumedHandshakesAreTheOnesTlsgateResumed) {
@@ -366,20 +351,16 @@ TEST_F(Load, HoldKeepsConnectionsOpenUntilSignalled) {
       << p->stdout_text();
   EXPECT_TRUE(has(p->stdout_text(), "connections  50 started, 50 ok, 0 failed")) << p->stdout_text();
   EXPECT_TRUE(eventually([&] { return open_connections() == 0; }, 5s)) << scrape();
-  auto closed = [](const std::string& page, const char* reason) {
-    return std::max(
-        0.0, metric(page, "tlsgate_connections_closed_total", {std::string("reason=\"") + reason + "\""}));
-  };
   std::string after;
   EXPECT_TRUE(eventually(
       [&] {
         after = scrape();
-        return closed(after, "client") - closed(before, "client") >= 50;
+        return connections_closed(after, "client") - connections_closed(before, "client") >= 50;
       },
       5s))
       << "released as a client ends them\n"
       << after;
-  EXPECT_EQ(closed(after, "socket_error") - closed(before, "socket_error"), 0) << after;
+  EXPECT_EQ(connections_closed(after, "socket_error") - connections_closed(before, "socket_error"), 0) << after;
 }
 
 // Held connections the server closes (tlsgate stopped: its drain ends idle
