@@ -304,7 +304,7 @@ struct AdminView {
 std::unique_ptr<admin::Server> start_admin(const config::Config& cfg, AdminView& view) {
   if (!cfg.admin.enabled) return nullptr;
   const config::SocketAddress& a = cfg.admin.listen;
-  const int fd = io::listen_socket(reinterpret_cast<const sockaddr*>(&a.storage), a.length, 64);
+  const int fd = io::listen_socket(reinterpret_cast<const sockaddr*>(&a.storage), a.length, 64, /*reuse_port=*/false);
   if (fd < 0)
     config_error(cfg.admin.listen_origin.to_string() + ": cannot listen on " + a.text + ": " + std::strerror(-fd));
   LOG_INFO("admin", "admin listener on %s:%u (/healthz /ready /metrics /config)", host_part(a.text).c_str(),

@@ -87,9 +87,12 @@ class Ring {
 namespace tlsgate::io {
 
 // Control-plane socket helpers. They return -errno on failure.
-// A listening socket with SO_REUSEPORT (one per shard share a port) and
-// TCP_NODELAY, which the sockets it accepts inherit.
-int listen_socket(const sockaddr* addr, socklen_t len, int backlog);
+// A listening socket with TCP_NODELAY, which the sockets it accepts inherit,
+// and SO_REUSEPORT (one per shard share a port) unless `reuse_port` is false:
+// a socket only one thread listens on (the admin listener) must not share its
+// port with another process, nor be given one in use by the kernel's choice
+// of port 0, which with SO_REUSEPORT may be another process's port.
+int listen_socket(const sockaddr* addr, socklen_t len, int backlog, bool reuse_port = true);
 // A non-blocking TCP socket for an upstream connection, with TCP_NODELAY.
 int tcp_socket(int family);
 // The port a socket is bound to (after binding port 0), or 0.

@@ -10,7 +10,7 @@
 
 namespace tlsgate::io {
 
-int listen_socket(const sockaddr* addr, socklen_t len, int backlog) {
+int listen_socket(const sockaddr* addr, socklen_t len, int backlog, bool reuse_port) {
   int fd = ::socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
   int one = 1;
@@ -18,7 +18,7 @@ int listen_socket(const sockaddr* addr, socklen_t len, int backlog) {
   // spreads new connections across them.
   // TCP_NODELAY here: accepted sockets inherit it, one syscall fewer per connection.
   if (::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-      ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+      (reuse_port && ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) ||
       ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) {
     int err = errno;
     ::close(fd);

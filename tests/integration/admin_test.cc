@@ -79,6 +79,26 @@ TEST_F(Admin, OneGrpcCallMovesItsCounters) {
 
 // A scrape taken while calls run over many connections is valid Prometheus
 // text (promtool, from Debian's prometheus package, is the judge).
+// The admin listener is one socket, without SO_REUSEPORT: a second gateway
+// given the same admin address refuses to start, naming it, instead of
+// sharing the port so that scrapes and probes land on either process (which
+// is also what a port-0 bind with SO_REUSEPORT could hand out: CI saw a
+// scrape answered by another test's gateway).
+TEST_F(Admin, ASecondGatewayCannotTakeTheAdminPort) {
+  GatewayConfig second;
+  second.endpoints = {echo_->endpoint().address()};
+  second.extra_top = "[admin]\nlisten = \"127.0.0.1:" + std::to_string(port_) + "\"\n";
+  const auto path = dir_->path() / "second.toml";
+  write_file(path, second.render());
+  RunResult r = run({env("TLSGATE_BIN"), "--config", path.string()}, dir_->path(), 15s);
+  EXPECT_TRUE(r.status.exited && r.status.code == 2) << r.status.to_string() << "\n" << r.err;
+  EXPECT_NE(r.err.find("cannot listen on 127.0.0.1:" + std::to_string(port_) + ": Address already in use"),
+            std::string::npos)
+      << r.err;
+  EXPECT_TRUE(eventually([&] { return http_request(port_, "/ready").status == 200; }, 5s))
+      << "the first gateway still answers on it";
+}
+
 TEST_F(Admin, HandshakeFailuresAreCountedByReason) {
   const std::string before = scrape();
   // Plain HTTP at the TLS port.
